@@ -1,0 +1,214 @@
+"""The `aelab` command line. Bad input: one line on stderr and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import AelabError, TrainingDiverged
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints a usage block otherwise)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace("-", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,64, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return values
+
+
+def key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from . import data, models
+
+    p.add_argument("--model", default="ae", help=f"one of: {', '.join(models.names())}")
+    p.add_argument("--dataset", default="mnist5k", help=f"one of: {', '.join(data.names())}")
+    p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (no-op with a warning on CPU)")
+    p.add_argument("--latent", type=positive_int, default=None, help="code size")
+    p.add_argument("--hidden", type=int_list, default=None, help="hidden sizes, e.g. 256,64")
+    p.add_argument("--loss", default=None, help="mse or bce (ae); bce or gaussian likelihood (vae: --option likelihood=)")
+    p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other model option, e.g. --option weight_decay=1e-4 (JSON values)")
+    p.add_argument("--dataset-option", type=key_value, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def train_config_from_args(args):
+    from .train import TrainConfig
+
+    options = dict(args.option)
+    if args.latent is not None:
+        options["latent"] = args.latent
+    if args.hidden is not None:
+        options["hidden"] = args.hidden
+    if args.loss is not None:
+        options["loss"] = args.loss
+    return TrainConfig(model=args.model, model_options=options, dataset=args.dataset,
+                       dataset_options=dict(args.dataset_option), data_dir=args.data_dir, train_limit=args.train_limit,
+                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                       seed=args.seed, device=args.device, amp=args.amp, out=args.out)
+
+
+def cmd_train(args) -> int:
+    from .train import dist_info, train
+
+    out = train(train_config_from_args(args), resume=args.resume, progress=not args.no_progress)
+    if dist_info()[0] == 0:
+        print(f"run folder: {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.run_dir, iwae_k=args.iwae_k, tsne_points=args.tsne_points, figures=not args.no_figures)
+    for k, v in result["metrics"].items():
+        print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import models
+
+    for name, text in models.describe().items():
+        print(f"{name:<12} {text}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from . import data
+
+    if args.action == "list":
+        root = data.data_dir(args.data_dir)
+        print(f"{'name':<15} {'train/test':<13} {'offline':<8} description (data dir: {root})")
+        sizes = {"mnist5k": "4000/1000", "digits": "1437/360", "colored-mnist": "4000/1000"}
+        for name in data.names():
+            if name in data.IDX_DATASETS:
+                ds = data.IDX_DATASETS[name]
+                desc, size = f"official IDX files from {ds.mirrors[0]}", f"{ds.n_train}/{ds.n_test}"
+            else:
+                desc = {**data.EMBEDDED, **data.datasets.DERIVED}[name]
+                size = sizes.get(name, "")
+            offline = "yes" if data.available_offline(name, args.data_dir) else "no"
+            print(f"{name:<15} {size:<13} {offline:<8} {desc}")
+        return 0
+    if not args.name:
+        raise AelabError(f"aelab data fetch needs a dataset name; choose from {', '.join(data.IDX_DATASETS)}")
+    folder = data.fetch(args.name, args.data_dir, mirrors=[args.mirror] if args.mirror else None, quiet=False)
+    for split in ("train", "test"):
+        x, _ = data.load(args.name, split, args.data_dir)
+        print(f"{args.name}/{split}: {tuple(x.shape)}")
+    print(f"ready in {folder}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    module = importlib.import_module(f".experiments.{args.experiment_module}", __package__)
+    path = module.run(args)
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .experiments import EXPERIMENTS
+
+    parser = _Parser(prog="aelab", description="Train, evaluate and compare the classic autoencoder family.")
+    parser.add_argument("--version", action="version", version=f"aelab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="write eval.json, figures and report.html for a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--iwae-k", type=positive_int, default=100)
+    p.add_argument("--tsne-points", type=positive_int, default=2000)
+    p.add_argument("--no-figures", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the model names")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="list or download datasets")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--mirror", default=None, help="base URL to download from instead of the official mirrors")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("experiment", help="run a paper's experiment end to end")
+    exp = p.add_subparsers(dest="experiment", required=True, parser_class=_Parser)
+    for name, (module_name, text) in EXPERIMENTS.items():
+        q = exp.add_parser(name, help=text)
+        importlib.import_module(f".experiments.{module_name}", __package__).add_arguments(q)
+        q.set_defaults(func=cmd_experiment, experiment_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return args.func(args)
+    except AelabError as e:
+        print(f"aelab: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"aelab: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aelab: interrupted", file=sys.stderr)
+        return 130

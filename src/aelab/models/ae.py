@@ -1,0 +1,104 @@
+"""The plain MLP autoencoder.
+
+x (C·H·W pixels) -> hidden layers with ReLU -> linear code z -> mirrored hidden
+layers with ReLU -> sigmoid output x_hat in [0, 1].
+
+The loss is per image and summed over pixels, then averaged over the batch:
+    mse: sum_i (x_i - x_hat_i)^2          (the "recon_sse" unit of Hinton & Salakhutdinov 2006)
+    bce: -sum_i x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)
+Summing over pixels (not averaging) keeps the loss in the same unit as the
+VAE's reconstruction term, in nats for bce.
+
+`weight_decay` adds lambda * sum of squared weights (biases excluded) to the
+loss: the "AE+wd" baseline of Rifai et al. (2011).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
+
+
+def mlp(sizes: list[int], activation: str = "relu", final_activation: str | None = None) -> nn.Sequential:
+    """Linear layers sizes[0] -> ... -> sizes[-1], `activation` between them, `final_activation` after the last."""
+    if activation not in ACTIVATIONS or (final_activation is not None and final_activation not in ACTIVATIONS):
+        raise ValueError(f"unknown activation; choose from {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        last = i == len(sizes) - 2
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+        elif final_activation is not None:
+            layers.append(ACTIVATIONS[final_activation]())
+    return nn.Sequential(*layers)
+
+
+def reconstruction_loss(x_hat_or_logits: torch.Tensor, x: torch.Tensor, kind: str, logits: bool = False) -> torch.Tensor:
+    """Per-image reconstruction loss (N,), summed over pixels."""
+    x = x.flatten(1)
+    out = x_hat_or_logits.flatten(1)
+    if kind == "mse":
+        x_hat = torch.sigmoid(out) if logits else out
+        return (x_hat - x).pow(2).sum(1)
+    if kind == "bce":
+        if logits:  # numerically stable form, the one we use in training
+            return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
+        return F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), x, reduction="none").sum(1)
+    raise ValueError(f"unknown loss {kind!r}; choose from bce, mse")
+
+
+def check_positive_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any((not isinstance(v, int)) or v <= 0 for v in values):
+            raise ValueError(f"{name} must be positive integers, got {value!r}")
+
+
+class AE(nn.Module):
+    """MLP autoencoder 784-256-64-20 by default (ReLU inside, sigmoid output)."""
+
+    def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int = 20, loss: str = "mse",
+                 weight_decay: float = 0.0):
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        check_positive_sizes(latent=latent, hidden=hidden)
+        if loss not in ("mse", "bce"):
+            raise ValueError(f"unknown loss {loss!r}; choose from bce, mse")
+        self.options = dict(input_shape=list(input_shape), hidden=hidden, latent=latent, loss=loss,
+                            weight_decay=weight_decay)
+        self.input_shape = tuple(input_shape)
+        self.latent = latent
+        d = math.prod(self.input_shape)
+        self.encoder = mlp([d, *hidden, latent], "relu")
+        # the decoder ends in logits; sigmoid is applied in decode(), BCE uses the logits directly
+        self.decoder = mlp([latent, *reversed(hidden), d], "relu")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.flatten(1))
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z)).view(-1, *self.input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def weight_penalty(self) -> torch.Tensor:
+        return sum(m.weight.pow(2).sum() for m in self.modules() if isinstance(m, nn.Linear))
+
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon = reconstruction_loss(self.decode_logits(self.encode(x)), x, self.options["loss"], logits=True).mean()
+        terms = {"recon": recon, "loss": recon}
+        if self.options["weight_decay"]:
+            terms["loss"] = recon + self.options["weight_decay"] * self.weight_penalty()
+        return terms
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(x)["loss"]

@@ -1,0 +1,120 @@
+"""Variational autoencoder (Kingma & Welling, ICLR 2014) on the MLP of ae.py.
+
+Encoder q(z|x) = N(mu(x), diag(exp(logvar(x)))). The encoder outputs the
+log-variance, not sigma through a ReLU: exp() keeps sigma > 0 for any network
+output, while a ReLU lets sigma reach 0 and the KL term blow up.
+
+    z = mu + exp(logvar / 2) * eps,  eps ~ N(0, I)           (reparameterisation)
+    KL(q || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))
+    -ELBO(x) = E_q[-log p(x|z)] + KL                          (per image, nats)
+
+Likelihood p(x|z): Bernoulli with logits from the decoder ("bce"), or Gaussian
+with a fixed std ("gaussian", sigma = `obs_std`), whose -log p includes the
+normalising constant so that both are true negative log-likelihoods in nats.
+
+Test log-likelihood by importance sampling (Burda et al., IWAE, ICLR 2016):
+    log p(x) >= log 1/k sum_i p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x)
+which tightens as k grows (k = 100 at evaluation). Reference points on
+binarized MNIST: pythae reproduces 89.78 nats, the IWAE paper reports 86.76.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ae import check_positive_sizes, mlp
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Analytic KL(N(mu, exp(logvar)) || N(0, I)) per example, summed over dimensions."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+class VAE(nn.Module):
+    def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int = 20, likelihood: str = "bce",
+                 obs_std: float = 0.1, beta: float = 1.0):
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        check_positive_sizes(latent=latent, hidden=hidden)
+        if likelihood not in ("bce", "gaussian"):
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose from bce, gaussian")
+        if obs_std <= 0:
+            raise ValueError("obs_std must be positive")
+        self.options = dict(input_shape=list(input_shape), hidden=hidden, latent=latent, likelihood=likelihood,
+                            obs_std=obs_std, beta=beta)
+        self.input_shape = tuple(input_shape)
+        self.latent = latent
+        d = math.prod(self.input_shape)
+        self.encoder = mlp([d, *hidden, 2 * latent], "relu")  # outputs (mu, logvar)
+        self.decoder = mlp([latent, *reversed(hidden), d], "relu")  # outputs logits / means before sigmoid
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=1)
+        return mu, logvar
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean: the deterministic code used for probes and maps."""
+        return self.posterior(x)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z)).view(-1, *self.input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def neg_log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) per sample, summed over pixels; logits has shape (..., D), x (N, D) broadcasts."""
+        if self.options["likelihood"] == "bce":
+            return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        s = self.options["obs_std"]
+        d = x.shape[-1]
+        return 0.5 * ((torch.sigmoid(logits) - x).pow(2).sum(-1) / s**2) + d * (math.log(s) + 0.5 * LOG_2PI)
+
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.flatten(1)
+        mu, logvar = self.posterior(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        recon = self.neg_log_likelihood(x, self.decoder(z)).mean()
+        kl = kl_to_standard_normal(mu, logvar).mean()
+        return {"loss": recon + self.options["beta"] * kl, "elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(x)["loss"]
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent, generator=generator, device=p.device, dtype=p.dtype)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
+        """Decode the straight line between the posterior means of two images."""
+        z_a, z_b = self.encode(x_a[None]), self.encode(x_b[None])
+        t = torch.linspace(0, 1, steps, device=z_a.device, dtype=z_a.dtype)[:, None]
+        return self.decode((1 - t) * z_a + t * z_b)
+
+    @torch.no_grad()
+    def iwae_log_likelihood(self, x: torch.Tensor, k: int = 100, batch_size: int = 100,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance-sampled estimate of log p(x) per image in nats (the IWAE bound with k samples)."""
+        out = []
+        for xb in x.flatten(1).split(batch_size):
+            mu, logvar = self.posterior(xb)
+            eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent)
+            log_px_z = -self.neg_log_likelihood(xb, self.decoder(z))
+            log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+            log_qz_x = gaussian_log_prob(z, mu, logvar)
+            out.append(torch.logsumexp(log_px_z + log_pz - log_qz_x, dim=0) - math.log(k))
+        return torch.cat(out)

@@ -1,0 +1,146 @@
+"""Figures (PNG) and reports: report.html (self-contained, PNGs embedded) and report.md, its text twin."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import io  # noqa: E402
+
+
+# ---------------------------------------------------------------- figures
+def image_mosaic(rows: Sequence[np.ndarray], pad: int = 1) -> np.ndarray:
+    """Stack rows of images (each (n, C, H, W) in [0, 1]) into one (H', W', 3) array."""
+    rows = [np.asarray(r, dtype=np.float32) for r in rows]
+    n = max(len(r) for r in rows)
+    c, h, w = rows[0].shape[1:]
+    out = np.ones(((h + pad) * len(rows) + pad, (w + pad) * n + pad, 3), dtype=np.float32)
+    for i, r in enumerate(rows):
+        for j, img in enumerate(r):
+            img = np.clip(img, 0, 1)
+            img = np.repeat(img, 3, 0) if c == 1 else img[:3]
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = img.transpose(1, 2, 0)
+    return out
+
+
+def save_png(fig, path: str | Path) -> Path:
+    path = Path(path)
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    io.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    mosaic = image_mosaic(rows)
+    fig, ax = plt.subplots(figsize=(min(14, 0.6 + mosaic.shape[1] / 30), 0.4 + mosaic.shape[0] / 30))
+    ax.imshow(mosaic, interpolation="nearest")
+    h = (mosaic.shape[0] - 1) / len(rows)
+    ax.set_yticks([h * (i + 0.5) for i in range(len(rows))], labels)
+    ax.set_xticks([])
+    ax.set_title(title)
+    return save_png(fig, path)
+
+
+def plot_scatter(points: np.ndarray, colours: np.ndarray, path: str | Path, title: str,
+                 colour_name: str = "label") -> Path:
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label=colour_name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return save_png(fig, path)
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | Path, keys=("train_loss", "test_loss"),
+                title: str = "loss per epoch") -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, history in histories.items():
+        rows = [h for h in history if "train_loss" in h]
+        for key in keys:
+            ax.plot([h["epoch"] for h in rows], [h[key] for h in rows], label=f"{name} {key}",
+                    linestyle="-" if key.startswith("train") else "--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per image")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+# ---------------------------------------------------------------- tables
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------- the report
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+        "th{background:#eee}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
+        "figure{margin:1.5em 0}figcaption{font-weight:bold}")
+
+
+def write_report(out_dir: str | Path, title: str, tables: list[tuple[str, list[dict]]],
+                 figures: list[tuple[str, str | Path]], notes: Sequence[str] = (),
+                 config: dict | None = None) -> Path:
+    """Write out_dir/report.html (PNGs embedded as base64) and out_dir/report.md; return the HTML path."""
+    out_dir = Path(out_dir)
+    md = [f"# {title}", ""]
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for note in notes:
+        md += [note, ""]
+        h.append(f"<p>{html.escape(note)}</p>")
+    for caption, rows in tables:
+        md += [f"## {caption}", "", markdown_table(rows), ""]
+        h.append(f"<h2>{html.escape(caption)}</h2>{html_table(rows)}")
+    for caption, path in figures:
+        path = Path(path)
+        rel = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
+        md += [f"## {caption}", "", f"![{caption}]({rel})", ""]
+        b64 = base64.b64encode(path.read_bytes()).decode()
+        h.append(f"<figure><figcaption>{html.escape(caption)}</figcaption>"
+                 f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'></figure>")
+    if config is not None:
+        text = json.dumps(config, indent=2, sort_keys=True, default=str)
+        md += ["## Configuration", "", "```json", text, "```", ""]
+        h.append(f"<h2>Configuration</h2><pre>{html.escape(text)}</pre>")
+    h.append("</body></html>")
+    io.atomic_write_text(out_dir / "report.md", "\n".join(md))
+    io.atomic_write_text(out_dir / "report.html", "\n".join(h))
+    return out_dir / "report.html"
