@@ -107,9 +107,12 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, A
 
 
 def _check_not_pickle(path: Path, data: bytes) -> None:
-    # a PyTorch .pt file is a zip (PK..) or a raw pickle (0x80 protocol byte); we never unpickle either
+    """Refuse anything that is not safetensors before parsing it; name pickles and torch.save zips as such."""
+    if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
+        return  # safetensors: u64 little-endian header length, then a JSON header
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise CheckpointError(f"{path}: is a pickle/torch.save file; aelab only reads safetensors (refused, not executed)")
+    raise CheckpointError(f"{path}: not a safetensors file")
 
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

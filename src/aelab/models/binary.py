@@ -85,19 +85,23 @@ def conv_out(size: int) -> int:
 class BinaryAE(nn.Module):
     """Conv autoencoder with a `bits`-bit binary bottleneck (or a sigmoid float code of the same size).
 
-    encoder: Conv(C->c1, k4 s2 p1) ReLU Conv(c1->c2, k4 s2 p1) ReLU flatten Linear -> a (bits)
+    encoder: Conv(C->c1, k4 s2 p1) ReLU Conv(c1->c2, k4 s2 p1) ReLU flatten Linear [BatchNorm] -> a (bits)
     code:    b = binarize(a, backward)  in {0, 1}^bits      (float_bottleneck: b = sigmoid(a) in (0, 1)^bits)
     decoder: Linear -> c2 x h2 x w2, ReLU, ConvT(c2->c1, k4 s2 p1) ReLU ConvT(c1->C, k4 s2 p1) -> sigmoid
 
     Each k4 s2 p1 conv maps a size n to floor(n/2) and each transposed conv maps m to 2m; an output_padding
     of 1 restores odd sizes, so any H, W >= 4 works: 28 -> 14 -> 7, 8 -> 4 -> 2, 9 -> 4 -> 2 (-> 4 -> 9).
 
+    code_norm="batchnorm" (default) standardises each pre-activation over the batch (BatchNorm1d without
+    affine parameters; running statistics in eval mode, so encode the database in eval mode) before the
+    threshold; "none" leaves a as the Linear output. The float baseline uses the same normalisation.
+
     loss (per image, summed over pixels and channels, then mean over the batch), as in ae.py:
         mse: sum (x - x_hat)^2          bce: -sum x log x_hat + (1 - x) log(1 - x_hat)
     """
 
     def __init__(self, input_shape=(1, 28, 28), bits: int = 512, backward: str = "identity", loss: str = "mse",
-                 float_bottleneck: bool = False, slope: float = 1.0, channels=(32, 64)):
+                 float_bottleneck: bool = False, slope: float = 1.0, channels=(32, 64), code_norm: str = "batchnorm"):
         super().__init__()
         channels = [int(c) for c in channels]
         check_positive_sizes(bits=bits, channels=channels)
@@ -107,13 +111,16 @@ class BinaryAE(nn.Module):
             raise ValueError(f"unknown backward rule {backward!r}; choose from {', '.join(BACKWARD_RULES)}")
         if loss not in ("mse", "bce"):
             raise ValueError(f"unknown loss {loss!r}; choose from bce, mse")
+        if code_norm not in ("batchnorm", "none"):
+            raise ValueError(f"unknown code_norm {code_norm!r}; choose from batchnorm, none")
         if not slope > 0:
             raise ValueError(f"slope must be positive, got {slope!r}")
         c, h, w = (int(s) for s in input_shape)
         if min(h, w) < 4:
             raise ValueError(f"input height and width must be at least 4, got {tuple(input_shape)}")
         self.options = dict(input_shape=[c, h, w], bits=bits, backward=backward, loss=loss,
-                            float_bottleneck=bool(float_bottleneck), slope=float(slope), channels=channels)
+                            float_bottleneck=bool(float_bottleneck), slope=float(slope), channels=channels,
+                            code_norm=code_norm)
         self.input_shape = (c, h, w)
         self.bits = bits
         c1, c2 = channels
@@ -125,6 +132,13 @@ class BinaryAE(nn.Module):
             nn.Conv2d(c1, c2, 4, 2, 1), nn.ReLU(),
             nn.Flatten(), nn.Linear(c2 * h2 * w2, bits),
         )
+        if code_norm == "batchnorm":
+            # Why: without it the codes collapse. Early in training dL/db is nearly the same for every image
+            # ("make the output darker"), the STE pushes every a_j the same way without bound (no saturation),
+            # and all images end up with ONE code: on 256 sklearn digits, 16 bits, Adam 1e-3, every rule
+            # stalled at the mean-image error with |a| in the thousands. Standardising each bit over the
+            # batch keeps a_j centred, so each bit stays on for about half the images.
+            self.encoder.append(nn.BatchNorm1d(bits, affine=False))
         # output_padding = 1 where the conv floored an odd size, so the decoder returns exactly (C, H, W)
         self.decoder = nn.Sequential(
             nn.Linear(bits, c2 * h2 * w2), nn.ReLU(), nn.Unflatten(1, (c2, h2, w2)),

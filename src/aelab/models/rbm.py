@@ -78,7 +78,8 @@ class CDStatistics:
     visible_bias: torch.Tensor    # <v>_data - <v>_chain end            (n_visible,)
     hidden_bias: torch.Tensor     # <h>_data - <h>_chain end            (n_hidden,)
     reconstruction: torch.Tensor  # p(v | h0 sample): the one-step mean-field reconstruction of v0
-    chain: torch.Tensor           # binary visible sample at the chain end (the next PCD state)
+    chain: torch.Tensor | None    # binary visible sample at the chain end (the next PCD state); None for
+                                  # CD with the mean-field end, which samples no visible state
 
 
 class RBM(nn.Module):
@@ -236,14 +237,14 @@ class RBM(nn.Module):
             visible_bias=v0.mean(0) - v_end.mean(0),
             hidden_bias=h_pos.mean(0) - h_neg.mean(0),
             reconstruction=reconstruction,
-            chain=v_sample if sampled else torch.bernoulli(v_prob, generator=generator),
+            chain=v_sample if sampled else None,
         )
 
     # ----- training -----------------------------------------------------------------------
     @torch.no_grad()
     def fit(self, data: torch.Tensor, epochs: int = 50, batch_size: int = 100, lr: float | None = None,
             weight_cost: float = 2e-4, momentum: tuple[float, float] = (0.5, 0.9), momentum_switch_epoch: int = 5,
-            k: int = 1, persistent: bool = False, negative_phase: str = "probabilities",
+            k: int = 1, persistent: bool = False, negative_phase: str | None = None,
             generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
             log: Callable[[str], None] | None = None,
             allreduce: Callable[[list[torch.Tensor]], None] | None = None,
@@ -254,7 +255,8 @@ class RBM(nn.Module):
         Bernoulli and 0.001 for Gaussian hidden units; the weight cost applies to W only; momentum is
         momentum[0] for epochs < momentum_switch_epoch (0-based, i.e. Hinton's "epoch > 5"), then
         momentum[1]. The data order is reshuffled every epoch with `generator` (default: the RBM's).
-        PCD keeps `batch_size` chains, started from binarised data rows.
+        PCD keeps `batch_size` chains, started from binarised data rows. negative_phase defaults to
+        "probabilities" (Hinton's mean-field chain end) for CD and to "samples" for PCD (Tieleman).
 
         allreduce: optional hook called with [dW, db, dc], the batch-mean gradient estimates, before
         the update; it must average them across workers in place (distributed data parallel).
@@ -264,6 +266,8 @@ class RBM(nn.Module):
         (mean stochastic log pseudo-likelihood on `monitor_size` fixed rows, None = all), momentum,
         seconds and samples_per_second (of the training updates, monitoring excluded).
         """
+        if negative_phase is None:
+            negative_phase = "samples" if persistent else "probabilities"
         if negative_phase not in NEGATIVE_PHASES:
             raise ValueError(f"negative_phase must be one of {NEGATIVE_PHASES}, got {negative_phase!r}")
         if k < 1 or epochs < 0 or batch_size < 1:

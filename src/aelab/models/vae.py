@@ -73,9 +73,10 @@ class VAE(nn.Module):
         return self.decode(self.encode(x))
 
     def neg_log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z) per sample, summed over pixels; logits has shape (..., D), x (N, D) broadcasts."""
+        """-log p(x|z) per sample, summed over pixels; logits (..., D) and x broadcast against each other."""
+        logits, x = torch.broadcast_tensors(logits, x)
         if self.options["likelihood"] == "bce":
-            return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         s = self.options["obs_std"]
         d = x.shape[-1]
         return 0.5 * ((torch.sigmoid(logits) - x).pow(2).sum(-1) / s**2) + d * (math.log(s) + 0.5 * LOG_2PI)

@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+SHARED_IDX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-idx"
+
+
+@pytest.fixture
+def shared_idx() -> Path:
+    if not (SHARED_IDX / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"{SHARED_IDX} not present")
+    return SHARED_IDX
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path_factory, monkeypatch):
+    # never touch the user's cache from tests
+    monkeypatch.setenv("AELAB_DATA", str(tmp_path_factory.getbasetemp() / "aelab-data"))
