@@ -171,18 +171,20 @@ def toy_data(n=1000, seed=0):
     return torch.where(flip, 1 - x, x)
 
 
-# CD-1 with Hinton's settings; PCD (Tieleman) wants a smaller rate and momentum with so few chains
-@pytest.mark.parametrize("options", [{}, dict(persistent=True, lr=0.05, momentum=(0.5, 0.5))])
+# CD-1 with Hinton's settings; PCD (Tieleman) wants less momentum with so few chains. (PCD from this
+# start is slower than CD-1 because it follows the true gradient, which crosses a plateau: exact
+# gradient ascent at lr 0.1, momentum 0.5 is at -3.18 nats after 300 steps.)
+@pytest.mark.parametrize("options", [{}, dict(persistent=True, momentum=(0.5, 0.5))])
 def test_fit_raises_exact_log_likelihood(options):
     data = toy_data()
     g = torch.Generator().manual_seed(0)
     rbm = RBM(6, 4, generator=g).to(D)
     before = exact_log_likelihood(rbm, data)
-    history = rbm.fit(data, epochs=15, batch_size=50, generator=g, **options)  # 300 updates
+    history = rbm.fit(data, epochs=20, batch_size=50, generator=g, **options)  # 400 updates
     after = exact_log_likelihood(rbm, data)
     # start ~ uniform (-6 log 2 = -4.16 nats); the data entropy is log 3 + 6 H(0.05) = 2.29 nats
     assert before < -4.0 and after > -2.8, (before, after)
-    assert len(history) == 15 and history[-1]["recon_error"] < history[0]["recon_error"]
+    assert len(history) == 20 and history[-1]["recon_error"] < history[0]["recon_error"]
 
 
 # ----- fit bookkeeping ------------------------------------------------------------------------------

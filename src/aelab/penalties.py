@@ -192,18 +192,35 @@ def _gram_pays(d_code: int, n: int, d_1: int, d_input: int) -> bool:
     return d_1 * (d_code * n + d_input) < d_code * n * d_input
 
 
-def _exact(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def exact_route(encoder: nn.Module, x: torch.Tensor) -> str:
+    """Which exact computation method="exact" runs: "forward", "gram" or "reverse".
+
+    forward: d_code > d_input, so d_input JVPs per example (vmap of jacfwd);
+    gram:    plain Sequential starting [Flatten,] Linear whose width makes the
+             first-layer Gram matrix cheaper (see _exact_reverse_gram);
+    reverse: d_code VJPs per example, one batched autograd.grad.
+    """
     with torch.no_grad():  # one example is enough to read the code size
         d_code = encoder(x[:1]).numel()
     d_input = x[0].numel()
     if d_code > d_input:
-        return _exact_func(encoder, x, "forward")
+        return "forward"
     first = leading_linear(encoder)
-    if first is not None and (first[0] or x.dim() == 2):
-        has_flatten, linear, rest = first
-        if _gram_pays(d_code, x.shape[0], linear.out_features, d_input):
-            return _exact_reverse_gram(linear, rest, x.flatten(1) if has_flatten else x)
-    return _exact_reverse_autograd(encoder, x)  # benchmarked no slower than vmap(jacrev); see benchmarks/
+    if first is not None and (first[0] or x.dim() == 2) and _gram_pays(d_code, x.shape[0], first[1].out_features,
+                                                                       d_input):
+        return "gram"
+    return "reverse"
+
+
+def _exact(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    route = exact_route(encoder, x)
+    if route == "forward":
+        return _exact_func(encoder, x, "forward")
+    if route == "gram":
+        has_flatten, linear, rest = leading_linear(encoder)
+        return _exact_reverse_gram(linear, rest, x.flatten(1) if has_flatten else x)
+    # batched autograd.grad rather than vmap(jacrev): same arithmetic, measured no slower (benchmarks/)
+    return _exact_reverse_autograd(encoder, x)
 
 
 # --------------------------------------------------------------------------- Hutchinson

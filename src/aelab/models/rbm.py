@@ -71,6 +71,14 @@ NEGATIVE_PHASES = ("probabilities", "samples")
 DEFAULT_LR = {"bernoulli": 0.1, "gaussian": 0.001}
 
 
+def bernoulli_into(prob: torch.Tensor, out: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """out = 1.0 where u < prob, u ~ U[0, 1) (i.e. a Bernoulli(prob) sample), written into `out` (not prob).
+
+    torch.rand + an in-place comparison is ~4x faster on CPU than Tensor.bernoulli_(prob)."""
+    torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device, out=out)
+    return out.lt_(prob)
+
+
 @dataclass
 class CDStatistics:
     """One CD/PCD estimate of the log-likelihood gradient, averaged over the batch (ascent direction)."""
@@ -124,7 +132,7 @@ class RBM(nn.Module):
     def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(p(v = 1 | h), a binary sample v ~ p(v | h))."""
         prob = self.visible_prob(h)
-        return prob, torch.bernoulli(prob, generator=generator or self.generator)
+        return prob, bernoulli_into(prob, torch.empty_like(prob), generator or self.generator)
 
     @torch.no_grad()
     def gibbs(self, v: torch.Tensor, k: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -136,8 +144,8 @@ class RBM(nn.Module):
 
     def _sample_hidden(self, mean: torch.Tensor, out: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.hidden == "bernoulli":
-            return out.bernoulli_(mean, generator=generator)
-        return torch.randn(out.shape, generator=generator, dtype=out.dtype, out=out).add_(mean)
+            return bernoulli_into(mean, out, generator)
+        return torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device, out=out).add_(mean)
 
     # ----- energies and scores ------------------------------------------------------------
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
@@ -200,7 +208,7 @@ class RBM(nn.Module):
             last = step == k - 1
             sampled = not last or chain is not None or negative_phase == "samples"
             if sampled:
-                v_sample.bernoulli_(v_prob, generator=generator)
+                bernoulli_into(v_prob, v_sample, generator)
             v_end = v_prob if last and negative_phase == "probabilities" else v_sample
             self._positive_phase(v_end, h_neg)
             if not last:
