@@ -44,6 +44,11 @@ def energy(rbm: RBM, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return e
 
 
+def energy_autograd(rbm: RBM, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The Bernoulli-hidden E(v, h) again, as a differentiable function of the parameters."""
+    return -(v @ rbm.visible_bias)[:, None] - (h @ rbm.hidden_bias)[None, :] - v @ rbm.weight @ h.t()
+
+
 def exact_joint(rbm: RBM):
     """All binary (v, h), the joint p(v, h) (Nv, Nh) and log Z, by enumeration."""
     v, h = binary_states(rbm.n_visible), binary_states(rbm.n_hidden)
@@ -120,10 +125,6 @@ def test_moment_gradient_equals_autograd_of_exact_log_likelihood():
     assert torch.allclose(gW, dvh - mvh, atol=1e-12)
     assert torch.allclose(gb, dv - mv, atol=1e-12)
     assert torch.allclose(gc, dh - mh, atol=1e-12)
-
-
-def energy_autograd(rbm, v, h):
-    return -(v @ rbm.visible_bias)[:, None] - (h @ rbm.hidden_bias)[None, :] - v @ rbm.weight @ h.t()
 
 
 def test_long_chain_and_cd1_estimates_match_exact_expectations():

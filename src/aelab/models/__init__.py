@@ -12,6 +12,7 @@ import torch.nn as nn
 # name -> (module, class, one-line description). Modules are imported on demand.
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "ae": ("ae", "AE", "MLP autoencoder 784-256-64-20, ReLU inside, sigmoid output (MSE or BCE)"),
+    "binary": ("binary", "BinaryAE", "conv AE with a {0,1} straight-through bottleneck (512 bits) or a float baseline"),
     "vae": ("vae", "VAE", "variational AE: log-variance encoder, reparameterisation, analytic KL, IWAE NLL"),
 }
 

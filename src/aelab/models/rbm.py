@@ -375,9 +375,12 @@ def pretrain_stack(data: torch.Tensor, sizes: Sequence[int] = (784, 1000, 500, 2
         top = i == len(sizes) - 2
         hidden = top_hidden if top else "bernoulli"
         rbm = RBM(n_vis, n_hid, hidden=hidden, generator=generator).to(x.dtype)
-        layer_lr = (top_lr if top else lr)
-        if layer_lr is None:
-            layer_lr = lr if (hidden == "bernoulli" and lr is not None) else DEFAULT_LR[hidden]
+        if top and top_lr is not None:
+            layer_lr = top_lr
+        elif hidden == "bernoulli" and lr is not None:
+            layer_lr = lr
+        else:
+            layer_lr = DEFAULT_LR[hidden]
         if log is not None:
             log(f"pretraining layer {i + 1}/{len(sizes) - 1}: RBM {n_vis}-{n_hid} ({hidden} hidden, lr {layer_lr})")
         rbm.fit(x, epochs=epochs, lr=layer_lr, generator=generator, log=log, **fit_kwargs)
