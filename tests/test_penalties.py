@@ -225,6 +225,20 @@ def test_exact_keeps_the_graph_to_x_when_x_requires_grad():
     torch.testing.assert_close(grad_x, fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("method", ["analytic", "exact", "hutchinson"])
+def test_value_under_no_grad(method):
+    encoder = make_encoder([12, 5] if method == "analytic" else [12, 6, 5], "sigmoid", seed=20)
+    x = torch.randn(4, 12, dtype=torch.float64)
+    with torch.no_grad():
+        value = jacobian_frobenius_sq(encoder, x, method=method, k=6, generator=torch.Generator().manual_seed(0))
+    assert not value.requires_grad
+    with_grad = jacobian_frobenius_sq(encoder, x, method=method, k=6, generator=torch.Generator().manual_seed(0))
+    assert with_grad.requires_grad
+    torch.testing.assert_close(value, with_grad.detach(), rtol=1e-12, atol=0)
+    if method != "hutchinson":
+        assert_rel(value, brute_force(encoder, x))
+
+
 # ----------------------------------------------------------------------------- gradients
 
 

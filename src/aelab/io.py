@@ -22,13 +22,37 @@ from .errors import CheckpointError
 FORMAT_VERSION = 1  # of run folders: model.json, config.json, checkpoint.safetensors
 
 
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(kind: str) -> None:
+    """Fault injection for the kill-and-resume tests: with AELAB_FAULT_KILL_AT_<KIND>=N in the environment,
+    the process SIGKILLs itself the N-th time it passes this point. Does nothing otherwise."""
+    target = os.environ.get(f"AELAB_FAULT_KILL_AT_{kind.upper()}")
+    if target is None:
+        return
+    _fault_counts[kind] = _fault_counts.get(kind, 0) + 1
+    if _fault_counts[kind] == int(target):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> None:
+    """Temp files left by a process killed mid-write (the real files are intact: the rename never happened)."""
+    for p in Path(folder).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data[: len(data) // 2])
+            fault_point("write")  # a kill here leaves half a temp file and the old destination intact
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -12,10 +12,12 @@ the Jacobian is diag(h (1 - h)) W, so (their eq. 5)
 
 one matmul of the layer's size. For any other encoder we build the Jacobian
 exactly, d_code vector-Jacobian products (reverse mode) or d_input
-Jacobian-vector products (forward mode) per example, whichever is fewer, or we
-estimate it without bias with Hutchinson's trick (Hutchinson 1990):
+Jacobian-vector products (forward mode) per example, whichever is fewer (with a
+shortcut through the first layer's Gram matrix W W^T for MLPs whose first layer
+narrows the input), or we estimate it without bias with Hutchinson's trick
+(Hutchinson 1990):
 
-    ||J||_F^2 = tr(J^T J) = E_u ||u^T J||^2,   u ~ N(0, I) in code space.
+    ||J||_F^2 = tr(J^T J) = E_v ||J v||^2 = E_u ||u^T J||^2,   v, u ~ N(0, I).
 
 Every result is per example (N,) and keeps the autograd graph (create_graph),
 so `penalty.mean().backward()` gives the gradient of the penalty w.r.t. the
@@ -274,9 +276,16 @@ def jacobian_frobenius_sq(encoder: nn.Module, x: torch.Tensor, method: str = "au
                       d_input batched JVPs (torch.func.jacfwd), so cost is
                       min(d_code, d_input) passes through the encoder.
         "hutchinson"  unbiased estimate from k Gaussian probes, k JVPs or k VJPs
-                      (see hutchinson_side); reproducible with `generator`. Its relative
+                      (see hutchinson_side); reproducible with `generator`. Do not
+                      seed it like the weights' initialisation: the same seed replays
+                      the same numbers, so the probes correlate with W and the
+                      estimate is off by many standard errors (seen while
+                      writing benchmarks/contractive_penalty.py). Its relative
                       standard deviation per example is at most sqrt(2 / k).
         "auto"        analytic if the encoder matches its pattern, else exact.
+    Under torch.no_grad() it still works (e.g. for validation logging) and
+    returns a tensor without a graph.
+
     chunk_size: examples per pass; bounds the (min(d_code, d_input), chunk, width)
         temporaries. Results do not depend on it (Hutchinson probes are drawn
         for the whole batch first). The autograd graph kept for backward still
@@ -309,8 +318,11 @@ def jacobian_frobenius_sq(encoder: nn.Module, x: torch.Tensor, method: str = "au
 
     n = x.shape[0]
     step = n if chunk_size is None else chunk_size
-    parts = [compute(x[start:start + step], slice(start, start + step)) for start in range(0, n, step)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    differentiable = torch.is_grad_enabled()
+    with torch.enable_grad():  # the Jacobian itself needs autograd, even for a value under torch.no_grad()
+        parts = [compute(x[start:start + step], slice(start, start + step)) for start in range(0, n, step)]
+    penalty = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return penalty if differentiable else penalty.detach()
 
 
 def ones_backward_quantity(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

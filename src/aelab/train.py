@@ -208,7 +208,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     if not resume and ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not ckpt_path.exists():
-        raise CheckpointError(f"--resume: no checkpoint.safetensors in {out}")
+        if not (out / "config.json").exists():
+            raise CheckpointError(f"--resume: no checkpoint.safetensors in {out}")
+        resume = False  # the run was stopped before its first checkpoint: start it again from scratch
 
     torch.manual_seed(cfg.seed)
     train_x, _ = datamod.load(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
@@ -241,17 +243,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     config["versions"] = package_versions()
     is_writer = rank == 0
 
+    def write_run_files() -> None:  # model.safetensors/json and metrics.jsonl, derived from the checkpoint
+        save_model(out, model)
+        io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
     def checkpoint(epoch: int) -> None:
         if not is_writer:
             return
         io.save_state(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict()},
                       meta={"epoch": epoch, "history": history, "pretrained": pretrained})
-        save_model(out, model)
-        io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_run_files()
 
     if is_writer:
         out.mkdir(parents=True, exist_ok=True)
+        io.remove_stale_temp_files(out)
         io.write_json(out / "config.json", config)
+        if resume:  # a kill may have come between the checkpoint and the files derived from it
+            write_run_files()
 
     if getattr(model, "pretrain_required", False) and not pretrained:
         t0 = time.perf_counter()
@@ -296,6 +304,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
                 (loss * scale).backward()
                 return loss
 
+            io.fault_point("step")
             if cfg.optimizer == "lbfgs":
                 loss = opt.step(closure)
             else:

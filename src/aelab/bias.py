@@ -1,0 +1,276 @@
+"""Finding bias-conflicting samples without bias labels, and the metrics that score such a search.
+
+Setting (ColoredMNIST, `aelab.data.colored`): in every digit class most training images carry the class
+colour ("bias-aligned"), a few carry another colour ("bias-conflicting"). Every scoring function here
+receives images (or codes computed from images) and DIGIT labels only -- never colour labels -- and returns
+one score per sample, higher = more likely conflicting. Colour labels enter only `class_metrics`, which
+grades the scores. Scores are compared within a class (AUROC etc. per digit), so a score needs only to
+rank the members of one class correctly.
+
+Scoring methods
+    reconstruction error   sum_i (x_i - x_hat_i)^2 of an autoencoder trained on all images: a rare
+                           (digit, colour) combination is modelled worse (Hinton & Salakhutdinov 2006's
+                           recon_sse unit; reconstruction-based outlier scores, e.g. Japkowicz et al. 1995).
+    kNN code distance      mean Euclidean distance from a code to its k nearest neighbours of the SAME digit
+                           (self excluded); the conflicting images of a class have no neighbours of their
+                           colour in it (kNN outlier score, Ramaswamy, Rastogi & Shim 2000).
+    Gaussian code NLL      -log N(z; mu_y, Sigma_y + eps I), one Gaussian per digit fitted on its codes.
+    biased classifier      Learning from Failure (Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020): an MLP trained
+                           on the digit labels with the Generalized Cross Entropy
+                               GCE(p, y) = (1 - p_y^q) / q,   q in (0, 1]   (Zhang & Sabuncu 2018)
+                           whose gradient is p_y^q times the CE gradient, so it weights the samples the
+                           model already fits (the easy, colour-aligned majority) and ignores the rest:
+                           the model learns the colour shortcut, and the conflicting samples keep a high
+                           cross-entropy -log p_y, which is the score.
+    per-class PCA error    sum of squared residuals of a PCA fitted on the images of the sample's own class.
+    rank average           the mean of the within-class normalised ranks of several scores.
+
+Metrics (per class, with positives = conflicting samples; see `auroc`, `average_precision`,
+`precision_recall_at_k`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------- metrics
+def _check_binary_task(scores, positive) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positive = np.asarray(positive, dtype=bool).reshape(-1)
+    if len(scores) != len(positive):
+        raise ValueError(f"{len(scores)} scores but {len(positive)} labels")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf")
+    return scores, positive
+
+
+def auroc(scores, positive) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties count 1/2.
+
+    Computed from the Mann-Whitney U statistic with mid-ranks: AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg),
+    R_pos the sum of the (tie-averaged, 1-based) ranks of the positives. NaN if a class is missing.
+    """
+    from scipy.stats import rankdata
+
+    scores, positive = _check_binary_task(scores, positive)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # mid-ranks for ties
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(scores, positive) -> float:
+    """AP = sum over distinct thresholds t (descending) of (R(t) - R(t_prev)) P(t), where P and R are the precision
+    and recall of {score >= t}; tied scores form one threshold (the definition of sklearn's
+    average_precision_score). NaN without positives."""
+    scores, positive = _check_binary_task(scores, positive)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    tp, seen = np.cumsum(pos), np.arange(1, len(s) + 1)
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold ends where the score changes
+    tp, seen = tp[last_of_tie], seen[last_of_tie]
+    recall_gain = np.diff(np.r_[0, tp]) / n_pos
+    return float((recall_gain * tp / seen).sum())
+
+
+def precision_recall_at_k(scores, positive, k: int) -> tuple[float, float]:
+    """Precision and recall of the k highest scores (ties at the cut broken by sample order: a stable sort).
+    With k = the number of positives, precision = recall."""
+    scores, positive = _check_binary_task(scores, positive)
+    if not 1 <= k <= len(scores):
+        raise ValueError(f"k must be in 1..{len(scores)}, got {k}")
+    top = np.argsort(-scores, kind="stable")[:k]
+    hits = int(positive[top].sum())
+    n_pos = int(positive.sum())
+    return hits / k, (hits / n_pos if n_pos else float("nan"))
+
+
+def class_metrics(scores, digits, conflicting) -> dict:
+    """Grade a score within each digit class: AUROC, AP, precision and recall at k = number of conflicting
+    samples of the class. `conflicting` (from the colour labels) is used only here.
+    Returns {"per_class": [{"class", "n", "n_conflicting", "auroc", ...}], "mean": {metric: mean over classes}}."""
+    scores = np.asarray(scores, dtype=np.float64)
+    digits = np.asarray(digits).reshape(-1)
+    conflicting = np.asarray(conflicting, dtype=bool).reshape(-1)
+    rows = []
+    for c in np.unique(digits):
+        m = digits == c
+        n_conf = int(conflicting[m].sum())
+        row = {"class": int(c), "n": int(m.sum()), "n_conflicting": n_conf,
+               "auroc": auroc(scores[m], conflicting[m]), "average_precision": average_precision(scores[m], conflicting[m])}
+        if n_conf:
+            row["precision_at_k"], row["recall_at_k"] = precision_recall_at_k(scores[m], conflicting[m], n_conf)
+        else:
+            row["precision_at_k"] = row["recall_at_k"] = float("nan")
+        rows.append(row)
+    keys = ["auroc", "average_precision", "precision_at_k", "recall_at_k"]
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    return {"per_class": rows, "mean": mean}
+
+
+# ---------------------------------------------------------------- scores from a representation
+def within_class_ranks(scores, digits) -> np.ndarray:
+    """Each score's mid-rank within its own class, scaled to (0, 1]: rank / class size."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64)
+    digits = np.asarray(digits).reshape(-1)
+    out = np.empty_like(scores)
+    for c in np.unique(digits):
+        m = digits == c
+        out[m] = rankdata(scores[m]) / m.sum()
+    return out
+
+
+def rank_average(score_list: Sequence[np.ndarray], digits) -> np.ndarray:
+    """Mean of the within-class normalised ranks of several scores (a scale-free combination)."""
+    return np.mean([within_class_ranks(s, digits) for s in score_list], axis=0)
+
+
+def knn_distance_scores(features, digits, k: int = 10) -> np.ndarray:
+    """Mean Euclidean distance from each sample to its k nearest neighbours in its own class (itself excluded)."""
+    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    digits = np.asarray(digits).reshape(-1)
+    out = np.empty(len(features))
+    for c in np.unique(digits):
+        idx = np.flatnonzero(digits == c)
+        f = features[idx]
+        sq = (f * f).sum(1)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * f @ f.T, 0.0)
+        np.fill_diagonal(d2, np.inf)
+        kk = min(k, len(idx) - 1)
+        nearest = np.sqrt(np.partition(d2, kk - 1, axis=1)[:, :kk])
+        out[idx] = nearest.mean(1)
+    return out
+
+
+def gaussian_nll_scores(features, digits, eps: float = 1e-3) -> np.ndarray:
+    """-log N(z; mu_y, Sigma_y + eps * mean_variance * I) per sample, the Gaussian fitted on its own class y.
+
+    The ridge eps (relative to the class's mean variance) keeps Sigma_y invertible when a class has fewer
+    samples than dimensions."""
+    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    digits = np.asarray(digits).reshape(-1)
+    d = features.shape[1]
+    out = np.empty(len(features))
+    for c in np.unique(digits):
+        idx = np.flatnonzero(digits == c)
+        f = features[idx]
+        mu = f.mean(0)
+        cov = np.atleast_2d(np.cov(f, rowvar=False, bias=True))
+        cov += eps * max(np.trace(cov) / d, 1e-12) * np.eye(d)
+        chol = np.linalg.cholesky(cov)
+        white = np.linalg.solve(chol, (f - mu).T)  # L^{-1} (z - mu)
+        logdet = 2 * np.log(np.diag(chol)).sum()
+        out[idx] = 0.5 * ((white ** 2).sum(0) + logdet + d * np.log(2 * np.pi))
+    return out
+
+
+def pca_residual_scores(images, digits, n_components: int = 20) -> np.ndarray:
+    """Squared residual ||x - x_hat||^2 of a PCA with n_components fitted on the sample's own class.
+
+    With F the centred class matrix (n x D) and F F^T = U diag(s^2) U^T, the projections on the top
+    principal directions are F V_k = U_k diag(s_k), so residual = ||f||^2 - ||U_k s_k||^2 row by row:
+    an n x n eigenproblem instead of a D x D one (n = 400 images vs D = 2352 pixels)."""
+    x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    digits = np.asarray(digits).reshape(-1)
+    out = np.empty(len(x))
+    for c in np.unique(digits):
+        idx = np.flatnonzero(digits == c)
+        f = x[idx] - x[idx].mean(0)
+        eigval, eigvec = np.linalg.eigh(f @ f.T)  # ascending
+        k = min(n_components, len(idx) - 1)
+        proj = eigvec[:, len(idx) - k:] * np.sqrt(np.maximum(eigval[len(idx) - k:], 0))
+        out[idx] = np.maximum((f * f).sum(1) - (proj * proj).sum(1), 0.0)
+    return out
+
+
+@torch.no_grad()
+def reconstruction_error_scores(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+    """Per-image sum of squared errors of an autoencoder (aelab model interface: encode / decode)."""
+    model.eval()
+    out = [(model.decode(model.encode(xb)) - xb).pow(2).flatten(1).sum(1) for xb in images.split(batch_size)]
+    return torch.cat(out).double().numpy()
+
+
+# ---------------------------------------------------------------- the biased classifier (LfF)
+def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7) -> torch.Tensor:
+    """Per-sample Generalized Cross Entropy (1 - p_y^q) / q with p = softmax(logits) (Zhang & Sabuncu 2018).
+
+    q -> 0 gives the cross-entropy -log p_y; q = 1 gives the MAE-like 1 - p_y. The gradient is
+    dGCE/dlogits = p_y^q (softmax(logits) - onehot(y)), i.e. p_y^q times the CE gradient.
+    """
+    if not 0 < q <= 1:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    log_p_y = F.log_softmax(logits, dim=1).gather(1, targets.long().reshape(-1, 1)).squeeze(1)
+    return (1 - torch.exp(q * log_p_y)) / q
+
+
+class MLPClassifier(nn.Module):
+    """LfF's ColoredMNIST classifier: flatten -> [Linear(·, 100) ReLU] x 3 -> Linear(100, n_classes)."""
+
+    def __init__(self, n_inputs: int, n_classes: int = 10, hidden: Sequence[int] = (100, 100, 100)):
+        super().__init__()
+        from .models.ae import mlp
+
+        self.net = mlp([n_inputs, *hidden, n_classes], "relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+def train_biased_classifier(images: torch.Tensor, digits: torch.Tensor, epochs: int = 3, q: float = 0.7,
+                            lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
+                            hidden: Sequence[int] = (100, 100, 100), on_epoch_end=None) -> MLPClassifier:
+    """Train an MLP on the digit labels with the GCE loss for a few epochs (Adam): a deliberately biased model.
+    `on_epoch_end(model)` is called after every epoch (the model in eval mode)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n_classes = int(digits.max()) + 1
+    model = MLPClassifier(images[0].numel(), n_classes, hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(images), generator=gen).split(batch_size):
+            loss = gce_loss(model(images[idx]), digits[idx], q).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        if on_epoch_end is not None:
+            on_epoch_end(model)
+    return model
+
+
+@torch.no_grad()
+def cross_entropy_scores(model: nn.Module, images: torch.Tensor, digits: torch.Tensor,
+                         batch_size: int = 1000) -> np.ndarray:
+    """-log p(y | x) under a classifier: high for the samples the (biased) model fails on."""
+    model.eval()
+    out = [F.cross_entropy(model(xb), yb, reduction="none")
+           for xb, yb in zip(images.split(batch_size), digits.split(batch_size))]
+    return torch.cat(out).double().numpy()
+
+
+def biased_classifier_scores(images: torch.Tensor, digits: torch.Tensor, n_models: int = 1, seed: int = 0,
+                             average_epochs: bool = False, **train_options) -> np.ndarray:
+    """Learning-from-Failure score: cross-entropy -log p_y of GCE-trained MLPs, averaged over n_models seeds
+    (and, with average_epochs, over the end of every epoch -- a cheap snapshot ensemble, in the spirit of
+    LfF's moving average of each sample's loss)."""
+    scores: list[np.ndarray] = []
+    for i in range(n_models):
+        snapshots: list[np.ndarray] = []
+        model = train_biased_classifier(images, digits, seed=seed + i,
+                                        on_epoch_end=lambda m: snapshots.append(cross_entropy_scores(m, images, digits)),
+                                        **train_options)
+        scores += snapshots if average_epochs else snapshots[-1:]
+    return np.mean(scores, axis=0)
