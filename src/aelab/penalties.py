@@ -255,7 +255,8 @@ def hutchinson_side(d_code: int, d_input: int, k: int) -> str:
     again, while through k JVPs it skips it (the probe v is a constant there),
     so JVPs win when the input end is the wider one. Forward mode has a fixed
     overhead (the primal is recomputed alongside the tangents), which makes
-    VJPs cheaper below about 4 probes on MLPs (profiled flops, 784-1000-500-250-30).
+    VJPs cheaper below about 4 probes on MLPs (profiled flops, 784-1000-500-250-30;
+    single-thread timings in benchmarks/contractive_penalty.py agree).
     """
     return "input" if d_input >= d_code and k >= 4 else "code"
 
@@ -274,7 +275,9 @@ def jacobian_frobenius_sq(encoder: nn.Module, x: torch.Tensor, method: str = "au
         "analytic"    closed form for [Flatten,] Linear + sigmoid|tanh|relu (one matmul).
         "exact"       any encoder; d_code batched VJPs if d_code <= d_input, else
                       d_input batched JVPs (torch.func.jacfwd), so cost is
-                      min(d_code, d_input) passes through the encoder.
+                      min(d_code, d_input) passes through the encoder; MLPs whose
+                      first layer narrows the input skip that layer via W W^T
+                      (see exact_route).
         "hutchinson"  unbiased estimate from k Gaussian probes, k JVPs or k VJPs
                       (see hutchinson_side); reproducible with `generator`. Do not
                       seed it like the weights' initialisation: the same seed replays
