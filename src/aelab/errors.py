@@ -17,5 +17,9 @@ class ConfigError(AelabError):
     """An option has an invalid value."""
 
 
+class StorageError(AelabError):
+    """A file could not be written (full disk, no permission); nothing half-written is left."""
+
+
 class TrainingDiverged(Exception):
     """The loss became NaN or inf; the last good checkpoint is kept."""

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .errors import CheckpointError
+from .errors import CheckpointError, StorageError
 
 FORMAT_VERSION = 1  # of run folders: model.json, config.json, checkpoint.safetensors
 
@@ -46,9 +46,10 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data[: len(data) // 2])
             fault_point("write")  # a kill here leaves half a temp file and the old destination intact
@@ -56,8 +57,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder...: one clear line, and no temp file left behind
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
