@@ -89,18 +89,11 @@ def test_newer_format_version(run, capsys):
     one_line_exit_2(capsys, main(["evaluate", str(run)]), "newer")
 
 
-def test_newer_checkpoint_format(run, capsys):
+def test_newer_checkpoint_format(run, capsys, monkeypatch):
     state, meta = io.load_state(run / "checkpoint.safetensors")
+    monkeypatch.setattr(io, "FORMAT_VERSION", 7)  # as if written by a future aelab
     io.save_state(run / "checkpoint.safetensors", state, meta)
-    raw = (run / "checkpoint.safetensors").read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    header["__metadata__"]["format_version"] = "7"
-    new = json.dumps(header).encode()
-    new += b" " * (n - len(new)) if len(new) <= n else b""
-    if len(new) != n:
-        pytest.skip("header grew")
-    (run / "checkpoint.safetensors").write_bytes(raw[:8] + new + raw[8 + n:])
+    monkeypatch.setattr(io, "FORMAT_VERSION", 1)
     one_line_exit_2(capsys, main([*TRAIN, "--epochs", "2", "--out", str(run), "--resume"]), "newer aelab")
 
 
