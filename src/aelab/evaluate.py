@@ -28,6 +28,16 @@ from .train import load_model
 EXTRA_DIAGNOSTICS: dict[str, Callable] = {}
 
 
+def _contraction_diagnostics(*args):  # imported on use: evaluate must not need every model's module
+    from .models.contractive import contraction_diagnostics
+
+    return contraction_diagnostics(*args)
+
+
+# mean ||J_f||_F, saturation and Jacobian spectrum (Rifai et al. 2011) for the MLP autoencoders
+EXTRA_DIAGNOSTICS.update(dict.fromkeys(("ae", "cae", "dae"), _contraction_diagnostics))
+
+
 @torch.no_grad()
 def encode_all(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     model.eval()

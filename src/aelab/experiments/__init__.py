@@ -1,4 +1,6 @@
 """One short recipe per paper. name -> (module, description); each module has add_arguments(parser) and run(args)."""
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "train the MLP AE and the VAE on mnist5k, evaluate both, write one report"),
+    "debias": ("debias", "rank ColoredMNIST training images by how likely they are bias-conflicting, without colour labels"),
+    "binary": ("binary", "binary (STE) vs float bottleneck vs PCA-sign codes: reconstruction and Hamming retrieval"),
 }

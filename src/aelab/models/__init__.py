@@ -12,6 +12,8 @@ import torch.nn as nn
 # name -> (module, class, one-line description). Modules are imported on demand.
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "ae": ("ae", "AE", "MLP autoencoder 784-256-64-20, ReLU inside, sigmoid output (MSE or BCE)"),
+    "cae": ("contractive", "CAE", "contractive AE (Rifai 2011): 784-1000 sigmoid code, recon + lam ||J_f(x)||_F^2"),
+    "dae": ("contractive", "DAE", "denoising AE (Vincent 2008): 784-1000 sigmoid code, gaussian or masking noise"),
     "binary": ("binary", "BinaryAE", "conv AE with a {0,1} straight-through bottleneck (512 bits) or a float baseline"),
     "vae": ("vae", "VAE", "variational AE: log-variance encoder, reparameterisation, analytic KL, IWAE NLL"),
 }

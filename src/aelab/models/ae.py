@@ -11,6 +11,11 @@ VAE's reconstruction term, in nats for bce.
 
 `weight_decay` adds lambda * sum of squared weights (biases excluded) to the
 loss: the "AE+wd" baseline of Rifai et al. (2011).
+
+`activation` is the nonlinearity of the hidden layers (relu by default). With
+`latent=None` the last hidden layer, after its activation, is the code: e.g.
+hidden=(1000,), activation="sigmoid", latent=None is the one-layer 784-1000
+sigmoid autoencoder of Rifai et al. (2011), encoder sigmoid(W x + b).
 """
 from __future__ import annotations
 
@@ -62,21 +67,33 @@ def check_positive_sizes(**sizes) -> None:
 class AE(nn.Module):
     """MLP autoencoder 784-256-64-20 by default (ReLU inside, sigmoid output)."""
 
-    def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int = 20, loss: str = "mse",
-                 weight_decay: float = 0.0):
+    def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int | None = 20, loss: str = "mse",
+                 weight_decay: float = 0.0, activation: str = "relu"):
         super().__init__()
         hidden = [int(h) for h in hidden]
-        check_positive_sizes(latent=latent, hidden=hidden)
+        check_positive_sizes(hidden=hidden)
+        if latent is not None:
+            check_positive_sizes(latent=latent)
+        elif not hidden:
+            raise ValueError("latent=None makes the last hidden layer the code, so hidden must not be empty")
         if loss not in ("mse", "bce"):
             raise ValueError(f"unknown loss {loss!r}; choose from bce, mse")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
         self.options = dict(input_shape=list(input_shape), hidden=hidden, latent=latent, loss=loss,
-                            weight_decay=weight_decay)
+                            weight_decay=weight_decay, activation=activation)
         self.input_shape = tuple(input_shape)
-        self.latent = latent
         d = math.prod(self.input_shape)
-        self.encoder = mlp([d, *hidden, latent], "relu")
+        if latent is None:  # the code is the last hidden layer's activations
+            self.latent = hidden[-1]
+            self.encoder = mlp([d, *hidden], activation, final_activation=activation)
+            decoder_sizes = [*reversed(hidden), d]
+        else:  # a linear code layer after the hidden layers
+            self.latent = latent
+            self.encoder = mlp([d, *hidden, latent], activation)
+            decoder_sizes = [latent, *reversed(hidden), d]
         # the decoder ends in logits; sigmoid is applied in decode(), BCE uses the logits directly
-        self.decoder = mlp([latent, *reversed(hidden), d], "relu")
+        self.decoder = mlp(decoder_sizes, activation)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.flatten(1))

@@ -1,0 +1,177 @@
+"""Find the bias-conflicting samples of ColoredMNIST without colour labels (the setting of Learning from Failure,
+Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020).
+
+    ColoredMNIST train split (aligned_ratio of each digit class in the class colour)
+      -> an MLP autoencoder trained on the images (aelab.train, unsupervised)
+      -> every method of aelab.bias.METHODS scores every image from (images, digit labels) only
+      -> the colour labels grade each score within each digit class: AUROC, AP, precision/recall at
+         k = the number of conflicting images of the class
+      -> results.json, report.html/md (tables, t-SNE of the codes by digit and by colour, top-ranked images)
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import bias, io, report
+from .. import data as datamod
+from ..data.colored import make_colored_mnist
+from ..evaluate import encode_all, tsne_2d
+from ..train import TrainConfig, load_model, train
+
+COLOUR_LABEL_USE = ("Colour labels were used only to grade the scores (AUROC, AP, precision/recall at k), to colour "
+                    "the t-SNE plot and to count the conflicting images in the top-ranked grid. Every scoring method "
+                    "received the images and the digit labels only (aelab.bias.score_samples has no colour argument).")
+
+# (full, --quick) defaults of the settings that --quick shrinks
+DEFAULTS = {"ae_epochs": (20, 5), "n_models": (5, 3), "tsne_points": (2000, 1000)}
+
+
+def aligned_ratio_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cli import positive_int
+
+    p.add_argument("--out", default="runs/debias")
+    p.add_argument("--aligned-ratio", type=aligned_ratio_type, default=0.95,
+                   help="fraction of each digit class in its own colour (LfF: 0.95, 0.98, 0.99, 0.995)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the colouring and of every model")
+    p.add_argument("--dataset-source", default="mnist5k", help="grayscale dataset to colour (mnist5k, digits, mnist, ...)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="use only the first N training images (tests; note mnist5k is ordered by digit)")
+    p.add_argument("--ae-epochs", type=positive_int, default=None, help="autoencoder epochs (default 20, --quick 5)")
+    p.add_argument("--n-models", type=positive_int, default=None, help="GCE-biased MLPs averaged (default 5, --quick 3)")
+    p.add_argument("--gce-epochs", type=positive_int, default=3, help="epochs of each biased MLP")
+    p.add_argument("--k", type=positive_int, default=5, help="neighbours of the kNN scores")
+    p.add_argument("--tsne-points", type=positive_int, default=None, help="default 2000, --quick 1000")
+    p.add_argument("--quick", action="store_true", help="fewer epochs / models / t-SNE points (about 2 minutes)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _setting(args, name: str):
+    value = getattr(args, name, None)
+    return value if value is not None else DEFAULTS[name][1 if args.quick else 0]
+
+
+def load_biased_train_split(source: str, aligned_ratio: float, seed: int, data_dir=None, train_limit=None):
+    """(images, digits, colour labels, conflicting) of the ColoredMNIST train split, exactly the images that
+    data.load("colored-mnist", ...) gives the autoencoder's trainer."""
+    gray, digits = datamod.load(source, "train", data_dir)
+    colored = make_colored_mnist(gray, digits, split="train", aligned_ratio=aligned_ratio, seed=seed)
+    images, _ = datamod.load("colored-mnist", "train", data_dir, aligned_ratio=aligned_ratio, seed=seed, source=source)
+    if not torch.equal(images, colored["images"]):
+        raise RuntimeError("colored-mnist images differ from make_colored_mnist's: the colour labels would not match")
+    n = train_limit or len(images)
+    return images[:n], digits[:n], colored["color_labels"][:n], ~colored["aligned"][:n]
+
+
+def run(args) -> Path:
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    settings = {"aligned_ratio": args.aligned_ratio, "seed": args.seed, "dataset_source": args.dataset_source,
+                "train_limit": args.train_limit, "ae_epochs": _setting(args, "ae_epochs"),
+                "n_models": _setting(args, "n_models"), "gce_epochs": args.gce_epochs, "gce_q": 0.7, "k": args.k,
+                "pca_components": 20, "tsne_points": _setting(args, "tsne_points"), "quick": bool(args.quick)}
+    images, digits, color_labels, conflicting = load_biased_train_split(
+        args.dataset_source, args.aligned_ratio, args.seed, args.data_dir, args.train_limit)
+
+    # 1. the autoencoder, trained by the common trainer on the same images (no labels of any kind)
+    t0 = time.perf_counter()
+    ae_dir = out / "ae"
+    cfg = TrainConfig(model="ae", model_options={"loss": "mse"}, dataset="colored-mnist",
+                      dataset_options={"aligned_ratio": args.aligned_ratio, "seed": args.seed,
+                                       "source": args.dataset_source},
+                      data_dir=args.data_dir, train_limit=args.train_limit, epochs=settings["ae_epochs"],
+                      seed=args.seed, out=str(ae_dir))
+    train(cfg, resume=(ae_dir / "checkpoint.safetensors").exists(), progress=not args.no_progress)
+    ae = load_model(ae_dir)
+    ae_time = time.perf_counter() - t0
+
+    # 2. scores: images and digit labels only
+    timings: dict[str, float] = {}
+    scores = bias.score_samples(images, digits, ae, k=args.k, n_models=settings["n_models"],
+                                gce_epochs=args.gce_epochs, q=settings["gce_q"], seed=args.seed,
+                                pca_components=settings["pca_components"], timings=timings)
+
+    # 3. grading: the only place the colour labels enter
+    y, conf = digits.numpy(), conflicting.numpy()
+    methods = {}
+    for name, s in scores.items():
+        graded = bias.class_metrics(s, y, conf)
+        methods[name] = {"description": bias.METHODS[name], "time_s": timings.get(name), **graded}
+    best = max(methods, key=lambda m: methods[m]["mean"]["auroc"])
+
+    # 4. figures
+    fig_dir = out / "figures"
+    figures = _figures(ae, images, y, color_labels.numpy(), conf, scores[best], best, settings["tsne_points"],
+                       args.seed, fig_dir)
+
+    classes = [int(c) for c in np.unique(y)]
+    data = {"dataset": "colored-mnist", "source": args.dataset_source, "split": "train",
+            "aligned_ratio": args.aligned_ratio, "seed": args.seed, "color_std": 0.005, "n": len(y),
+            "n_per_class": {c: int((y == c).sum()) for c in classes},
+            "conflicting_per_class": {c: int(conf[y == c].sum()) for c in classes}, "n_conflicting": int(conf.sum())}
+    result = {"experiment": "debias", "data": data, "colour_labels": COLOUR_LABEL_USE, "settings": settings,
+              "methods": methods, "best_method": best, "best_mean_auroc": methods[best]["mean"]["auroc"],
+              "best_method_selection": "highest mean AUROC (a choice made with the colour labels, for display only)",
+              "ae_run": str(ae_dir), "ae_time_s": ae_time, "wall_time_s": time.perf_counter() - t_start}
+    io.write_json(out / "results.json", result)
+
+    summary = [{"method": m, "mean AUROC": r["mean"]["auroc"], "mean AP": r["mean"]["average_precision"],
+                "mean precision@k": r["mean"]["precision_at_k"], "mean recall@k": r["mean"]["recall_at_k"],
+                "time (s)": float("nan") if r["time_s"] is None else r["time_s"]} for m, r in methods.items()]
+    per_class_auroc = [{"method": m, **{f"{row['class']}": row["auroc"] for row in r["per_class"]}}
+                       for m, r in methods.items()]
+    best_rows = [{k: v for k, v in row.items()} for row in methods[best]["per_class"]]
+    notes = [f"Data: ColoredMNIST train split built from {args.dataset_source} ({len(y)} images), aligned ratio "
+             f"{args.aligned_ratio}, seed {args.seed}; {int(conf.sum())} bias-conflicting images "
+             f"({', '.join(str(data['conflicting_per_class'][c]) for c in classes)} per digit).",
+             COLOUR_LABEL_USE,
+             "Each score ranks the images of one digit class (higher = more likely conflicting); the metrics are "
+             "computed per class and averaged over classes. k = the number of conflicting images of the class, so "
+             "precision@k = recall@k. AUROC counts ties as 1/2.",
+             f"Autoencoder: MLP {settings['ae_epochs']} epochs ({ae_time:.0f} s). Biased classifiers: "
+             f"{settings['n_models']} MLPs (3 x 100 ReLU) trained {args.gce_epochs} epochs with GCE q=0.7, read after "
+             f"every epoch. kNN: k={args.k}. Best method (by mean AUROC): {best}.",
+             f"Wall time {result['wall_time_s']:.0f} s."]
+    return report.write_report(out, f"Finding bias-conflicting samples without colour labels (aligned ratio "
+                                    f"{args.aligned_ratio})",
+                               [("Methods, averaged over the digit classes", summary),
+                                ("AUROC per digit class", per_class_auroc),
+                                (f"Best method ({best}) per digit class", best_rows)],
+                               figures, notes, config=settings)
+
+
+def _figures(ae, images, digits, color_labels, conflicting, best_scores, best, tsne_points, seed, fig_dir):
+    figures = []
+    n = min(tsne_points, len(images))
+    subset = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])  # random: the data are sorted by digit
+    codes = encode_all(ae, images[torch.from_numpy(subset)]).numpy()
+    emb = tsne_2d(codes, seed) if codes.shape[1] > 2 else codes
+    figures.append((f"t-SNE of {n} autoencoder codes, coloured by digit", report.plot_scatter(
+        emb, digits[subset], fig_dir / "tsne_digit.png", "AE codes by digit", colour_name="digit")))
+    figures.append((f"The same t-SNE, coloured by colour label ({int(conflicting[subset].sum())} conflicting points)",
+                    report.plot_scatter(emb, color_labels[subset], fig_dir / "tsne_colour.png",
+                                        "AE codes by colour label", colour_name="colour label")))
+    rows, labels = [], []
+    for c in np.unique(digits):
+        idx = np.flatnonzero(digits == c)
+        top = idx[np.argsort(-best_scores[idx], kind="stable")[:10]]
+        rows.append(images[torch.from_numpy(top)].numpy())
+        labels.append(f"{c}: {int(conflicting[top].sum())}/{len(top)}")
+    figures.append((f"Top-ranked images per digit by {best} (row label: digit: conflicting/shown)",
+                    report.plot_image_rows(rows, labels, fig_dir / "top_ranked.png", f"top-ranked by {best}")))
+    return figures

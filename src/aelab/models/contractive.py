@@ -1,0 +1,304 @@
+"""Regularised autoencoders that learn invariant codes: contractive (CAE) and denoising (DAE).
+
+Both are the MLP autoencoder of ae.py; by default the one-layer autoencoder of
+Rifai et al. (2011): encoder h = f(x) = sigmoid(W x + b) with 1000 units (the
+code IS those units, latent=None), decoder x_hat = sigmoid(W' h + c), W' = W^T
+with `tied=True`. The reconstruction loss L(x, x_hat) is summed over pixels
+(cross-entropy "bce" by default, or squared error "mse") and averaged over the batch.
+
+CAE, Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
+Explicit Invariance During Feature Extraction", ICML 2011, eq. 2-5:
+
+    loss = mean_n [ L(x_n, g(f(x_n))) + lam ||J_f(x_n)||_F^2 ],  J_f(x) = d f(x) / d x,
+
+which makes the code locally flat (contracting) around the training points, so
+that only the directions the reconstruction needs, ideally the tangents of the
+data manifold, keep a large derivative. For one sigmoid layer the penalty has
+the closed form ||J_f(x)||_F^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ji^2 (their
+eq. 5), computed here from the forward pass's own activations (no second
+encoder pass). Other encoders use aelab.penalties.jacobian_frobenius_sq
+("exact" autodiff, or the unbiased "hutchinson" estimate with k probes).
+
+Default lam = 0.1: with the summed cross-entropy (~70-100 nats per MNIST image)
+and ||J||_F^2 of order 10-100 for a 784-1000 sigmoid layer, lam = 0.1 makes the
+penalty a few to ten percent of the loss at the start, enough to contract
+(benchmarks and `aelab experiment contractive` sweep lam around it).
+
+DAE, Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust
+Features with Denoising Autoencoders", ICML 2008:
+
+    loss = mean_n L(x_n, g(f(x~_n))),   x~_n ~ q(x~ | x_n),
+
+the reconstruction of the CLEAN input from a corrupted one: "gaussian" adds
+N(0, level^2) per pixel (DAE-g of Rifai et al.), "masking" sets a random
+round(level * D) of the D pixels of each image to 0 (Vincent et al.'s
+masking noise, DAE-b in Rifai et al.). The noise is drawn from the global torch
+RNG, which the trainer seeds per epoch (resume stays exact). encode() never
+corrupts: codes for evaluation are of the clean input.
+
+`contraction_diagnostics` measures on test points what the CAE is about: the
+mean ||J_f(x)||_F, Rifai's saturation SAT and the singular values of J_f.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import penalties
+from .ae import ACTIVATIONS, AE, reconstruction_loss
+
+SATURATION_TOLERANCE = 0.05  # Rifai et al.: a sigmoid unit is saturated within 0.05 of 0 or 1
+SPECTRUM_POINTS = 20  # test points whose full Jacobian is decomposed for the singular-value spectrum
+
+
+class TiedDecoder(nn.Module):
+    """The mirror of an MLP encoder with W' = W^T: logits = W_1^T act(... act(W_L^T z + c_L) ...) + c_1.
+
+    Holds only its biases; the weights are read from the encoder at each call, so they get
+    both gradients (one parameter, two uses) and the state dict has no duplicate tensor.
+    """
+
+    def __init__(self, encoder: nn.Sequential, activation: str):
+        super().__init__()
+        linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+        self._encoder_linears = tuple(reversed(linears))  # a tuple, not a ModuleList: not registered twice
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(m.in_features)) for m in self._encoder_linears])
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        last = len(self.biases) - 1
+        for i, (linear, bias) in enumerate(zip(self._encoder_linears, self.biases)):
+            z = F.linear(z, linear.weight.t(), bias)
+            if i < last:
+                z = self.act(z)
+        return z
+
+
+class _CodeAE(AE):
+    """AE with a nonlinear code by default (784-1000 sigmoid) and optionally tied weights."""
+
+    def __init__(self, input_shape, hidden, latent, loss, activation, tied):
+        super().__init__(input_shape=input_shape, hidden=hidden, latent=latent, loss=loss, activation=activation)
+        if tied:
+            self.decoder = TiedDecoder(self.encoder, activation)
+        self.options = dict(input_shape=list(input_shape), hidden=[int(h) for h in hidden], latent=latent, loss=loss,
+                            activation=activation, tied=bool(tied))
+
+
+class CAE(_CodeAE):
+    """Contractive autoencoder: reconstruction + lam * ||J_f(x)||_F^2 (Rifai et al., ICML 2011).
+
+    penalty: "auto" (closed form from the forward pass for one Linear +
+    sigmoid|tanh|relu encoder, exact autodiff otherwise), "analytic", "exact" or
+    "hutchinson" (k Gaussian probes). loss_terms: loss, recon, jacobian_sq (the batch
+    mean of ||J_f||_F^2).
+    """
+
+    def __init__(self, input_shape=(1, 28, 28), hidden=(1000,), latent: int | None = None, loss: str = "bce",
+                 activation: str = "sigmoid", lam: float = 0.1, penalty: str = "auto", k: int = 8,
+                 tied: bool = False):
+        super().__init__(input_shape, hidden, latent, loss, activation, tied)
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        if penalty not in penalties.METHODS:
+            raise ValueError(f"unknown penalty {penalty!r}; choose from {', '.join(penalties.METHODS)}")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        # (linear, activation name) when the penalty comes from the forward pass's own activations
+        pattern = penalties.single_layer_pattern(self.encoder)
+        self._analytic = pattern[1:] if pattern is not None and penalty in ("auto", "analytic") else None
+        if penalty == "analytic" and self._analytic is None:
+            raise ValueError("penalty='analytic' needs a one-layer encoder (hidden=[H], latent=None, activation "
+                             "sigmoid|tanh|relu); use penalty='exact' or 'hutchinson'")
+        self.options.update(lam=float(lam), penalty=penalty, k=k)
+
+    def code_and_penalty(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(code (N, d_code), ||J_f(x_n)||_F^2 (N,)), both differentiable."""
+        x = x.flatten(1)
+        if self._analytic is not None:
+            linear, activation = self._analytic
+            preact = linear(x)
+            code = self.encoder[-1](preact)
+            # relu's slope is 1[a > 0]: pass the pre-activation; sigmoid/tanh slopes are functions of h
+            return code, penalties.analytic_from_activations(preact if activation == "relu" else code,
+                                                             linear.weight, activation)
+        code = self.encoder(x)
+        method = self.options["penalty"]
+        return code, penalties.jacobian_frobenius_sq(self.encoder, x, method=method, k=self.options["k"])
+
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        code, jac_sq = self.code_and_penalty(x)
+        recon = reconstruction_loss(self.decode_logits(code), x, self.options["loss"], logits=True).mean()
+        jacobian_sq = jac_sq.mean()
+        return {"loss": recon + self.options["lam"] * jacobian_sq, "recon": recon, "jacobian_sq": jacobian_sq}
+
+
+class DAE(_CodeAE):
+    """Denoising autoencoder: reconstruct the clean x from a corrupted x~ (Vincent et al., ICML 2008).
+
+    noise "gaussian": x~ = x + level * eps, eps ~ N(0, I) (not clipped);
+    noise "masking":  x~ = x with round(level * D) pixels per image, chosen uniformly
+    without replacement, set to 0. encode() uses the clean input.
+    """
+
+    def __init__(self, input_shape=(1, 28, 28), hidden=(1000,), latent: int | None = None, loss: str = "bce",
+                 activation: str = "sigmoid", noise: str = "gaussian", level: float = 0.3, tied: bool = False):
+        super().__init__(input_shape, hidden, latent, loss, activation, tied)
+        if noise not in ("gaussian", "masking"):
+            raise ValueError(f"unknown noise {noise!r}; choose from gaussian, masking")
+        if not (isinstance(level, (int, float)) and math.isfinite(level) and level >= 0):
+            raise ValueError(f"level must be a finite number >= 0, got {level!r}")
+        if noise == "masking" and level > 1:
+            raise ValueError(f"masking level is the fraction of pixels dropped, in [0, 1]; got {level!r}")
+        self.options.update(noise=noise, level=float(level))
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        level = self.options["level"]
+        if self.options["noise"] == "gaussian":
+            return x + level * torch.randn_like(x)
+        flat = x.flatten(1)
+        n_drop = round(level * flat.shape[1])
+        # the first n_drop entries of a uniform random permutation per image
+        dropped = torch.rand(flat.shape, device=x.device).argsort(1)[:, :n_drop]
+        mask = torch.ones_like(flat).scatter_(1, dropped, 0.0)
+        return (flat * mask).view_as(x)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.decode_logits(self.encode(self.corrupt(x)))
+        return reconstruction_loss(logits, x, self.options["loss"], logits=True).mean()
+
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = self.loss(x)
+        clean = reconstruction_loss(self.decode_logits(self.encode(x)), x, self.options["loss"], logits=True).mean()
+        return {"loss": loss, "recon": loss, "recon_clean": clean}
+
+
+# ------------------------------------------------------------------ diagnostics
+
+class _Encode(nn.Module):
+    """model.encode as a module on flattened input, so the penalty code can differentiate any model's encoder."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.input_shape = tuple(getattr(model, "input_shape", ()))
+
+    def forward(self, x_flat: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x_flat.view(-1, *self.input_shape)).flatten(1)
+
+
+def code_activation(model: nn.Module) -> str | None:
+    """The activation applied to the code ("sigmoid", "tanh", ...) when the encoder ends in one, else None."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        return None
+    last = list(encoder.modules())[-1]
+    for name, cls in ACTIVATIONS.items():
+        if type(last) is cls:
+            return name
+    return None
+
+
+def saturation(codes: torch.Tensor, tolerance: float = SATURATION_TOLERANCE) -> float:
+    """Rifai et al.'s SAT for sigmoid codes: the fraction of (example, unit) pairs with h within tolerance of 0 or 1."""
+    return float(((codes <= tolerance) | (codes >= 1 - tolerance)).double().mean())
+
+
+def jacobian_norms(model: nn.Module, x: torch.Tensor, chunk_size: int = 250) -> tuple[torch.Tensor, str]:
+    """(||J_f(x_n)||_F per example (N,), method used), exact either way.
+
+    For the MLP models (encode = encoder(x.flatten(1))) the encoder goes to
+    jacobian_frobenius_sq as it is: "analytic" (the closed form, exact) for one
+    Linear + sigmoid|tanh|relu layer, where autodiff would spend d_code x d_code x
+    d_input per example, else "exact". Any other model is differentiated through encode().
+    """
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Sequential) and type(model).encode is AE.encode:
+        module = encoder
+        method = "analytic" if penalties.single_layer_pattern(encoder) is not None else "exact"
+    else:
+        module, method = _Encode(model), "exact"
+    with torch.no_grad():
+        sq = penalties.jacobian_frobenius_sq(module, x.flatten(1), method=method, chunk_size=chunk_size)
+    return sq.clamp_min(0).sqrt(), method
+
+
+def jacobian_spectrum(model: nn.Module, x: torch.Tensor, chunk_size: int = 10) -> torch.Tensor:
+    """Singular values of J_f(x_n), sorted descending, per example (N, min(d_code, d_input)), float64.
+
+    The Jacobians come from torch.func (vmap of jacrev or jacfwd, whichever needs fewer
+    passes); the singular values are the square roots of the eigenvalues of the smaller
+    Gram matrix (J^T J or J J^T) formed in float64. That resolves singular values down to
+    ~1e-8 of the largest and is ~25x faster here than LAPACK's float64 SVD of a 1000 x 784 J.
+    """
+    from torch.func import jacfwd, jacrev, vmap
+
+    encode = _Encode(model)
+    model.eval()
+    flat = x.flatten(1)
+    with torch.no_grad():
+        d_code = encode(flat[:1]).shape[1]
+    jac = jacrev if d_code <= flat.shape[1] else jacfwd
+    per_example = vmap(jac(lambda v: encode(v.unsqueeze(0)).squeeze(0)))
+    out = []
+    with torch.no_grad():
+        for chunk in flat.split(chunk_size):
+            j = per_example(chunk).double()  # (n, d_code, d_input)
+            gram = j @ j.transpose(1, 2) if j.shape[1] <= j.shape[2] else j.transpose(1, 2) @ j
+            out.append(torch.linalg.eigvalsh(gram).flip(1).clamp_min(0).sqrt())
+    return torch.cat(out)
+
+
+def contraction_diagnostics(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tensor,
+                            fig_dir: str | Path) -> tuple[dict, list[tuple[str, Path]]]:
+    """EXTRA_DIAGNOSTICS hook: contraction of the encoder on test points.
+
+    jacobian_fro_mean     mean over test points of ||J_f(x)||_F (exact: closed form or autodiff)
+    jacobian_fro_sq_mean  mean of ||J_f(x)||_F^2 (the CAE penalty)
+    saturation            SAT of Rifai et al. 2011: fraction of (test point, code unit) pairs whose
+                          sigmoid activation is within 0.05 of 0 or 1; None (n/a) when the code is
+                          not a sigmoid's output (no bounds to saturate against, e.g. a linear code)
+    jacobian_sv_top       mean over SPECTRUM_POINTS test points of the largest singular value
+    jacobian_sv_above_1pct  mean number of singular values above 1% of the largest: how many
+                          input directions the code stays sensitive to
+    Figure: the mean sorted singular-value spectrum (log scale); the numbers also go to
+    fig_dir/jacobian_spectrum.json.
+    """
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from .. import io, report
+
+    model.eval()
+    fig_dir = Path(fig_dir)
+    norms, method = jacobian_norms(model, test_x)
+    with torch.no_grad():
+        codes = torch.cat([model.encode(xb).flatten(1) for xb in test_x.split(1000)])
+    act = code_activation(model)
+    n_spec = min(SPECTRUM_POINTS, len(test_x))
+    spectra = jacobian_spectrum(model, test_x[:n_spec])
+    mean_spectrum = spectra.mean(0)
+    metrics = {
+        "jacobian_fro_mean": float(norms.double().mean()),
+        "jacobian_fro_sq_mean": float(norms.double().pow(2).mean()),
+        "jacobian_method": method,
+        "saturation": saturation(codes) if act == "sigmoid" else None,
+        "jacobian_sv_top": float(spectra[:, 0].mean()),
+        "jacobian_sv_above_1pct": float((spectra > 0.01 * spectra[:, :1]).double().sum(1).mean()),
+        "spectrum_points": n_spec,
+    }
+    name = getattr(model, "model_name", type(model).__name__)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(range(1, len(mean_spectrum) + 1), mean_spectrum.clamp_min(1e-12).numpy())
+    ax.set_xlabel("rank of the singular value")
+    ax.set_ylabel("singular value of J_f(x)")
+    ax.set_title(f"{name}: mean Jacobian spectrum over {n_spec} test points")
+    path = report.save_png(fig, fig_dir / "jacobian_spectrum.png")
+    io.atomic_write_text(fig_dir / "jacobian_spectrum.json",
+                         json.dumps({"points": n_spec, "mean_singular_values": mean_spectrum.tolist()}))
+    return metrics, [(f"Singular values of the encoder's Jacobian, mean over {n_spec} test points", path)]
