@@ -178,7 +178,8 @@ def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne
     figs = []
     # the first test image of each class, then its reconstruction
     first = [int(torch.nonzero(test_y == c)[0]) for c in torch.unique(test_y)[:10]]
-    first += [i for i in range(len(test_x)) if i not in first][: 16 - len(first)]
+    others = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(seed)).tolist()
+    first += [i for i in others if i not in first][: 16 - len(first)]  # a few random others, not more zeros
     figs.append(("Test images (top) and reconstructions (bottom)", report.plot_image_rows(
         [test_x[first].numpy(), test_hat[first]], ["input", "recon"], fig_dir / "reconstructions.png")))
     n = min(tsne_points, len(test_codes))

@@ -23,6 +23,8 @@ FORMAT_VERSION = 1  # of run folders: model.json, config.json, checkpoint.safete
 
 
 _fault_counts: dict[str, int] = {}
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def fault_point(kind: str) -> None:
@@ -50,6 +52,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be readable like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data[: len(data) // 2])
             fault_point("write")  # a kill here leaves half a temp file and the old destination intact

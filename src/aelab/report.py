@@ -83,6 +83,8 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, keys=("train
 
 # ---------------------------------------------------------------- tables
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"

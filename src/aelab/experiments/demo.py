@@ -33,8 +33,8 @@ def run(args) -> Path:
         rows.append({"model": name, "recon_sse": m["recon_sse"], "pca_sse (same code size)": m["pca_sse"],
                      "recon_mse": m["recon_mse"], "probe_accuracy": m["probe_accuracy"],
                      "raw_probe_accuracy": m["raw_probe_accuracy"],
-                     "test ELBO (nats)": m.get("test_elbo", float("nan")),
-                     "test KL (nats)": m.get("test_kl", float("nan")), "NLL (nats, IWAE k=100)": m.get("nll_nats", float("nan"))})
+                     "test ELBO (nats)": m.get("test_elbo"),
+                     "test KL (nats)": m.get("test_kl"), "NLL (nats, IWAE k=100)": m.get("nll_nats")})
         histories[name] = read_history(run_dir)
         figures += [(f"{name}: {c}", p) for c, p in _figures_of(run_dir)]
     figures.insert(0, ("Loss per epoch", report.plot_curves(histories, out / "loss.png")))
