@@ -144,13 +144,23 @@ def main(argv=None) -> dict:
     }
     if "pythae_e2e" in med:
         out["ratio_aelab_vs_pythae_e2e"] = med["aelab_pythae_arch_e2e"] / med["pythae_e2e"]
+    rows = [{"contender": k, "samples/s": f"{v:,.0f}"} for k, v in med.items()]
+    out["markdown"] = "\n".join(["| contender | samples/s |", "|---|---|"] +
+                                 [f"| {r['contender']} | {r['samples/s']} |" for r in rows])
+    out["summary"] = [
+        {"benchmark": "ae training (784-256-64-20, batch 128)", "peer": "bare PyTorch loop",
+         "ratio": out["ratio_aelab_vs_bare_default"], "goal": ">= 0.95"},
+    ]
+    if "ratio_aelab_vs_pythae_e2e" in out:
+        out["summary"].append({"benchmark": "ae end to end (784-512-20, batch 128, with test pass)",
+                               "peer": "pythae TrainingPipeline", "ratio": out["ratio_aelab_vs_pythae_e2e"],
+                               "goal": ">= 1.25"})
+    out["summary"].append({"benchmark": "ae training MFU (6 x param MACs / measured matmul FLOP/s)", "peer": "—",
+                           "ratio": out["mfu_aelab_default"], "goal": "report"})
     print(f"machine: {out['machine']}, matmul {out['matmul_gflops']:.1f} GFLOP/s")
-    print("| contender | samples/s |\n|---|---|")
-    for k, v in med.items():
-        print(f"| {k} | {v:,.0f} |")
-    for k, v in out.items():
-        if k.startswith(("ratio", "mfu")):
-            print(f"{k}: {v:.3f}")
+    print(out["markdown"])
+    for row in out["summary"]:
+        print(f"{row['benchmark']} vs {row['peer']}: {row['ratio']:.3f} (goal {row['goal']})")
     write_json(args.json, out)
     return out
 

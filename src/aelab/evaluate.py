@@ -199,3 +199,12 @@ def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne
         figs.append(("Interpolations between test digits (posterior means)", report.plot_image_rows(
             rows, ["0→1", "3→8", "4→9"], fig_dir / "interpolation.png")))
     return figs
+
+
+def _binary_diagnostics(model, train_x, test_x, fig_dir):
+    from .models.binary import binary_diagnostics  # lazy: evaluate.py does not import the models it does not need
+
+    return binary_diagnostics(model, train_x, test_x, fig_dir)
+
+
+EXTRA_DIAGNOSTICS["binary"] = _binary_diagnostics

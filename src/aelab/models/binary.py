@@ -282,3 +282,51 @@ def pca_sign_codes(train_x, test_x, bits: int) -> tuple[np.ndarray, np.ndarray]:
     train_codes = ((train - mean) @ directions > 0).astype(np.uint8)
     test_codes = ((test - mean) @ directions > 0).astype(np.uint8)
     return train_codes, test_codes
+
+
+@torch.no_grad()
+def binary_diagnostics(model: BinaryAE, train_x: torch.Tensor, test_x: torch.Tensor, fig_dir) -> tuple[dict, list]:
+    """Label-free code statistics for `aelab evaluate` (registered as EXTRA_DIAGNOSTICS["binary"]).
+
+    Codes are the {0, 1} bits; for a float_bottleneck model, its sigmoid code thresholded at 0.5. With
+    f_j = the fraction of train images whose bit j is 1 and H(f) = -f log2 f - (1 - f) log2(1 - f):
+        bits_per_image        storage of one code (32 per float number)
+        code_distinct_train   number of distinct train codes (a collapsed code has few)
+        bit_balance           mean over bits of f_j (0.5 = every bit on for half the images)
+        bits_constant         bits with f_j in {0, 1}, which carry no information
+        bit_entropy_mean      mean over bits of H(f_j), in bits (1 at most)
+        code_saturation       float_bottleneck only: fraction of sigmoid values outside [0.05, 0.95]
+    Figure: the histogram of f_j.
+    """
+    from pathlib import Path
+
+    from .. import report
+
+    def codes_of(x: torch.Tensor) -> np.ndarray:
+        if not model.options["float_bottleneck"]:
+            return encode_codes(model, x)
+        model.eval()
+        return np.concatenate([(model.encode(xb) > 0.5).to(torch.uint8).numpy() for xb in x.split(512)])
+
+    train_codes = codes_of(train_x)
+    f = train_codes.mean(0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nan_to_num(f * np.log2(f)) - np.nan_to_num((1 - f) * np.log2(1 - f))
+    metrics = {"bits_per_image": bits_per_image(model),
+               "code_distinct_train": int(len(np.unique(train_codes, axis=0))),
+               "code_distinct_test": int(len(np.unique(codes_of(test_x), axis=0))),
+               "bit_balance": float(f.mean()), "bits_constant": int(((f == 0) | (f == 1)).sum()),
+               "bit_entropy_mean": float(entropy.mean())}
+    if model.options["float_bottleneck"]:
+        model.eval()
+        s = torch.cat([model.encode(xb) for xb in test_x.split(512)])
+        metrics["code_saturation"] = float(((s < 0.05) | (s > 0.95)).double().mean())
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(f, bins=np.linspace(0, 1, 41))
+    ax.set_xlabel("fraction of train images with the bit on")
+    ax.set_ylabel("bits")
+    ax.set_title(f"bit usage ({model.bits} bits)")
+    path = report.save_png(fig, Path(fig_dir) / "bit_usage.png")
+    return metrics, [("Bit usage over the train images", path)]

@@ -245,11 +245,18 @@ def jacobian_spectrum(model: nn.Module, x: torch.Tensor, chunk_size: int = 10) -
     jac = jacrev if d_code <= flat.shape[1] else jacfwd
     per_example = vmap(jac(lambda v: encode(v.unsqueeze(0)).squeeze(0)))
     out = []
+    threads = torch.get_num_threads()
     with torch.no_grad():
         for chunk in flat.split(chunk_size):
             j = per_example(chunk).double()  # (n, d_code, d_input)
             gram = j @ j.transpose(1, 2) if j.shape[1] <= j.shape[2] else j.transpose(1, 2) @ j
-            out.append(torch.linalg.eigvalsh(gram).flip(1).clamp_min(0).sqrt())
+            # eigvalsh's many small parallel regions stall for seconds when another process holds a
+            # core (measured 0.4 s -> 30 s on a shared 2-core machine); one thread is steady
+            torch.set_num_threads(1)
+            try:
+                out.append(torch.linalg.eigvalsh(gram).flip(1).clamp_min(0).sqrt())
+            finally:
+                torch.set_num_threads(threads)
     return torch.cat(out)
 
 

@@ -1,0 +1,148 @@
+"""`aelab experiment debias` and `aelab experiment binary` end to end on tiny data (sklearn 8x8 digits), the
+binary evaluation hook, and the helpers the experiments add."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aelab import bias
+from aelab.cli import main
+from aelab.data import load
+from aelab.data.colored import make_colored_mnist
+
+
+def test_debias_end_to_end(tmp_path, monkeypatch):
+    calls = []
+    real_score_samples = bias.score_samples
+
+    def spy(*args, **kwargs):  # what reaches the scoring methods
+        calls.append((args, kwargs))
+        return real_score_samples(*args, **kwargs)
+
+    monkeypatch.setattr(bias, "score_samples", spy)
+    out = tmp_path / "debias"
+    argv = ["experiment", "debias", "--dataset-source", "digits", "--train-limit", "400", "--aligned-ratio", "0.8",
+            "--ae-epochs", "1", "--n-models", "1", "--gce-epochs", "1", "--tsne-points", "60", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    result = json.loads((out / "results.json").read_text())
+    assert {"data", "methods", "best_method", "colour_labels", "settings", "wall_time_s"} <= result.keys()
+    assert set(result["methods"]) == set(bias.METHODS)
+    for graded in result["methods"].values():
+        assert {"auroc", "average_precision", "precision_at_k", "recall_at_k"} == graded["mean"].keys()
+        assert len(graded["per_class"]) == 10
+    assert result["best_method"] == max(result["methods"], key=lambda m: result["methods"][m]["mean"]["auroc"])
+
+    # the recorded data are the data: recount the conflicting images from the colouring itself
+    gray, digits = load("digits", "train")
+    colored = make_colored_mnist(gray, digits, "train", aligned_ratio=0.8, seed=0)
+    conflicting = (~colored["aligned"][:400]).numpy()
+    d = result["data"]
+    assert (d["source"], d["aligned_ratio"], d["n"], d["seed"]) == ("digits", 0.8, 400, 0)
+    assert d["n_conflicting"] == int(conflicting.sum())
+    assert d["conflicting_per_class"] == {str(c): int(conflicting[digits[:400].numpy() == c].sum()) for c in range(10)}
+    assert "only" in result["colour_labels"]
+
+    # the scoring saw the images and the digit labels, nothing else carrying colour
+    (args, kwargs), = calls
+    images, digit_arg = args[:2]
+    assert torch.equal(images, colored["images"][:400]) and torch.equal(digit_arg, digits[:400])
+    assert not any(isinstance(v, torch.Tensor) for v in list(args[3:]) + list(kwargs.values()))
+    # and the metrics are those of the returned scores
+    auroc_0 = result["methods"]["gce_ce"]["per_class"][0]["auroc"]
+    scores = real_score_samples(images, digit_arg, n_models=1, gce_epochs=1, seed=0)["gce_ce"]
+    m = digits[:400].numpy() == 0
+    assert auroc_0 == pytest.approx(bias.auroc(scores[m], conflicting[m]))
+
+    # a second call resumes the finished autoencoder run instead of failing on the existing folder
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("bad", [["--aligned-ratio", "0"], ["--aligned-ratio", "1.5"], ["--aligned-ratio", "x"],
+                                 ["--n-models", "0"]])
+def test_debias_rejects_bad_arguments(tmp_path, capsys, bad):
+    assert main(["experiment", "debias", "--out", str(tmp_path), *bad]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_binary_end_to_end(tmp_path):
+    from aelab.evaluate import evaluate
+
+    out = tmp_path / "binary"
+    assert main(["experiment", "binary", "--dataset", "digits", "--bits", "16", "--epochs", "1", "--train-limit",
+                 "300", "--no-progress", "--out", str(out)]) == 0
+    assert (out / "report.html").exists()
+    result = json.loads((out / "results.json").read_text())
+    assert {"rows", "protocol", "data", "settings", "runs"} <= result.keys()
+    rows = {r["code"].split()[0]: r for r in result["rows"]}
+    assert set(rows) == {"binary", "float", "PCA-sign"}
+    assert rows["binary"]["bits per image"] == 16 and rows["float"]["bits per image"] == 32 * 16
+    for r in rows.values():
+        assert {"recon_sse", "recon_mse", "precision@10", "precision@100", "mAP", "probe_accuracy"} <= r.keys()
+        assert r["recon_mse"] == pytest.approx(r["recon_sse"] / 64)
+        assert 0 <= r["mAP"] <= 1 and 0 <= r["probe_accuracy"] <= 1
+    assert result["data"]["n_train"] == 300 and result["data"]["n_test"] == 360
+    assert "0.5" in result["protocol"]["float_baseline_retrieval"]
+
+    # the PCA-sign row recomputed independently: sklearn PCA signs, Hamming ranking by brute force for p@10
+    from sklearn.decomposition import PCA
+
+    x_tr, y_tr = load("digits", "train")
+    x_te, y_te = load("digits", "test")
+    x_tr, y_tr = x_tr[:300].reshape(300, -1).double().numpy(), y_tr[:300].numpy()
+    x_te, y_te = x_te.reshape(360, -1).double().numpy(), y_te.numpy()
+    pca = PCA(16, svd_solver="full").fit(x_tr)
+    b_tr, b_te = pca.transform(x_tr) > 0, pca.transform(x_te) > 0
+    hits = 0
+    for q, label in zip(b_te, y_te):
+        dist = (b_tr != q).sum(1)
+        order = sorted(range(300), key=lambda i: (dist[i], i))
+        hits += sum(y_tr[i] == label for i in order[:10])
+    assert rows["PCA-sign"]["precision@10"] == pytest.approx(hits / (10 * 360))
+
+    # `aelab evaluate` on the binary run picks up the registered diagnostics
+    metrics = evaluate(out / "binary", figures=False, write=False)["metrics"]
+    assert metrics["bits_per_image"] == 16
+    assert 1 <= metrics["code_distinct_train"] <= 300
+
+
+def test_binary_diagnostics_match_direct_counts(tmp_path):
+    from aelab.models import create
+    from aelab.models.binary import binary_diagnostics, encode_codes
+
+    torch.manual_seed(0)
+    x = torch.rand(50, 1, 8, 8)
+    for float_bottleneck in (False, True):
+        model = create("binary", input_shape=(1, 8, 8), bits=6, channels=[4, 4], float_bottleneck=float_bottleneck)
+        model.train()
+        model.loss(x)  # one batch through BatchNorm to move its running statistics off the defaults
+        metrics, figs = binary_diagnostics(model, x, x[:20], tmp_path)
+        model.eval()
+        with torch.no_grad():
+            a = model.pre_activation(x)
+        codes = (a > 0).to(torch.uint8).numpy()  # sigmoid(a) > 0.5  <=>  a > 0
+        if not float_bottleneck:
+            np.testing.assert_array_equal(codes, encode_codes(model, x))
+        assert metrics["code_distinct_train"] == len({tuple(c) for c in codes})
+        f = codes.mean(0)
+        h = [0.0 if p in (0, 1) else -(p * np.log2(p) + (1 - p) * np.log2(1 - p)) for p in f]
+        assert metrics["bit_entropy_mean"] == pytest.approx(np.mean(h))
+        assert metrics["bits_constant"] == sum(p in (0, 1) for p in f)
+        assert metrics["bits_per_image"] == 6 * (32 if float_bottleneck else 1)
+        assert ("code_saturation" in metrics) == float_bottleneck
+        assert figs[0][1].exists()
+
+
+def test_linear_decoder_sse_matches_sklearn():
+    from sklearn.linear_model import LinearRegression
+
+    from aelab.experiments.binary import linear_decoder_sse
+
+    rng = np.random.default_rng(0)
+    b_tr, b_te = rng.integers(0, 2, (40, 5)), rng.integers(0, 2, (10, 5))
+    x_tr, x_te = rng.random((40, 1, 2, 3)), rng.random((10, 1, 2, 3))
+    fit = LinearRegression().fit(b_tr, x_tr.reshape(40, -1))
+    expected = ((fit.predict(b_te) - x_te.reshape(10, -1)) ** 2).sum(1)
+    np.testing.assert_allclose(linear_decoder_sse(b_tr, x_tr, b_te, x_te), expected, rtol=1e-9)
