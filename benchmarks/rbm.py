@@ -1,6 +1,6 @@
 """CD-1 training speed of aelab's RBM vs sklearn's BernoulliRBM, and the fraction of the matmul rate it reaches.
 
-    python benchmarks/rbm.py [--epochs 3] [--repeats 3] [--json out.json]
+    python benchmarks/rbm.py [--epochs 3] [--repeats 3] [--quick] [--json out.json]
 
 Data: mnist5k, all 5,000 images (train + test) as 5000 x 784 pixel probabilities in [0, 1].
 Rows: 784 -> 1000 and 784 -> 500 hidden units at batch 100 and 1000, learning rate 0.1, float32, 2 threads.
@@ -79,13 +79,16 @@ def sklearn_rate(data: torch.Tensor, batch: int, n_hidden: int) -> float:
     return len(x) / seconds
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="aelab epochs per repeat (the first is warm-up)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="one repeat of 2 epochs (a smoke run, noisier)")
     parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.repeats = 2, 1
     setup(args.threads)
     load_start = os.getloadavg()[0]  # other jobs on the machine distort every number below
     data = load_data()
@@ -110,19 +113,31 @@ def main() -> None:
                          median_speedup_vs_sklearn=med["aelab"] / med["sklearn"],
                          median_fraction_of_matmul=med["aelab"] * flops_per_sample / med["matmul"],
                          raw=rates))
-    print(f"RBM CD-1 on mnist5k ({len(data)} x {n_visible}), float32, {torch.get_num_threads()} threads, "
-          f"best of {args.repeats} interleaved repeats; 1-min load average {load_start:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs)")
-    print()
-    print("| RBM | batch | aelab samples/s | sklearn samples/s | speed-up | aelab GFLOP/s | matmul GFLOP/s | fraction |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    load_end = os.getloadavg()[0]
+    markdown = "\n".join([
+        f"RBM CD-1 on mnist5k ({len(data)} x {n_visible}), float32, {torch.get_num_threads()} threads, best of "
+        f"{args.repeats} interleaved repeats; 1-min load average {load_start:.1f} at the start, {load_end:.1f} at "
+        f"the end ({os.cpu_count()} CPUs). fraction = aelab FLOP/s (5 x 2BVH per batch) / torch.mm rate of the "
+        "same five products.",
+        "",
+        "| RBM | batch | aelab samples/s | sklearn samples/s | speed-up | aelab GFLOP/s | matmul GFLOP/s | fraction |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r['n_visible']}-{r['n_hidden']} | {r['batch']} | {r['aelab_samples_per_s']:,.0f} | "
+          f"{r['sklearn_samples_per_s']:,.0f} | {r['speedup_vs_sklearn']:.2f}x | {r['aelab_gflops']:.1f} | "
+          f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul']:.0%} |" for r in rows],
+    ])
+    summary = []
     for r in rows:
-        print(f"| {r['n_visible']}-{r['n_hidden']} | {r['batch']} | {r['aelab_samples_per_s']:,.0f} | "
-              f"{r['sklearn_samples_per_s']:,.0f} | {r['speedup_vs_sklearn']:.2f}x | {r['aelab_gflops']:.1f} | "
-              f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul']:.0%} |")
-    write_json(args.json, {"benchmark": "rbm_cd1", "machine": machine(), "data": [len(data), n_visible],
-                           "load_average": [load_start, os.getloadavg()[0]],
-                           "rows": rows})
+        name = f"RBM CD-1 {r['n_visible']}-{r['n_hidden']}, batch {r['batch']}"
+        summary.append({"benchmark": name, "peer": "sklearn BernoulliRBM", "ratio": r["speedup_vs_sklearn"],
+                        "goal": ">= 1.5" if (r["n_hidden"], r["batch"]) == (1000, 100) else "report"})
+        summary.append({"benchmark": name + " (fraction of matmul rate)", "peer": "torch.mm, same products",
+                        "ratio": r["fraction_of_matmul"], "goal": ">= 0.8" if r["batch"] == 1000 else "report"})
+    out = {"benchmark": "rbm_cd1", "machine": machine(), "data": [len(data), n_visible],
+           "load_average": [load_start, load_end], "rows": rows, "markdown": markdown, "summary": summary}
+    print(markdown)
+    write_json(args.json, out)
+    return out
 
 
 if __name__ == "__main__":

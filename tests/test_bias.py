@@ -149,7 +149,8 @@ def test_rank_average():
     a = np.array([3.0, 1.0, 2.0, 10.0, 20.0])
     b = np.array([1.0, 3.0, 2.0, 5.0, 5.0])
     np.testing.assert_allclose(bias.within_class_ranks(a, digits), [1, 1 / 3, 2 / 3, 1 / 2, 1])
-    np.testing.assert_allclose(bias.rank_average([a, b], digits), [(1 + 1 / 3) / 2, (1 / 3 + 1) / 2, 2 / 3, 0.625, 0.875])
+    expected = [(1 + 1 / 3) / 2, (1 / 3 + 1) / 2, 2 / 3, 0.625, 0.875]
+    np.testing.assert_allclose(bias.rank_average([a, b], digits), expected)
 
 
 # ---------------------------------------------------------------- the GCE loss

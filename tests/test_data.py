@@ -190,3 +190,11 @@ def test_nan_in_data_is_refused(monkeypatch):
     monkeypatch.setattr(data.datasets, "_CACHE", {})
     with pytest.raises(DataError, match="NaN"):
         data.load("digits", "train")
+
+
+def test_a_prefix_of_a_split_covers_every_class():
+    for name in ("mnist5k", "digits"):
+        _, y = data.load(name, "train")
+        assert len(torch.unique(y[:200])) == 10
+        _, y = data.load(name, "test")
+        assert len(torch.unique(y[:100])) == 10

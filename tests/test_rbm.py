@@ -353,6 +353,8 @@ def test_deep_ae_losses_options_and_presets():
         assert torch.allclose(model.loss(x), per_image.mean(), atol=1e-10)
         rebuilt = DeepAutoencoder(**model.options)
         assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+    with pytest.raises(ValueError):
+        DeepAutoencoder(input_shape=(1, 8, 8), layers=(64, 20, 4), init="pca")
     for preset, sizes in [("hinton2006", [784, 1000, 500, 250, 30]), ("assignment", [784, 2000, 1000, 500, 30]),
                           ("map2d", [784, 1000, 500, 250, 2])]:
         model = DeepAutoencoder(layers=preset)
@@ -361,3 +363,39 @@ def test_deep_ae_losses_options_and_presets():
         DeepAutoencoder(input_shape=(1, 8, 8), layers="hinton2006")
     with pytest.raises(ValueError):  # the unrolled net needs a linear top layer
         DeepAutoencoder.from_rbms([RBM(64, 10), RBM(10, 3)], input_shape=(1, 8, 8))
+
+
+def test_bernoulli_sampler_frequencies():
+    from aelab.models.rbm import bernoulli_into
+    p = torch.tensor([0.0, 1e-3, 0.3, 0.5, 0.999, 1.0]).repeat(200000, 1)
+    x = bernoulli_into(p, torch.empty_like(p), torch.Generator().manual_seed(0))
+    freq = x.mean(0)
+    assert freq[0] == 0 and freq[-1] == 1  # exact at the ends
+    se = (p[0] * (1 - p[0]) / p.shape[0]).sqrt()
+    assert ((freq - p[0]).abs() <= 5 * se + 2 ** -17).all(), freq
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    # independent across positions (the four 16-bit lanes of one 64-bit draw included)
+    y = bernoulli_into(torch.full((100000, 8), 0.5), torch.empty(100000, 8), torch.Generator().manual_seed(1))
+    corr = torch.corrcoef(y.t()) - torch.eye(8)
+    assert corr.abs().max() < 5 / math.sqrt(100000)
+
+
+def test_trainer_interface_init_rbm():
+    """create("deep-ae", init="rbm") -> pretrain_required; pretrain(x, seed=) is reproducible and loads the stack."""
+    from aelab.models import create
+    x = toy_digits(300)
+    options = dict(input_shape=[1, 8, 8], layers=[64, 24, 2], init="rbm", pretrain_epochs=2)
+    model, again = create("deep-ae", **options), create("deep-ae", **options)
+    assert model.pretrain_required and not create("deep-ae", input_shape=[1, 8, 8], layers=[64, 2]).pretrain_required
+    rbms = model.pretrain(x, seed=3)
+    again.pretrain(x, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+    with torch.no_grad():
+        assert torch.equal(model(x).flatten(1), up_down_mean_field(rbms, x.flatten(1)))
+    rebuilt = create("deep-ae", **model.options)
+    assert rebuilt.options == model.options and rebuilt.pretrain_required
+
+
+def toy_digits(n: int) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+    return torch.tensor(load_digits().data[:n] / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)

@@ -111,7 +111,8 @@ def class_metrics(scores, digits, conflicting) -> dict:
         m = digits == c
         n_conf = int(conflicting[m].sum())
         row = {"class": int(c), "n": int(m.sum()), "n_conflicting": n_conf,
-               "auroc": auroc(scores[m], conflicting[m]), "average_precision": average_precision(scores[m], conflicting[m])}
+               "auroc": auroc(scores[m], conflicting[m]),
+               "average_precision": average_precision(scores[m], conflicting[m])}
         if n_conf:
             row["precision_at_k"], row["recall_at_k"] = precision_recall_at_k(scores[m], conflicting[m], n_conf)
         else:

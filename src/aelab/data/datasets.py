@@ -91,7 +91,9 @@ def _stratified_split(images: np.ndarray, labels: np.ndarray, n_test: int, split
 
     idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=n_test, stratify=labels,
                                            random_state=SPLIT_SEED)
-    idx = np.sort(idx_train if split == "train" else idx_test)
+    # keep train_test_split's shuffled order: the source files are sorted by class, and a prefix
+    # (--train-limit N) must be a sample of every class, not the first digits only
+    idx = idx_train if split == "train" else idx_test
     return images[idx], labels[idx]
 
 

@@ -48,12 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aligned-ratio", type=aligned_ratio_type, default=0.95,
                    help="fraction of each digit class in its own colour (LfF: 0.95, 0.98, 0.99, 0.995)")
     p.add_argument("--seed", type=int, default=0, help="seed of the colouring and of every model")
-    p.add_argument("--dataset-source", default="mnist5k", help="grayscale dataset to colour (mnist5k, digits, mnist, ...)")
+    p.add_argument("--dataset-source", default="mnist5k",
+                   help="grayscale dataset to colour (mnist5k, digits, mnist, ...)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-limit", type=positive_int, default=None,
                    help="use only the first N training images (tests; note mnist5k is ordered by digit)")
     p.add_argument("--ae-epochs", type=positive_int, default=None, help="autoencoder epochs (default 20, --quick 5)")
-    p.add_argument("--n-models", type=positive_int, default=None, help="GCE-biased MLPs averaged (default 5, --quick 3)")
+    p.add_argument("--n-models", type=positive_int, default=None,
+                   help="GCE-biased MLPs averaged (default 5, --quick 3)")
     p.add_argument("--gce-epochs", type=positive_int, default=3, help="epochs of each biased MLP")
     p.add_argument("--k", type=positive_int, default=5, help="neighbours of the kNN scores")
     p.add_argument("--tsne-points", type=positive_int, default=None, help="default 2000, --quick 1000")
@@ -135,7 +137,7 @@ def run(args) -> Path:
                 "time (s)": float("nan") if r["time_s"] is None else r["time_s"]} for m, r in methods.items()]
     per_class_auroc = [{"method": m, **{f"{row['class']}": row["auroc"] for row in r["per_class"]}}
                        for m, r in methods.items()]
-    best_rows = [{k: v for k, v in row.items()} for row in methods[best]["per_class"]]
+    best_rows = methods[best]["per_class"]
     notes = [f"Data: ColoredMNIST train split built from {args.dataset_source} ({len(y)} images), aligned ratio "
              f"{args.aligned_ratio}, seed {args.seed}; {int(conf.sum())} bias-conflicting images "
              f"({', '.join(str(data['conflicting_per_class'][c]) for c in classes)} per digit).",

@@ -265,7 +265,7 @@ def hamming_retrieval(train_codes, train_labels, test_codes, test_labels, ks=(10
 def pca_sign_codes(train_x, test_x, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """PCA hashing baseline: {0, 1} codes 1[(x - mean) . v_j > 0] for the top `bits` principal directions v_j.
 
-    The mean and the directions are fitted on TRAIN only (SVD of the centred train matrix, in float64);
+    The mean and the directions are fitted on TRAIN only (eigenvectors of the centred scatter matrix, float64);
     test images are centred with the train mean. Inputs (N, ...) are flattened per image.
     The sign of each v_j is arbitrary, but flipping it flips bit j in every code, which leaves all
     Hamming distances unchanged. Returns (train_codes, test_codes) as uint8 arrays (N, bits).
@@ -277,8 +277,11 @@ def pca_sign_codes(train_x, test_x, bits: int) -> tuple[np.ndarray, np.ndarray]:
     if not 1 <= bits <= min(train.shape):
         raise ValueError(f"bits must be in 1..{min(train.shape)} (min of train size and pixel count), got {bits}")
     mean = train.mean(0)
-    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-    directions = vt[:bits].T  # (pixels, bits)
+    centred = train - mean
+    # eigenvectors of the scatter matrix X^T X (pixels x pixels) = the right singular vectors of X, found
+    # several times faster than by an SVD of the N x pixels matrix when N >> pixels (4000 x 784: ~4x)
+    eigval, eigvec = np.linalg.eigh(centred.T @ centred)
+    directions = eigvec[:, ::-1][:, :bits]  # (pixels, bits), largest variance first
     train_codes = ((train - mean) @ directions > 0).astype(np.uint8)
     test_codes = ((test - mean) @ directions > 0).astype(np.uint8)
     return train_codes, test_codes

@@ -72,11 +72,19 @@ DEFAULT_LR = {"bernoulli": 0.1, "gaussian": 0.001}
 
 
 def bernoulli_into(prob: torch.Tensor, out: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """out = 1.0 where u < prob, u ~ U[0, 1) (i.e. a Bernoulli(prob) sample), written into `out` (not prob).
+    """A Bernoulli(prob) sample written into `out` (which must not be `prob`): out = 1.0 where u < prob.
 
-    torch.rand + an in-place comparison is ~4x faster on CPU than Tensor.bernoulli_(prob)."""
-    torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device, out=out)
-    return out.lt_(prob)
+    The serial CPU generator is the one part of a CD step that does not run on all cores, so the
+    uniforms are 16-bit: u = (k + 1/2) / 2^16 with k uniform on {0, ..., 2^16 - 1}, four k per 64-bit
+    draw. Then P(out = 1) = round(2^16 prob) / 2^16, within 2^-17 = 7.6e-6 of prob (exact at 0 and 1),
+    far below the noise of any CD estimate. This is ~2x faster than torch.rand + compare and ~8x
+    faster than Tensor.bernoulli_(prob) on CPU.
+    """
+    n = out.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=out.device)
+    words.random_(-2 ** 63, None, generator=generator)  # the full 64-bit range: all four lanes uniform
+    out.view(-1).copy_(words.view(torch.int16)[:n])     # k - 2^15, exactly representable
+    return out.add_(32768.5).mul_(2.0 ** -16).lt_(prob)
 
 
 @dataclass
@@ -94,20 +102,25 @@ class RBM(nn.Module):
     """RBM with Bernoulli visible units and Bernoulli or unit-variance Gaussian hidden units.
 
     Initialisation as in Hinton's code: W = 0.1 N(0, 1), b = c = 0. `generator` (if given) is used
-    for the initial weights and is the default generator for sampling and `fit`.
+    for the initial weights and is the default generator for sampling and `fit`; the parameters are
+    created on its device unless `device` says otherwise.
     """
 
     def __init__(self, n_visible: int, n_hidden: int, hidden: str = "bernoulli",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         check_positive_sizes(n_visible=n_visible, n_hidden=n_hidden)
         if hidden not in HIDDEN_KINDS:
             raise ValueError(f"unknown hidden unit kind {hidden!r}; choose from {', '.join(HIDDEN_KINDS)}")
         self.n_visible, self.n_hidden, self.hidden = n_visible, n_hidden, hidden
         self.generator = generator
-        self.weight = nn.Parameter(0.1 * torch.randn(n_visible, n_hidden, generator=generator))
-        self.visible_bias = nn.Parameter(torch.zeros(n_visible))
-        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
+        if device is None and generator is not None:
+            device = generator.device
+        self.weight = nn.Parameter(0.1 * torch.randn(n_visible, n_hidden, generator=generator, device=device,
+                                                     dtype=dtype))
+        self.visible_bias = nn.Parameter(torch.zeros(n_visible, device=device, dtype=dtype))
+        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden, device=device, dtype=dtype))
 
     def extra_repr(self) -> str:
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, hidden={self.hidden!r}"
@@ -271,7 +284,7 @@ class RBM(nn.Module):
 
         Returns one record per epoch: recon_error (Hinton's monitor: mean over the training samples
         of sum_i (v_i - p(v_i | h0))^2 with h0 ~ p(h | v), taken during the epoch), pseudo_likelihood
-        (mean stochastic log pseudo-likelihood on `monitor_size` fixed rows, None = all), momentum,
+        (mean stochastic log pseudo-likelihood on `monitor_size` fixed rows; None = all rows, 0 = skip), momentum,
         seconds and samples_per_second (of the training updates, monitoring excluded).
         """
         if negative_phase is None:
@@ -341,15 +354,16 @@ class RBM(nn.Module):
                 W.add_(inc_W)
                 b.add_(inc_b)
                 c.add_(inc_c)
+            recon_error = sq_error.item() / n  # .item() syncs, so the timing covers all updates
             seconds = time.perf_counter() - t0
-            record = dict(epoch=epoch + 1, recon_error=sq_error.item() / n,
-                          pseudo_likelihood=self.pseudo_likelihood(monitor, generator).mean().item(),
+            pl = self.pseudo_likelihood(monitor, generator).mean().item() if len(monitor) else None
+            record = dict(epoch=epoch + 1, recon_error=recon_error, pseudo_likelihood=pl,
                           momentum=m, lr=lr, seconds=seconds, samples_per_second=n / seconds)
             history.append(record)
             if log is not None:
+                pl_text = "-" if pl is None else f"{pl:.3f}"
                 log(f"rbm {n_vis}-{n_hid} ({self.hidden}) epoch {epoch + 1}/{epochs}: recon_error "
-                    f"{record['recon_error']:.3f} pseudo_likelihood {record['pseudo_likelihood']:.3f} "
-                    f"({record['samples_per_second']:.0f} samples/s)")
+                    f"{recon_error:.3f} pseudo_likelihood {pl_text} ({record['samples_per_second']:.0f} samples/s)")
             if callback is not None:
                 callback(record)
         return history
@@ -374,7 +388,7 @@ def pretrain_stack(data: torch.Tensor, sizes: Sequence[int] = (784, 1000, 500, 2
     for i, (n_vis, n_hid) in enumerate(zip(sizes[:-1], sizes[1:])):
         top = i == len(sizes) - 2
         hidden = top_hidden if top else "bernoulli"
-        rbm = RBM(n_vis, n_hid, hidden=hidden, generator=generator).to(x.dtype)
+        rbm = RBM(n_vis, n_hid, hidden=hidden, generator=generator, device=x.device, dtype=x.dtype)
         if top and top_lr is not None:
             layer_lr = top_lr
         elif hidden == "bernoulli" and lr is not None:
@@ -414,6 +428,8 @@ class DeepAutoencoder(nn.Module):
     """Deep autoencoder of Hinton & Salakhutdinov (2006), model name "deep-ae".
 
     layers = (d, n1, ..., n_code), d = C*H*W, or a preset name ("hinton2006", "assignment", "map2d").
+    init = "random" or "rbm": with "rbm", `pretrain_required` is True and the trainer calls
+    `pretrain(train_images, seed=...)` (`pretrain_epochs` per layer) before fine-tuning.
     Weights are kept in the RBM orientation, W_i of shape (layers[i], layers[i+1]):
         encoder  h_{i+1} = sigmoid(h_i W_i + c_i), except the code z = h W_top + c_top (linear);
         decoder  h_i = sigmoid(h_{i+1} D_i^T + b_i) in reverse order, output logistic too.
@@ -423,8 +439,14 @@ class DeepAutoencoder(nn.Module):
     outputs (the paper's fine-tuning objective), mse = sum of squared errors.
     """
 
-    def __init__(self, input_shape=(1, 28, 28), layers: Sequence[int] | str = "hinton2006", loss: str = "bce"):
+    def __init__(self, input_shape=(1, 28, 28), layers: Sequence[int] | str = "hinton2006", loss: str = "bce",
+                 init: str = "random", pretrain_epochs: int = 50):
         super().__init__()
+        if init not in ("random", "rbm"):
+            raise ValueError(f"unknown init {init!r}; choose from random, rbm")
+        check_positive_sizes(pretrain_epochs=pretrain_epochs)
+        # the trainer calls pretrain() once, before fine-tuning, when this is True
+        self.pretrain_required = init == "rbm"
         if isinstance(layers, str):
             if layers not in LAYER_PRESETS:
                 raise ValueError(f"unknown layers preset {layers!r}; choose from {', '.join(LAYER_PRESETS)}")
@@ -438,7 +460,7 @@ class DeepAutoencoder(nn.Module):
         if len(sizes) < 2 or sizes[0] != math.prod(self.input_shape):
             raise ValueError(f"layers must start with C*H*W = {math.prod(self.input_shape)}, got {sizes}")
         self.options = dict(input_shape=list(self.input_shape), layers=layers if isinstance(layers, str) else sizes,
-                            loss=loss)
+                            loss=loss, init=init, pretrain_epochs=pretrain_epochs)
         self.layers = sizes
         self.latent = sizes[-1]
         pairs = list(zip(sizes[:-1], sizes[1:]))
@@ -457,7 +479,8 @@ class DeepAutoencoder(nn.Module):
                 raise ValueError("give input_shape: n_visible is not a square")
             input_shape = (1, side, side)
         model = cls(input_shape=input_shape, layers=[rbms[0].n_visible] + [r.n_hidden for r in rbms], loss=loss)
-        return model.to(rbms[0].weight.dtype).load_rbms(rbms)
+        w = rbms[0].weight
+        return model.to(device=w.device, dtype=w.dtype).load_rbms(rbms)
 
     @torch.no_grad()
     def load_rbms(self, rbms: Sequence[RBM]) -> DeepAutoencoder:
@@ -475,10 +498,15 @@ class DeepAutoencoder(nn.Module):
             self.decoder_biases[i].copy_(rbm.visible_bias)
         return self
 
-    def pretrain(self, train_images: torch.Tensor, epochs_per_layer: int = 50,
+    def pretrain(self, train_images: torch.Tensor, epochs_per_layer: int | None = None,
                  generator: torch.Generator | None = None, log: Callable[[str], None] | None = None,
-                 **fit_kwargs) -> list[RBM]:
-        """Greedy RBM pretraining on the flattened images (`pretrain_stack`), then load the weights."""
+                 seed: int | None = None, **fit_kwargs) -> list[RBM]:
+        """Greedy RBM pretraining on the flattened images (`pretrain_stack`), then load the weights.
+        The trainer calls it as pretrain(train_x, seed=..., log=...); epochs default to the model's option."""
+        if epochs_per_layer is None:
+            epochs_per_layer = self.options["pretrain_epochs"]
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=self.encoder_weights[0].device).manual_seed(seed)
         p = self.encoder_weights[0]
         rbms = pretrain_stack(train_images.flatten(1).to(device=p.device, dtype=p.dtype), sizes=self.layers,
                               epochs=epochs_per_layer, top_hidden="gaussian", generator=generator, log=log,
