@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="few epochs: a check that runs in a few minutes")
-    p.add_argument("--dataset", default="mnist5k", choices=["mnist5k", "mnist"])
+    p.add_argument("--dataset", default="mnist5k", choices=["mnist5k", "mnist", "fashion-mnist", "kmnist", "digits"])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--layers", default="hinton2006",
                    help=f"a preset ({', '.join(f'{k}={v}' for k, v in LAYER_PRESETS.items())}) or sizes like 784-1000-500-250-30")
