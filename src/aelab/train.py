@@ -156,6 +156,20 @@ def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
     return t
 
 
+PRETRAIN_BATCH = 100  # Hinton's RBM batch; under DDP each rank takes its share of it
+
+
+def _average_across_ranks(world: int):
+    def allreduce(tensors: list[torch.Tensor]) -> None:
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t)
+            t.div_(world)
+
+    return allreduce
+
+
 # ---------------------------------------------------------------- training
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     """Independent seeds per (run seed, epoch, stream) so an epoch replays identically after a resume."""
@@ -264,7 +278,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
 
     if getattr(model, "pretrain_required", False) and not pretrained:
         t0 = time.perf_counter()
-        model.pretrain(train_x, seed=cfg.seed, log=log if (progress and is_writer) else None)
+        pretrain_x, extra = train_x, {}
+        if world > 1:  # each rank runs CD on its equal share; the CD statistics are averaged every batch
+            share = len(train_x) // world
+            pretrain_x = train_x[rank * share:(rank + 1) * share]
+            extra = {"allreduce": _average_across_ranks(world), "batch_size": max(1, PRETRAIN_BATCH // world)}
+        model.pretrain(pretrain_x, seed=cfg.seed, log=log if (progress and is_writer) else None, **extra)
         pretrained = True
         history.append({"epoch": 0, "phase": "pretrain", "time_s": time.perf_counter() - t0})
         checkpoint(0)

@@ -24,7 +24,7 @@ MNIST image and ||J||_F^2 ~ 20 for a 784-1000 sigmoid layer; an unregularised
 AE ends near 70 nats with ||J||_F^2 ~ 90, so lam = 1 makes the penalty matter
 at the solution. In a pilot on mnist5k (8 epochs) lam = 0.1 lowered the mean
 ||J||_F only 1.4x below the AE's, lam = 1 2.6x (`aelab experiment contractive`
-sweeps 0.1-3). Rifai et al. chose lam on a validation set.
+sweeps 0.1-10). Rifai et al. chose lam on a validation set.
 
 DAE, Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust
 Features with Denoising Autoencoders", ICML 2008:
