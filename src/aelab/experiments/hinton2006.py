@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .. import io, report
-from ..evaluate import encode_all, evaluate, load_run_data, probe_accuracy, read_history, reconstruct_all, tsne_2d
+from ..evaluate import (encode_all, evaluate, load_run_data, probe_accuracy, raw_probe_accuracy, read_history,
+                        reconstruct_all, tsne_2d)
 from ..models.rbm import LAYER_PRESETS
 from ..train import TrainConfig, load_model, train
 
@@ -84,13 +85,13 @@ def run(args) -> Path:
 
     rows, codes, recons, histories = [], {}, {}, {}
     rows.append({"method": "raw pixels", "code size": x_tr.shape[1], "recon_sse": None, "ratio to PCA": None,
-                 "probe accuracy": probe_accuracy(x_tr, y_tr, x_te, y_te)})
+                 "probe accuracy": raw_probe_accuracy(config, x_tr, y_tr, x_te, y_te)})
     codes["raw pixels"] = x_te
     rows.append({"method": f"PCA ({code}-D)", "code size": code, "recon_sse": pca_sse, "ratio to PCA": 1.0,
                  "probe accuracy": probe_accuracy(pca_tr, y_tr, pca_te, y_te)})
     codes[f"PCA ({code}-D)"], recons["PCA"] = pca_te, pca_hat
     for init, label in [("random", "deep AE, random init"), ("rbm", "deep AE, RBM-pretrained")]:
-        result = evaluate(runs[init], tsne_points=1000 if args.quick else 2000)
+        result = evaluate(runs[init], figures=False)  # this report draws its own maps, side by side
         m = result["metrics"]
         model = load_model(runs[init])
         rows.append({"method": label, "code size": code, "recon_sse": m["recon_sse"],
