@@ -108,7 +108,7 @@ def param_macs(sizes: list[int]) -> int:
     return sum(a * b for a, b in zip(full[:-1], full[1:]))
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict:  # noqa: C901
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
