@@ -46,7 +46,9 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> None:
         p.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write to a temp file beside `path`, then rename it over `path`. durable=False skips the fsync: for
+    files that are derived from another one (model.safetensors and metrics.jsonl from the checkpoint)."""
     path = Path(path)
     tmp = ""
     try:
@@ -58,7 +60,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fault_point("write")  # a kill here leaves half a temp file and the old destination intact
             f.write(data[len(data) // 2:])
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a read-only folder...: one clear line, and no temp file left behind
         if tmp and os.path.exists(tmp):
@@ -70,12 +73,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), durable)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", durable)
 
 
 def _json_default(o):

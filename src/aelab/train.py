@@ -94,15 +94,16 @@ def package_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- run-folder files
-def save_model(run_dir: str | os.PathLike, model: nn.Module) -> None:
+def save_model(run_dir: str | os.PathLike, model: nn.Module, durable: bool = True) -> None:
     """model.safetensors (a plain state dict, readable by any safetensors tool) + model.json."""
     from safetensors.torch import save as st_save
 
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    io.atomic_write_bytes(run_dir / "model.safetensors", st_save(state, metadata={"format_version": str(io.FORMAT_VERSION)}))
+    io.atomic_write_bytes(run_dir / "model.safetensors", st_save(state, metadata={"format_version": str(io.FORMAT_VERSION)}),
+                          durable=durable)
     io.write_json(run_dir / "model.json", {"format_version": io.FORMAT_VERSION, "name": model.model_name,
-                                          "options": model.options})
+                                          "options": model.options}, durable=durable)
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
@@ -259,8 +260,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     is_writer = rank == 0
 
     def write_run_files() -> None:  # model.safetensors/json and metrics.jsonl, derived from the checkpoint
-        save_model(out, model)
-        io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
+        save_model(out, model, durable=False)
+        io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), durable=False)
 
     def checkpoint(epoch: int) -> None:
         if not is_writer:
