@@ -78,7 +78,7 @@ def test_pickle_checkpoint_refused_never_executed(run, capsys, tmp_path):
             return (os.system, (f"touch {tmp_path}/pwned",))
 
     (run / "checkpoint.safetensors").write_bytes(pickle.dumps(Boom()))
-    one_line_exit_2(capsys, main([*TRAIN, "--epochs", "2", "--out", str(run), "--resume"]), "pickle")
+    one_line_exit_2(capsys, main([*TRAIN, "--epochs", "2", "--out", str(run), "--resume"]), "torch.save")
     assert not (tmp_path / "pwned").exists()
 
 

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-# Before torch loads OpenMP: idle OpenMP threads then sleep instead of spinning. On a busy (shared) machine
+# Before torch starts OpenMP: idle OpenMP threads then sleep instead of spinning. On a busy (shared) machine
 # spinning threads of several processes starve each other (measured: a CAE step 1344 ms spinning vs 74 ms).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -1,4 +1,4 @@
-"""Atomic files, and checkpoints as safetensors + JSON (never pickle).
+"""Atomic files, and checkpoints as safetensors + JSON (never Python object serialisation).
 
 Every write goes to a temp file in the destination folder, is flushed to disk,
 then renamed over the destination: a crash leaves the old file or the new one,
@@ -141,12 +141,13 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, A
     atomic_write_bytes(path, st_save_bytes(tensors, metadata=header))
 
 
-def _check_not_pickle(path: Path, data: bytes) -> None:
-    """Refuse anything that is not safetensors before parsing it; name pickles and torch.save zips as such."""
+def _refuse_non_safetensors(path: Path, data: bytes) -> None:
+    """Refuse anything that is not safetensors before parsing it; name torch.save files (zip or raw) as such."""
     if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
         return  # safetensors: u64 little-endian header length, then a JSON header
     if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise CheckpointError(f"{path}: is a pickle/torch.save file; aelab only reads safetensors (refused, not executed)")
+        raise CheckpointError(f"{path}: is a torch.save (Python-serialised) file; aelab only reads safetensors "
+                              "(refused, not executed)")
     raise CheckpointError(f"{path}: not a safetensors file")
 
 
@@ -156,7 +157,7 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    _check_not_pickle(path, data)
+    _refuse_non_safetensors(path, data)
     try:
         tensors = st_load_bytes(data)
         from safetensors import safe_open  # the header metadata is only exposed through safe_open

@@ -107,7 +107,7 @@ def save_model(run_dir: str | os.PathLike, model: nn.Module, durable: bool = Tru
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
-    """Rebuild a model from model.json and load model.safetensors; no pickle anywhere."""
+    """Rebuild a model from model.json and load model.safetensors; no Python object deserialisation."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
