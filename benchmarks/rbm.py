@@ -13,6 +13,8 @@ Each round times, one after the other, on the same rows (20 batches, at most the
     (fit keeps float32; partial_fit would convert to float64), learning rate 0.1, BLAS limited to the same
     threads; the model is initialised by a fit() outside the clock. sklearn does PCD-1 with sampled
     visible states: the same five products per update.
+Each timed run is preceded by ~0.25 s of the same work untimed: OpenBLAS threads keep spinning for a
+while after sklearn returns and slowed the next torch run by up to 1.6x when we did not.
 fraction = aelab's FLOP/s (5 x 2 B V H per batch of B) / the matmul rate. The first round is a warm-up;
 the best of the other rounds is reported (the least disturbed one, as timeit does: on a shared machine
 the median mostly measures the other jobs); medians are in the JSON too.
@@ -35,6 +37,14 @@ from common import machine, setup, write_json  # noqa: E402
 from aelab.models.rbm import RBM  # noqa: E402
 
 STEPS_PER_ROUND = 20
+WARM_SECONDS = 0.25
+
+
+def warm(step) -> None:
+    """Run `step` untimed for WARM_SECONDS, so that the previous contender's spinning threads have gone quiet."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < WARM_SECONDS:
+        step()
 
 
 def load_data() -> torch.Tensor:
@@ -104,8 +114,11 @@ def main(argv=None) -> dict:
         rates: dict[str, list[float]] = {"matmul": [], "aelab": [], "sklearn": []}
         for round_ in range(args.rounds + 1):  # interleaved, so that machine noise hits every contender alike
             flops = 5 * 2 * batch * n_visible * n_hidden
+            warm(lambda: matmul_seconds_per_step(batch, n_visible, n_hidden, 1))
             matmul = flops / matmul_seconds_per_step(batch, n_visible, n_hidden, steps)
+            warm(lambda: ours.fit(x[:batch], epochs=1, batch_size=batch, generator=g, monitor_size=0))
             aelab = ours.fit(x, epochs=1, batch_size=batch, lr=0.1, generator=g, monitor_size=0)[0]["samples_per_second"]
+            warm(lambda: sklearn_seconds(theirs, rng, x_numpy[:batch], batch))
             sklearn = len(x) / sklearn_seconds(theirs, rng, x_numpy, batch)
             if round_ > 0:
                 rates["matmul"].append(matmul)
