@@ -21,3 +21,13 @@ def shared_idx() -> Path:
 def _isolated_data_dir(tmp_path_factory, monkeypatch):
     # never touch the user's cache from tests
     monkeypatch.setenv("AELAB_DATA", str(tmp_path_factory.getbasetemp() / "aelab-data"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny float64 work gains nothing from threads, and on a busy 2-core machine every parallel region
+    waits for a descheduled worker; modules opt in with pytest.mark.usefixtures("one_thread")."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,16 +18,10 @@ from aelab import models
 from aelab.models.contractive import (CAE, DAE, TiedDecoder, code_activation, contraction_diagnostics,
                                       jacobian_spectrum, saturation)
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny float64 work gains nothing from threads on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SHAPE = (1, 3, 4)  # 12 pixels

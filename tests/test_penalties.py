@@ -16,16 +16,9 @@ from aelab import penalties
 from aelab.penalties import analytic_from_activations, jacobian_frobenius_sq, ones_backward_quantity
 
 # torch's forward-mode AD scripts its decompositions on first use (a torch-internal deprecation warning)
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny float64 matmuls gain nothing from threads, and on a busy 2-core machine every
-    # parallel region waits ~30 ms for a descheduled worker; restore the setting afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 ACTS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}

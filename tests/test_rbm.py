@@ -12,13 +12,7 @@ from aelab.models.rbm import RBM, DeepAutoencoder, pretrain_stack, up_down_mean_
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matrices: threading only adds overhead (and contention on a shared 2-core machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add overhead
 
 
 def binary_states(n: int) -> torch.Tensor:
