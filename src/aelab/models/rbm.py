@@ -35,7 +35,8 @@ Training follows Hinton's code: learning rate 0.1 (0.001 for Gaussian hidden uni
     inc_W <- m inc_W + lr (<v h^T>_data - <v h^T>_recon - weight_cost W),   W <- W + inc_W.
 The statistics are plain batched matrix products (no autograd): per update five products of the
 size (batch x n_visible x n_hidden): v0 W, h0 W^T, v1 W and the one fused product
-[v0; v1]^T [h0; -h1] that costs two.
+[v0; v1]^T [h0; -h1] that costs two. Binary samples compare with 16-bit uniforms (`bernoulli_into`),
+which keeps the serial random-number generator a few per cent of a step.
 
 Deep autoencoder (Hinton & Salakhutdinov 2006, Science 313:504)
 ---------------------------------------------------------------
