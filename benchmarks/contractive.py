@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -125,8 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "loadavg_start": os.getloadavg()}
+    meta = contractive_penalty.run_meta()
     x = data.load("mnist5k", "train")[0][:BATCH]
     train_step = bench_train_step(x, args.repeats, args.exact_repeats)
     penalty = [] if args.skip_penalty_table else [

@@ -161,6 +161,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_meta() -> dict:
+    """What the numbers depend on: versions, threads, and the load average at the start."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "platform": platform.platform(), "loadavg_start": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
@@ -169,8 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "loadavg_start": os.getloadavg()}
+    meta = run_meta()
     results = [bench_encoder(name, sizes, act, args.repeats) for name, (sizes, act) in ENCODERS.items()]
     meta.update(loadavg_end=os.getloadavg(), seconds=time.perf_counter() - started)
     print(f"torch {meta['torch']}, {meta['threads']} threads, load average {meta['loadavg_start'][0]:.1f} -> "

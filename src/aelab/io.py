@@ -23,6 +23,7 @@ FORMAT_VERSION = 1  # of run folders: model.json, config.json, checkpoint.safete
 
 
 _fault_counts: dict[str, int] = {}
+_fault_targets: dict[str, str | None] = {}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -30,7 +31,9 @@ os.umask(_UMASK)
 def fault_point(kind: str) -> None:
     """Fault injection for the kill-and-resume tests: with AELAB_FAULT_KILL_AT_<KIND>=N in the environment,
     the process SIGKILLs itself the N-th time it passes this point. Does nothing otherwise."""
-    target = os.environ.get(f"AELAB_FAULT_KILL_AT_{kind.upper()}")
+    if kind not in _fault_targets:  # read once per process: this sits in the training loop
+        _fault_targets[kind] = os.environ.get(f"AELAB_FAULT_KILL_AT_{kind.upper()}")
+    target = _fault_targets[kind]
     if target is None:
         return
     _fault_counts[kind] = _fault_counts.get(kind, 0) + 1
