@@ -1,0 +1,140 @@
+"""Typed option values and settings dataclasses, shared by the CLI and the experiments.
+
+An experiment declares its settings as a dataclass; each field may carry metadata:
+
+    epochs: int | None = field(default=None, metadata=opt("epochs per model (default 30, --quick 8)",
+                                                          parse=positive_int))
+
+`add_arguments(parser, Settings)` turns the fields into `--flags` (bool fields become store_true switches)
+and `from_args(Settings, args)` builds the dataclass back. Nothing here imports torch: `aelab --help` and
+`aelab models` stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import typing
+from typing import Any, Callable
+
+MAX_SEED = 2**63  # seeds live in [0, 2^63): what torch.manual_seed and numpy's generators accept
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seeds must be in [0, 2^63), got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A number in (0, 1), e.g. an aligned ratio."""
+    value = fraction(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated non-negative finite numbers."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative finite numbers, got {text!r}")
+    return values
+
+
+def int_list(text: str) -> list[int]:
+    """Layer sizes like 256,64 or 784-1000-500. A minus sign is never read as a separator: -64-16 is refused."""
+    if not re.fullmatch(r"\s*\d+\s*([,-]\s*\d+\s*)*", text):
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 256,64 or 784-1000-30, got {text!r}")
+    values = [int(v) for v in re.split(r"[,-]", text)]
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return values
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """KEY=VALUE with a JSON value (a bare word stays a string)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        return key.replace("-", "_"), value
+
+
+# ---------------------------------------------------------------- settings dataclasses <-> argparse
+def opt(help: str = "", parse: Callable[[str], Any] | None = None, choices: list | tuple | None = None,
+        hidden: bool = False) -> dict:
+    """Field metadata for `add_arguments`: help text, a parser for one value, the allowed values."""
+    return {"help": help, "parse": parse, "choices": choices, "hidden": hidden}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, settings_cls: type) -> None:
+    """One --flag per field of a settings dataclass; the dataclass's own defaults stay the defaults."""
+    hints = typing.get_type_hints(settings_cls)
+    for f in dataclasses.fields(settings_cls):
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = argparse.SUPPRESS if meta.get("hidden") else meta.get("help") or None
+        if hints[f.name] is bool:
+            parser.add_argument(_flag(f.name), action="store_true", default=default, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"default": default, "help": help_text}
+        if meta.get("parse") is not None:
+            kwargs["type"] = meta["parse"]
+        if meta.get("choices") is not None:
+            kwargs["choices"] = list(meta["choices"])
+        parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+
+
+def from_args(settings_cls: type, args: argparse.Namespace):
+    """The settings dataclass from parsed arguments (fields missing from args keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(settings_cls)}
+    return settings_cls(**{k: v for k, v in vars(args).items() if k in names})
