@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: imp
 
 import contractive_penalty  # noqa: E402
 
-from aelab import data, models, penalties  # noqa: E402
+from aelab import data, models
+from aelab.models import penalties  # noqa: E402
 from aelab.models.ae import reconstruction_loss  # noqa: E402
 
 BATCH, SEED = 128, 0

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from aelab import penalties
+from aelab.models import penalties
 from aelab.models.ae import mlp
 
 ENCODERS = {

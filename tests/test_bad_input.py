@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aelab import io
+from aelab import runs
 from aelab.cli import main
 from aelab.data import DataError
 from aelab.data.idx import read_idx_bytes
@@ -56,10 +56,10 @@ def test_full_disk_on_save(tmp_path, capsys, monkeypatch):
         f = real_fdopen(fd, *a, **k)
         return FullDisk(f) if calls["n"] >= 2 else f  # config.json goes through, the first checkpoint fails
 
-    monkeypatch.setattr(io.os, "fdopen", fdopen)
+    monkeypatch.setattr(runs.os, "fdopen", fdopen)
     out = tmp_path / "run"
     one_line_exit_2(capsys, main([*TRAIN, "--out", str(out)]), "No space left on device")
-    assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.safetensors").exists()
+    assert not list(out.glob(".*.tmp-*")) and not (out / "checkpoint.safetensors").exists()
 
 
 def test_checkpoint_architecture_mismatch(run, capsys):
@@ -90,10 +90,10 @@ def test_newer_format_version(run, capsys):
 
 
 def test_newer_checkpoint_format(run, capsys, monkeypatch):
-    state, meta = io.load_state(run / "checkpoint.safetensors")
-    monkeypatch.setattr(io, "FORMAT_VERSION", 7)  # as if written by a future aelab
-    io.save_state(run / "checkpoint.safetensors", state, meta)
-    monkeypatch.setattr(io, "FORMAT_VERSION", 1)
+    state, meta = runs.load_state(run / "checkpoint.safetensors")
+    monkeypatch.setattr(runs, "FORMAT_VERSION", 7)  # as if written by a future aelab
+    runs.save_state(run / "checkpoint.safetensors", state, meta)
+    monkeypatch.setattr(runs, "FORMAT_VERSION", 1)
     one_line_exit_2(capsys, main([*TRAIN, "--epochs", "2", "--out", str(run), "--resume"]), "newer aelab")
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab import bias
+from aelab.experiments import debias_scores as bias
+from aelab.metrics import ranking
 from aelab.data import load
 from aelab.data.colored import make_colored_mnist
 
@@ -45,28 +46,28 @@ def random_task(seed, n=40, ties=True):
 @pytest.mark.parametrize("ties", [True, False])
 def test_auroc_matches_pair_counting(seed, ties):
     scores, positive = random_task(seed, ties=ties)
-    assert bias.auroc(scores, positive) == pytest.approx(auroc_pairs(scores, positive), abs=1e-12)
+    assert ranking.auroc(scores, positive) == pytest.approx(auroc_pairs(scores, positive), abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [True, False])
 def test_average_precision_matches_per_positive_precision(seed, ties):
     scores, positive = random_task(seed, ties=ties)
-    assert bias.average_precision(scores, positive) == pytest.approx(ap_per_positive(scores, positive), abs=1e-12)
+    assert ranking.average_precision(scores, positive) == pytest.approx(ap_per_positive(scores, positive), abs=1e-12)
 
 
 def test_metrics_on_hand_examples():
     # perfect, reversed and all-tied rankings
-    assert bias.auroc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
-    assert bias.auroc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
-    assert bias.auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
-    assert bias.average_precision([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
+    assert ranking.auroc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
+    assert ranking.auroc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
+    assert ranking.auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
+    assert ranking.average_precision([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
     # ranking pos, neg, pos: AP = (1/1 + 2/3) / 2
-    assert bias.average_precision([3, 2, 1], [1, 0, 1]) == pytest.approx((1 + 2 / 3) / 2)
-    assert bias.average_precision([1, 1, 1, 1], [1, 0, 0, 0]) == 0.25  # one threshold: precision 1/4
-    assert math.isnan(bias.auroc([1, 2], [1, 1]))
+    assert ranking.average_precision([3, 2, 1], [1, 0, 1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert ranking.average_precision([1, 1, 1, 1], [1, 0, 0, 0]) == 0.25  # one threshold: precision 1/4
+    assert math.isnan(ranking.auroc([1, 2], [1, 1]))
     with pytest.raises(ValueError):
-        bias.auroc([1.0, float("nan")], [1, 0])
+        ranking.auroc([1.0, float("nan")], [1, 0])
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -75,9 +76,9 @@ def test_precision_recall_at_k_matches_sorted_list(seed):
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # stable: ties by index
     for k in (1, 5, int(positive.sum()), len(scores)):
         hits = sum(positive[i] for i in order[:k])
-        assert bias.precision_recall_at_k(scores, positive, k) == pytest.approx((hits / k, hits / positive.sum()))
+        assert ranking.precision_recall_at_k(scores, positive, k) == pytest.approx((hits / k, hits / positive.sum()))
     with pytest.raises(ValueError):
-        bias.precision_recall_at_k(scores, positive, 0)
+        ranking.precision_recall_at_k(scores, positive, 0)
 
 
 def test_class_metrics_grades_each_class_separately():
@@ -87,7 +88,7 @@ def test_class_metrics_grades_each_class_separately():
     conflicting[[0, 30, 60]] = True
     conflicting[[1, 31, 61]] = False
     scores = rng.normal(size=90) + 2 * conflicting
-    result = bias.class_metrics(scores, digits, conflicting)
+    result = ranking.class_metrics(scores, digits, conflicting)
     for row in result["per_class"]:
         m = digits == row["class"]
         n_conf = int(conflicting[m].sum())
@@ -98,7 +99,7 @@ def test_class_metrics_grades_each_class_separately():
     assert result["mean"]["auroc"] == pytest.approx(np.mean([r["auroc"] for r in result["per_class"]]))
     # adding a constant to one class changes nothing: only within-class order matters
     shifted = scores + 100 * (digits == 1)
-    assert bias.class_metrics(shifted, digits, conflicting)["mean"] == result["mean"]
+    assert ranking.class_metrics(shifted, digits, conflicting)["mean"] == result["mean"]
 
 
 # ---------------------------------------------------------------- scoring methods vs direct computations
@@ -242,5 +243,5 @@ def test_scores_depend_on_images_and_digits_only(tiny_colored):
     assert first.keys() == second.keys() == set(bias.METHODS) - {"ae_recon", "ae_knn", "ae_gauss"}
     for name in first:
         np.testing.assert_array_equal(first[name], second[name])
-    graded = bias.class_metrics(first["gce_knn"], digits.numpy(), conflicting.numpy())
+    graded = ranking.class_metrics(first["gce_knn"], digits.numpy(), conflicting.numpy())
     assert graded["mean"]["auroc"] > 0.8

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from aelab.models.binary import (BACKWARD_RULES, BinaryAE, binarize, bits_per_image, encode_codes,
-                                 hamming_retrieval, pca_sign_codes)
+from aelab.metrics.retrieval import bits_per_image, encode_codes, hamming_retrieval, pca_sign_codes
+from aelab.models.binary import BACKWARD_RULES, BinaryAE, binarize
 
 A = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
 GRAD_OUT = [3.0, -3.0, 0.5, -0.5, 2.0, -2.0, 1.5]
@@ -123,7 +123,7 @@ def test_loss_is_per_image_sum_mean_over_batch(kind):
     t = x.numpy().reshape(7, -1)
     sse = float(np.mean([np.sum((p[i] - t[i]) ** 2) for i in range(7)]))
     bce = float(np.mean([-np.sum(t[i] * np.log(p[i]) + (1 - t[i]) * np.log(1 - p[i])) for i in range(7)]))
-    assert terms["recon_mse"].item() == pytest.approx(sse, rel=1e-10)
+    assert terms["recon_sse"].item() == pytest.approx(sse, rel=1e-10)
     assert terms["loss"].item() == pytest.approx(sse if kind == "mse" else bce, rel=1e-10)
     assert model.loss(x).item() == pytest.approx(terms["loss"].item(), rel=1e-12)
 
@@ -187,14 +187,14 @@ def _train_recon(x, steps, lr, freeze_encoder, **options):
     params = model.decoder.parameters() if freeze_encoder else model.parameters()
     opt = torch.optim.Adam(params, lr=lr)
     with torch.no_grad():
-        before = model.loss_terms(x)["recon_mse"].item()
+        before = model.loss_terms(x)["recon_sse"].item()
     for _ in range(steps):
         loss = model.loss(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = model.loss_terms(x)["recon_mse"].item()
+        after = model.loss_terms(x)["recon_sse"].item()
     return before, after
 
 

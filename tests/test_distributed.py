@@ -63,14 +63,14 @@ def _rbm_worker(rank: int, world: int, port: int, data: torch.Tensor, same_data:
     import torch.distributed as dist
 
     from aelab.models.rbm import RBM
-    from aelab.train import _average_across_ranks
+    from aelab.train import average_across_ranks
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         shard = data if same_data else data.tensor_split(world)[rank]
         rbm = RBM(64, 16, generator=torch.Generator().manual_seed(0))
         rbm.fit(shard, epochs=2, batch_size=50, generator=torch.Generator().manual_seed(1),
-                allreduce=_average_across_ranks(world), monitor_size=0)
+                allreduce=average_across_ranks(world), monitor_size=0)
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in rbm.state_dict().items()}, f"{out}/rank{rank}.safetensors")

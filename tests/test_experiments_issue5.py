@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from aelab import bias
+from aelab.experiments import debias_scores as bias
+from aelab.metrics import ranking
 from aelab.cli import main
 from aelab.data import load
 from aelab.data.colored import make_colored_mnist
@@ -54,7 +55,7 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
     auroc_0 = result["methods"]["gce_ce"]["per_class"][0]["auroc"]
     scores = real_score_samples(images, digit_arg, n_models=1, gce_epochs=1, seed=0)["gce_ce"]
     m = digits[:300].numpy() == 0
-    assert auroc_0 == pytest.approx(bias.auroc(scores[m], conflicting[m]))
+    assert auroc_0 == pytest.approx(ranking.auroc(scores[m], conflicting[m]))
 
 
 
@@ -66,8 +67,7 @@ def test_debias_rejects_bad_arguments(tmp_path, capsys, bad):
 
 
 def test_binary_end_to_end(tmp_path):
-    from aelab.evaluate import EXTRA_DIAGNOSTICS
-    from aelab.train import load_model
+    from aelab.evaluate import evaluate
 
     out = tmp_path / "binary"
     assert main(["experiment", "binary", "--dataset", "digits", "--bits", "16", "--epochs", "1", "--train-limit",
@@ -101,17 +101,16 @@ def test_binary_end_to_end(tmp_path):
         hits += sum(y_tr[i] == label for i in order[:10])
     assert rows["PCA-sign"]["precision@10"] == pytest.approx(hits / (10 * 360))
 
-    # `aelab evaluate` finds the binary diagnostics through its hook
-    metrics, figs = EXTRA_DIAGNOSTICS["binary"](load_model(out / "binary"), load("digits", "train")[0][:300],
-                                                load("digits", "test")[0], tmp_path / "figs")
+    # `aelab evaluate` adds the code statistics of a binary model, and draws its bit usage
+    metrics = evaluate(out / "binary", tsne_points=50)["metrics"]
     assert metrics["bits_per_image"] == 16
     assert 1 <= metrics["code_distinct_train"] <= 300
-    assert figs[0][1].exists()
+    assert (out / "binary" / "figures" / "bit_usage.png").exists()
 
 
 def test_binary_diagnostics_match_direct_counts(tmp_path):
     from aelab.models import create
-    from aelab.models.binary import binary_diagnostics, encode_codes
+    from aelab.metrics.retrieval import code_statistics, encode_codes
 
     torch.manual_seed(0)
     x = torch.rand(50, 1, 8, 8)
@@ -119,7 +118,8 @@ def test_binary_diagnostics_match_direct_counts(tmp_path):
         model = create("binary", input_shape=(1, 8, 8), bits=6, channels=[4, 4], float_bottleneck=float_bottleneck)
         model.train()
         model.loss(x)  # one batch through BatchNorm to move its running statistics off the defaults
-        metrics, figs = binary_diagnostics(model, x, x[:20], tmp_path)
+        metrics, f_bits = code_statistics(model, x, x[:20])
+        assert model.training  # measured in eval mode, given back in training mode
         model.eval()
         with torch.no_grad():
             a = model.pre_activation(x)
@@ -133,13 +133,13 @@ def test_binary_diagnostics_match_direct_counts(tmp_path):
         assert metrics["bits_constant"] == sum(p in (0, 1) for p in f)
         assert metrics["bits_per_image"] == 6 * (32 if float_bottleneck else 1)
         assert ("code_saturation" in metrics) == float_bottleneck
-        assert figs[0][1].exists()
+        np.testing.assert_allclose(f_bits, f)
 
 
 def test_linear_decoder_sse_matches_sklearn():
     from sklearn.linear_model import LinearRegression
 
-    from aelab.experiments.binary import linear_decoder_sse
+    from aelab.metrics.reconstruction import linear_decoder_sse
 
     rng = np.random.default_rng(0)
     b_tr, b_te = rng.integers(0, 2, (40, 5)), rng.integers(0, 2, (10, 5))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aelab import io
+from aelab import runs
 
 ARGS = ["train", "--model", "vae", "--dataset", "digits", "--train-limit", "300", "--epochs", "4", "--batch-size", "64",
         "--hidden", "32", "--latent", "4", "--no-progress"]
@@ -28,7 +28,7 @@ def aelab(out, *extra, env_extra=None):
 def check_folder_is_consistent(out):
     """Whatever is on disk after a kill is complete: the checkpoint loads, JSON parses."""
     if (out / "checkpoint.safetensors").exists():
-        state, meta = io.load_state(out / "checkpoint.safetensors")
+        state, meta = runs.load_state(out / "checkpoint.safetensors")
         assert "model" in state and "optimizer" in state and meta["epoch"] >= 0
     for name in ("config.json", "model.json"):
         if (out / name).exists():
@@ -68,4 +68,4 @@ def test_kill_and_resume_is_bit_identical(reference, tmp_path, trial):
     strip = lambda path: [{k: v for k, v in json.loads(l).items() if "time" not in k and "per_s" not in k}
                           for l in path.read_text().splitlines()]
     assert strip(reference / "metrics.jsonl") == strip(out / "metrics.jsonl")
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp-*"))

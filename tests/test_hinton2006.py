@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 from aelab import models
 from aelab.cli import main
 from aelab.models.rbm import up_down_mean_field
-from aelab.train import TrainConfig, load_model, train
+from aelab.runs import load_model
+from aelab.train import TrainConfig, train
 
 
 def cfg(out, epochs, init="rbm"):

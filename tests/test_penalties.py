@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from aelab import penalties
-from aelab.penalties import analytic_from_activations, jacobian_frobenius_sq, ones_backward_quantity
+from aelab.models import penalties
+from aelab.models.penalties import analytic_from_activations, jacobian_frobenius_sq, ones_backward_quantity
 
 # torch's forward-mode AD scripts its decompositions on first use (a torch-internal deprecation warning)
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab.models.rbm import RBM, DeepAutoencoder, pretrain_stack, up_down_mean_field
+from aelab.models.deep_ae import DeepAutoencoder
+from aelab.models.rbm import RBM, pretrain_stack, up_down_mean_field
 
 D = torch.float64
 
@@ -375,19 +376,19 @@ def test_bernoulli_sampler_frequencies():
 
 
 def test_trainer_interface_init_rbm():
-    """create("deep-ae", init="rbm") -> pretrain_required; pretrain(x, seed=) is reproducible and loads the stack."""
+    """create("deep-ae", init="rbm") -> needs_pretraining; pretrain(x, seed=) is reproducible and loads the stack."""
     from aelab.models import create
     x = toy_digits(300)
     options = dict(input_shape=[1, 8, 8], layers=[64, 24, 2], init="rbm", pretrain_epochs=2)
     model, again = create("deep-ae", **options), create("deep-ae", **options)
-    assert model.pretrain_required and not create("deep-ae", input_shape=[1, 8, 8], layers=[64, 2]).pretrain_required
+    assert model.needs_pretraining and not create("deep-ae", input_shape=[1, 8, 8], layers=[64, 2]).needs_pretraining
     rbms = model.pretrain(x, seed=3)
     again.pretrain(x, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
     with torch.no_grad():
         assert torch.equal(model(x).flatten(1), up_down_mean_field(rbms, x.flatten(1)))
     rebuilt = create("deep-ae", **model.options)
-    assert rebuilt.options == model.options and rebuilt.pretrain_required
+    assert rebuilt.options == model.options and rebuilt.needs_pretraining
 
 
 def toy_digits(n: int) -> torch.Tensor:

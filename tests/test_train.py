@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aelab import io
+from aelab import runs
 from aelab.errors import CheckpointError, ConfigError, TrainingDiverged
-from aelab.train import TrainConfig, load_model, train
+from aelab.runs import load_model
+from aelab.train import TrainConfig, train
 
 
 def small_cfg(tmp_path, name="run", **kw):
@@ -22,7 +23,7 @@ def test_run_folder_contents(tmp_path):
     out = train(small_cfg(tmp_path), progress=False)
     names = sorted(p.name for p in out.iterdir())
     assert {"config.json", "metrics.jsonl", "model.safetensors", "model.json", "checkpoint.safetensors"} <= set(names)
-    assert not [n for n in names if n.endswith(".tmp")]
+    assert not [n for n in names if ".tmp-" in n]
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["versions"]["torch"] == torch.__version__
     assert config["model_options"]["input_shape"] == [1, 8, 8]
@@ -41,7 +42,7 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
     x = torch.rand(9, 1, 8, 8)
     again = load_model(out)
     assert torch.equal(model.encode(x), again.encode(x)) and torch.equal(model(x), again(x))
-    state, meta = io.load_state(out / "checkpoint.safetensors")
+    state, meta = runs.load_state(out / "checkpoint.safetensors")
     assert meta["epoch"] == 3
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["model"][k])
@@ -67,8 +68,8 @@ def test_resume_from_epoch_k_ends_identical(tmp_path, model):
     resumed = train(small_cfg(tmp_path, "part", model=model, model_options=opts, epochs=4), resume=True, progress=False)
     wf, wr = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
-    sf, _ = io.load_state(full / "checkpoint.safetensors")
-    sr, _ = io.load_state(resumed / "checkpoint.safetensors")
+    sf, _ = runs.load_state(full / "checkpoint.safetensors")
+    sr, _ = runs.load_state(resumed / "checkpoint.safetensors")
     for (k1, v1), (k2, v2) in zip(sorted(sf["optimizer"]["state"].items()), sorted(sr["optimizer"]["state"].items())):
         assert all(torch.equal(v1[n], v2[n]) for n in v1)
     assert (full / "metrics.jsonl").read_text().count("\n") == (resumed / "metrics.jsonl").read_text().count("\n") == 4
@@ -161,7 +162,7 @@ def test_checkpoint_safety(tmp_path):
 def test_state_flattening_roundtrip():
     state = {"a": torch.arange(3), "b": [torch.ones(2), 3, None, "x", (1.5, torch.zeros(1))], 7: {"c": True}}
     tensors = {}
-    skeleton = io.flatten_state(state, "s", tensors)
-    back = io.unflatten_state(json.loads(json.dumps(skeleton)), tensors)
+    skeleton = runs.flatten_state(state, "s", tensors)
+    back = runs.unflatten_state(json.loads(json.dumps(skeleton)), tensors)
     assert torch.equal(back["a"], state["a"]) and back["b"][1:4] == [3, None, "x"] and back[7] == {"c": True}
     assert isinstance(back["b"][4], tuple) and torch.equal(back["b"][4][1], torch.zeros(1))

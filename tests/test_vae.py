@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from aelab.errors import ConfigError
+
 from aelab import models
 from aelab.models.vae import gaussian_log_prob, kl_to_standard_normal
 
@@ -112,9 +114,9 @@ def test_ae_loss_is_sum_over_pixels_and_weight_decay_adds_the_penalty():
 
 
 def test_create_rejects_unknown_names_and_bad_sizes():
-    with pytest.raises(ValueError, match="choose from"):
+    with pytest.raises(ConfigError, match="choose from"):
         models.create("nope")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigError, match="positive"):
         models.create("ae", latent=0)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigError, match="positive"):
         models.create("vae", hidden=[-3])

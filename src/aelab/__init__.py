@@ -1,2 +1,26 @@
-"""aelab: the classic autoencoder family in PyTorch, trained, evaluated and compared correctly."""
+"""aelab: the classic autoencoder family in PyTorch, trained, evaluated and compared correctly.
+
+Where things live (data flows down this list):
+    data/         datasets as in-memory tensors, the IDX reader, verified downloads, ColoredMNIST
+    models/       pure nn.Modules and their maths, one file per idea, behind the interface in models/base.py
+    runs.py       the run folder: config, history, model and checkpoint files, atomic writes
+    train.py      the one trainer (Adam or L-BFGS, resume, DDP)
+    metrics/      measuring: reconstruction, probes, contraction, retrieval, ranking
+    evaluate.py   a run folder -> eval.json (calls metrics/)
+    report.py     figures and the HTML/Markdown reports
+    experiments/  one short recipe per paper, each with a Settings dataclass
+    options.py    typed option values shared by the CLI and the experiments
+    cli.py        parses arguments and dispatches, nothing else
+"""
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    # lazy: `import aelab` (and `aelab --help`) must not pay for importing torch
+    if name == "load_model":
+        from .runs import load_model
+
+        return load_model
+    raise AttributeError(f"module 'aelab' has no attribute {name!r}")

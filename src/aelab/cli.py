@@ -1,19 +1,19 @@
-"""The `aelab` command line. Bad input: one line on stderr and exit status 2, never a traceback."""
+"""The `aelab` command line: parses arguments and dispatches, nothing else.
+
+Bad input: one line on stderr and exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
-# Before torch starts OpenMP: idle OpenMP threads then sleep instead of spinning. On a busy (shared) machine
-# spinning threads of several processes starve each other (measured: a CAE step 1344 ms spinning vs 74 ms).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from . import options
 from .errors import AelabError, TrainingDiverged
+from .options import int_list, key_value, positive_float, positive_int, seed_value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,57 +21,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace("-", ",").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 256,64, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
-    return values
-
-
-def key_value(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
-
-
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from . import data, models
+    from . import models
 
     p.add_argument("--model", default="ae", help=f"one of: {', '.join(models.names())}")
-    p.add_argument("--dataset", default="mnist5k", help=f"one of: {', '.join(data.names())}")
+    p.add_argument("--dataset", default="mnist5k", help="a dataset name (see aelab data list)")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)")
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (no-op with a warning on CPU)")
     p.add_argument("--latent", type=positive_int, default=None, help="code size")
@@ -158,12 +118,16 @@ def cmd_data(args) -> int:
 
 def cmd_experiment(args) -> int:
     module = importlib.import_module(f".experiments.{args.experiment_module}", __package__)
-    path = module.run(args)
+    settings = options.from_args(module.Settings, args)
+    if hasattr(settings, "validate"):
+        settings.validate()
+    path = module.run(settings)
     print(f"report: {path}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; `experiment` names the one experiment whose settings become flags."""
     from . import __version__
     from .experiments import EXPERIMENTS
 
@@ -196,13 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
     exp = p.add_subparsers(dest="experiment", required=True, parser_class=_Parser)
     for name, (module_name, text) in EXPERIMENTS.items():
         q = exp.add_parser(name, help=text)
-        importlib.import_module(f".experiments.{module_name}", __package__).add_arguments(q)
         q.set_defaults(func=cmd_experiment, experiment_module=module_name)
+        if name == experiment:  # only the chosen experiment's module is imported (it imports torch)
+            module = importlib.import_module(f".experiments.{module_name}", __package__)
+            options.add_arguments(q, module.Settings)
     return parser
 
 
+def _chosen_experiment(argv: list[str]) -> str | None:
+    from .experiments import EXPERIMENTS
+
+    words = [a for a in argv if not a.startswith("-")]
+    if len(words) >= 2 and words[0] == "experiment" and words[1] in EXPERIMENTS:
+        return words[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    # Before torch starts OpenMP: idle OpenMP threads then sleep instead of spinning. On a busy (shared) machine
+    # spinning threads of several processes starve each other (measured: a CAE step 1344 ms spinning vs 74 ms).
+    # Set here, when the command runs, not on import: importing aelab changes no global state.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_experiment(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse's own errors (exit 2) and --help/--version (exit 0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import io  # noqa: E402
+from . import runs  # noqa: E402
 
 
 # ---------------------------------------------------------------- figures
@@ -35,12 +36,10 @@ def image_mosaic(rows: Sequence[np.ndarray], pad: int = 1) -> np.ndarray:
 
 def save_png(fig, path: str | Path) -> Path:
     path = Path(path)
-    import io as _io
-
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    io.atomic_write_bytes(path, buf.getvalue())
+    runs.atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -78,6 +77,29 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, keys=("train
     ax.set_ylabel("loss per image")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_spectra(spectra: dict[str, list[float]], path: str | Path) -> Path:
+    """Mean sorted singular values of J_f(x) per model (log scale)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, values in spectra.items():
+        ax.semilogy(range(1, len(values) + 1), [max(v, 1e-12) for v in values], label=label,
+                    linestyle="-" if label.upper().startswith("CAE") else "--")
+    ax.set_xlabel("rank of the singular value")
+    ax.set_ylabel("singular value of J_f(x)")
+    ax.set_title("Jacobian spectrum of the encoder on test points")
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_bit_usage(f: np.ndarray, path: str | Path) -> Path:
+    """Histogram of f_j, the fraction of train images with bit j on."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(f, bins=np.linspace(0, 1, 41))
+    ax.set_xlabel("fraction of train images with the bit on")
+    ax.set_ylabel("bits")
+    ax.set_title(f"bit usage ({len(f)} bits)")
     return save_png(fig, path)
 
 
@@ -143,6 +165,6 @@ def write_report(out_dir: str | Path, title: str, tables: list[tuple[str, list[d
         md += ["## Configuration", "", "```json", text, "```", ""]
         h.append(f"<h2>Configuration</h2><pre>{html.escape(text)}</pre>")
     h.append("</body></html>")
-    io.atomic_write_text(out_dir / "report.md", "\n".join(md))
-    io.atomic_write_text(out_dir / "report.html", "\n".join(h))
+    runs.atomic_write_text(out_dir / "report.md", "\n".join(md))
+    runs.atomic_write_text(out_dir / "report.html", "\n".join(h))
     return out_dir / "report.html"

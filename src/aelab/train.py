@@ -1,37 +1,37 @@
 """One trainer for every aelab model.
 
-    data (in-memory tensors) -> model.loss(x) -> Adam (or L-BFGS) -> run folder
+    data (in-memory tensors) -> model.loss(x) -> Adam (or L-BFGS) -> run folder (aelab.runs)
 
-The run folder holds config.json, metrics.jsonl, model.safetensors + model.json
-and checkpoint.safetensors (model, optimizer, epoch, metrics so far). All are
-written atomically at the end of each epoch, so `resume=True` restarts from the
-last complete epoch and, because every epoch re-seeds its own random streams
-from (seed, epoch), ends bit-identical to an uninterrupted run on CPU.
+The run folder holds config.json, metrics.jsonl, model.safetensors + model.json and
+checkpoint.safetensors (model, optimizer, epoch, metrics so far). All are written
+atomically at the end of each epoch, so `resume=True` restarts from the last
+complete epoch and, because every epoch re-seeds its own random streams from
+(seed, epoch), ends bit-identical to an uninterrupted run on CPU.
 
 Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel:
 every rank draws the same permutation, takes its contiguous share of each
 global batch, and scales its mean loss by its share, so that the averaged
-gradient is exactly the gradient of the global batch mean.
+gradient is exactly the gradient of the global batch mean. Everything that
+decides control flow (the L-BFGS objective, the NaN check) is all-reduced, so
+every rank takes the same branch and no rank waits in a collective alone.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from . import data as datamod
-from . import io, models
+from . import models, runs
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 
 
@@ -81,61 +81,42 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"unknown device {name!r}; choose from cpu, cuda, cuda:N")
 
 
-def package_versions() -> dict[str, str]:
-    import numpy
-    import safetensors
-    import sklearn
-
-    from . import __version__
-
-    return {"aelab": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "safetensors": safetensors.__version__,
-            "platform": platform.platform(), "torch_threads": str(torch.get_num_threads())}
-
-
-# ---------------------------------------------------------------- run-folder files
-def save_model(run_dir: str | os.PathLike, model: nn.Module, durable: bool = True) -> None:
-    """model.safetensors (a plain state dict, readable by any safetensors tool) + model.json."""
-    from safetensors.torch import save as st_save
-
-    run_dir = Path(run_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    io.atomic_write_bytes(run_dir / "model.safetensors", st_save(state, metadata={"format_version": str(io.FORMAT_VERSION)}),
-                          durable=durable)
-    io.write_json(run_dir / "model.json", {"format_version": io.FORMAT_VERSION, "name": model.model_name,
-                                          "options": model.options}, durable=durable)
-
-
-def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
-    """Rebuild a model from model.json and load model.safetensors; no Python object deserialisation."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
-    spec = io.read_json(run_dir / "model.json")
-    if int(spec.get("format_version", 0)) > io.FORMAT_VERSION:
-        raise CheckpointError(f"{run_dir}/model.json: written by a newer aelab (format {spec['format_version']}, "
-                              f"this one reads <= {io.FORMAT_VERSION})")
-    try:
-        model = models.create(spec["name"], **spec["options"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir}/model.json: cannot build the model ({e})") from None
-    state, _ = io.load_state(run_dir / "model.safetensors")
-    load_weights(model, state, run_dir / "model.safetensors")
-    return model.to(device)
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
-        raise CheckpointError(f"{path}: weights do not match the architecture in model.json (e.g. {diff})")
-    model.load_state_dict(state)
-
-
 # ---------------------------------------------------------------- distributed helpers
 def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) for a single process."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group under torchrun (gloo on CPU, NCCL on GPUs); returns (rank, world, device)."""
+    rank, world = dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    """Sum over ranks, in place; every rank gets the same bits back. A no-op for one process."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def average_across_ranks(world: int) -> Callable[[list[torch.Tensor]], None]:
+    """An `allreduce` hook that replaces each tensor by its mean over ranks (RBM pretraining statistics)."""
+    def allreduce(tensors: list[torch.Tensor]) -> None:
+        for t in tensors:
+            all_reduce_sum(t, world).div_(world)
+
+    return allreduce
 
 
 class _LossModule(nn.Module):
@@ -149,29 +130,7 @@ class _LossModule(nn.Module):
         return self.model.loss(x)
 
 
-def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t
-
-
-PRETRAIN_BATCH = 100  # Hinton's RBM batch; under DDP each rank takes its share of it
-
-
-def _average_across_ranks(world: int):
-    def allreduce(tensors: list[torch.Tensor]) -> None:
-        import torch.distributed as dist
-
-        for t in tensors:
-            dist.all_reduce(t)
-            t.div_(world)
-
-    return allreduce
-
-
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- pieces of a run
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     """Independent seeds per (run seed, epoch, stream) so an epoch replays identically after a resume."""
     return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
@@ -181,41 +140,136 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
 def evaluate_loss(model: nn.Module, images: torch.Tensor, batch_size: int, seed: int,
                   rank: int = 0, world: int = 1) -> dict[str, float]:
     """Mean per-image loss terms over a data set (each rank takes a contiguous shard, sums are all-reduced)."""
+    was_training = model.training
     model.eval()
     torch.manual_seed(seed)  # the VAE's test loss samples z: fix it so the number is reproducible
     shard = images.tensor_split(world)[rank]
     sums: dict[str, torch.Tensor] = {}
     for xb in shard.split(batch_size):
-        terms = model.loss_terms(xb) if hasattr(model, "loss_terms") else {"loss": model.loss(xb)}
-        for k, v in terms.items():
+        for k, v in model.loss_terms(xb).items():
             sums[k] = sums.get(k, 0.0) + v.detach().double() * len(xb)
     keys = sorted(sums)
     total = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64) for k in keys]) if keys else torch.zeros(0)
-    total = _all_reduce_sum(total, world)
-    model.train()
+    total = all_reduce_sum(total, world)
+    model.train(was_training)
     return {k: float(v) / len(images) for k, v in zip(keys, total)}
 
 
 def _check_resume_config(old: dict, new: dict) -> None:
-    ignore = {"epochs", "out", "device"}
+    ignore = {"epochs", "out", "device", "versions"}
     diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")
 
 
+def load_data(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train and test images of cfg.dataset on `device` (labels are not needed to train)."""
+    train_x, _ = datamod.load(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
+    test_x, _ = datamod.load(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_options)
+    if cfg.train_limit:
+        train_x = train_x[: cfg.train_limit]
+    return train_x.to(device), test_x.to(device)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "lbfgs":
+        return torch.optim.LBFGS(model.parameters(), lr=cfg.lr, max_iter=3, history_size=10,
+                                 line_search_fn="strong_wolfe")
+    # the fused kernel updates all parameters in one pass; on CPU the default is one tensor at a time
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+
+
+class RunWriter:
+    """Rank 0's view of the run folder during training: config at the start, a checkpoint every epoch."""
+
+    def __init__(self, out: Path, model: nn.Module, opt: torch.optim.Optimizer, history: list[dict], enabled: bool):
+        self.out, self.model, self.opt, self.history, self.enabled = out, model, opt, history, enabled
+        self.pretrained = False
+
+    def open(self, config: dict, resume: bool) -> None:
+        if not self.enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        runs.remove_stale_temp_files(self.out)
+        runs.write_json(self.out / "config.json", config)
+        if resume:  # a kill may have come between the checkpoint and the files derived from it
+            self._write_derived_files()
+
+    def _write_derived_files(self) -> None:
+        # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
+        runs.save_model(self.out, self.model, durable=False)
+        runs.write_history(self.out, self.history, durable=False)
+
+    def checkpoint(self, epoch: int) -> None:
+        if not self.enabled:
+            return
+        runs.save_state(self.out / "checkpoint.safetensors",
+                        {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()},
+                        meta={"epoch": epoch, "history": self.history, "pretrained": self.pretrained})
+        self._write_derived_files()
+
+
+def train_one_epoch(step_model: nn.Module, opt: torch.optim.Optimizer, train_x: torch.Tensor, cfg: TrainConfig,
+                    epoch: int, rank: int, world: int, autocast, bar=None) -> tuple[float, int]:
+    """One pass over a fresh permutation of train_x; returns (mean train loss per image, steps taken).
+
+    Stops early (the loss is then non-finite) when the loss of any rank is NaN or inf at a check."""
+    n = len(train_x)
+    device = train_x.device
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))).to(device)
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))  # the model's own noise (VAE eps, DAE corruption)
+    running = torch.zeros((), dtype=torch.float64, device=device)  # this rank's share of sum(loss * batch)
+    batches = perm.split(cfg.batch_size)
+    for step, idx in enumerate(batches):
+        local = idx.tensor_split(world)[rank]
+        xb = train_x[local]
+        scale = len(local) * world / len(idx)  # makes DDP's gradient average the global-batch mean
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                loss = step_model(xb)
+            (loss * scale).backward()
+            return loss
+
+        runs.fault_point("step")
+        if cfg.optimizer == "lbfgs":
+            # the line search compares objective values: every rank must see the same one, the global
+            # batch mean (the gradients already are, through DDP), or the ranks' steps diverge
+            def global_closure() -> torch.Tensor:
+                return all_reduce_sum(closure().detach() * scale, world) / world
+
+            loss = opt.step(global_closure)
+            running += loss.detach() * len(idx) / world
+        else:
+            loss = closure()
+            opt.step()
+            running += loss.detach() * len(local)
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0 or step == len(batches) - 1:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
+        if step % 50 == 0:  # a host sync; all-reduced so that every rank breaks at the same step
+            bad = all_reduce_sum((~torch.isfinite(loss.detach())).to(torch.float64), world)
+            if bad.item() > 0:
+                return float("nan"), step + 1
+    return float(all_reduce_sum(running, world)) / n, len(batches)
+
+
+def _tensorboard_writer(out: Path):
+    """A SummaryWriter in out/tb when the optional tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+# ---------------------------------------------------------------- the trainer
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
     """Train `cfg.model` on `cfg.dataset`; return the run folder."""
     cfg.validate()
-    rank, world = dist_info()
-    device = resolve_device(cfg.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
+    rank, world, device = setup_distributed(resolve_device(cfg.device))
     if cfg.amp and device.type != "cuda":
         warnings.warn("--amp (bf16 autocast) only applies on CUDA; training in float32 on CPU")
     out = Path(cfg.out)
@@ -227,136 +281,76 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
             raise CheckpointError(f"--resume: no checkpoint.safetensors in {out}")
         resume = False  # the run was stopped before its first checkpoint: start it again from scratch
 
+    # 1. data, model, optimizer, and the state to resume from
     torch.manual_seed(cfg.seed)
-    train_x, _ = datamod.load(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
-    test_x, _ = datamod.load(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_options)
-    if cfg.train_limit:
-        train_x = train_x[: cfg.train_limit]
-    train_x, test_x = train_x.to(device), test_x.to(device)
-    options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
-    try:
-        model = models.create(cfg.model, **options).to(device)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model {cfg.model!r}: {e}") from None
-
-    config = {**dataclasses.asdict(cfg), "model_options": model.options, "format_version": io.FORMAT_VERSION,
+    train_x, test_x = load_data(cfg, device)
+    model = models.create(cfg.model, **{"input_shape": list(train_x.shape[1:]), **cfg.model_options}).to(device)
+    opt = make_optimizer(cfg, model)
+    config = {**dataclasses.asdict(cfg), "model_options": model.options, "format_version": runs.FORMAT_VERSION,
               "n_train": len(train_x), "n_test": len(test_x), "world_size": world}
-    if cfg.optimizer == "lbfgs":
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(model.parameters(), lr=cfg.lr, max_iter=3, history_size=10,
-                                                       line_search_fn="strong_wolfe")
-    else:
-        # the fused kernel updates all parameters in one pass; on CPU the default is one tensor at a time
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-
-    start_epoch, history, pretrained = 0, [], False
+    start_epoch, history = 0, []
+    run = RunWriter(out, model, opt, history, enabled=rank == 0)
     if resume:
-        old = io.read_json(out / "config.json")
-        _check_resume_config(old, config)
-        state, meta = io.load_state(ckpt_path)
-        load_weights(model, state["model"], ckpt_path)
+        _check_resume_config(runs.read_config(out), config)
+        state, meta = runs.load_state(ckpt_path)
+        runs.load_weights(model, state["model"], ckpt_path)
         opt.load_state_dict(state["optimizer"])
-        start_epoch, history, pretrained = int(meta["epoch"]), list(meta["history"]), bool(meta.get("pretrained"))
-    config["versions"] = package_versions()
-    is_writer = rank == 0
+        start_epoch, run.pretrained = int(meta["epoch"]), bool(meta.get("pretrained"))
+        history.extend(meta["history"])
+    config["versions"] = runs.package_versions()
+    run.open(config, resume)
+    say = log if (progress and rank == 0) else None
 
-    def write_run_files() -> None:  # model.safetensors/json and metrics.jsonl, derived from the checkpoint
-        # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
-        save_model(out, model, durable=False)
-        io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), durable=False)
-
-    def checkpoint(epoch: int) -> None:
-        if not is_writer:
-            return
-        io.save_state(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict()},
-                      meta={"epoch": epoch, "history": history, "pretrained": pretrained})
-        write_run_files()
-
-    if is_writer:
-        out.mkdir(parents=True, exist_ok=True)
-        io.remove_stale_temp_files(out)
-        io.write_json(out / "config.json", config)
-        if resume:  # a kill may have come between the checkpoint and the files derived from it
-            write_run_files()
-
-    if getattr(model, "pretrain_required", False) and not pretrained:
+    # 2. model-specific pretraining (the deep AE's RBM stack), once, checkpointed as epoch 0
+    if model.needs_pretraining and not run.pretrained:
         t0 = time.perf_counter()
-        pretrain_x, extra = train_x, {}
         if world > 1:  # each rank runs CD on its equal share; the CD statistics are averaged every batch
             share = len(train_x) // world
-            pretrain_x = train_x[rank * share:(rank + 1) * share]
-            extra = {"allreduce": _average_across_ranks(world), "batch_size": max(1, PRETRAIN_BATCH // world)}
-        model.pretrain(pretrain_x, seed=cfg.seed, log=log if (progress and is_writer) else None, **extra)
-        pretrained = True
+            model.pretrain(train_x[rank * share:(rank + 1) * share], seed=cfg.seed, log=say,
+                           allreduce=average_across_ranks(world), world=world)
+        else:
+            model.pretrain(train_x, seed=cfg.seed, log=say)
+        run.pretrained = True
         history.append({"epoch": 0, "phase": "pretrain", "time_s": time.perf_counter() - t0})
-        checkpoint(0)
+        run.checkpoint(0)
 
-    step_model: nn.Module = model
+    # 3. the epochs
+    step_model: nn.Module = _LossModule(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        step_model = DDP(_LossModule(model), device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        step_model = _LossModule(model)
-
-    tb = _tensorboard_writer(out) if is_writer else None
-    n = len(train_x)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    tb = _tensorboard_writer(out) if rank == 0 else None
     bar = None
-    if progress and is_writer:
+    if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps_per_epoch * (cfg.epochs - start_epoch), desc=f"{cfg.model}", unit="step",
+        steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+        bar = tqdm(total=steps_per_epoch * (cfg.epochs - start_epoch), desc=out.name or str(out), unit="step",
                    mininterval=0.5, file=sys.stderr)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))).to(device)
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))  # the model's own noise (VAE eps, DAE corruption)
-        running = torch.zeros((), dtype=torch.float64, device=device)
-        for step, idx in enumerate(perm.split(cfg.batch_size)):
-            local = idx.tensor_split(world)[rank]
-            xb = train_x[local]
-            scale = len(local) * world / len(idx)  # makes DDP's gradient average the global-batch mean
-
-            def closure():
-                opt.zero_grad(set_to_none=True)
-                with autocast:
-                    loss = step_model(xb)
-                (loss * scale).backward()
-                return loss
-
-            io.fault_point("step")
-            if cfg.optimizer == "lbfgs":
-                loss = opt.step(closure)
-            else:
-                loss = closure()
-                opt.step()
-            running += loss.detach() * len(local)
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0 or step == steps_per_epoch - 1:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
-            if step % 50 == 0 and not torch.isfinite(loss):
-                break
+        train_loss, steps = train_one_epoch(step_model, opt, train_x, cfg, epoch, rank, world, autocast, bar)
         train_time = time.perf_counter() - t0
-        train_loss = float(_all_reduce_sum(running.clone(), world)) / n
         test_terms = evaluate_loss(model, test_x, cfg.eval_batch_size, epoch_seed(cfg.seed, epoch, 2), rank, world)
         if not (math.isfinite(train_loss) and all(math.isfinite(v) for v in test_terms.values())):
             if bar is not None:
                 bar.close()
-            last = f"epoch {start_epoch if not history else history[-1]['epoch']}"
-            raise TrainingDiverged(f"the loss became NaN/inf in epoch {epoch + 1}; stopped. The last good checkpoint "
-                                   f"({last}) is kept in {ckpt_path}")
+            kept = f"epoch {history[-1]['epoch']}" if history else "none: no epoch had finished"
+            raise TrainingDiverged(f"the loss became NaN/inf in epoch {epoch + 1} (step {steps}); stopped. "
+                                   f"The last good checkpoint ({kept}) is kept in {ckpt_path}")
         record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_terms.pop("loss"),
                   **{f"test_{k}": v for k, v in test_terms.items()},
-                  "train_time_s": train_time, "train_samples_per_s": n / train_time}
+                  "train_time_s": train_time, "train_samples_per_s": len(train_x) / train_time}
         history.append(record)
-        checkpoint(epoch + 1)
+        run.checkpoint(epoch + 1)
         if tb is not None:
             for k, v in record.items():
                 if k != "epoch":
                     tb.add_scalar(k, v, epoch + 1)
+
+    # 4. finish
     if bar is not None:
         bar.close()
     if tb is not None:
@@ -369,12 +363,3 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
 
         dist.barrier()
     return out
-
-
-def _tensorboard_writer(out: Path):
-    """A SummaryWriter in out/tb when the optional tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))

@@ -1,4 +1,7 @@
-"""One short recipe per paper. name -> (module, description); each module has add_arguments(parser) and run(args)."""
+"""One short recipe per paper. name -> (module, description); each module has a Settings dataclass and run(settings).
+
+Modules are imported only when their experiment runs: `aelab --help` and `aelab models` stay fast.
+"""
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "train the MLP AE and the VAE on mnist5k, evaluate both, write one report"),
     "debias": ("debias", "rank ColoredMNIST training images by how likely they are bias-conflicting, without colour labels"),

@@ -16,16 +16,17 @@ saturation SAT, the reconstruction SSE and the Jacobian's singular-value spectru
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from .. import io, report
-from ..evaluate import evaluate, read_history
-from ..train import TrainConfig, train
+from .. import report, runs
+from ..evaluate import evaluate
+from ..options import float_list, fraction, opt, positive_float, positive_int, seed_value
+from ..train import TrainConfig
+from .common import train_or_resume
 
 # Rifai et al. 2011, Table 1 (MNIST, 1000 hidden units, then supervised fine-tuning of the whole network)
 RIFAI_TABLE_1 = [
@@ -40,55 +41,35 @@ DEFAULT_LAM = 1.0  # from a pilot (8 epochs, lam 0.1 and 1): 0.1 contracted only
 FULL_LAMS = (0.1, 0.3, 1.0, 3.0, 10.0)
 
 
-def float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
-    return values
+@dataclass
+class Settings:
+    out: str = field(default="runs/contractive", metadata=opt("output folder"))
+    dataset: str = field(default="mnist5k", metadata=opt("dataset name (aelab data list)"))
+    epochs: int | None = field(default=None, metadata=opt("epochs per model (default 30, --quick 8)",
+                                                           parse=positive_int))
+    seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
+    hidden: int = field(default=1000, metadata=opt("code units of every model (Rifai: 1000)", parse=positive_int))
+    lam: list[float] | None = field(default=None, metadata=opt(
+        f"CAE penalty weights, comma-separated (default {DEFAULT_LAM}; full run {FULL_LAMS})", parse=float_list))
+    weight_decay: float = field(default=1e-3, metadata=opt("AE+wd: weight of sum W^2", parse=positive_float))
+    noise_std: float = field(default=0.3, metadata=opt("DAE-g: Gaussian noise std", parse=positive_float))
+    mask_fraction: float = field(default=0.25, metadata=opt("DAE-b: fraction of pixels zeroed", parse=fraction))
+    quick: bool = field(default=False, metadata=opt(
+        "8 epochs, AE / AE+wd / DAE-g / CAE only, no t-SNE figures (a few minutes on 2 cores)"))
+    no_progress: bool = field(default=False, metadata=opt("no progress bars"))
+    train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import positive_float, positive_int
-
-    p.add_argument("--out", default="runs/contractive")
-    p.add_argument("--dataset", default="mnist5k")
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default 30, --quick 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", type=positive_int, default=1000, help="code units of every model (Rifai: 1000)")
-    p.add_argument("--lam", type=float_list, default=None,
-                   help=f"CAE penalty weights, comma-separated (default {DEFAULT_LAM}; full run {FULL_LAMS})")
-    p.add_argument("--weight-decay", type=positive_float, default=1e-3, help="AE+wd: weight of sum W^2")
-    p.add_argument("--noise-std", type=positive_float, default=0.3, help="DAE-g: Gaussian noise std")
-    p.add_argument("--mask-fraction", type=fraction, default=0.25, help="DAE-b: fraction of pixels zeroed")
-    p.add_argument("--quick", action="store_true",
-                   help="8 epochs, AE / AE+wd / DAE-g / CAE only, no t-SNE figures (a few minutes on 2 cores)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--train-limit", type=positive_int, default=None, help=argparse.SUPPRESS)  # tests
-
-
-def model_grid(args) -> list[tuple[str, str, dict, str]]:
+def model_grid(settings) -> list[tuple[str, str, dict, str]]:
     """(run name, model name, options, regulariser description) for every model of the comparison."""
-    base = {"hidden": [args.hidden], "latent": None, "activation": "sigmoid", "loss": "bce"}
-    lams = args.lam or ([DEFAULT_LAM] if args.quick else list(FULL_LAMS))
+    base = {"hidden": [settings.hidden], "latent": None, "activation": "sigmoid", "loss": "bce"}
+    lams = settings.lam or ([DEFAULT_LAM] if settings.quick else list(FULL_LAMS))
     grid = [("AE", "ae", dict(base), "none"),
-            ("AE+wd", "ae", dict(base, weight_decay=args.weight_decay), f"wd={args.weight_decay:g}"),
-            ("DAE-g", "dae", dict(base, noise="gaussian", level=args.noise_std), f"gaussian std={args.noise_std:g}")]
-    if not args.quick:
-        grid.append(("DAE-b", "dae", dict(base, noise="masking", level=args.mask_fraction),
-                     f"masking {args.mask_fraction:g}"))
+            ("AE+wd", "ae", dict(base, weight_decay=settings.weight_decay), f"wd={settings.weight_decay:g}"),
+            ("DAE-g", "dae", dict(base, noise="gaussian", level=settings.noise_std), f"gaussian std={settings.noise_std:g}")]
+    if not settings.quick:
+        grid.append(("DAE-b", "dae", dict(base, noise="masking", level=settings.mask_fraction),
+                     f"masking {settings.mask_fraction:g}"))
     for lam in lams:
         label = "CAE" if len(lams) == 1 else f"CAE lam={lam:g}"
         grid.append((label, "cae", dict(base, lam=lam), f"lam={lam:g}"))
@@ -99,28 +80,27 @@ def run_folder_name(label: str) -> str:
     return label.replace("+", "_").replace(" ", "_").replace("=", "")
 
 
-def run(args) -> Path:
+def run(settings: Settings) -> Path:
     started = time.perf_counter()
-    out = Path(args.out)
-    epochs = args.epochs or (8 if args.quick else 30)
+    out = Path(settings.out)
+    epochs = settings.epochs or (8 if settings.quick else 30)
     rows, histories, spectra = [], {}, {}
     data = None
-    for label, name, options, regulariser in model_grid(args):
+    for label, name, options, regulariser in model_grid(settings):
         run_dir = out / run_folder_name(label)
-        cfg = TrainConfig(model=name, model_options=options, dataset=args.dataset, epochs=epochs, seed=args.seed,
-                          train_limit=args.train_limit, out=str(run_dir))
+        cfg = TrainConfig(model=name, model_options=options, dataset=settings.dataset, epochs=epochs, seed=settings.seed,
+                          train_limit=settings.train_limit, out=str(run_dir))
         t0 = time.perf_counter()
-        train(cfg, resume=(run_dir / "checkpoint.safetensors").exists(), progress=not args.no_progress)
+        train_or_resume(cfg, progress=not settings.no_progress)
         train_s = time.perf_counter() - t0
         # numpy's BLAS at 1 thread: the probe's LogisticRegression took 48 s at 2 threads vs 1.3 s at 1
         # on this shared 2-core machine (OpenBLAS threads stall behind torch's spinning OpenMP workers)
         with threadpool_limits(limits=1, user_api="blas"):
-            result = evaluate(run_dir, figures=not args.quick, tsne_points=1000)
+            result = evaluate(run_dir, figures=not settings.quick, tsne_points=1000)
+        spectra[label] = result["jacobian_mean_singular_values"]
         m, data = result["metrics"], result["data"]
-        history = read_history(run_dir)
+        history = runs.read_history(run_dir)
         histories[label] = history
-        spectrum_file = run_dir / "figures" / "jacobian_spectrum.json"
-        spectra[label] = json.loads(spectrum_file.read_text())["mean_singular_values"]
         rows.append({
             "model": label, "regulariser": regulariser,
             "probe_accuracy": m["probe_accuracy"], "probe error %": 100 * (1 - m["probe_accuracy"]),
@@ -136,35 +116,21 @@ def run(args) -> Path:
     figures = [
         ("Singular values of J_f(x), mean over test points (sorted, log scale; below ~1e-8 of the largest they are "
          "at the resolution of the float64 Gram eigenvalues, i.e. zero)",
-         plot_spectra(spectra, out / "jacobian_spectra.png")),
+         report.plot_spectra(spectra, out / "jacobian_spectra.png")),
         ("Loss per epoch (train solid, test dashed; each model's own objective)",
          report.plot_curves(histories, out / "loss.png")),
     ]
     raw = result["metrics"]["raw_probe_accuracy"]
-    notes = notes_text(args, epochs, data, raw) + [contraction_summary(rows)]
-    io.write_json(out / "results.json", {
+    notes = notes_text(settings, epochs, data, raw) + [contraction_summary(rows)]
+    runs.write_json(out / "results.json", {
         "rows": rows, "reference_rifai2011_table1": RIFAI_TABLE_1, "raw_pixel_probe_accuracy": raw,
-        "epochs": epochs, "data": data, "seed": args.seed, "notes": notes,
+        "epochs": epochs, "data": data, "seed": settings.seed, "notes": notes,
         "wall_time_s": time.perf_counter() - started})
     return report.write_report(
         out, "Contractive vs denoising vs plain autoencoders (Rifai et al. 2011, Table 1 in small)",
         [("Our runs: test metrics (probe fitted on train codes, scored on test codes)", rows),
          ("Rifai et al. 2011, Table 1 (MNIST, 1000 units, supervised fine-tuning; as published)", RIFAI_TABLE_1)],
         figures, notes)
-
-
-def plot_spectra(spectra: dict[str, list[float]], path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, values in spectra.items():
-        ax.semilogy(range(1, len(values) + 1), [max(v, 1e-12) for v in values], label=label,
-                    linestyle="-" if label.startswith("CAE") else "--")
-    ax.set_xlabel("rank of the singular value")
-    ax.set_ylabel("singular value of J_f(x)")
-    ax.set_title("Jacobian spectrum of the encoder on test points")
-    ax.legend(fontsize=8)
-    return report.save_png(fig, path)
 
 
 def contraction_summary(rows: list[dict]) -> str:
@@ -181,12 +147,12 @@ def _pct(value) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, float) else str(value)
 
 
-def notes_text(args, epochs: int, data: dict, raw_probe: float) -> list[str]:
-    lams = args.lam or ([DEFAULT_LAM] if args.quick else list(FULL_LAMS))
+def notes_text(settings, epochs: int, data: dict, raw_probe: float) -> list[str]:
+    lams = settings.lam or ([DEFAULT_LAM] if settings.quick else list(FULL_LAMS))
     return [
         f"Data: {data['dataset']}, {data['n_train']} train / {data['n_test']} test images. Every model: encoder "
-        f"h = sigmoid(W x + b) with {args.hidden} units (the code), untied sigmoid decoder, "
-        f"cross-entropy summed over pixels, Adam lr 1e-3, batch 128, {epochs} epochs, seed {args.seed}.",
+        f"h = sigmoid(W x + b) with {settings.hidden} units (the code), untied sigmoid decoder, "
+        f"cross-entropy summed over pixels, Adam lr 1e-3, batch 128, {epochs} epochs, seed {settings.seed}.",
         "Metrics: probe = logistic regression on standardised frozen train codes, scored on the test codes "
         "(probe error % = 100 (1 - accuracy)); mean ‖J‖_F over all test points, exact (closed form for one "
         "sigmoid layer); SAT = fraction of (test point, unit) pairs with activation within 0.05 of 0 or 1 "
@@ -201,6 +167,6 @@ def notes_text(args, epochs: int, data: dict, raw_probe: float) -> list[str]:
         f"Hyper-parameters were not tuned on a validation split: CAE lam in {lams} (the default {DEFAULT_LAM} was "
         f"fixed from a short pilot on this data, which looked at test numbers; the rows of a sweep show the "
         f"sensitivity, picking the best of them by test accuracy would be selection on the test set), "
-        f"AE+wd wd={args.weight_decay:g}, DAE-g std={args.noise_std:g}"
-        + ("" if args.quick else f", DAE-b masking {args.mask_fraction:g}") + " (common values, not tuned).",
+        f"AE+wd wd={settings.weight_decay:g}, DAE-g std={settings.noise_std:g}"
+        + ("" if settings.quick else f", DAE-b masking {settings.mask_fraction:g}") + " (common values, not tuned).",
     ]

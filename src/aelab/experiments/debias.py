@@ -3,69 +3,63 @@ Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020).
 
     ColoredMNIST train split (aligned_ratio of each digit class in the class colour)
       -> an MLP autoencoder trained on the images (aelab.train, unsupervised)
-      -> every method of aelab.bias.METHODS scores every image from (images, digit labels) only
+      -> every method of debias_scores.METHODS scores every image from (images, digit labels) only
       -> the colour labels grade each score within each digit class: AUROC, AP, precision/recall at
          k = the number of conflicting images of the class
       -> results.json, report.html/md (tables, t-SNE of the codes by digit and by colour, top-ranked images)
 """
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import bias, io, report
 from .. import data as datamod
+from .. import report, runs
 from ..data.colored import make_colored_mnist
-from ..evaluate import encode_all, tsne_2d
-from ..train import TrainConfig, load_model, train
+from ..metrics.codes import encode_all, tsne_2d
+from ..metrics.ranking import class_metrics
+from ..options import fraction, opt, positive_int, seed_value
+from ..train import TrainConfig
+from . import debias_scores
+from .common import train_or_resume
 
 COLOUR_LABEL_USE = ("Colour labels were used only to grade the scores (AUROC, AP, precision/recall at k), to colour "
                     "the t-SNE plot and to count the conflicting images in the top-ranked grid. Every scoring method "
-                    "received the images and the digit labels only (aelab.bias.score_samples has no colour argument).")
+                    "received the images and the digit labels only (aelab.experiments.debias_scores.score_samples has no colour argument).")
 
 # (full, --quick) defaults of the settings that --quick shrinks
 DEFAULTS = {"ae_epochs": (20, 5), "n_models": (5, 3), "tsne_points": (2000, 1000)}
 
 
-def aligned_ratio_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
+@dataclass
+class Settings:
+    out: str = field(default="runs/debias", metadata=opt("output folder"))
+    aligned_ratio: float = field(default=0.95, metadata=opt(
+        "fraction of each digit class in its own colour (LfF: 0.95, 0.98, 0.99, 0.995)", parse=fraction))
+    seed: int = field(default=0, metadata=opt("seed of the colouring and of every model", parse=seed_value))
+    dataset_source: str = field(default="mnist5k", metadata=opt(
+        "grayscale dataset to colour (mnist5k, digits, mnist, ...)"))
+    data_dir: str | None = field(default=None, metadata=opt("folder of downloaded datasets"))
+    train_limit: int | None = field(default=None, metadata=opt(
+        "use only the first N training images (tests; note mnist5k is ordered by digit)", parse=positive_int))
+    ae_epochs: int | None = field(default=None, metadata=opt("autoencoder epochs (default 20, --quick 5)",
+                                                              parse=positive_int))
+    n_models: int | None = field(default=None, metadata=opt("GCE-biased MLPs averaged (default 5, --quick 3)",
+                                                             parse=positive_int))
+    gce_epochs: int = field(default=3, metadata=opt("epochs of each biased MLP", parse=positive_int))
+    k: int = field(default=5, metadata=opt("neighbours of the kNN scores", parse=positive_int))
+    tsne_points: int | None = field(default=None, metadata=opt("default 2000, --quick 1000", parse=positive_int))
+    quick: bool = field(default=False, metadata=opt("fewer epochs / models / t-SNE points (about 2 minutes)"))
+    no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import positive_int
-
-    p.add_argument("--out", default="runs/debias")
-    p.add_argument("--aligned-ratio", type=aligned_ratio_type, default=0.95,
-                   help="fraction of each digit class in its own colour (LfF: 0.95, 0.98, 0.99, 0.995)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the colouring and of every model")
-    p.add_argument("--dataset-source", default="mnist5k",
-                   help="grayscale dataset to colour (mnist5k, digits, mnist, ...)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--train-limit", type=positive_int, default=None,
-                   help="use only the first N training images (tests; note mnist5k is ordered by digit)")
-    p.add_argument("--ae-epochs", type=positive_int, default=None, help="autoencoder epochs (default 20, --quick 5)")
-    p.add_argument("--n-models", type=positive_int, default=None,
-                   help="GCE-biased MLPs averaged (default 5, --quick 3)")
-    p.add_argument("--gce-epochs", type=positive_int, default=3, help="epochs of each biased MLP")
-    p.add_argument("--k", type=positive_int, default=5, help="neighbours of the kNN scores")
-    p.add_argument("--tsne-points", type=positive_int, default=None, help="default 2000, --quick 1000")
-    p.add_argument("--quick", action="store_true", help="fewer epochs / models / t-SNE points (about 2 minutes)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _setting(args, name: str):
-    value = getattr(args, name, None)
-    return value if value is not None else DEFAULTS[name][1 if args.quick else 0]
+def _setting(settings: Settings, name: str):
+    value = getattr(settings, name, None)
+    return value if value is not None else DEFAULTS[name][1 if settings.quick else 0]
 
 
 def load_biased_train_split(source: str, aligned_ratio: float, seed: int, data_dir=None, train_limit=None):
@@ -80,57 +74,57 @@ def load_biased_train_split(source: str, aligned_ratio: float, seed: int, data_d
     return images[:n], digits[:n], colored["color_labels"][:n], ~colored["aligned"][:n]
 
 
-def run(args) -> Path:
+def run(settings: Settings) -> Path:
     t_start = time.perf_counter()
-    out = Path(args.out)
-    settings = {"aligned_ratio": args.aligned_ratio, "seed": args.seed, "dataset_source": args.dataset_source,
-                "train_limit": args.train_limit, "ae_epochs": _setting(args, "ae_epochs"),
-                "n_models": _setting(args, "n_models"), "gce_epochs": args.gce_epochs, "gce_q": 0.7, "k": args.k,
-                "pca_components": 20, "tsne_points": _setting(args, "tsne_points"), "quick": bool(args.quick)}
+    out = Path(settings.out)
+    used = {"aligned_ratio": settings.aligned_ratio, "seed": settings.seed, "dataset_source": settings.dataset_source,
+                "train_limit": settings.train_limit, "ae_epochs": _setting(settings, "ae_epochs"),
+                "n_models": _setting(settings, "n_models"), "gce_epochs": settings.gce_epochs, "gce_q": 0.7, "k": settings.k,
+                "pca_components": 20, "tsne_points": _setting(settings, "tsne_points"), "quick": bool(settings.quick)}
     images, digits, color_labels, conflicting = load_biased_train_split(
-        args.dataset_source, args.aligned_ratio, args.seed, args.data_dir, args.train_limit)
+        settings.dataset_source, settings.aligned_ratio, settings.seed, settings.data_dir, settings.train_limit)
 
     # 1. the autoencoder, trained by the common trainer on the same images (no labels of any kind)
     t0 = time.perf_counter()
     ae_dir = out / "ae"
     cfg = TrainConfig(model="ae", model_options={"loss": "mse"}, dataset="colored-mnist",
-                      dataset_options={"aligned_ratio": args.aligned_ratio, "seed": args.seed,
-                                       "source": args.dataset_source},
-                      data_dir=args.data_dir, train_limit=args.train_limit, epochs=settings["ae_epochs"],
-                      seed=args.seed, out=str(ae_dir))
-    train(cfg, resume=(ae_dir / "checkpoint.safetensors").exists(), progress=not args.no_progress)
-    ae = load_model(ae_dir)
+                      dataset_options={"aligned_ratio": settings.aligned_ratio, "seed": settings.seed,
+                                       "source": settings.dataset_source},
+                      data_dir=settings.data_dir, train_limit=settings.train_limit, epochs=used["ae_epochs"],
+                      seed=settings.seed, out=str(ae_dir))
+    train_or_resume(cfg, progress=not settings.no_progress)
+    ae = runs.load_model(ae_dir)
     ae_time = time.perf_counter() - t0
 
     # 2. scores: images and digit labels only
     timings: dict[str, float] = {}
-    scores = bias.score_samples(images, digits, ae, k=args.k, n_models=settings["n_models"],
-                                gce_epochs=args.gce_epochs, q=settings["gce_q"], seed=args.seed,
-                                pca_components=settings["pca_components"], timings=timings)
+    scores = debias_scores.score_samples(images, digits, ae, k=settings.k, n_models=used["n_models"],
+                                gce_epochs=settings.gce_epochs, q=used["gce_q"], seed=settings.seed,
+                                pca_components=used["pca_components"], timings=timings)
 
     # 3. grading: the only place the colour labels enter
     y, conf = digits.numpy(), conflicting.numpy()
     methods = {}
     for name, s in scores.items():
-        graded = bias.class_metrics(s, y, conf)
-        methods[name] = {"description": bias.METHODS[name], "time_s": timings.get(name), **graded}
+        graded = class_metrics(s, y, conf)
+        methods[name] = {"description": debias_scores.METHODS[name], "time_s": timings.get(name), **graded}
     best = max(methods, key=lambda m: methods[m]["mean"]["auroc"])
 
     # 4. figures
     fig_dir = out / "figures"
-    figures = _figures(ae, images, y, color_labels.numpy(), conf, scores[best], best, settings["tsne_points"],
-                       args.seed, fig_dir)
+    figures = _figures(ae, images, y, color_labels.numpy(), conf, scores[best], best, used["tsne_points"],
+                       settings.seed, fig_dir)
 
     classes = [int(c) for c in np.unique(y)]
-    data = {"dataset": "colored-mnist", "source": args.dataset_source, "split": "train",
-            "aligned_ratio": args.aligned_ratio, "seed": args.seed, "color_std": 0.005, "n": len(y),
+    data = {"dataset": "colored-mnist", "source": settings.dataset_source, "split": "train",
+            "aligned_ratio": settings.aligned_ratio, "seed": settings.seed, "color_std": 0.005, "n": len(y),
             "n_per_class": {c: int((y == c).sum()) for c in classes},
             "conflicting_per_class": {c: int(conf[y == c].sum()) for c in classes}, "n_conflicting": int(conf.sum())}
-    result = {"experiment": "debias", "data": data, "colour_labels": COLOUR_LABEL_USE, "settings": settings,
+    result = {"experiment": "debias", "data": data, "colour_labels": COLOUR_LABEL_USE, "settings": used,
               "methods": methods, "best_method": best, "best_mean_auroc": methods[best]["mean"]["auroc"],
               "best_method_selection": "highest mean AUROC (a choice made with the colour labels, for display only)",
               "ae_run": str(ae_dir), "ae_time_s": ae_time, "wall_time_s": time.perf_counter() - t_start}
-    io.write_json(out / "results.json", result)
+    runs.write_json(out / "results.json", result)
 
     summary = [{"method": m, "mean AUROC": r["mean"]["auroc"], "mean AP": r["mean"]["average_precision"],
                 "mean precision@k": r["mean"]["precision_at_k"], "mean recall@k": r["mean"]["recall_at_k"],
@@ -138,16 +132,16 @@ def run(args) -> Path:
     per_class_auroc = [{"method": m, **{f"{row['class']}": row["auroc"] for row in r["per_class"]}}
                        for m, r in methods.items()]
     best_rows = methods[best]["per_class"]
-    notes = [f"Data: ColoredMNIST train split built from {args.dataset_source} ({len(y)} images), aligned ratio "
-             f"{args.aligned_ratio}, seed {args.seed}; {int(conf.sum())} bias-conflicting images "
+    notes = [f"Data: ColoredMNIST train split built from {settings.dataset_source} ({len(y)} images), aligned ratio "
+             f"{settings.aligned_ratio}, seed {settings.seed}; {int(conf.sum())} bias-conflicting images "
              f"({', '.join(str(data['conflicting_per_class'][c]) for c in classes)} per digit).",
              COLOUR_LABEL_USE,
              "Each score ranks the images of one digit class (higher = more likely conflicting); the metrics are "
              "computed per class and averaged over classes. k = the number of conflicting images of the class, so "
              "precision@k = recall@k. AUROC counts ties as 1/2.",
-             f"Autoencoder: MLP {settings['ae_epochs']} epochs ({ae_time:.0f} s). Biased classifiers: "
-             f"{settings['n_models']} MLPs (3 x 100 ReLU) trained {args.gce_epochs} epochs with GCE q=0.7, read after "
-             f"every epoch. kNN: k={args.k}. Best method (by mean AUROC): {best}.",
+             f"Autoencoder: MLP {used['ae_epochs']} epochs ({ae_time:.0f} s). Biased classifiers: "
+             f"{used['n_models']} MLPs (3 x 100 ReLU) trained {settings.gce_epochs} epochs with GCE q=0.7, read after "
+             f"every epoch. kNN: k={settings.k}. Best method (by mean AUROC): {best}.",
              "Time column: ae_* exclude training the autoencoder (given above); gce_ce includes training the "
              "biased MLPs, which gce_knn and the rank average reuse.",
              "The autoencoder's reconstruction error barely separates the conflicting images (AUROC near 0.5 on "
@@ -158,11 +152,11 @@ def run(args) -> Path:
              "AUROC of 0.99 at aligned ratios 0.95 and 0.99.",
              f"Wall time {result['wall_time_s']:.0f} s."]
     return report.write_report(out, f"Finding bias-conflicting samples without colour labels (aligned ratio "
-                                    f"{args.aligned_ratio})",
+                                    f"{settings.aligned_ratio})",
                                [("Methods, averaged over the digit classes", summary),
                                 ("AUROC per digit class", per_class_auroc),
                                 (f"Best method ({best}) per digit class", best_rows)],
-                               figures, notes, config=settings)
+                               figures, notes, config=used)
 
 
 def _palette_scatter(points: np.ndarray, color_labels: np.ndarray, ringed: np.ndarray, path: Path) -> Path:

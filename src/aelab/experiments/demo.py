@@ -1,34 +1,36 @@
 """The demo: the MLP autoencoder and the VAE on the embedded mnist5k, evaluated and compared in one report."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import report
-from ..evaluate import evaluate, read_history
-from ..train import TrainConfig, train
+from ..evaluate import evaluate
+from ..options import opt, positive_int, seed_value
+from ..runs import read_history
+from ..train import TrainConfig
+from .common import train_or_resume
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import positive_int
+@dataclass
+class Settings:
+    out: str = field(default="runs/demo", metadata=opt("output folder"))
+    dataset: str = field(default="mnist5k", metadata=opt("dataset name (aelab data list)"))
+    epochs: int = field(default=30, metadata=opt("epochs per model", parse=positive_int))
+    seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
+    quick: bool = field(default=False, metadata=opt("3 epochs on 1,000 images (smoke test)"))
+    no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--dataset", default="mnist5k")
-    p.add_argument("--epochs", type=positive_int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="3 epochs on 1,000 images (smoke test)")
-    p.add_argument("--no-progress", action="store_true")
 
-
-def run(args) -> Path:
-    out = Path(args.out)
-    epochs, limit = (3, 1000) if args.quick else (args.epochs, None)
+def run(settings: Settings) -> Path:
+    out = Path(settings.out)
+    epochs, limit = (3, 1000) if settings.quick else (settings.epochs, None)
     rows, figures, histories = [], [], {}
     for name, options in [("ae", {"loss": "mse"}), ("vae", {"likelihood": "bce"})]:
-        cfg = TrainConfig(model=name, model_options=options, dataset=args.dataset, epochs=epochs, seed=args.seed,
+        cfg = TrainConfig(model=name, model_options=options, dataset=settings.dataset, epochs=epochs, seed=settings.seed,
                           train_limit=limit, out=str(out / name))
-        run_dir = train(cfg, resume=(out / name / "checkpoint.safetensors").exists(), progress=not args.no_progress)
-        result = evaluate(run_dir, tsne_points=1000 if args.quick else 2000)
+        run_dir = train_or_resume(cfg, progress=not settings.no_progress)
+        result = evaluate(run_dir, tsne_points=1000 if settings.quick else 2000)
         m = result["metrics"]
         rows.append({"model": name, "recon_sse": m["recon_sse"], "pca_sse (same code size)": m["pca_sse"],
                      "recon_mse": m["recon_mse"], "probe_accuracy": m["probe_accuracy"],
@@ -43,7 +45,7 @@ def run(args) -> Path:
              "fitted on train and scored on test. recon_sse is the per-image sum of squared errors "
              "(Hinton & Salakhutdinov 2006's unit). VAE numbers are in nats per image, Bernoulli likelihood on "
              "grey-level (not binarized) pixels, so they are not comparable with the 86.76 / 89.78 nats of "
-             "binarized MNIST.", f"Epochs: {epochs}, seed {args.seed}. Each run folder holds its config, metrics, "
+             "binarized MNIST.", f"Epochs: {epochs}, seed {settings.seed}. Each run folder holds its config, metrics, "
              "checkpoint and its own report."]
     return report.write_report(out, "aelab demo: MLP autoencoder vs VAE", [("Test metrics", rows)], figures, notes)
 

@@ -8,71 +8,75 @@ recon_sse is the paper's unit: squared error summed over the 784 pixels, average
 """
 from __future__ import annotations
 
-import argparse
+from argparse import ArgumentTypeError
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import io, report
-from ..evaluate import (encode_all, evaluate, load_run_data, probe_accuracy, raw_probe_accuracy, read_history,
-                        reconstruct_all, tsne_2d)
-from ..models.rbm import LAYER_PRESETS
-from ..train import TrainConfig, load_model, train
+from .. import report, runs
+from ..errors import ConfigError
+from ..evaluate import evaluate, raw_probe_accuracy
+from ..metrics.codes import encode_all, probe_accuracy, reconstruct_all, tsne_2d
+from ..models.deep_ae import LAYER_PRESETS
+from ..options import int_list, opt, positive_int, seed_value
+from ..train import TrainConfig
+from .common import train_or_resume
 
 PAPER = {"deep AE": 3.00, "logistic PCA": 8.01, "PCA": 13.87}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import positive_int
+@dataclass
+class Settings:
+    out: str = field(default="runs/hinton2006", metadata=opt("output folder"))
+    quick: bool = field(default=False, metadata=opt("few epochs: a check that runs in a few minutes"))
+    dataset: str = field(default="mnist5k", metadata=opt("dataset name",
+                                                         choices=["mnist5k", "mnist", "fashion-mnist", "kmnist", "digits"]))
+    data_dir: str | None = field(default=None, metadata=opt("folder of downloaded datasets"))
+    layers: str = field(default="hinton2006", metadata=opt(
+        f"a preset ({', '.join(f'{k}={v}' for k, v in LAYER_PRESETS.items())}) or sizes like 784-1000-500-250-30"))
+    epochs: int | None = field(default=None, metadata=opt("fine-tuning epochs (same for both inits)",
+                                                           parse=positive_int))
+    pretrain_epochs: int | None = field(default=None, metadata=opt("RBM epochs per layer", parse=positive_int))
+    optimizer: str = field(default="adam", metadata=opt("fine-tuning optimizer", choices=["adam", "lbfgs"]))
+    batch_size: int | None = field(default=None, metadata=opt("fine-tuning batch (default 100, lbfgs 1000)",
+                                                               parse=positive_int))
+    seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
+    train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests
+    no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
-    p.add_argument("--out", required=True)
-    p.add_argument("--quick", action="store_true", help="few epochs: a check that runs in a few minutes")
-    p.add_argument("--dataset", default="mnist5k", choices=["mnist5k", "mnist", "fashion-mnist", "kmnist", "digits"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--layers", default="hinton2006",
-                   help=f"a preset ({', '.join(f'{k}={v}' for k, v in LAYER_PRESETS.items())}) or sizes like 784-1000-500-250-30")
-    p.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (same for both inits)")
-    p.add_argument("--pretrain-epochs", type=positive_int, default=None, help="RBM epochs per layer")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
-    p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-limit", type=positive_int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--no-progress", action="store_true")
 
-
-def _layers(text: str):
+def _layers(text: str) -> tuple[str | list[int], list[int]]:
+    """(the model's `layers` option, the sizes) for a preset name or sizes like 784-1000-500-250-30."""
     if text in LAYER_PRESETS:
         return text, list(LAYER_PRESETS[text])
-    sizes = [int(s) for s in text.replace(",", "-").split("-") if s]
+    try:
+        sizes = int_list(text)
+    except ArgumentTypeError as e:
+        raise ConfigError(f"--layers: expected a preset ({', '.join(LAYER_PRESETS)}) or {e}") from None
     return sizes, sizes
 
 
-def run(args) -> Path:
-    from ..errors import ConfigError
-
-    out = Path(args.out)
-    try:
-        layers_option, sizes = _layers(args.layers)
-    except ValueError:
-        raise ConfigError(f"--layers: expected a preset ({', '.join(LAYER_PRESETS)}) or sizes like 784-1000-500-250-30") from None
+def run(settings: Settings) -> Path:
+    out = Path(settings.out)
+    layers_option, sizes = _layers(settings.layers)
     code = sizes[-1]
-    epochs = args.epochs or (15 if args.quick else 50)
-    pretrain_epochs = args.pretrain_epochs or (5 if args.quick else 50)
-    batch = args.batch_size or (1000 if args.optimizer == "lbfgs" else 100)
-    lr = 1e-3 if args.optimizer == "adam" else 1.0
-    progress = not args.no_progress
-    runs = {}
+    epochs = settings.epochs or (15 if settings.quick else 50)
+    pretrain_epochs = settings.pretrain_epochs or (5 if settings.quick else 50)
+    batch = settings.batch_size or (1000 if settings.optimizer == "lbfgs" else 100)
+    lr = 1e-3 if settings.optimizer == "adam" else 1.0
+    progress = not settings.no_progress
+    run_dirs = {}
     for init in ("random", "rbm"):
         cfg = TrainConfig(model="deep-ae", model_options={"layers": layers_option, "loss": "bce", "init": init,
                                                           "pretrain_epochs": pretrain_epochs},
-                          dataset=args.dataset, data_dir=args.data_dir, train_limit=args.train_limit, epochs=epochs,
-                          batch_size=batch, lr=lr, optimizer=args.optimizer, seed=args.seed, out=str(out / f"deep-ae-{init}"))
-        resume = (out / f"deep-ae-{init}" / "checkpoint.safetensors").exists()
-        runs[init] = train(cfg, resume=resume, progress=progress, log=print if progress else (lambda *a: None))
+                          dataset=settings.dataset, data_dir=settings.data_dir, train_limit=settings.train_limit, epochs=epochs,
+                          batch_size=batch, lr=lr, optimizer=settings.optimizer, seed=settings.seed, out=str(out / f"deep-ae-{init}"))
+        run_dirs[init] = train_or_resume(cfg, progress=progress)
 
-    config = io.read_json(runs["rbm"] / "config.json")
-    train_x, train_y, test_x, test_y = load_run_data(config)
+    config = runs.read_config(run_dirs["rbm"])
+    train_x, train_y, test_x, test_y = runs.run_data(config)
     x_tr, x_te = train_x.flatten(1).numpy(), test_x.flatten(1).numpy()
     y_tr, y_te = train_y.numpy(), test_y.numpy()
 
@@ -91,26 +95,26 @@ def run(args) -> Path:
                  "probe accuracy": probe_accuracy(pca_tr, y_tr, pca_te, y_te)})
     codes[f"PCA ({code}-D)"], recons["PCA"] = pca_te, pca_hat
     for init, label in [("random", "deep AE, random init"), ("rbm", "deep AE, RBM-pretrained")]:
-        result = evaluate(runs[init], figures=False)  # this report draws its own maps, side by side
+        result = evaluate(run_dirs[init], figures=False)  # this report draws its own maps, side by side
         m = result["metrics"]
-        model = load_model(runs[init])
+        model = runs.load_model(run_dirs[init])
         rows.append({"method": label, "code size": code, "recon_sse": m["recon_sse"],
                      "ratio to PCA": m["recon_sse"] / pca_sse, "probe accuracy": m["probe_accuracy"]})
         codes[label] = encode_all(model, test_x).numpy()
         recons[label] = reconstruct_all(model, test_x).flatten(1).numpy()
-        histories[label] = read_history(runs[init])
+        histories[label] = runs.read_history(run_dirs[init])
 
     figures = []
     # the same test digits, row by row for each method
     pick = [int(np.flatnonzero(y_te == c)[0]) for c in np.unique(y_te)][:10]
-    pick += [int(i) for i in np.random.default_rng(args.seed).permutation(len(y_te)) if int(i) not in pick][:6]
+    pick += [int(i) for i in np.random.default_rng(settings.seed).permutation(len(y_te)) if int(i) not in pick][:6]
     shape = test_x.shape[1:]
     image_rows = [x_te[pick].reshape(-1, *shape)] + [recons[k][pick].reshape(-1, *shape) for k in recons]
     figures.append(("The same test digits: original, then each method's reconstruction", report.plot_image_rows(
         image_rows, ["original", *recons], out / "reconstructions.png")))
     n = min(2000, len(y_te))
     for name, c in codes.items():
-        emb = c[:n] if c.shape[1] == 2 else tsne_2d(c[:n], args.seed)
+        emb = c[:n] if c.shape[1] == 2 else tsne_2d(c[:n], settings.seed)
         what = "the codes themselves (2-D)" if c.shape[1] == 2 else "t-SNE"
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
         figures.append((f"{name}: {what} of {n} test codes", report.plot_scatter(
@@ -127,18 +131,18 @@ def run(args) -> Path:
         f"Architecture {'-'.join(map(str, sizes))}, logistic units, linear code layer. RBM pretraining: CD-1, "
         f"{pretrain_epochs} epochs per layer, Hinton's settings (lr 0.1, weight cost 2e-4, momentum 0.5 then 0.9, "
         "batch 100; a linear top layer with lr 0.001). Fine-tuning: the same budget for both initialisations, "
-        f"{epochs} epochs of {args.optimizer} (batch {batch}) on the cross-entropy loss.",
+        f"{epochs} epochs of {settings.optimizer} (batch {batch}) on the cross-entropy loss.",
         "How this differs from the paper: it used all 60,000 training digits and 10,000 test digits, 50 epochs "
         "per RBM and 200 epochs of conjugate gradients on mini-batches of 1,000; here it is "
-        f"{len(train_x)} training digits and {args.optimizer}. Its numbers (full MNIST, 30-D): deep AE 3.00, "
+        f"{len(train_x)} training digits and {settings.optimizer}. Its numbers (full MNIST, 30-D): deep AE 3.00, "
         "logistic PCA 8.01, PCA 13.87 (recon_sse).",
     ]
     results = {"rows": rows, "paper_recon_sse": PAPER, "layers": sizes, "epochs": epochs,
-               "pretrain_epochs": pretrain_epochs, "optimizer": args.optimizer,
+               "pretrain_epochs": pretrain_epochs, "optimizer": settings.optimizer,
                "data": {"dataset": d["dataset"], "n_train": len(train_x), "n_test": len(test_x),
                         "fit_split": "train", "score_split": "test"},
-               "runs": {k: str(v) for k, v in runs.items()}}
-    io.write_json(out / "results.json", results)
+               "runs": {k: str(v) for k, v in run_dirs.items()}}
+    runs.write_json(out / "results.json", results)
     return report.write_report(out, "Hinton & Salakhutdinov (2006): deep autoencoders vs PCA",
                                [(f"{code}-D codes, test set", rows)], figures, notes)
 

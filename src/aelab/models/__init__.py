@@ -1,13 +1,22 @@
-"""Model registry: `create(name, **options)` builds any aelab model.
+"""Model registry: `create(name, **options)` builds any aelab model; `describe()` lists them.
 
-Every model has encode(x) -> z, decode(z) -> x_hat, loss(x) -> scalar and an
-`options` dict from which `create(name, **options)` rebuilds it (model.json).
+Every model implements the interface of `models/base.py` (encode, decode, loss_terms, options,
+declared capabilities). One file per idea:
+    ae.py           MLP autoencoder (and the `mlp` builder, the per-image reconstruction losses)
+    vae.py          variational autoencoder, analytic KL, IWAE log-likelihood
+    contractive.py  contractive (CAE) and denoising (DAE) autoencoders
+    penalties.py    the Jacobian penalty ||J_f(x)||_F^2: closed form, exact autodiff, Hutchinson
+    rbm.py          the RBM (CD-k / PCD) and greedy stack pretraining
+    deep_ae.py      the unrolled deep autoencoder of Hinton & Salakhutdinov (2006)
+    binary.py       conv autoencoder with a {0, 1} straight-through bottleneck
+This module imports no torch until a model is built, so listing the models stays fast.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 
-import torch.nn as nn
+from ..errors import ConfigError
 
 # name -> (module, class, one-line description). Modules are imported on demand.
 REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -15,7 +24,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "cae": ("contractive", "CAE", "contractive AE (Rifai 2011): 784-1000 sigmoid code, recon + lam ||J_f(x)||_F^2"),
     "dae": ("contractive", "DAE", "denoising AE (Vincent 2008): 784-1000 sigmoid code, gaussian or masking noise"),
     "binary": ("binary", "BinaryAE", "conv AE with a {0,1} straight-through bottleneck (512 bits) or a float baseline"),
-    "deep-ae": ("rbm", "DeepAutoencoder", "Hinton & Salakhutdinov (2006) deep AE 784-1000-500-250-30; init=rbm pretrains a stack of RBMs"),
+    "deep-ae": ("deep_ae", "DeepAutoencoder",
+                "Hinton & Salakhutdinov (2006) deep AE 784-1000-500-250-30; init=rbm pretrains a stack of RBMs"),
     "vae": ("vae", "VAE", "variational AE: log-variance encoder, reparameterisation, analytic KL, IWAE NLL"),
 }
 
@@ -28,11 +38,22 @@ def describe() -> dict[str, str]:
     return {name: REGISTRY[name][2] for name in names()}
 
 
-def create(name: str, **options) -> nn.Module:
+def model_class(name: str) -> type:
     if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(names())}")
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(names())}")
     module, cls, _ = REGISTRY[name]
-    model_cls = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
-    model = model_cls(**options)
-    model.model_name = name
-    return model
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def create(name: str, **options):
+    """Build model `name` from its options. Unknown names or options and out-of-range values raise
+    ConfigError (bad input); any other exception is a bug and propagates as it is."""
+    cls = model_class(name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+    try:
+        return cls(**options)
+    except ValueError as e:  # the constructors' own checks of option values
+        raise ConfigError(f"model {name!r}: {e}") from None

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import Autoencoder
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 
 
@@ -64,8 +66,11 @@ def check_positive_sizes(**sizes) -> None:
             raise ValueError(f"{name} must be positive integers, got {value!r}")
 
 
-class AE(nn.Module):
+class AE(Autoencoder):
     """MLP autoencoder 784-256-64-20 by default (ReLU inside, sigmoid output)."""
+
+    name = "ae"
+    has_mlp_encoder = True  # encode(x) = encoder(x.flatten(1)): the contraction diagnostics apply
 
     def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int | None = 20, loss: str = "mse",
                  weight_decay: float = 0.0, activation: str = "relu"):
@@ -104,9 +109,6 @@ class AE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z)).view(-1, *self.input_shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
     def weight_penalty(self) -> torch.Tensor:
         return sum(m.weight.pow(2).sum() for m in self.modules() if isinstance(m, nn.Linear))
 
@@ -116,6 +118,3 @@ class AE(nn.Module):
         if self.options["weight_decay"]:
             terms["loss"] = recon + self.options["weight_decay"] * self.weight_penalty()
         return terms
-
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.loss_terms(x)["loss"]

@@ -1,4 +1,4 @@
-"""Restricted Boltzmann machines and the deep autoencoder of Hinton & Salakhutdinov (2006).
+"""Restricted Boltzmann machines, and greedy stack pretraining (Hinton & Salakhutdinov 2006).
 
 RBM maths
 ---------
@@ -38,13 +38,7 @@ size (batch x n_visible x n_hidden): v0 W, h0 W^T, v1 W and the one fused produc
 [v0; v1]^T [h0; -h1] that costs two. Binary samples compare with 16-bit uniforms (`bernoulli_into`),
 which keeps the serial random-number generator a few per cent of a step.
 
-Deep autoencoder (Hinton & Salakhutdinov 2006, Science 313:504)
----------------------------------------------------------------
-A stack of RBMs 784-1000-500-250-30 is pretrained greedily, each on the hidden probabilities of
-the one below, the top one with linear (Gaussian) hidden units. Unrolling gives an encoder
-x -> sigmoid(x W1 + c1) -> ... -> z = h W4 + c4 (linear code) and a decoder that uses the
-transposed weights and visible biases in reverse order, all logistic, output included. After
-unrolling the decoder weights are untied copies, and the whole net is fine-tuned by backprop.
+Greedy stack pretraining for the deep autoencoder: `pretrain_stack` (see deep_ae.py).
 
 References: G. E. Hinton (2002) Training products of experts by minimizing contrastive divergence,
 Neural Computation 14:1771; T. Tieleman (2008) Training restricted Boltzmann machines using
@@ -64,7 +58,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ae import check_positive_sizes, reconstruction_loss
+from .ae import check_positive_sizes
+
 
 HIDDEN_KINDS = ("bernoulli", "gaussian")
 NEGATIVE_PHASES = ("probabilities", "samples")
@@ -415,132 +410,3 @@ def up_down_mean_field(rbms: Sequence[RBM], v: torch.Tensor) -> torch.Tensor:
     for rbm in reversed(rbms):
         h = rbm.visible_prob(h)
     return h
-
-
-# ----- the unrolled deep autoencoder --------------------------------------------------------------
-LAYER_PRESETS = {
-    "hinton2006": (784, 1000, 500, 250, 30),   # Science 2006, MNIST
-    "assignment": (784, 2000, 1000, 500, 30),
-    "map2d": (784, 1000, 500, 250, 2),         # 2-D codes for visualisation
-}
-
-
-class DeepAutoencoder(nn.Module):
-    """Deep autoencoder of Hinton & Salakhutdinov (2006), model name "deep-ae".
-
-    layers = (d, n1, ..., n_code), d = C*H*W, or a preset name ("hinton2006", "assignment", "map2d").
-    init = "random" or "rbm": with "rbm", `pretrain_required` is True and the trainer calls
-    `pretrain(train_images, seed=...)` (`pretrain_epochs` per layer) before fine-tuning.
-    Weights are kept in the RBM orientation, W_i of shape (layers[i], layers[i+1]):
-        encoder  h_{i+1} = sigmoid(h_i W_i + c_i), except the code z = h W_top + c_top (linear);
-        decoder  h_i = sigmoid(h_{i+1} D_i^T + b_i) in reverse order, output logistic too.
-    D_i starts as a copy of W_i after `load_rbms` (untied, as in the paper) and is independent
-    otherwise. Random init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases (as nn.Linear).
-    Loss per image, summed over pixels, averaged over the batch: bce = cross-entropy of the logistic
-    outputs (the paper's fine-tuning objective), mse = sum of squared errors.
-    """
-
-    def __init__(self, input_shape=(1, 28, 28), layers: Sequence[int] | str = "hinton2006", loss: str = "bce",
-                 init: str = "random", pretrain_epochs: int = 50):
-        super().__init__()
-        if init not in ("random", "rbm"):
-            raise ValueError(f"unknown init {init!r}; choose from random, rbm")
-        check_positive_sizes(pretrain_epochs=pretrain_epochs)
-        # the trainer calls pretrain() once, before fine-tuning, when this is True
-        self.pretrain_required = init == "rbm"
-        if isinstance(layers, str):
-            if layers not in LAYER_PRESETS:
-                raise ValueError(f"unknown layers preset {layers!r}; choose from {', '.join(LAYER_PRESETS)}")
-            sizes = list(LAYER_PRESETS[layers])
-        else:
-            sizes = [int(s) for s in layers]
-        check_positive_sizes(layers=sizes)
-        if loss not in ("mse", "bce"):
-            raise ValueError(f"unknown loss {loss!r}; choose from bce, mse")
-        self.input_shape = tuple(int(s) for s in input_shape)
-        if len(sizes) < 2 or sizes[0] != math.prod(self.input_shape):
-            raise ValueError(f"layers must start with C*H*W = {math.prod(self.input_shape)}, got {sizes}")
-        self.options = dict(input_shape=list(self.input_shape), layers=layers if isinstance(layers, str) else sizes,
-                            loss=loss, init=init, pretrain_epochs=pretrain_epochs)
-        self.layers = sizes
-        self.latent = sizes[-1]
-        pairs = list(zip(sizes[:-1], sizes[1:]))
-        uniform = lambda shape, fan_in: nn.Parameter(torch.empty(shape).uniform_(-fan_in ** -0.5, fan_in ** -0.5))  # noqa: E731
-        self.encoder_weights = nn.ParameterList([uniform((nv, nh), nv) for nv, nh in pairs])
-        self.encoder_biases = nn.ParameterList([uniform((nh,), nv) for nv, nh in pairs])
-        self.decoder_weights = nn.ParameterList([uniform((nv, nh), nh) for nv, nh in pairs])
-        self.decoder_biases = nn.ParameterList([uniform((nv,), nh) for nv, nh in pairs])
-
-    @classmethod
-    def from_rbms(cls, rbms: Sequence[RBM], input_shape=None, loss: str = "bce") -> DeepAutoencoder:
-        """Unroll a pretrained stack; input_shape defaults to (1, s, s) with s*s = n_visible."""
-        if input_shape is None:
-            side = math.isqrt(rbms[0].n_visible)
-            if side * side != rbms[0].n_visible:
-                raise ValueError("give input_shape: n_visible is not a square")
-            input_shape = (1, side, side)
-        model = cls(input_shape=input_shape, layers=[rbms[0].n_visible] + [r.n_hidden for r in rbms], loss=loss)
-        w = rbms[0].weight
-        return model.to(device=w.device, dtype=w.dtype).load_rbms(rbms)
-
-    @torch.no_grad()
-    def load_rbms(self, rbms: Sequence[RBM]) -> DeepAutoencoder:
-        """Copy the weights of an RBM stack in: encoder (W_i, c_i), decoder (W_i, b_i) as untied copies."""
-        sizes = [rbms[0].n_visible] + [r.n_hidden for r in rbms] if rbms else []
-        if sizes != self.layers:
-            raise ValueError(f"RBM stack {sizes} does not match layers {self.layers}")
-        kinds = [r.hidden for r in rbms]
-        if kinds[-1] != "gaussian" or any(kind != "bernoulli" for kind in kinds[:-1]):
-            raise ValueError(f"need Bernoulli hidden units below a Gaussian (linear) top layer, got {kinds}")
-        for i, rbm in enumerate(rbms):
-            self.encoder_weights[i].copy_(rbm.weight)
-            self.encoder_biases[i].copy_(rbm.hidden_bias)
-            self.decoder_weights[i].copy_(rbm.weight)
-            self.decoder_biases[i].copy_(rbm.visible_bias)
-        return self
-
-    def pretrain(self, train_images: torch.Tensor, epochs_per_layer: int | None = None,
-                 generator: torch.Generator | None = None, log: Callable[[str], None] | None = None,
-                 seed: int | None = None, **fit_kwargs) -> list[RBM]:
-        """Greedy RBM pretraining on the flattened images (`pretrain_stack`), then load the weights.
-        The trainer calls it as pretrain(train_x, seed=..., log=...); epochs default to the model's option."""
-        if epochs_per_layer is None:
-            epochs_per_layer = self.options["pretrain_epochs"]
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=self.encoder_weights[0].device).manual_seed(seed)
-        p = self.encoder_weights[0]
-        rbms = pretrain_stack(train_images.flatten(1).to(device=p.device, dtype=p.dtype), sizes=self.layers,
-                              epochs=epochs_per_layer, top_hidden="gaussian", generator=generator, log=log,
-                              **fit_kwargs)
-        self.load_rbms(rbms)
-        return rbms
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.flatten(1)
-        top = len(self.encoder_weights) - 1
-        for i, (W, c) in enumerate(zip(self.encoder_weights, self.encoder_biases)):
-            h = torch.addmm(c, h, W)
-            if i < top:  # the code layer is linear
-                h = torch.sigmoid(h)
-        return h
-
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        h = z
-        for i in reversed(range(len(self.decoder_weights))):
-            h = torch.addmm(self.decoder_biases[i], h, self.decoder_weights[i].t())
-            if i > 0:
-                h = torch.sigmoid(h)
-        return h
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decode_logits(z)).view(-1, *self.input_shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon = reconstruction_loss(self.decode_logits(self.encode(x)), x, self.options["loss"], logits=True).mean()
-        return {"recon": recon, "loss": recon}
-
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.loss_terms(x)["loss"]

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ae import check_positive_sizes, mlp
+from .base import Autoencoder
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -40,7 +41,11 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
-class VAE(nn.Module):
+class VAE(Autoencoder):
+    name = "vae"
+    can_sample = True
+    has_likelihood = True
+
     def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int = 20, likelihood: str = "bce",
                  obs_std: float = 0.1, beta: float = 1.0):
         super().__init__()
@@ -69,9 +74,6 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z)).view(-1, *self.input_shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
     def neg_log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) per sample, summed over pixels; logits (..., D) and x broadcast against each other."""
         logits, x = torch.broadcast_tensors(logits, x)
@@ -88,9 +90,6 @@ class VAE(nn.Module):
         recon = self.neg_log_likelihood(x, self.decoder(z)).mean()
         kl = kl_to_standard_normal(mu, logvar).mean()
         return {"loss": recon + self.options["beta"] * kl, "elbo": -(recon + kl), "recon": recon, "kl": kl}
-
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.loss_terms(x)["loss"]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

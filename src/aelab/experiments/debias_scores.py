@@ -29,8 +29,7 @@ Scoring methods
     per-class PCA error    sum of squared residuals of a PCA fitted on the images of the sample's own class.
     rank average           the mean of the within-class normalised ranks of several scores.
 
-Metrics (per class, with positives = conflicting samples; see `auroc`, `average_precision`,
-`precision_recall_at_k`).
+The scores are graded per class (positives = conflicting samples) by aelab.metrics.ranking.
 """
 from __future__ import annotations
 
@@ -41,86 +40,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-# ---------------------------------------------------------------- metrics
-def _check_binary_task(scores, positive) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positive = np.asarray(positive, dtype=bool).reshape(-1)
-    if len(scores) != len(positive):
-        raise ValueError(f"{len(scores)} scores but {len(positive)} labels")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores contain NaN or inf")
-    return scores, positive
-
-
-def auroc(scores, positive) -> float:
-    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties count 1/2.
-
-    Computed from the Mann-Whitney U statistic with mid-ranks: AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg),
-    R_pos the sum of the (tie-averaged, 1-based) ranks of the positives. NaN if a class is missing.
-    """
-    from scipy.stats import rankdata
-
-    scores, positive = _check_binary_task(scores, positive)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)  # mid-ranks for ties
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def average_precision(scores, positive) -> float:
-    """AP = sum over distinct thresholds t (descending) of (R(t) - R(t_prev)) P(t), where P and R are the precision
-    and recall of {score >= t}; tied scores form one threshold (the definition of sklearn's
-    average_precision_score). NaN without positives."""
-    scores, positive = _check_binary_task(scores, positive)
-    n_pos = int(positive.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    s, pos = scores[order], positive[order]
-    tp, seen = np.cumsum(pos), np.arange(1, len(s) + 1)
-    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold ends where the score changes
-    tp, seen = tp[last_of_tie], seen[last_of_tie]
-    recall_gain = np.diff(np.r_[0, tp]) / n_pos
-    return float((recall_gain * tp / seen).sum())
-
-
-def precision_recall_at_k(scores, positive, k: int) -> tuple[float, float]:
-    """Precision and recall of the k highest scores (ties at the cut broken by sample order: a stable sort).
-    With k = the number of positives, precision = recall."""
-    scores, positive = _check_binary_task(scores, positive)
-    if not 1 <= k <= len(scores):
-        raise ValueError(f"k must be in 1..{len(scores)}, got {k}")
-    top = np.argsort(-scores, kind="stable")[:k]
-    hits = int(positive[top].sum())
-    n_pos = int(positive.sum())
-    return hits / k, (hits / n_pos if n_pos else float("nan"))
-
-
-def class_metrics(scores, digits, conflicting) -> dict:
-    """Grade a score within each digit class: AUROC, AP, precision and recall at k = number of conflicting
-    samples of the class. `conflicting` (from the colour labels) is used only here.
-    Returns {"per_class": [{"class", "n", "n_conflicting", "auroc", ...}], "mean": {metric: mean over classes}}."""
-    scores = np.asarray(scores, dtype=np.float64)
-    digits = np.asarray(digits).reshape(-1)
-    conflicting = np.asarray(conflicting, dtype=bool).reshape(-1)
-    rows = []
-    for c in np.unique(digits):
-        m = digits == c
-        n_conf = int(conflicting[m].sum())
-        row = {"class": int(c), "n": int(m.sum()), "n_conflicting": n_conf,
-               "auroc": auroc(scores[m], conflicting[m]),
-               "average_precision": average_precision(scores[m], conflicting[m])}
-        if n_conf:
-            row["precision_at_k"], row["recall_at_k"] = precision_recall_at_k(scores[m], conflicting[m], n_conf)
-        else:
-            row["precision_at_k"] = row["recall_at_k"] = float("nan")
-        rows.append(row)
-    keys = ["auroc", "average_precision", "precision_at_k", "recall_at_k"]
-    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-    return {"per_class": rows, "mean": mean}
 
 
 # ---------------------------------------------------------------- scores from a representation
@@ -229,7 +148,7 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, n_inputs: int, n_classes: int = 10, hidden: Sequence[int] = (100, 100, 100)):
         super().__init__()
-        from .models.ae import mlp
+        from ..models.ae import mlp
 
         self.net = mlp([n_inputs, *hidden, n_classes], "relu")
 
@@ -324,7 +243,7 @@ def score_samples(images: torch.Tensor, digits: torch.Tensor, ae_model: nn.Modul
         clock = now
 
     if ae_model is not None:
-        from .evaluate import encode_all
+        from ..metrics.codes import encode_all
 
         record("ae_recon", reconstruction_error_scores(ae_model, images))
         codes = encode_all(ae_model, images).double().numpy()
