@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: timing, the machine's matmul rate, and the machine description."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def write_json(path: str | None, obj) -> None:

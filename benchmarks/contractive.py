@@ -20,6 +20,7 @@
 
 Usage: PYTHONPATH=src python benchmarks/contractive.py [--json out.json] [--repeats 10] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: import the sibling benchmark
 
 import contractive_penalty  # noqa: E402
-
 from aelab import data, models
 from aelab.models import penalties  # noqa: E402
 from aelab.models.ae import reconstruction_loss  # noqa: E402
@@ -48,8 +48,10 @@ def second_pass_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The CAE loss written the obvious way: the penalty from a second pass through the encoder."""
     code = model.encode(x)
     recon = reconstruction_loss(model.decode_logits(code), x, "bce", logits=True).mean()
-    return recon + model.options["lam"] * penalties.jacobian_frobenius_sq(model.encoder, x.flatten(1),
-                                                                          method="analytic").mean()
+    return (
+        recon
+        + model.options["lam"] * penalties.jacobian_frobenius_sq(model.encoder, x.flatten(1), method="analytic").mean()
+    )
 
 
 def variants() -> dict[str, tuple[str, dict, object]]:
@@ -89,28 +91,53 @@ def bench_train_step(x: torch.Tensor, repeats: int, exact_repeats: int) -> dict:
                 times[label].append(ms)
     rows = []
     for label, ts in times.items():
-        rows.append({"variant": label, "median_ms": statistics.median(ts), "min_ms": min(ts),
-                     "x_ae": statistics.median(t / a for t, a in zip(ts, times["AE"])), "repeats": len(ts)})
+        rows.append(
+            {
+                "variant": label,
+                "median_ms": statistics.median(ts),
+                "min_ms": min(ts),
+                "x_ae": statistics.median(t / a for t, a in zip(ts, times["AE"])),
+                "repeats": len(ts),
+            }
+        )
     # the exact penalty is ~100x slower: a few steps, compared with the AE's median
     exact = make_step("cae", dict(ONE_LAYER, penalty="exact"), None, x)
     exact()
     exact_ts = [exact() for _ in range(exact_repeats)]
     ae_ms = statistics.median(times["AE"])
-    rows.append({"variant": "CAE exact (784 JVPs per example)", "median_ms": statistics.median(exact_ts),
-                 "min_ms": min(exact_ts), "x_ae": statistics.median(exact_ts) / ae_ms, "repeats": exact_repeats})
+    rows.append(
+        {
+            "variant": "CAE exact (784 JVPs per example)",
+            "median_ms": statistics.median(exact_ts),
+            "min_ms": min(exact_ts),
+            "x_ae": statistics.median(exact_ts) / ae_ms,
+            "repeats": exact_repeats,
+        }
+    )
     ratio = next(r["x_ae"] for r in rows if r["variant"] == "CAE (reused activations)")
-    return {"batch": len(x), "rows": rows,
-            "targets": {"cae_over_ae": ratio, "within_1.5x": ratio <= 1.5, "near_1.1x": ratio <= 1.15}}
+    return {
+        "batch": len(x),
+        "rows": rows,
+        "targets": {"cae_over_ae": ratio, "within_1.5x": ratio <= 1.5, "near_1.1x": ratio <= 1.15},
+    }
 
 
 def markdown_train_step(result: dict) -> str:
-    lines = [f"### Train step (forward + backward + Adam), 784-1000 sigmoid, batch {result['batch']}, float32",
-             "", "| variant | median ms | min ms | x AE |", "|---|---:|---:|---:|"]
+    lines = [
+        f"### Train step (forward + backward + Adam), 784-1000 sigmoid, batch {result['batch']}, float32",
+        "",
+        "| variant | median ms | min ms | x AE |",
+        "|---|---:|---:|---:|",
+    ]
     for row in result["rows"]:
         lines.append(f"| {row['variant']} | {row['median_ms']:.1f} | {row['min_ms']:.1f} | {row['x_ae']:.2f} |")
     t = result["targets"]
-    lines += ["", f"CAE / AE = {t['cae_over_ae']:.2f} (goal <= 1.5: {'met' if t['within_1.5x'] else 'MISSED'}; "
-              f"target ~1.1: {'met' if t['near_1.1x'] else 'not met'})", ""]
+    lines += [
+        "",
+        f"CAE / AE = {t['cae_over_ae']:.2f} (goal <= 1.5: {'met' if t['within_1.5x'] else 'MISSED'}; "
+        f"target ~1.1: {'met' if t['near_1.1x'] else 'not met'})",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -128,12 +155,19 @@ def main() -> None:
     meta = contractive_penalty.run_meta()
     x = data.load("mnist5k", "train")[0][:BATCH]
     train_step = bench_train_step(x, args.repeats, args.exact_repeats)
-    penalty = [] if args.skip_penalty_table else [
-        contractive_penalty.bench_encoder(name, sizes, act, args.penalty_repeats)
-        for name, (sizes, act) in contractive_penalty.ENCODERS.items()]
+    penalty = (
+        []
+        if args.skip_penalty_table
+        else [
+            contractive_penalty.bench_encoder(name, sizes, act, args.penalty_repeats)
+            for name, (sizes, act) in contractive_penalty.ENCODERS.items()
+        ]
+    )
     meta.update(loadavg_end=os.getloadavg(), seconds=time.perf_counter() - started)
-    print(f"torch {meta['torch']}, {meta['threads']} threads, load average {meta['loadavg_start'][0]:.1f} -> "
-          f"{meta['loadavg_end'][0]:.1f}, {meta['seconds']:.0f} s\n")
+    print(
+        f"torch {meta['torch']}, {meta['threads']} threads, load average {meta['loadavg_start'][0]:.1f} -> "
+        f"{meta['loadavg_end'][0]:.1f}, {meta['seconds']:.0f} s\n"
+    )
     print(markdown_train_step(train_step))
     for result in penalty:
         print(contractive_penalty.markdown(result))

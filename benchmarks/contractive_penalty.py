@@ -5,7 +5,7 @@ For two MLP encoders (aelab.models.ae.mlp, linear code layer), batch 128, float3
 
   floor     d_code batched VJPs through the whole encoder: one
             torch.autograd.grad(is_grads_batched=True, create_graph=True) and its backward
-  exact     aelab.penalties.jacobian_frobenius_sq(method="exact") (route in brackets)
+  exact     aelab.models.penalties.jacobian_frobenius_sq(method="exact") (route in brackets)
   func      vmap over examples of torch.func.jacrev (the other exact reverse-mode route)
   loop      torch.autograd.functional.jacobian(create_graph=True) one example at a time,
             measured on 16 examples and scaled x8 to 128 (it is linear in N)
@@ -17,6 +17,7 @@ Wall-clock medians. The methods are timed round-robin (every round times each on
 "x floor" is the median over rounds of the within-round ratio, so load on a shared machine
 hits all methods alike; the load average is recorded too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,14 @@ def floor_penalty(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def loop_penalty(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What users write: a per-example Jacobian in a Python loop."""
-    return torch.stack([torch.autograd.functional.jacobian(lambda v: encoder(v.unsqueeze(0)).squeeze(0), x_one,
-                                                           create_graph=True).pow(2).sum() for x_one in x])
+    return torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v: encoder(v.unsqueeze(0)).squeeze(0), x_one, create_graph=True)
+            .pow(2)
+            .sum()
+            for x_one in x
+        ]
+    )
 
 
 def step_ms(encoder: torch.nn.Module, penalty) -> float:
@@ -78,12 +85,15 @@ def hutchinson_errors(encoder, x, exact: torch.Tensor, k: int) -> dict:
     per_example, batch_mean = [], []
     for seed in range(ERROR_SEEDS):
         # not seed 0: that would replay the stream that initialised the weights and correlate probes with W
-        est = penalties.jacobian_frobenius_sq(encoder, x, method="hutchinson", k=k,
-                                              generator=torch.Generator().manual_seed(PROBE_SEED + seed)).detach()
+        est = penalties.jacobian_frobenius_sq(
+            encoder, x, method="hutchinson", k=k, generator=torch.Generator().manual_seed(PROBE_SEED + seed)
+        ).detach()
         per_example.append(((est - exact) / exact).pow(2).mean())
         batch_mean.append(((est.mean() - exact.mean()) / exact.mean()).pow(2))
-    return {"rel_rms_per_example": torch.stack(per_example).mean().sqrt().item(),
-            "rel_rms_batch_mean": torch.stack(batch_mean).mean().sqrt().item()}
+    return {
+        "rel_rms_per_example": torch.stack(per_example).mean().sqrt().item(),
+        "rel_rms_batch_mean": torch.stack(batch_mean).mean().sqrt().item(),
+    }
 
 
 def bench_encoder(name: str, sizes: list[int], activation: str, repeats: int) -> dict:
@@ -101,7 +111,8 @@ def bench_encoder(name: str, sizes: list[int], activation: str, repeats: int) ->
         "loop": loop_penalty(encoder, x[:4]).detach(),  # values only: 4 examples are enough
     }
     result["max_rel_diff_vs_exact"] = {
-        key: ((value - exact[: len(value)]).abs() / exact[: len(value)]).max().item() for key, value in check.items()}
+        key: ((value - exact[: len(value)]).abs() / exact[: len(value)]).max().item() for key, value in check.items()
+    }
 
     steps = {
         "floor (batched VJPs)": lambda: floor_penalty(encoder, x),
@@ -113,58 +124,92 @@ def bench_encoder(name: str, sizes: list[int], activation: str, repeats: int) ->
         errors = hutchinson_errors(encoder, x, exact, k)
         default_side = penalties.hutchinson_side(d_code, d_input, k)
         for side in ("input", "code"):
-            probes = torch.randn(k, BATCH, d_input if side == "input" else d_code,
-                                 generator=torch.Generator().manual_seed(PROBE_SEED))
-            label = f"hutchinson k={k} ({'JVP' if side == 'input' else 'VJP'}{', default' if side == default_side else ''})"
+            probes = torch.randn(
+                k, BATCH, d_input if side == "input" else d_code, generator=torch.Generator().manual_seed(PROBE_SEED)
+            )
+            label = (
+                f"hutchinson k={k} ({'JVP' if side == 'input' else 'VJP'}{', default' if side == default_side else ''})"
+            )
             steps[label] = lambda probes=probes, side=side: penalties._hutchinson(encoder, x, probes, side)
             hutchinson_rows[label] = dict(k=k, side=side, **errors)
     times = time_round_robin(encoder, steps, repeats)
     floor_times = times["floor (batched VJPs)"]
     for label, ts in times.items():
-        result["rows"].append({"method": label, "median_ms": statistics.median(ts), "min_ms": min(ts),
-                               # ratio within each round, then the median: robust to load that drifts between rounds
-                               "x_floor": statistics.median(t / f for t, f in zip(ts, floor_times)),
-                               "repeats": len(ts), **hutchinson_rows.get(label, {})})
+        result["rows"].append(
+            {
+                "method": label,
+                "median_ms": statistics.median(ts),
+                "min_ms": min(ts),
+                # ratio within each round, then the median: robust to load that drifts between rounds
+                "x_floor": statistics.median(t / f for t, f in zip(ts, floor_times)),
+                "repeats": len(ts),
+                **hutchinson_rows.get(label, {}),
+            }
+        )
 
     # The loop is too slow for the round robin: a small batch, scaled to BATCH (the cost is linear in N).
     step_ms(encoder, lambda: loop_penalty(encoder, x[:2]))  # warm-up
-    loop_times = [step_ms(encoder, lambda: loop_penalty(encoder, x[:LOOP_BATCH])) * BATCH / LOOP_BATCH
-                  for _ in range(LOOP_REPEATS)]
+    loop_times = [
+        step_ms(encoder, lambda: loop_penalty(encoder, x[:LOOP_BATCH])) * BATCH / LOOP_BATCH
+        for _ in range(LOOP_REPEATS)
+    ]
     floor_ms = statistics.median(floor_times)
-    result["rows"].insert(3, {"method": f"per-example jacobian loop (N={LOOP_BATCH}, x{BATCH // LOOP_BATCH})",
-                              "median_ms": statistics.median(loop_times), "min_ms": min(loop_times),
-                              "x_floor": statistics.median(loop_times) / floor_ms, "repeats": LOOP_REPEATS,
-                              "measured_batch": LOOP_BATCH})
+    result["rows"].insert(
+        3,
+        {
+            "method": f"per-example jacobian loop (N={LOOP_BATCH}, x{BATCH // LOOP_BATCH})",
+            "median_ms": statistics.median(loop_times),
+            "min_ms": min(loop_times),
+            "x_floor": statistics.median(loop_times) / floor_ms,
+            "repeats": LOOP_REPEATS,
+            "measured_batch": LOOP_BATCH,
+        },
+    )
     exact_row = result["rows"][1]
     loop_over_exact = statistics.median(loop_times) / exact_row["median_ms"]
     result["targets"] = {
-        "exact_over_floor": exact_row["x_floor"], "exact_within_1.5x_floor": exact_row["x_floor"] <= 1.5,
-        "loop_over_exact": loop_over_exact, "exact_20x_faster_than_loop": loop_over_exact >= 20,
+        "exact_over_floor": exact_row["x_floor"],
+        "exact_within_1.5x_floor": exact_row["x_floor"] <= 1.5,
+        "loop_over_exact": loop_over_exact,
+        "exact_20x_faster_than_loop": loop_over_exact >= 20,
     }
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = [f"### {result['encoder']}, batch {result['batch']}, float32, penalty + backward",
-             "", "| method | median ms | min ms | x floor | rel. err per example | rel. err batch mean |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### {result['encoder']}, batch {result['batch']}, float32, penalty + backward",
+        "",
+        "| method | median ms | min ms | x floor | rel. err per example | rel. err batch mean |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in result["rows"]:
-        errs = (f"{row['rel_rms_per_example']:.3f} | {row['rel_rms_batch_mean']:.4f}" if "k" in row
-                else "exact | exact")
-        lines.append(f"| {row['method']} | {row['median_ms']:.1f} | {row['min_ms']:.1f} | {row['x_floor']:.2f} | {errs} |")
+        errs = f"{row['rel_rms_per_example']:.3f} | {row['rel_rms_batch_mean']:.4f}" if "k" in row else "exact | exact"
+        lines.append(
+            f"| {row['method']} | {row['median_ms']:.1f} | {row['min_ms']:.1f} | {row['x_floor']:.2f} | {errs} |"
+        )
     t = result["targets"]
     diffs = ", ".join(f"{key} {value:.1e}" for key, value in result["max_rel_diff_vs_exact"].items())
-    lines += ["", f"exact / floor = {t['exact_over_floor']:.2f} (target <= 1.5: "
-              f"{'met' if t['exact_within_1.5x_floor'] else 'MISSED'}); loop / exact = {t['loop_over_exact']:.1f} "
-              f"(target >= 20: {'met' if t['exact_20x_faster_than_loop'] else 'MISSED'}); "
-              f"max rel. difference of the values vs exact: {diffs}", ""]
+    lines += [
+        "",
+        f"exact / floor = {t['exact_over_floor']:.2f} (target <= 1.5: "
+        f"{'met' if t['exact_within_1.5x_floor'] else 'MISSED'}); loop / exact = {t['loop_over_exact']:.1f} "
+        f"(target >= 20: {'met' if t['exact_20x_faster_than_loop'] else 'MISSED'}); "
+        f"max rel. difference of the values vs exact: {diffs}",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def run_meta() -> dict:
     """What the numbers depend on: versions, threads, and the load average at the start."""
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "loadavg_start": os.getloadavg()}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 def main() -> None:
@@ -178,8 +223,10 @@ def main() -> None:
     meta = run_meta()
     results = [bench_encoder(name, sizes, act, args.repeats) for name, (sizes, act) in ENCODERS.items()]
     meta.update(loadavg_end=os.getloadavg(), seconds=time.perf_counter() - started)
-    print(f"torch {meta['torch']}, {meta['threads']} threads, load average {meta['loadavg_start'][0]:.1f} -> "
-          f"{meta['loadavg_end'][0]:.1f}, {meta['seconds']:.0f} s\n")
+    print(
+        f"torch {meta['torch']}, {meta['threads']} threads, load average {meta['loadavg_start'][0]:.1f} -> "
+        f"{meta['loadavg_end'][0]:.1f}, {meta['seconds']:.0f} s\n"
+    )
     for result in results:
         print(markdown(result))
     if args.json:

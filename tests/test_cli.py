@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -11,24 +10,28 @@ from aelab.cli import main
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "aelab", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "aelab", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "--model", "nope", "--out", "X"], "choose from"),
-    (["train", "--dataset", "nope", "--out", "X"], "choose from"),
-    (["train", "--epochs", "0", "--out", "X"], "positive integer"),
-    (["train", "--epochs", "-3", "--out", "X"], "positive integer"),
-    (["train", "--batch-size", "0", "--out", "X"], "positive integer"),
-    (["train", "--latent", "-1", "--out", "X"], "positive integer"),
-    (["train", "--lr", "0", "--out", "X"], "positive number"),
-    (["train", "--device", "tpu", "--out", "X"], "unknown device 'tpu'; choose from cpu, cuda"),
-    (["evaluate", "does/not/exist"], "does not exist"),
-    (["bogus"], "invalid choice"),
-    (["experiment", "nope"], "invalid choice"),
-    (["data", "fetch", "nope"], "choose from"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--model", "nope", "--out", "X"], "choose from"),
+        (["train", "--dataset", "nope", "--out", "X"], "choose from"),
+        (["train", "--epochs", "0", "--out", "X"], "positive integer"),
+        (["train", "--epochs", "-3", "--out", "X"], "positive integer"),
+        (["train", "--batch-size", "0", "--out", "X"], "positive integer"),
+        (["train", "--latent", "-1", "--out", "X"], "positive integer"),
+        (["train", "--lr", "0", "--out", "X"], "positive number"),
+        (["train", "--device", "tpu", "--out", "X"], "unknown device 'tpu'; choose from cpu, cuda"),
+        (["evaluate", "does/not/exist"], "does not exist"),
+        (["bogus"], "invalid choice"),
+        (["experiment", "nope"], "invalid choice"),
+        (["data", "fetch", "nope"], "choose from"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
     args = [a if a != "X" else str(tmp_path / "run") for a in args]
     code = main(args)
@@ -64,13 +67,42 @@ def test_models_and_data_list(capsys):
 
 def test_train_evaluate_end_to_end(tmp_path, capsys):
     out = tmp_path / "vae"
-    assert main(["train", "--model", "vae", "--dataset", "digits", "--epochs", "2", "--hidden", "32", "--latent", "3",
-                 "--train-limit", "400", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vae",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "2",
+                "--hidden",
+                "32",
+                "--latent",
+                "3",
+                "--train-limit",
+                "400",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(out), "--iwae-k", "5", "--tsne-points", "200"]) == 0
     result = json.loads((out / "eval.json").read_text())
     m = result["metrics"]
-    for key in ["recon_mse", "recon_sse", "pca_sse", "probe_accuracy", "raw_probe_accuracy", "nll_nats", "test_elbo",
-                "test_kl"]:
+    for key in [
+        "recon_mse",
+        "recon_sse",
+        "pca_sse",
+        "probe_accuracy",
+        "raw_probe_accuracy",
+        "nll_nats",
+        "test_elbo",
+        "test_kl",
+    ]:
         assert key in m
     assert result["data"]["fit_split"] == "train" and result["data"]["score_split"] == "test"
     assert result["data"]["n_train"] == 400 and result["data"]["n_test"] == 360
@@ -78,6 +110,28 @@ def test_train_evaluate_end_to_end(tmp_path, capsys):
     assert html.count("data:image/png;base64,") >= 4 and "nll_nats" in html
     assert (out / "report.md").exists()
     # resume with more epochs through the CLI
-    assert main(["train", "--model", "vae", "--dataset", "digits", "--epochs", "3", "--hidden", "32", "--latent", "3",
-                 "--train-limit", "400", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vae",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "3",
+                "--hidden",
+                "32",
+                "--latent",
+                "3",
+                "--train-limit",
+                "400",
+                "--out",
+                str(out),
+                "--resume",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "metrics.jsonl").read_text().count("\n") == 3

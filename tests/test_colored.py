@@ -1,4 +1,5 @@
 """ColoredMNIST (LfF protocol): bias counts, colour placement, determinism, unbiased test split."""
+
 import numpy as np
 import pytest
 import torch
@@ -24,9 +25,9 @@ def blank_images_with_class_sizes(sizes, seed=0):
 
 # aligned counts worked out by hand: ratio * N_c rounded half up (0.98 * 175 = 171.5 -> 172)
 HAND_COUNTS = {
-    0.95: [190, 171, 166, 155],   # 190.0, 171.0, 166.25, 154.85
-    0.98: [196, 176, 172, 160],   # 196.0, 176.4, 171.5, 159.74
-    0.99: [198, 178, 173, 161],   # 198.0, 178.2, 173.25, 161.37
+    0.95: [190, 171, 166, 155],  # 190.0, 171.0, 166.25, 154.85
+    0.98: [196, 176, 172, 160],  # 196.0, 176.4, 171.5, 159.74
+    0.99: [198, 178, 173, 161],  # 198.0, 178.2, 173.25, 161.37
     0.995: [199, 179, 174, 162],  # 199.0, 179.1, 174.125, 162.185
     1.0: [200, 180, 175, 163],
 }
@@ -84,8 +85,11 @@ def test_colour_times_gray_reproduces_the_digit(digits):
     assert torch.allclose(color, out["colors"].double(), atol=1e-6)
     digit = g > 0
     recovered = x / color[:, :, None]
-    assert torch.allclose(recovered[digit.unsqueeze(1).expand_as(x)], g.unsqueeze(1).expand_as(x)[
-        digit.unsqueeze(1).expand_as(x)], atol=1e-5)
+    assert torch.allclose(
+        recovered[digit.unsqueeze(1).expand_as(x)],
+        g.unsqueeze(1).expand_as(x)[digit.unsqueeze(1).expand_as(x)],
+        atol=1e-5,
+    )
 
 
 def test_colour_noise_has_the_requested_std():

@@ -5,6 +5,7 @@ weights (sigmoid/BCE written out), Jacobians come from torch.autograd.functional
 one example at a time in float64, gradients from central finite differences, singular
 values from torch.linalg.svdvals of those brute-force Jacobians.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,18 +13,17 @@ import math
 
 import pytest
 import torch
-
-from aelab.errors import ConfigError
 import torch.nn as nn
 
 from aelab import models
+from aelab.errors import ConfigError
 from aelab.metrics.contraction import code_activation, contraction_diagnostics, jacobian_spectrum, saturation
-from aelab.models.contractive import CAE, DAE, TiedDecoder
+from aelab.models.contractive import TiedDecoder
 
-pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-              pytest.mark.usefixtures("one_thread")]
-
-
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 SHAPE = (1, 3, 4)  # 12 pixels
@@ -87,8 +87,10 @@ def test_cae_loss_one_layer_reuses_activations_and_matches_brute_force(activatio
     torch.testing.assert_close(model.loss(x), terms["loss"], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("options", [dict(hidden=[6, 4], latent=None, activation="sigmoid"),
-                                     dict(hidden=[6], latent=3, activation="tanh", loss="mse")])
+@pytest.mark.parametrize(
+    "options",
+    [dict(hidden=[6, 4], latent=None, activation="sigmoid"), dict(hidden=[6], latent=3, activation="tanh", loss="mse")],
+)
 def test_cae_loss_exact_path_matches_brute_force(options):
     model = build("cae", lam=0.3, **options)
     assert model._analytic is None  # not the one-layer pattern: the exact route
@@ -116,9 +118,14 @@ def test_cae_hutchinson_penalty_is_unbiased():
     assert abs(draws.mean() - exact) < 4 * stderr, (draws.mean(), exact, stderr)
 
 
-@pytest.mark.parametrize("options", [dict(hidden=[4], activation="sigmoid"),
-                                     dict(hidden=[4], activation="sigmoid", tied=True),
-                                     dict(hidden=[5, 3], activation="tanh")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(hidden=[4], activation="sigmoid"),
+        dict(hidden=[4], activation="sigmoid", tied=True),
+        dict(hidden=[5, 3], activation="tanh"),
+    ],
+)
 def test_cae_loss_gradient_matches_finite_differences(options):
     model = build("cae", lam=0.5, **options)
     x = images(4, 4)
@@ -166,8 +173,14 @@ def test_tied_decoder_uses_transposed_encoder_weights():
 
 
 def test_option_validation():
-    for bad in [dict(lam=-1.0), dict(lam=float("nan")), dict(penalty="nope"), dict(k=0),
-                dict(hidden=[4, 3], penalty="analytic"), dict(activation="softplus", penalty="analytic")]:
+    for bad in [
+        dict(lam=-1.0),
+        dict(lam=float("nan")),
+        dict(penalty="nope"),
+        dict(k=0),
+        dict(hidden=[4, 3], penalty="analytic"),
+        dict(activation="softplus", penalty="analytic"),
+    ]:
         with pytest.raises(ConfigError):
             models.create("cae", input_shape=SHAPE, **bad)
     for bad in [dict(noise="salt"), dict(level=-0.1), dict(noise="masking", level=1.5)]:
@@ -180,7 +193,19 @@ def test_option_validation():
 def test_ae_code_options_keep_the_default_and_build_the_one_layer_sigmoid_encoder():
     default = models.create("ae")
     assert [tuple(v.shape) for v in default.state_dict().values()] == [
-        (256, 784), (256,), (64, 256), (64,), (20, 64), (20,), (64, 20), (64,), (256, 64), (256,), (784, 256), (784,)]
+        (256, 784),
+        (256,),
+        (64, 256),
+        (64,),
+        (20, 64),
+        (20,),
+        (64, 20),
+        (64,),
+        (256, 64),
+        (256,),
+        (784, 256),
+        (784,),
+    ]
     assert isinstance(default.encoder[1], nn.ReLU) and code_activation(default) is None
     rifai = models.create("ae", hidden=[1000], latent=None, activation="sigmoid", weight_decay=1e-3)
     assert [type(m) for m in rifai.encoder] == [nn.Linear, nn.Sigmoid]
@@ -248,9 +273,10 @@ def test_saturation_on_a_hand_built_case(tmp_path):
     assert metrics["jacobian_fro_mean"] == 0.0
 
 
-@pytest.mark.parametrize("name, options", [("cae", dict(hidden=[5])),
-                                           ("dae", dict(hidden=[6, 4], activation="tanh")),
-                                           ("ae", dict(hidden=[6], latent=3))])
+@pytest.mark.parametrize(
+    "name, options",
+    [("cae", dict(hidden=[5])), ("dae", dict(hidden=[6, 4], activation="tanh")), ("ae", dict(hidden=[6], latent=3))],
+)
 def test_diagnostics_match_brute_force(tmp_path, name, options):
     model = build(name, **options)
     x = images(30, 9)
@@ -271,8 +297,9 @@ def test_diagnostics_match_brute_force(tmp_path, name, options):
     else:
         assert metrics["saturation"] is None
     assert not list(tmp_path.iterdir())  # measuring writes nothing
-    torch.testing.assert_close(torch.tensor(mean_spectrum, dtype=torch.float64),
-                               singular.mean(0), rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(
+        torch.tensor(mean_spectrum, dtype=torch.float64), singular.mean(0), rtol=1e-8, atol=1e-12
+    )
 
 
 def test_spectrum_resolves_small_singular_values():
@@ -300,8 +327,24 @@ def test_experiment_end_to_end(tmp_path, capsys):
     from aelab.cli import main
 
     out = tmp_path / "exp"
-    code = main(["experiment", "contractive", "--quick", "--dataset", "digits", "--hidden", "12", "--epochs", "1",
-                 "--train-limit", "150", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "experiment",
+            "contractive",
+            "--quick",
+            "--dataset",
+            "digits",
+            "--hidden",
+            "12",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "150",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]

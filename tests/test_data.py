@@ -31,7 +31,7 @@ def test_read_idx_on_the_real_mnist_test_set(shared_idx):
     assert read_idx(shared_idx / "train-labels-idx1-ubyte.gz").shape == (60000,)
     # the IDX payload is the raw bytes after the 16-byte header
     raw = gzip.decompress((shared_idx / "t10k-images-idx3-ubyte.gz").read_bytes())
-    assert images[1234, 14].tobytes() == raw[16 + 1234 * 784 + 14 * 28: 16 + 1234 * 784 + 15 * 28]
+    assert images[1234, 14].tobytes() == raw[16 + 1234 * 784 + 14 * 28 : 16 + 1234 * 784 + 15 * 28]
 
 
 def test_read_idx_raw_file(shared_idx, tmp_path):
@@ -40,15 +40,18 @@ def test_read_idx_raw_file(shared_idx, tmp_path):
     assert read_idx(tmp_path / "labels")[:5].tolist() == list(raw[8:13])
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda raw: raw[:-100], "truncated"),
-    (lambda raw: raw[:6], "truncated IDX header"),
-    (lambda raw: raw + b"\0" * 7, "trailing bytes"),
-    (lambda raw: b"\x12\x34" + raw[2:], "magic"),
-    (lambda raw: raw[:2] + b"\x42" + raw[3:], "magic"),
-    (lambda raw: raw[:4] + struct.pack(">I", 20000) + raw[8:], "truncated"),
-    (lambda raw: b"", "no header"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda raw: raw[:-100], "truncated"),
+        (lambda raw: raw[:6], "truncated IDX header"),
+        (lambda raw: raw + b"\0" * 7, "trailing bytes"),
+        (lambda raw: b"\x12\x34" + raw[2:], "magic"),
+        (lambda raw: raw[:2] + b"\x42" + raw[3:], "magic"),
+        (lambda raw: raw[:4] + struct.pack(">I", 20000) + raw[8:], "truncated"),
+        (lambda raw: b"", "no header"),
+    ],
+)
 def test_read_idx_rejects_corrupt_copies(shared_idx, tmp_path, corrupt, message):
     raw = gzip.decompress((shared_idx / "t10k-labels-idx1-ubyte.gz").read_bytes())
     bad = tmp_path / "bad-labels.gz"
@@ -108,7 +111,9 @@ def test_unknown_dataset_and_split():
 
 # ---------------------------------------------------------------- downloads against a local server
 def _idx_bytes(arr: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape) + arr.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape) + arr.astype(np.uint8).tobytes()
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """2-process DDP (gloo on 127.0.0.1) ends with the same parameters as 1 process with the same global batch and seed."""
+
 import os
 import socket
 
@@ -17,8 +18,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -30,8 +32,15 @@ def _worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
 
 
 def _cfg(out, **kw):
-    base = dict(model="ae", model_options={"hidden": [32], "latent": 4}, dataset="digits", train_limit=250,
-                epochs=2, batch_size=50, out=str(out))
+    base = dict(
+        model="ae",
+        model_options={"hidden": [32], "latent": 4},
+        dataset="digits",
+        train_limit=250,
+        epochs=2,
+        batch_size=50,
+        out=str(out),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -40,8 +49,13 @@ def _cfg(out, **kw):
 def test_two_process_gloo_equals_one_process(tmp_path, train_limit):
     one = train(_cfg(tmp_path / "one", train_limit=train_limit), progress=False)
     port = _free_port()
-    mp.start_processes(_worker, args=(2, port, _cfg(tmp_path / "two", train_limit=train_limit)), nprocs=2,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _worker,
+        args=(2, port, _cfg(tmp_path / "two", train_limit=train_limit)),
+        nprocs=2,
+        start_method="spawn",
+        join=True,
+    )
     w1, w2 = load_file(one / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert set(w1) == set(w2)
     for k in w1:
@@ -69,8 +83,14 @@ def _rbm_worker(rank: int, world: int, port: int, data: torch.Tensor, same_data:
     try:
         shard = data if same_data else data.tensor_split(world)[rank]
         rbm = RBM(64, 16, generator=torch.Generator().manual_seed(0))
-        rbm.fit(shard, epochs=2, batch_size=50, generator=torch.Generator().manual_seed(1),
-                allreduce=average_across_ranks(world), monitor_size=0)
+        rbm.fit(
+            shard,
+            epochs=2,
+            batch_size=50,
+            generator=torch.Generator().manual_seed(1),
+            allreduce=average_across_ranks(world),
+            monitor_size=0,
+        )
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in rbm.state_dict().items()}, f"{out}/rank{rank}.safetensors")
@@ -99,10 +119,156 @@ def test_rbm_cd_statistics_are_all_reduced(tmp_path):
 
 
 def test_deep_ae_pretraining_under_two_processes(tmp_path):
-    cfg = TrainConfig(model="deep-ae", model_options={"layers": [64, 32, 4], "init": "rbm", "pretrain_epochs": 1},
-                      dataset="digits", train_limit=200, epochs=1, batch_size=50, out=str(tmp_path / "two"))
+    cfg = TrainConfig(
+        model="deep-ae",
+        model_options={"layers": [64, 32, 4], "init": "rbm", "pretrain_epochs": 1},
+        dataset="digits",
+        train_limit=200,
+        epochs=1,
+        batch_size=50,
+        out=str(tmp_path / "two"),
+    )
     mp.start_processes(_worker, args=(2, _free_port(), cfg), nprocs=2, start_method="spawn", join=True)
     import json
 
     history = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["phase"] == "pretrain" and history[-1]["epoch"] == 1
+
+
+# ---------------------------------------------------------------- torchrun, as a user runs it
+def _torchrun(tmp_path, *args, extra_env=None, timeout=240):
+    """`torchrun --standalone --nproc-per-node 2 -m aelab ...`; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(extra_env or {})}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "aelab",
+        *args,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+LBFGS_ARGS = [
+    "train",
+    "--model",
+    "ae",
+    "--hidden",
+    "32",
+    "--latent",
+    "4",
+    "--dataset",
+    "digits",
+    "--train-limit",
+    "300",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "100",
+    "--optimizer",
+    "lbfgs",
+    "--lr",
+    "0.5",
+    "--no-progress",
+]
+
+
+def test_lbfgs_under_torchrun_equals_one_process(tmp_path):
+    """The line search must see the global-batch objective on every rank. With each rank's own loss (the old
+    closure), 2 processes ended with weights up to 0.35 away from 1 process and could deadlock."""
+    from aelab.cli import main
+
+    assert main([*LBFGS_ARGS, "--out", str(tmp_path / "one")]) == 0
+    r = _torchrun(tmp_path, *LBFGS_ARGS, "--out", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+    import json
+
+    m1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [round(a["train_loss"], 3) for a in m1] == [round(b["train_loss"], 3) for b in m2]
+
+
+def _nan_on_rank1_worker(rank: int, world: int, port: int, out: str, at_call: int) -> None:
+    """Rank 1's loss turns NaN at its `at_call`-th loss evaluation; rank 0's stays finite. Writes the exit
+    status and the message of each rank to a file."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    import contextlib
+    import io
+
+    from aelab.cli import main
+    from aelab.models.ae import AE
+
+    calls = {"n": 0}
+    real = AE.loss_terms
+
+    def loss_terms(self, x):
+        terms = real(self, x)
+        if self.training:
+            calls["n"] += 1
+            if rank == 1 and calls["n"] >= at_call:
+                terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    AE.loss_terms = loss_terms
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(
+            [
+                "train",
+                "--model",
+                "ae",
+                "--hidden",
+                "16",
+                "--latent",
+                "4",
+                "--dataset",
+                "digits",
+                "--train-limit",
+                "300",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "50",
+                "--no-progress",
+                "--out",
+                out,
+            ]
+        )
+    with open(f"{out}.rank{rank}", "w") as f:
+        f.write(f"{code}\n{err.getvalue().strip()}")
+
+
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """The NaN check is all-reduced: the rank whose loss is finite stops at the same step instead of waiting
+    forever in the next collective (the old local check)."""
+    out = str(tmp_path / "run")
+    ctx = mp.start_processes(
+        _nan_on_rank1_worker, args=(2, _free_port(), out, 7), nprocs=2, start_method="spawn", join=False
+    )
+    import time
+
+    deadline = time.time() + 180
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung after the other saw a NaN loss")
+    results = [(tmp_path / f"run.rank{r}").read_text().split("\n", 1) for r in range(2)]
+    assert [code for code, _ in results] == ["1", "1"]
+    assert results[0][1] == results[1][1] and "NaN" in results[0][1]
+    assert "epoch 2 (step 1)" in results[0][1]  # call 7 = epoch 2, step 1 (6 steps per epoch)

@@ -1,16 +1,17 @@
 """`aelab experiment debias` and `aelab experiment binary` end to end on tiny data (sklearn 8x8 digits), the
 binary evaluation hook, and the helpers the experiments add."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from aelab.experiments import debias_scores as bias
-from aelab.metrics import ranking
 from aelab.cli import main
 from aelab.data import load
 from aelab.data.colored import make_colored_mnist
+from aelab.experiments import debias_scores as bias
+from aelab.metrics import ranking
 
 
 def test_debias_end_to_end(tmp_path, monkeypatch):
@@ -23,9 +24,27 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bias, "score_samples", spy)
     out = tmp_path / "debias"
-    argv = ["experiment", "debias", "--dataset-source", "digits", "--train-limit", "300", "--aligned-ratio", "0.8",
-            "--ae-epochs", "1", "--n-models", "1", "--gce-epochs", "1", "--tsne-points", "40", "--no-progress",
-            "--out", str(out)]
+    argv = [
+        "experiment",
+        "debias",
+        "--dataset-source",
+        "digits",
+        "--train-limit",
+        "300",
+        "--aligned-ratio",
+        "0.8",
+        "--ae-epochs",
+        "1",
+        "--n-models",
+        "1",
+        "--gce-epochs",
+        "1",
+        "--tsne-points",
+        "40",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert (out / "report.html").exists() and (out / "report.md").exists()
     result = json.loads((out / "results.json").read_text())
@@ -47,7 +66,7 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
     assert "only" in result["colour_labels"]
 
     # the scoring saw the images and the digit labels, nothing else carrying colour
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     images, digit_arg = args[:2]
     assert torch.equal(images, colored["images"][:300]) and torch.equal(digit_arg, digits[:300])
     assert not any(isinstance(v, torch.Tensor) for v in list(args[3:]) + list(kwargs.values()))
@@ -58,9 +77,9 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
     assert auroc_0 == pytest.approx(ranking.auroc(scores[m], conflicting[m]))
 
 
-
-@pytest.mark.parametrize("bad", [["--aligned-ratio", "0"], ["--aligned-ratio", "1.5"], ["--aligned-ratio", "x"],
-                                 ["--n-models", "0"]])
+@pytest.mark.parametrize(
+    "bad", [["--aligned-ratio", "0"], ["--aligned-ratio", "1.5"], ["--aligned-ratio", "x"], ["--n-models", "0"]]
+)
 def test_debias_rejects_bad_arguments(tmp_path, capsys, bad):
     assert main(["experiment", "debias", "--out", str(tmp_path), *bad]) == 2
     assert "error" in capsys.readouterr().err
@@ -70,8 +89,26 @@ def test_binary_end_to_end(tmp_path):
     from aelab.evaluate import evaluate
 
     out = tmp_path / "binary"
-    assert main(["experiment", "binary", "--dataset", "digits", "--bits", "16", "--epochs", "1", "--train-limit",
-                 "300", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "binary",
+                "--dataset",
+                "digits",
+                "--bits",
+                "16",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "300",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "report.html").exists()
     result = json.loads((out / "results.json").read_text())
     assert {"rows", "protocol", "data", "settings", "runs"} <= result.keys()
@@ -109,8 +146,8 @@ def test_binary_end_to_end(tmp_path):
 
 
 def test_binary_diagnostics_match_direct_counts(tmp_path):
-    from aelab.models import create
     from aelab.metrics.retrieval import code_statistics, encode_codes
+    from aelab.models import create
 
     torch.manual_seed(0)
     x = torch.rand(50, 1, 8, 8)

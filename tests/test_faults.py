@@ -1,4 +1,5 @@
 """SIGKILL a training process at random points; --resume must end bit-identical to an uninterrupted run."""
+
 import json
 import os
 import random
@@ -11,8 +12,24 @@ from safetensors.torch import load_file
 
 from aelab import runs
 
-ARGS = ["train", "--model", "vae", "--dataset", "digits", "--train-limit", "300", "--epochs", "4", "--batch-size", "64",
-        "--hidden", "32", "--latent", "4", "--no-progress"]
+ARGS = [
+    "train",
+    "--model",
+    "vae",
+    "--dataset",
+    "digits",
+    "--train-limit",
+    "300",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "64",
+    "--hidden",
+    "32",
+    "--latent",
+    "4",
+    "--no-progress",
+]
 STEPS = 4 * 5  # 4 epochs of ceil(300 / 64) steps
 WRITES = 1 + 4 * 4  # config.json, then per epoch: checkpoint, model.safetensors, model.json, metrics.jsonl
 
@@ -21,8 +38,13 @@ def aelab(out, *extra, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AELAB_FAULT")}
     env.update(env_extra or {})
     env["PYTHONWARNINGS"] = "ignore"
-    return subprocess.run([sys.executable, "-m", "aelab", *ARGS, "--out", str(out), *extra], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "aelab", *ARGS, "--out", str(out), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def check_folder_is_consistent(out):
@@ -65,7 +87,9 @@ def test_kill_and_resume_is_bit_identical(reference, tmp_path, trial):
     assert kills >= 1 or not env
     ref, got = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-    strip = lambda path: [{k: v for k, v in json.loads(l).items() if "time" not in k and "per_s" not in k}
-                          for l in path.read_text().splitlines()]
+    strip = lambda path: [
+        {k: v for k, v in json.loads(l).items() if "time" not in k and "per_s" not in k}
+        for l in path.read_text().splitlines()
+    ]
     assert strip(reference / "metrics.jsonl") == strip(out / "metrics.jsonl")
     assert not list(out.glob(".*.tmp-*"))

@@ -6,13 +6,19 @@ from safetensors.torch import load_file
 from aelab import models
 from aelab.cli import main
 from aelab.models.rbm import up_down_mean_field
-from aelab.runs import load_model
 from aelab.train import TrainConfig, train
 
 
 def cfg(out, epochs, init="rbm"):
-    return TrainConfig(model="deep-ae", model_options={"layers": [64, 32, 16, 4], "init": init, "pretrain_epochs": 2},
-                       dataset="digits", train_limit=300, epochs=epochs, batch_size=100, out=str(out))
+    return TrainConfig(
+        model="deep-ae",
+        model_options={"layers": [64, 32, 16, 4], "init": init, "pretrain_epochs": 2},
+        dataset="digits",
+        train_limit=300,
+        epochs=epochs,
+        batch_size=100,
+        out=str(out),
+    )
 
 
 def test_trainer_pretrains_once_and_resume_is_exact(tmp_path):
@@ -40,8 +46,25 @@ def test_pretrained_model_before_finetuning_is_the_stack_up_down_pass(tmp_path):
 
 def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     out = tmp_path / "h"
-    code = main(["experiment", "hinton2006", "--dataset", "digits", "--layers", "64-32-16-2", "--epochs", "2",
-                 "--pretrain-epochs", "1", "--train-limit", "300", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "experiment",
+            "hinton2006",
+            "--dataset",
+            "digits",
+            "--layers",
+            "64-32-16-2",
+            "--epochs",
+            "2",
+            "--pretrain-epochs",
+            "1",
+            "--train-limit",
+            "300",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["rows"]]

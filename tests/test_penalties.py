@@ -4,6 +4,7 @@ Reference values come from torch.autograd.functional.jacobian run one example
 at a time (brute force), gradients from central finite differences, and the
 Hutchinson estimator from its own Monte-Carlo standard error.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,9 +17,10 @@ from aelab.models import penalties
 from aelab.models.penalties import analytic_from_activations, jacobian_frobenius_sq, ones_backward_quantity
 
 # torch's forward-mode AD scripts its decompositions on first use (a torch-internal deprecation warning)
-pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-              pytest.mark.usefixtures("one_thread")]
-
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 ACTS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
@@ -201,8 +203,9 @@ def test_chunking_does_not_change_the_result(method):
     x = torch.randn(10, 12, dtype=torch.float64)
     whole = jacobian_frobenius_sq(encoder, x, method=method)
     for chunk in (1, 3, 10, 64):
-        torch.testing.assert_close(jacobian_frobenius_sq(encoder, x, method=method, chunk_size=chunk), whole,
-                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            jacobian_frobenius_sq(encoder, x, method=method, chunk_size=chunk), whole, rtol=1e-12, atol=0
+        )
 
 
 def test_exact_keeps_the_graph_to_x_when_x_requires_grad():
@@ -263,8 +266,10 @@ def test_hutchinson_gradient_with_fixed_probes_matches_finite_differences(k):
     x = torch.randn(5, 12, dtype=torch.float64)
     assert penalties.hutchinson_side(5, 12, k) == ("code" if k == 1 else "input")
     # a fresh generator with the same seed draws the same probes: the estimate is a fixed function of the weights
-    finite_difference_check(encoder, lambda: jacobian_frobenius_sq(
-        encoder, x, method="hutchinson", k=k, generator=torch.Generator().manual_seed(3)))
+    finite_difference_check(
+        encoder,
+        lambda: jacobian_frobenius_sq(encoder, x, method="hutchinson", k=k, generator=torch.Generator().manual_seed(3)),
+    )
 
 
 # ----------------------------------------------------------------------------- Hutchinson
@@ -296,15 +301,21 @@ def test_hutchinson_k_probes_average_and_generator_reproducibility():
     encoder = make_encoder([12, 7, 5], "sigmoid", seed=17)
     x = torch.randn(4, 12, dtype=torch.float64)
     exact = brute_force(encoder, x)
-    singles = jacobian_frobenius_sq(encoder, x.repeat(2000, 1), method="hutchinson", k=1,
-                                    generator=torch.Generator().manual_seed(0)).detach().view(2000, 4)
+    singles = (
+        jacobian_frobenius_sq(
+            encoder, x.repeat(2000, 1), method="hutchinson", k=1, generator=torch.Generator().manual_seed(0)
+        )
+        .detach()
+        .view(2000, 4)
+    )
     stderr = singles.std(0) / math.sqrt(2000)
     many = jacobian_frobenius_sq(encoder, x, method="hutchinson", k=2000, generator=torch.Generator().manual_seed(1))
     assert ((many.detach() - exact).abs() < 4 * stderr).all(), (many, exact, stderr)
 
     def estimate(seed, chunk_size=None):
-        return jacobian_frobenius_sq(encoder, x, method="hutchinson", k=8, chunk_size=chunk_size,
-                                     generator=torch.Generator().manual_seed(seed))
+        return jacobian_frobenius_sq(
+            encoder, x, method="hutchinson", k=8, chunk_size=chunk_size, generator=torch.Generator().manual_seed(seed)
+        )
 
     torch.testing.assert_close(estimate(5), estimate(5), rtol=0, atol=0)
     torch.testing.assert_close(estimate(5, chunk_size=3), estimate(5), rtol=1e-12, atol=0)
@@ -320,8 +331,9 @@ def test_ones_backward_quantity_is_not_the_contractive_penalty():
     frob = brute_force(encoder, x).sum()
     wrong = ones_backward_quantity(encoder, x).detach()
     # what it does compute: sqrt(sum_n ||J_n^T 1||^2), from the brute-force Jacobians
-    col_sums = torch.stack([torch.autograd.functional.jacobian(lambda v: encoder(v[None]).reshape(-1), xo).sum(0)
-                            for xo in x])
+    col_sums = torch.stack(
+        [torch.autograd.functional.jacobian(lambda v: encoder(v[None]).reshape(-1), xo).sum(0) for xo in x]
+    )
     torch.testing.assert_close(wrong, col_sums.pow(2).sum().sqrt(), rtol=1e-10, atol=0)
     assert abs(wrong - frob) > 0.05 * frob
     assert abs(wrong - frob.sqrt()) > 0.05 * frob.sqrt()

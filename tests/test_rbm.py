@@ -1,11 +1,11 @@
 """RBM, greedy pretraining and the unrolled deep autoencoder, checked against exact enumeration,
 quadrature and Monte-Carlo (float64 for exactness)."""
+
 import itertools
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from aelab.models.deep_ae import DeepAutoencoder
 from aelab.models.rbm import RBM, pretrain_stack, up_down_mean_field
@@ -65,13 +65,13 @@ def test_free_energy_matches_enumeration():
     brute = -torch.logsumexp(-energy(rbm, v, h), 1)
     diff = rbm.free_energy(v).detach() - brute
     assert (diff - diff[0]).abs().max() < 1e-12  # constant across v ...
-    assert diff.abs().max() < 1e-12              # ... and zero: F is exact, no constant dropped
+    assert diff.abs().max() < 1e-12  # ... and zero: F is exact, no constant dropped
 
 
 def test_conditionals_match_enumeration():
     rbm = random_rbm()
     v, h, joint, _ = exact_joint(rbm)
-    p_h_given_v = joint / joint.sum(1, keepdim=True)          # (Nv, Nh)
+    p_h_given_v = joint / joint.sum(1, keepdim=True)  # (Nv, Nh)
     p_v_given_h = joint / joint.sum(0, keepdim=True)
     mean_h, _ = rbm.sample_h(v)
     prob_v, sample_v = rbm.sample_v(h)
@@ -115,7 +115,9 @@ def test_moment_gradient_equals_autograd_of_exact_log_likelihood():
     h = binary_states(4)
     v = binary_states(6)
     # mean log p(data) = mean_n logsumexp_h -E(v_n, h) - logsumexp_{v,h} -E(v, h), differentiated by autograd
-    ll = torch.logsumexp(-energy_autograd(rbm, data, h), 1).mean() - torch.logsumexp(-energy_autograd(rbm, v, h).flatten(), 0)
+    ll = torch.logsumexp(-energy_autograd(rbm, data, h), 1).mean() - torch.logsumexp(
+        -energy_autograd(rbm, v, h).flatten(), 0
+    )
     gW, gb, gc = torch.autograd.grad(ll, [rbm.weight, rbm.visible_bias, rbm.hidden_bias])
     assert torch.allclose(gW, dvh - mvh, atol=1e-12)
     assert torch.allclose(gb, dv - mv, atol=1e-12)
@@ -150,7 +152,7 @@ def test_long_chain_and_cd1_estimates_match_exact_expectations():
 
     # CD-1 from the data (Hinton's rbm.m): exact expectation over h0 ~ p(h | v0)
     reps = n_chains // len(data)
-    p_h0 = torch.sigmoid(data @ W + c)                                  # (n, H)
+    p_h0 = torch.sigmoid(data @ W + c)  # (n, H)
     p_states = torch.prod(torch.where(h_all[None] == 1, p_h0[:, None], 1 - p_h0[:, None]), -1)  # (n, 16)
     cd1_vh = torch.einsum("ns,si,sj->ij", p_states, v_mf, h_mf) / len(data)
     stats = rbm.cd_step(data.repeat(reps, 1), k=1, generator=g)
@@ -191,15 +193,18 @@ def test_fit_update_equals_cd_step_with_momentum_and_weight_cost():
     rbm = random_rbm(scale=0.3)
     ref = random_rbm(scale=0.3)
     g_fit, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    rbm.fit(data, epochs=1, batch_size=20, lr=lr, weight_cost=wc, momentum=(m, 0.9), generator=g_fit,
-            monitor_size=None)
+    rbm.fit(data, epochs=1, batch_size=20, lr=lr, weight_cost=wc, momentum=(m, 0.9), generator=g_fit, monitor_size=None)
     order = torch.randperm(40, generator=g_ref)  # fit draws the shuffle first
     inc = [torch.zeros_like(p) for p in (ref.weight, ref.visible_bias, ref.hidden_bias)]
     for batch in (order[:20], order[20:]):
         s = ref.cd_step(data[batch], generator=g_ref)
         with torch.no_grad():
-            for p, i, grad, decay in zip((ref.weight, ref.visible_bias, ref.hidden_bias), inc,
-                                         (s.weight, s.visible_bias, s.hidden_bias), (wc, 0, 0)):
+            for p, i, grad, decay in zip(
+                (ref.weight, ref.visible_bias, ref.hidden_bias),
+                inc,
+                (s.weight, s.visible_bias, s.hidden_bias),
+                (wc, 0, 0),
+            ):
                 i.copy_(m * i + lr * (grad - decay * p))
                 p.add_(i)
     for p, q in zip(rbm.parameters(), ref.parameters()):
@@ -215,16 +220,24 @@ def test_allreduce_hook_sees_statistics_and_matches_fused_path():
 
     a, b = random_rbm(scale=0.3), random_rbm(scale=0.3)
     a.fit(data, epochs=3, batch_size=50, k=2, persistent=True, generator=torch.Generator().manual_seed(5))
-    b.fit(data, epochs=3, batch_size=50, k=2, persistent=True, generator=torch.Generator().manual_seed(5),
-          allreduce=hook)
+    b.fit(
+        data, epochs=3, batch_size=50, k=2, persistent=True, generator=torch.Generator().manual_seed(5), allreduce=hook
+    )
     assert len(calls) == 12 and calls[0] == [torch.Size([6, 4]), torch.Size([6]), torch.Size([4])]
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-12)
     # a hook that zeroes the statistics leaves only the weight cost acting
     c = random_rbm(scale=0.3)
     w0 = c.weight.detach().clone()
-    c.fit(data, epochs=1, batch_size=200, lr=0.1, weight_cost=0.5, generator=torch.Generator().manual_seed(5),
-          allreduce=lambda ts: [t.zero_() for t in ts])
+    c.fit(
+        data,
+        epochs=1,
+        batch_size=200,
+        lr=0.1,
+        weight_cost=0.5,
+        generator=torch.Generator().manual_seed(5),
+        allreduce=lambda ts: [t.zero_() for t in ts],
+    )
     assert torch.allclose(c.weight, w0 * (1 - 0.1 * 0.5), atol=1e-14)
 
 
@@ -243,6 +256,7 @@ def test_same_seed_same_weights():
 
 def test_fit_reduces_reconstruction_error_on_digits():
     from sklearn.datasets import load_digits
+
     x = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     rbm = RBM(64, 100, generator=g)
@@ -257,7 +271,7 @@ def test_fit_reduces_reconstruction_error_on_digits():
 # ----- Gaussian (linear) hidden units -------------------------------------------------------------
 def test_gaussian_hidden_conditionals():
     rbm = random_rbm(3, 2, hidden="gaussian", scale=0.7)
-    W, b, c = rbm.weight.detach(), rbm.visible_bias.detach(), rbm.hidden_bias.detach()
+    W, _b, c = rbm.weight.detach(), rbm.visible_bias.detach(), rbm.hidden_bias.detach()
     v = binary_states(3)
     n = 40000
     mean, sample = rbm.sample_h(v.repeat_interleave(n, 0), torch.Generator().manual_seed(0))
@@ -321,6 +335,7 @@ def test_unrolled_autoencoder_equals_up_down_mean_field(dtype):
 
 def test_pretrain_then_unroll_digits():
     from sklearn.datasets import load_digits
+
     x = torch.tensor(load_digits().data[:500] / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
     model = DeepAutoencoder(input_shape=(1, 8, 8), layers=[64, 32, 16, 2])
     logs = []
@@ -350,8 +365,11 @@ def test_deep_ae_losses_options_and_presets():
         assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
     with pytest.raises(ValueError):
         DeepAutoencoder(input_shape=(1, 8, 8), layers=(64, 20, 4), init="pca")
-    for preset, sizes in [("hinton2006", [784, 1000, 500, 250, 30]), ("assignment", [784, 2000, 1000, 500, 30]),
-                          ("map2d", [784, 1000, 500, 250, 2])]:
+    for preset, sizes in [
+        ("hinton2006", [784, 1000, 500, 250, 30]),
+        ("assignment", [784, 2000, 1000, 500, 30]),
+        ("map2d", [784, 1000, 500, 250, 2]),
+    ]:
         model = DeepAutoencoder(layers=preset)
         assert model.layers == sizes and model.options["layers"] == preset
     with pytest.raises(ValueError):
@@ -362,12 +380,13 @@ def test_deep_ae_losses_options_and_presets():
 
 def test_bernoulli_sampler_frequencies():
     from aelab.models.rbm import bernoulli_into
+
     p = torch.tensor([0.0, 1e-3, 0.3, 0.5, 0.999, 1.0]).repeat(200000, 1)
     x = bernoulli_into(p, torch.empty_like(p), torch.Generator().manual_seed(0))
     freq = x.mean(0)
     assert freq[0] == 0 and freq[-1] == 1  # exact at the ends
     se = (p[0] * (1 - p[0]) / p.shape[0]).sqrt()
-    assert ((freq - p[0]).abs() <= 5 * se + 2 ** -17).all(), freq
+    assert ((freq - p[0]).abs() <= 5 * se + 2**-17).all(), freq
     assert set(x.unique().tolist()) == {0.0, 1.0}
     # independent across positions (the four 16-bit lanes of one 64-bit draw included)
     y = bernoulli_into(torch.full((100000, 8), 0.5), torch.empty(100000, 8), torch.Generator().manual_seed(1))
@@ -378,6 +397,7 @@ def test_bernoulli_sampler_frequencies():
 def test_trainer_interface_init_rbm():
     """create("deep-ae", init="rbm") -> needs_pretraining; pretrain(x, seed=) is reproducible and loads the stack."""
     from aelab.models import create
+
     x = toy_digits(300)
     options = dict(input_shape=[1, 8, 8], layers=[64, 24, 2], init="rbm", pretrain_epochs=2)
     model, again = create("deep-ae", **options), create("deep-ae", **options)
@@ -393,4 +413,5 @@ def test_trainer_interface_init_rbm():
 
 def toy_digits(n: int) -> torch.Tensor:
     from sklearn.datasets import load_digits
+
     return torch.tensor(load_digits().data[:n] / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)

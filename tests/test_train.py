@@ -13,8 +13,15 @@ from aelab.train import TrainConfig, train
 
 
 def small_cfg(tmp_path, name="run", **kw):
-    base = dict(model="ae", model_options={"hidden": [32], "latent": 4}, dataset="digits", train_limit=300,
-                epochs=3, batch_size=64, out=str(tmp_path / name))
+    base = dict(
+        model="ae",
+        model_options={"hidden": [32], "latent": 4},
+        dataset="digits",
+        train_limit=300,
+        epochs=3,
+        batch_size=64,
+        out=str(tmp_path / name),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -51,7 +58,9 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
 def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
     a = train(small_cfg(tmp_path, "a", model="vae", model_options={"hidden": [32], "latent": 4}), progress=False)
     b = train(small_cfg(tmp_path, "b", model="vae", model_options={"hidden": [32], "latent": 4}), progress=False)
-    c = train(small_cfg(tmp_path, "c", model="vae", model_options={"hidden": [32], "latent": 4}, seed=1), progress=False)
+    c = train(
+        small_cfg(tmp_path, "c", model="vae", model_options={"hidden": [32], "latent": 4}, seed=1), progress=False
+    )
     wa, wb, wc = (load_file(p / "model.safetensors") for p in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
@@ -64,7 +73,7 @@ def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
 def test_resume_from_epoch_k_ends_identical(tmp_path, model):
     opts = {"hidden": [32], "latent": 4}
     full = train(small_cfg(tmp_path, "full", model=model, model_options=opts, epochs=4), progress=False)
-    part = train(small_cfg(tmp_path, "part", model=model, model_options=opts, epochs=2), progress=False)
+    train(small_cfg(tmp_path, "part", model=model, model_options=opts, epochs=2), progress=False)
     resumed = train(small_cfg(tmp_path, "part", model=model, model_options=opts, epochs=4), resume=True, progress=False)
     wf, wr = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
@@ -107,8 +116,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_config_validation(tmp_path):
-    for bad in [dict(epochs=0), dict(batch_size=-1), dict(lr=0.0), dict(model="nope"), dict(dataset="nope"),
-                dict(device="tpu"), dict(optimizer="sgd")]:
+    for bad in [
+        dict(epochs=0),
+        dict(batch_size=-1),
+        dict(lr=0.0),
+        dict(model="nope"),
+        dict(dataset="nope"),
+        dict(device="tpu"),
+        dict(optimizer="sgd"),
+    ]:
         with pytest.raises(ConfigError):
             train(small_cfg(tmp_path, **bad), progress=False)
     if not torch.cuda.is_available():
@@ -120,8 +136,9 @@ def test_config_validation(tmp_path):
 def test_lbfgs_optimizer_trains_and_resumes(tmp_path):
     full = train(small_cfg(tmp_path, "full", optimizer="lbfgs", lr=0.5, batch_size=300, epochs=3), progress=False)
     train(small_cfg(tmp_path, "part", optimizer="lbfgs", lr=0.5, batch_size=300, epochs=1), progress=False)
-    resumed = train(small_cfg(tmp_path, "part", optimizer="lbfgs", lr=0.5, batch_size=300, epochs=3), resume=True,
-                    progress=False)
+    resumed = train(
+        small_cfg(tmp_path, "part", optimizer="lbfgs", lr=0.5, batch_size=300, epochs=3), resume=True, progress=False
+    )
     wf, wr = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
     lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]

@@ -3,9 +3,8 @@ import math
 import pytest
 import torch
 
-from aelab.errors import ConfigError
-
 from aelab import models
+from aelab.errors import ConfigError
 from aelab.models.vae import gaussian_log_prob, kl_to_standard_normal
 
 torch.set_default_dtype(torch.float32)
@@ -24,8 +23,9 @@ def test_analytic_kl_matches_monte_carlo():
     analytic = kl_to_standard_normal(mu, logvar)
     assert ((analytic - mc).abs() < 4 * se).all(), (analytic, mc, se)
     # and against torch.distributions' closed form
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * logvar).exp()),
-                                            torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)
+    ).sum(-1)
     torch.testing.assert_close(analytic, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -109,7 +109,7 @@ def test_ae_loss_is_sum_over_pixels_and_weight_decay_adds_the_penalty():
     aewd = models.create("ae", input_shape=(1, 8, 8), hidden=[16], latent=3, loss="bce", weight_decay=0.01)
     aewd.load_state_dict(ae.state_dict())
     bce = torch.nn.functional.binary_cross_entropy(aewd(x), x, reduction="sum") / 7
-    wsq = sum((p ** 2).sum() for n, p in aewd.named_parameters() if n.endswith("weight"))
+    wsq = sum((p**2).sum() for n, p in aewd.named_parameters() if n.endswith("weight"))
     torch.testing.assert_close(aewd.loss(x), bce + 0.01 * wsq, rtol=1e-5, atol=1e-5)
 
 

@@ -12,6 +12,7 @@ Where things live (data flows down this list):
     options.py    typed option values shared by the CLI and the experiments
     cli.py        parses arguments and dispatches, nothing else
 """
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_model"]

@@ -2,6 +2,7 @@
 
 Bad input: one line on stderr and exit status 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default="ae", help=f"one of: {', '.join(models.names())}")
     p.add_argument("--dataset", default="mnist5k", help="a dataset name (see aelab data list)")
-    p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)")
+    p.add_argument(
+        "--data-dir", default=None, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)"
+    )
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=1e-3)
@@ -36,10 +39,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (no-op with a warning on CPU)")
     p.add_argument("--latent", type=positive_int, default=None, help="code size")
     p.add_argument("--hidden", type=int_list, default=None, help="hidden sizes, e.g. 256,64")
-    p.add_argument("--loss", default=None, help="mse or bce (ae); bce or gaussian likelihood (vae: --option likelihood=)")
+    p.add_argument(
+        "--loss", default=None, help="mse or bce (ae); bce or gaussian likelihood (vae: --option likelihood=)"
+    )
     p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
-    p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other model option, e.g. --option weight_decay=1e-4 (JSON values)")
+    p.add_argument(
+        "--option",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other model option, e.g. --option weight_decay=1e-4 (JSON values)",
+    )
     p.add_argument("--dataset-option", type=key_value, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -56,10 +67,22 @@ def train_config_from_args(args):
         options["hidden"] = args.hidden
     if args.loss is not None:
         options["loss"] = args.loss
-    return TrainConfig(model=args.model, model_options=options, dataset=args.dataset,
-                       dataset_options=dict(args.dataset_option), data_dir=args.data_dir, train_limit=args.train_limit,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       seed=args.seed, device=args.device, amp=args.amp, out=args.out)
+    return TrainConfig(
+        model=args.model,
+        model_options=options,
+        dataset=args.dataset,
+        dataset_options=dict(args.dataset_option),
+        data_dir=args.data_dir,
+        train_limit=args.train_limit,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        out=args.out,
+    )
 
 
 def cmd_train(args) -> int:
@@ -200,3 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aelab: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: one line and exit 1 (AELAB_DEBUG=1 shows the traceback)
+        if os.environ.get("AELAB_DEBUG"):
+            raise
+        print(
+            f"aelab: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+            "(run with AELAB_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

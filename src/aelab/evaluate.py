@@ -15,6 +15,7 @@ Metrics (per image unless stated):
 
 `evaluate(run, write=False)` computes and returns; only `write=True` touches the run folder.
 """
+
 from __future__ import annotations
 
 import time
@@ -48,8 +49,14 @@ def first_of_each_class(labels: torch.Tensor, n: int = 16, seed: int = 0) -> lis
     return first + [i for i in others if i not in first][: n - len(first)]
 
 
-def evaluate(run_dir: str | Path, iwae_k: int = 100, tsne_points: int = 2000, figures: bool = True,
-             seed: int = 0, write: bool = True) -> dict:
+def evaluate(
+    run_dir: str | Path,
+    iwae_k: int = 100,
+    tsne_points: int = 2000,
+    figures: bool = True,
+    seed: int = 0,
+    write: bool = True,
+) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder; with write=False nothing on disk changes."""
     run_dir = Path(run_dir)
@@ -89,11 +96,22 @@ def evaluate(run_dir: str | Path, iwae_k: int = 100, tsne_points: int = 2000, fi
         metrics.update(extra)
     name = type(model).name
     result = {
-        "run": str(run_dir), "model": name, "metrics": metrics,
-        "data": {"dataset": config["dataset"], "dataset_options": config.get("dataset_options", {}),
-                 "fit_split": "train", "score_split": "test", "n_train": len(train_x), "n_test": len(test_x)},
-        "protocol": {"pca": "fitted on train images, scored on test", "probe": "LogisticRegression on standardised "
-                     "train codes, scored on test codes", "tsne": f"{min(tsne_points, len(test_x))} test codes"},
+        "run": str(run_dir),
+        "model": name,
+        "metrics": metrics,
+        "data": {
+            "dataset": config["dataset"],
+            "dataset_options": config.get("dataset_options", {}),
+            "fit_split": "train",
+            "score_split": "test",
+            "n_train": len(train_x),
+            "n_test": len(test_x),
+        },
+        "protocol": {
+            "pca": "fitted on train images, scored on test",
+            "probe": "LogisticRegression on standardised train codes, scored on test codes",
+            "tsne": f"{min(tsne_points, len(test_x))} test codes",
+        },
         "eval_time_s": time.perf_counter() - t0,
     }
     if spectrum is not None:
@@ -106,16 +124,25 @@ def evaluate(run_dir: str | Path, iwae_k: int = 100, tsne_points: int = 2000, fi
         fig_dir = run_dir / "figures"
         figs = _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed)
         if spectrum is not None:
-            figs.append((f"Singular values of the encoder's Jacobian, mean over {metrics['spectrum_points']} test "
-                         "points", report.plot_spectra({name: spectrum}, fig_dir / "jacobian_spectrum.png")))
+            figs.append(
+                (
+                    f"Singular values of the encoder's Jacobian, mean over {metrics['spectrum_points']} test points",
+                    report.plot_spectra({name: spectrum}, fig_dir / "jacobian_spectrum.png"),
+                )
+            )
         if bit_usage is not None:
-            figs.append(("Bit usage over the train images", report.plot_bit_usage(bit_usage,
-                                                                                  fig_dir / "bit_usage.png")))
+            figs.append(
+                ("Bit usage over the train images", report.plot_bit_usage(bit_usage, fig_dir / "bit_usage.png"))
+            )
     runs.write_json(run_dir / "eval.json", result)
-    report.write_report(run_dir, f"aelab run: {name} on {config['dataset']}",
-                        [("Test metrics (fitted on train, scored on test)", [{"model": name, **metrics}])],
-                        figs, notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."],
-                        config=config)
+    report.write_report(
+        run_dir,
+        f"aelab run: {name} on {config['dataset']}",
+        [("Test metrics (fitted on train, scored on test)", [{"model": name, **metrics}])],
+        figs,
+        notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."],
+        config=config,
+    )
     return result
 
 
@@ -123,23 +150,40 @@ def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne
     figs = []
     name = type(model).name
     shown = first_of_each_class(test_y, 16, seed)
-    figs.append(("Test images (top) and reconstructions (bottom)", report.plot_image_rows(
-        [test_x[shown].numpy(), test_hat[shown]], ["input", "recon"], fig_dir / "reconstructions.png")))
+    figs.append(
+        (
+            "Test images (top) and reconstructions (bottom)",
+            report.plot_image_rows(
+                [test_x[shown].numpy(), test_hat[shown]], ["input", "recon"], fig_dir / "reconstructions.png"
+            ),
+        )
+    )
     n = min(tsne_points, len(test_codes))
     emb = tsne_2d(test_codes[:n], seed) if test_codes.shape[1] > 2 else test_codes[:n]
-    figs.append((f"t-SNE of {n} test codes, coloured by label", report.plot_scatter(
-        emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes")))
+    figs.append(
+        (
+            f"t-SNE of {n} test codes, coloured by label",
+            report.plot_scatter(emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes"),
+        )
+    )
     history = runs.read_history(run_dir)
     if history:
         figs.append(("Loss curves", report.plot_curves({name: history}, fig_dir / "loss.png")))
     if model.can_sample:
         gen = torch.Generator().manual_seed(seed)
         samples = model.sample(32, generator=gen).cpu().numpy()
-        figs.append(("Samples from the prior", report.plot_image_rows([samples[:16], samples[16:]], ["", ""],
-                                                                       fig_dir / "samples.png")))
+        figs.append(
+            (
+                "Samples from the prior",
+                report.plot_image_rows([samples[:16], samples[16:]], ["", ""], fig_dir / "samples.png"),
+            )
+        )
         pairs = [(a, b) for a, b in [(0, 1), (3, 8), (4, 9)] if b < len(shown)]
         rows = [model.interpolate(test_x[shown[a]], test_x[shown[b]], steps=12).cpu().numpy() for a, b in pairs]
-        figs.append(("Interpolations between test digits (posterior means)", report.plot_image_rows(
-            rows, [f"{a}→{b}" for a, b in pairs], fig_dir / "interpolation.png")))
+        figs.append(
+            (
+                "Interpolations between test digits (posterior means)",
+                report.plot_image_rows(rows, [f"{a}→{b}" for a, b in pairs], fig_dir / "interpolation.png"),
+            )
+        )
     return figs
-

@@ -9,6 +9,7 @@ An experiment declares its settings as a dataclass; each field may carry metadat
 and `from_args(Settings, args)` builds the dataclass back. Nothing here imports torch: `aelab --help` and
 `aelab models` stay fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,8 @@ import json
 import math
 import re
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAX_SEED = 2**63  # seeds live in [0, 2^63): what torch.manual_seed and numpy's generators accept
 
@@ -106,8 +108,9 @@ def key_value(text: str) -> tuple[str, object]:
 
 
 # ---------------------------------------------------------------- settings dataclasses <-> argparse
-def opt(help: str = "", parse: Callable[[str], Any] | None = None, choices: list | tuple | None = None,
-        hidden: bool = False) -> dict:
+def opt(
+    help: str = "", parse: Callable[[str], Any] | None = None, choices: list | tuple | None = None, hidden: bool = False
+) -> dict:
     """Field metadata for `add_arguments`: help text, a parser for one value, the allowed values."""
     return {"help": help, "parse": parse, "choices": choices, "hidden": hidden}
 

@@ -1,4 +1,5 @@
 """Figures (PNG) and reports: report.html (self-contained, PNGs embedded) and report.md, its text twin."""
+
 from __future__ import annotations
 
 import base64
@@ -6,8 +7,9 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -30,7 +32,7 @@ def image_mosaic(rows: Sequence[np.ndarray], pad: int = 1) -> np.ndarray:
             img = np.clip(img, 0, 1)
             img = np.repeat(img, 3, 0) if c == 1 else img[:3]
             y, x = pad + i * (h + pad), pad + j * (w + pad)
-            out[y:y + h, x:x + w] = img.transpose(1, 2, 0)
+            out[y : y + h, x : x + w] = img.transpose(1, 2, 0)
     return out
 
 
@@ -54,8 +56,9 @@ def plot_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str
     return save_png(fig, path)
 
 
-def plot_scatter(points: np.ndarray, colours: np.ndarray, path: str | Path, title: str,
-                 colour_name: str = "label") -> Path:
+def plot_scatter(
+    points: np.ndarray, colours: np.ndarray, path: str | Path, title: str, colour_name: str = "label"
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5.5))
     sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
     fig.colorbar(sc, ax=ax, ticks=range(10), label=colour_name)
@@ -65,14 +68,19 @@ def plot_scatter(points: np.ndarray, colours: np.ndarray, path: str | Path, titl
     return save_png(fig, path)
 
 
-def plot_curves(histories: dict[str, list[dict]], path: str | Path, keys=("train_loss", "test_loss"),
-                title: str = "loss per epoch") -> Path:
+def plot_curves(
+    histories: dict[str, list[dict]], path: str | Path, keys=("train_loss", "test_loss"), title: str = "loss per epoch"
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, history in histories.items():
         rows = [h for h in history if "train_loss" in h]
         for key in keys:
-            ax.plot([h["epoch"] for h in rows], [h[key] for h in rows], label=f"{name} {key}",
-                    linestyle="-" if key.startswith("train") else "--")
+            ax.plot(
+                [h["epoch"] for h in rows],
+                [h[key] for h in rows],
+                label=f"{name} {key}",
+                linestyle="-" if key.startswith("train") else "--",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per image")
     ax.set_title(title)
@@ -84,8 +92,12 @@ def plot_spectra(spectra: dict[str, list[float]], path: str | Path) -> Path:
     """Mean sorted singular values of J_f(x) per model (log scale)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, values in spectra.items():
-        ax.semilogy(range(1, len(values) + 1), [max(v, 1e-12) for v in values], label=label,
-                    linestyle="-" if label.upper().startswith("CAE") else "--")
+        ax.semilogy(
+            range(1, len(values) + 1),
+            [max(v, 1e-12) for v in values],
+            label=label,
+            linestyle="-" if label.upper().startswith("CAE") else "--",
+        )
     ax.set_xlabel("rank of the singular value")
     ax.set_ylabel("singular value of J_f(x)")
     ax.set_title("Jacobian spectrum of the encoder on test points")
@@ -128,25 +140,36 @@ def html_table(rows: list[dict]) -> str:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ---------------------------------------------------------------- the report
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-        "th{background:#eee}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
-        "figure{margin:1.5em 0}figcaption{font-weight:bold}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+    "th{background:#eee}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
+    "figure{margin:1.5em 0}figcaption{font-weight:bold}"
+)
 
 
-def write_report(out_dir: str | Path, title: str, tables: list[tuple[str, list[dict]]],
-                 figures: list[tuple[str, str | Path]], notes: Sequence[str] = (),
-                 config: dict | None = None) -> Path:
+def write_report(
+    out_dir: str | Path,
+    title: str,
+    tables: list[tuple[str, list[dict]]],
+    figures: list[tuple[str, str | Path]],
+    notes: Sequence[str] = (),
+    config: dict | None = None,
+) -> Path:
     """Write out_dir/report.html (PNGs embedded as base64) and out_dir/report.md; return the HTML path."""
     out_dir = Path(out_dir)
     md = [f"# {title}", ""]
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    h = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
     for note in notes:
         md += [note, ""]
         h.append(f"<p>{html.escape(note)}</p>")
@@ -158,8 +181,10 @@ def write_report(out_dir: str | Path, title: str, tables: list[tuple[str, list[d
         rel = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
         md += [f"## {caption}", "", f"![{caption}]({rel})", ""]
         b64 = base64.b64encode(path.read_bytes()).decode()
-        h.append(f"<figure><figcaption>{html.escape(caption)}</figcaption>"
-                 f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'></figure>")
+        h.append(
+            f"<figure><figcaption>{html.escape(caption)}</figcaption>"
+            f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'></figure>"
+        )
     if config is not None:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         md += ["## Configuration", "", "```json", text, "```", ""]

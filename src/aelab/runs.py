@@ -11,6 +11,7 @@ Every file is written to a temp file beside it, flushed, then renamed over the d
 the old file or the new one, never half of one. Checkpoints are safetensors plus JSON, never Python object
 serialisation; anything else given as a checkpoint is refused unread.
 """
+
 from __future__ import annotations
 
 import json
@@ -145,11 +146,17 @@ def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> An
         tensors[key] = obj.detach().cpu().contiguous()
         return {"__tensor__": key}
     if isinstance(obj, dict):
-        return {"__dict__": [[flatten_state(k, f"{prefix}.k{i}", tensors), flatten_state(v, f"{prefix}.{i}", tensors)]
-                             for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__dict__": [
+                [flatten_state(k, f"{prefix}.k{i}", tensors), flatten_state(v, f"{prefix}.{i}", tensors)]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__list__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise CheckpointError(f"cannot store a {type(obj).__name__} in a checkpoint")
@@ -171,8 +178,11 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, A
     """Save a nested state (tensors anywhere inside) as one safetensors file; structure goes in its JSON header."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, "s", tensors)
-    header = {"format_version": str(FORMAT_VERSION), "skeleton": json.dumps(skeleton),
-              "meta": json.dumps(meta or {}, default=_json_default)}
+    header = {
+        "format_version": str(FORMAT_VERSION),
+        "skeleton": json.dumps(skeleton),
+        "meta": json.dumps(meta or {}, default=_json_default),
+    }
     atomic_write_bytes(path, st_save_bytes(tensors, metadata=header))
 
 
@@ -181,8 +191,9 @@ def _refuse_non_safetensors(path: Path, data: bytes) -> None:
     if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
         return  # safetensors: u64 little-endian header length, then a JSON header
     if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise CheckpointError(f"{path}: is a torch.save (Python-serialised) file; aelab only reads safetensors "
-                              "(refused, not executed)")
+        raise CheckpointError(
+            f"{path}: is a torch.save (Python-serialised) file; aelab only reads safetensors (refused, not executed)"
+        )
     raise CheckpointError(f"{path}: not a safetensors file")
 
 
@@ -203,7 +214,9 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
     version = int(header.get("format_version", "0"))
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})"
+        )
     if "skeleton" not in header:
         return dict(tensors), {}
     return unflatten_state(json.loads(header["skeleton"]), tensors), json.loads(header.get("meta", "{}"))
@@ -217,9 +230,16 @@ def package_versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"aelab": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "safetensors": safetensors.__version__,
-            "platform": platform.platform(), "torch_threads": str(torch.get_num_threads())}
+    return {
+        "aelab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "safetensors": safetensors.__version__,
+        "platform": platform.platform(),
+        "torch_threads": str(torch.get_num_threads()),
+    }
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
@@ -248,10 +268,16 @@ def save_model(run_dir: str | os.PathLike, model: nn.Module, durable: bool = Tru
     """model.safetensors (a plain state dict, readable by any safetensors tool) + model.json (name and options)."""
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(run_dir / "model.safetensors",
-                       st_save_bytes(state, metadata={"format_version": str(FORMAT_VERSION)}), durable=durable)
-    write_json(run_dir / "model.json", {"format_version": FORMAT_VERSION, "name": type(model).name,
-                                        "options": model.options}, durable=durable)
+    atomic_write_bytes(
+        run_dir / "model.safetensors",
+        st_save_bytes(state, metadata={"format_version": str(FORMAT_VERSION)}),
+        durable=durable,
+    )
+    write_json(
+        run_dir / "model.json",
+        {"format_version": FORMAT_VERSION, "name": type(model).name, "options": model.options},
+        durable=durable,
+    )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -266,7 +292,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
     """Rebuild the model of a run folder from model.json and model.safetensors, in eval mode.
 
-        model = aelab.load_model("runs/vae")
+    model = aelab.load_model("runs/vae")
     """
     from . import models
 
@@ -277,8 +303,10 @@ def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("options"), dict):
         raise CheckpointError(f"{run_dir}/model.json: expected an object with a model name and its options")
     if int(spec.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{run_dir}/model.json: written by a newer aelab (format {spec['format_version']}, "
-                              f"this one reads <= {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{run_dir}/model.json: written by a newer aelab (format {spec['format_version']}, "
+            f"this one reads <= {FORMAT_VERSION})"
+        )
     try:
         model = models.create(spec["name"], **spec["options"])
     except ValueError as e:  # unknown name or option, or an option out of range

@@ -15,6 +15,7 @@ gradient is exactly the gradient of the global batch mean. Everything that
 decides control flow (the L-BFGS objective, the NaN check) is all-reduced, so
 every rank takes the same branch and no rank waits in a collective alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -112,6 +114,7 @@ def all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
 
 def average_across_ranks(world: int) -> Callable[[list[torch.Tensor]], None]:
     """An `allreduce` hook that replaces each tensor by its mean over ranks (RBM pretraining statistics)."""
+
     def allreduce(tensors: list[torch.Tensor]) -> None:
         for t in tensors:
             all_reduce_sum(t, world).div_(world)
@@ -137,8 +140,9 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, images: torch.Tensor, batch_size: int, seed: int,
-                  rank: int = 0, world: int = 1) -> dict[str, float]:
+def evaluate_loss(
+    model: nn.Module, images: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world: int = 1
+) -> dict[str, float]:
     """Mean per-image loss terms over a data set (each rank takes a contiguous shard, sums are all-reduced)."""
     was_training = model.training
     model.eval()
@@ -173,8 +177,9 @@ def load_data(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, tor
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "lbfgs":
-        return torch.optim.LBFGS(model.parameters(), lr=cfg.lr, max_iter=3, history_size=10,
-                                 line_search_fn="strong_wolfe")
+        return torch.optim.LBFGS(
+            model.parameters(), lr=cfg.lr, max_iter=3, history_size=10, line_search_fn="strong_wolfe"
+        )
     # the fused kernel updates all parameters in one pass; on CPU the default is one tensor at a time
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
 
@@ -203,14 +208,25 @@ class RunWriter:
     def checkpoint(self, epoch: int) -> None:
         if not self.enabled:
             return
-        runs.save_state(self.out / "checkpoint.safetensors",
-                        {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()},
-                        meta={"epoch": epoch, "history": self.history, "pretrained": self.pretrained})
+        runs.save_state(
+            self.out / "checkpoint.safetensors",
+            {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()},
+            meta={"epoch": epoch, "history": self.history, "pretrained": self.pretrained},
+        )
         self._write_derived_files()
 
 
-def train_one_epoch(step_model: nn.Module, opt: torch.optim.Optimizer, train_x: torch.Tensor, cfg: TrainConfig,
-                    epoch: int, rank: int, world: int, autocast, bar=None) -> tuple[float, int]:
+def train_one_epoch(
+    step_model: nn.Module,
+    opt: torch.optim.Optimizer,
+    train_x: torch.Tensor,
+    cfg: TrainConfig,
+    epoch: int,
+    rank: int,
+    world: int,
+    autocast,
+    bar=None,
+) -> tuple[float, int]:
     """One pass over a fresh permutation of train_x; returns (mean train loss per image, steps taken).
 
     Stops early (the loss is then non-finite) when the loss of any rank is NaN or inf at a check."""
@@ -286,8 +302,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     train_x, test_x = load_data(cfg, device)
     model = models.create(cfg.model, **{"input_shape": list(train_x.shape[1:]), **cfg.model_options}).to(device)
     opt = make_optimizer(cfg, model)
-    config = {**dataclasses.asdict(cfg), "model_options": model.options, "format_version": runs.FORMAT_VERSION,
-              "n_train": len(train_x), "n_test": len(test_x), "world_size": world}
+    config = {
+        **dataclasses.asdict(cfg),
+        "model_options": model.options,
+        "format_version": runs.FORMAT_VERSION,
+        "n_train": len(train_x),
+        "n_test": len(test_x),
+        "world_size": world,
+    }
     start_epoch, history = 0, []
     run = RunWriter(out, model, opt, history, enabled=rank == 0)
     if resume:
@@ -306,8 +328,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         t0 = time.perf_counter()
         if world > 1:  # each rank runs CD on its equal share; the CD statistics are averaged every batch
             share = len(train_x) // world
-            model.pretrain(train_x[rank * share:(rank + 1) * share], seed=cfg.seed, log=say,
-                           allreduce=average_across_ranks(world), world=world)
+            model.pretrain(
+                train_x[rank * share : (rank + 1) * share],
+                seed=cfg.seed,
+                log=say,
+                allreduce=average_across_ranks(world),
+                world=world,
+            )
         else:
             model.pretrain(train_x, seed=cfg.seed, log=say)
         run.pretrained = True
@@ -326,8 +353,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         from tqdm import tqdm
 
         steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-        bar = tqdm(total=steps_per_epoch * (cfg.epochs - start_epoch), desc=out.name or str(out), unit="step",
-                   mininterval=0.5, file=sys.stderr)
+        bar = tqdm(
+            total=steps_per_epoch * (cfg.epochs - start_epoch),
+            desc=out.name or str(out),
+            unit="step",
+            mininterval=0.5,
+            file=sys.stderr,
+        )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -338,11 +370,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
             if bar is not None:
                 bar.close()
             kept = f"epoch {history[-1]['epoch']}" if history else "none: no epoch had finished"
-            raise TrainingDiverged(f"the loss became NaN/inf in epoch {epoch + 1} (step {steps}); stopped. "
-                                   f"The last good checkpoint ({kept}) is kept in {ckpt_path}")
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_terms.pop("loss"),
-                  **{f"test_{k}": v for k, v in test_terms.items()},
-                  "train_time_s": train_time, "train_samples_per_s": len(train_x) / train_time}
+            raise TrainingDiverged(
+                f"the loss became NaN/inf in epoch {epoch + 1} (step {steps}); stopped. "
+                f"The last good checkpoint ({kept}) is kept in {ckpt_path}"
+            )
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "test_loss": test_terms.pop("loss"),
+            **{f"test_{k}": v for k, v in test_terms.items()},
+            "train_time_s": train_time,
+            "train_samples_per_s": len(train_x) / train_time,
+        }
         history.append(record)
         run.checkpoint(epoch + 1)
         if tb is not None:

@@ -1,7 +1,18 @@
 """Data: `load(name, split)` -> (images (N, C, H, W) float32 in [0, 1], labels int64), the IDX reader and downloads."""
+
 from ..errors import DataError
 from .datasets import EMBEDDED, IDX_DATASETS, available_offline, data_dir, fetch, load, names, verify
 from .idx import read_idx
 
-__all__ = ["DataError", "EMBEDDED", "IDX_DATASETS", "available_offline", "data_dir", "fetch", "load", "names",
-           "read_idx", "verify"]
+__all__ = [
+    "DataError",
+    "EMBEDDED",
+    "IDX_DATASETS",
+    "available_offline",
+    "data_dir",
+    "fetch",
+    "load",
+    "names",
+    "read_idx",
+    "verify",
+]

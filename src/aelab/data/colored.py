@@ -28,24 +28,27 @@ tensor file, which we do not reproduce.
 All randomness comes from a torch.Generator seeded with `seed`, so the result does not depend on (or change)
 the global RNG state.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-PALETTE = torch.tensor([
-    [0.90, 0.10, 0.10],  # 0 red
-    [0.10, 0.75, 0.15],  # 1 green
-    [0.15, 0.35, 0.95],  # 2 blue
-    [0.95, 0.85, 0.10],  # 3 yellow
-    [0.90, 0.15, 0.85],  # 4 magenta
-    [0.10, 0.85, 0.90],  # 5 cyan
-    [0.95, 0.55, 0.10],  # 6 orange
-    [0.55, 0.25, 0.85],  # 7 purple
-    [0.55, 0.35, 0.15],  # 8 brown
-    [0.90, 0.90, 0.90],  # 9 light grey
-])
+PALETTE = torch.tensor(
+    [
+        [0.90, 0.10, 0.10],  # 0 red
+        [0.10, 0.75, 0.15],  # 1 green
+        [0.15, 0.35, 0.95],  # 2 blue
+        [0.95, 0.85, 0.10],  # 3 yellow
+        [0.90, 0.15, 0.85],  # 4 magenta
+        [0.10, 0.85, 0.90],  # 5 cyan
+        [0.95, 0.55, 0.10],  # 6 orange
+        [0.55, 0.25, 0.85],  # 7 purple
+        [0.55, 0.35, 0.15],  # 8 brown
+        [0.90, 0.90, 0.90],  # 9 light grey
+    ]
+)
 COLOR_NAMES = ["red", "green", "blue", "yellow", "magenta", "cyan", "orange", "purple", "brown", "light grey"]
 SPLITS = ("train", "test")
 
@@ -55,8 +58,15 @@ def aligned_count(n: int, aligned_ratio: float) -> int:
     return math.floor(aligned_ratio * n + 0.5)
 
 
-def make_colored_mnist(images: torch.Tensor, labels: torch.Tensor, split: str, aligned_ratio: float = 0.95,
-                       seed: int = 0, color_std: float = 0.005, n_classes: int = 10) -> dict[str, torch.Tensor]:
+def make_colored_mnist(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    split: str,
+    aligned_ratio: float = 0.95,
+    seed: int = 0,
+    color_std: float = 0.005,
+    n_classes: int = 10,
+) -> dict[str, torch.Tensor]:
     """Colour grayscale digits (N, 1, H, W) in [0, 1] with the LfF protocol (see the module docstring).
 
     Returns a dict of

@@ -3,6 +3,7 @@
 Batches are index slices of these tensors: the data fit in memory, so a
 per-sample Dataset/DataLoader would only add Python overhead.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -43,24 +44,52 @@ class IdxDataset:
 
 
 IDX_DATASETS = {
-    "mnist": IdxDataset("mnist", ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"), {
-        "train_images": IdxFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
-        "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
-        "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
-        "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
-    }),
-    "fashion-mnist": IdxDataset("fashion-mnist", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), {
-        "train_images": IdxFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-        "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
-        "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
-        "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
-    }),
-    "kmnist": IdxDataset("kmnist", ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",), {
-        "train_images": IdxFile("train-images-idx3-ubyte.gz", "bdb82020997e1d708af4cf47b453dcf7"),
-        "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "e144d726b3acfaa3e44228e80efcd344"),
-        "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "5c965bf0a639b31b8f53240b1b52f4d7"),
-        "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "7320c461ea6c1c855c0b718fb2a4b134"),
-    }),
+    "mnist": IdxDataset(
+        "mnist",
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        {
+            "train_images": IdxFile(
+                "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"
+            ),
+            "train_labels": IdxFile(
+                "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"
+            ),
+            "test_images": IdxFile(
+                "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"
+            ),
+            "test_labels": IdxFile(
+                "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"
+            ),
+        },
+    ),
+    "fashion-mnist": IdxDataset(
+        "fashion-mnist",
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        {
+            "train_images": IdxFile(
+                "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"
+            ),
+            "train_labels": IdxFile(
+                "train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"
+            ),
+            "test_images": IdxFile(
+                "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"
+            ),
+            "test_labels": IdxFile(
+                "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"
+            ),
+        },
+    ),
+    "kmnist": IdxDataset(
+        "kmnist",
+        ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        {
+            "train_images": IdxFile("train-images-idx3-ubyte.gz", "bdb82020997e1d708af4cf47b453dcf7"),
+            "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "e144d726b3acfaa3e44228e80efcd344"),
+            "test_images": IdxFile("t10k-images-idx3-ubyte.gz", "5c965bf0a639b31b8f53240b1b52f4d7"),
+            "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", "7320c461ea6c1c855c0b718fb2a4b134"),
+        },
+    ),
 }
 
 EMBEDDED = {
@@ -89,8 +118,9 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
 def _stratified_split(images: np.ndarray, labels: np.ndarray, n_test: int, split: str):
     from sklearn.model_selection import train_test_split
 
-    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=n_test, stratify=labels,
-                                           random_state=SPLIT_SEED)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=n_test, stratify=labels, random_state=SPLIT_SEED
+    )
     # keep train_test_split's shuffled order: the source files are sorted by class, and a prefix
     # (--train-limit N) must be a sample of every class, not the first digits only
     idx = idx_train if split == "train" else idx_test
@@ -130,8 +160,10 @@ def verify(path: Path, spec: IdxFile) -> None:
         if _md5(raw) == spec.raw_md5:
             return
         got = f"{got} (uncompressed {_md5(raw)})"
-    raise DataError(f"{path}: checksum mismatch: MD5 {got}, expected {spec.gz_md5}"
-                    + (f" or uncompressed {spec.raw_md5}" if spec.raw_md5 else ""))
+    raise DataError(
+        f"{path}: checksum mismatch: MD5 {got}, expected {spec.gz_md5}"
+        + (f" or uncompressed {spec.raw_md5}" if spec.raw_md5 else "")
+    )
 
 
 def _download(url: str, dest: Path, spec: IdxFile, timeout: float = 30.0) -> None:
@@ -150,8 +182,9 @@ def _download(url: str, dest: Path, spec: IdxFile, timeout: float = 30.0) -> Non
             os.unlink(tmp)
 
 
-def fetch(name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None,
-          quiet: bool = True) -> Path:
+def fetch(
+    name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None, quiet: bool = True
+) -> Path:
     """Make sure the IDX files of `name` are in root/name, downloading and verifying what is missing."""
     if name not in IDX_DATASETS:
         if name in EMBEDDED or name in DERIVED:
@@ -173,8 +206,10 @@ def fetch(name: str, root: str | os.PathLike | None = None, mirrors: list[str] |
                 errors.append(f"{url}: {getattr(e, 'reason', e)}")
         else:
             files = ", ".join(f.name for f in ds.files.values())
-            raise DataError(f"could not download {name} ({'; '.join(errors)}); with no network, put {files} "
-                            f"(from {ds.mirrors[0]}) in {folder}")
+            raise DataError(
+                f"could not download {name} ({'; '.join(errors)}); with no network, put {files} "
+                f"(from {ds.mirrors[0]}) in {folder}"
+            )
     return folder
 
 
@@ -199,8 +234,9 @@ def _idx_arrays(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def load(name: str = "mnist5k", split: str = "train", data_dir: str | os.PathLike | None = None,
-         **options) -> tuple[torch.Tensor, torch.Tensor]:
+def load(
+    name: str = "mnist5k", split: str = "train", data_dir: str | os.PathLike | None = None, **options
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images float32 (N, C, H, W) in [0, 1], labels int64) of one split of a dataset."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")

@@ -3,6 +3,7 @@
 Layout: 2 zero bytes, a type byte (0x08 = uint8), a byte with the number of
 dimensions n, then n big-endian int32 sizes, then the data in C order.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -13,8 +14,14 @@ import numpy as np
 
 from ..errors import DataError
 
-_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-          0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_TYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:

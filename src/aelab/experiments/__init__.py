@@ -2,10 +2,20 @@
 
 Modules are imported only when their experiment runs: `aelab --help` and `aelab models` stay fast.
 """
+
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "train the MLP AE and the VAE on mnist5k, evaluate both, write one report"),
-    "debias": ("debias", "rank ColoredMNIST training images by how likely they are bias-conflicting, without colour labels"),
+    "debias": (
+        "debias",
+        "rank ColoredMNIST training images by how likely they are bias-conflicting, without colour labels",
+    ),
     "binary": ("binary", "binary (STE) vs float bottleneck vs PCA-sign codes: reconstruction and Hamming retrieval"),
-    "hinton2006": ("hinton2006", "raw pixels vs PCA vs deep AE (random init) vs RBM-pretrained deep AE (Hinton & Salakhutdinov 2006)"),
-    "contractive": ("contractive", "AE, AE+wd, DAE and CAE with one 784-1000 sigmoid layer (Rifai et al. 2011 Table 1)"),
+    "hinton2006": (
+        "hinton2006",
+        "raw pixels vs PCA vs deep AE (random init) vs RBM-pretrained deep AE (Hinton & Salakhutdinov 2006)",
+    ),
+    "contractive": (
+        "contractive",
+        "AE, AE+wd, DAE and CAE with one 784-1000 sigmoid layer (Rifai et al. 2011 Table 1)",
+    ),
 }

@@ -7,6 +7,7 @@ retrieval (semantic hashing, Salakhutdinov & Hinton 2009; STE, Bengio, Leonard &
     test images -> codes -> reconstruction error; test codes query the train codes by Hamming distance
     -> results.json, report.html/md
 """
+
 from __future__ import annotations
 
 import time
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import report, runs
 from ..evaluate import first_of_each_class
@@ -27,10 +27,12 @@ from ..train import TrainConfig
 from .common import train_or_resume
 
 PROTOCOL = {
-    "database": "train codes", "queries": "test codes", "relevant": "same digit label",
+    "database": "train codes",
+    "queries": "test codes",
+    "relevant": "same digit label",
     "ranking": "Hamming distance, ties broken by database index (aelab.metrics.retrieval.hamming_retrieval)",
     "float_baseline_retrieval": "the float model's sigmoid code thresholded at 0.5 (the sign of its "
-                                "pre-activation, the binary model's own threshold), then Hamming ranking",
+    "pre-activation, the binary model's own threshold), then Hamming ranking",
     "float_baseline_reconstruction_and_probe": "the float (sigmoid) code itself",
     "pca_sign_reconstruction": "least-squares linear decoder x ~ W b + c from the sign bits, fitted on train",
     "probe": "logistic regression on standardised train codes, scored on test codes (aelab.metrics.codes.probe_accuracy)",
@@ -48,8 +50,9 @@ class Settings:
     backward: str = field(default="identity", metadata=opt("straight-through estimator", choices=BACKWARD_RULES))
     epochs: int | None = field(default=None, metadata=opt("default 20, --quick 3", parse=positive_int))
     seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
-    train_limit: int | None = field(default=None, metadata=opt("use only the first N training images",
-                                                                parse=positive_int))
+    train_limit: int | None = field(
+        default=None, metadata=opt("use only the first N training images", parse=positive_int)
+    )
     quick: bool = field(default=False, metadata=opt("3 epochs (about 2 minutes)"))
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
@@ -57,8 +60,11 @@ class Settings:
 def _retrieval(train_codes, train_y, test_codes, test_y) -> dict[str, float]:
     ks = [k for k in (10, 100) if k <= len(train_codes)]
     result = hamming_retrieval(train_codes, train_y, test_codes, test_y, ks=ks)
-    return {"precision@10": result.get("precision@10", float("nan")),
-            "precision@100": result.get("precision@100", float("nan")), "mAP": result["mAP"]}
+    return {
+        "precision@10": result.get("precision@10", float("nan")),
+        "precision@100": result.get("precision@100", float("nan")),
+        "mAP": result["mAP"],
+    }
 
 
 def run(settings: Settings) -> Path:
@@ -66,11 +72,21 @@ def run(settings: Settings) -> Path:
     out = Path(settings.out)
     epochs = settings.epochs or (3 if settings.quick else 20)
     rows, run_dirs, histories, recon_rows = [], {}, {}, None
-    for name, options in [("binary", {"bits": settings.bits, "backward": settings.backward}),
-                          ("float", {"bits": settings.bits, "float_bottleneck": True})]:
+    for name, options in [
+        ("binary", {"bits": settings.bits, "backward": settings.backward}),
+        ("float", {"bits": settings.bits, "float_bottleneck": True}),
+    ]:
         t0 = time.perf_counter()
-        cfg = TrainConfig(model="binary", model_options=options, dataset=settings.dataset, data_dir=settings.data_dir,
-                          train_limit=settings.train_limit, epochs=epochs, seed=settings.seed, out=str(out / name))
+        cfg = TrainConfig(
+            model="binary",
+            model_options=options,
+            dataset=settings.dataset,
+            data_dir=settings.data_dir,
+            train_limit=settings.train_limit,
+            epochs=epochs,
+            seed=settings.seed,
+            out=str(out / name),
+        )
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)
         model = runs.load_model(run_dir)
         train_x, train_y, test_x, test_y = runs.run_data(runs.read_config(run_dir), settings.data_dir)
@@ -82,13 +98,18 @@ def run(settings: Settings) -> Path:
         else:
             probe_tr, probe_te = encode_all(model, train_x).numpy(), encode_all(model, test_x).numpy()
             train_codes, test_codes = (probe_tr > 0.5).astype(np.uint8), (probe_te > 0.5).astype(np.uint8)
-        rows.append({"code": f"{name} AE ({settings.backward} STE)" if name == "binary" else "float AE (sigmoid code)",
-                     "bits per image": bits_per_image(model), "recon_sse": float(sse.mean()),
-                     "recon_mse": float(sse.mean() / test_x[0].numel()),
-                     **_retrieval(train_codes, train_y.numpy(), test_codes, test_y.numpy()),
-                     "probe_accuracy": probe_accuracy(probe_tr, train_y.numpy(), probe_te, test_y.numpy()),
-                     "distinct train codes": int(len(np.unique(train_codes, axis=0))),
-                     "time (s)": time.perf_counter() - t0})
+        rows.append(
+            {
+                "code": f"{name} AE ({settings.backward} STE)" if name == "binary" else "float AE (sigmoid code)",
+                "bits per image": bits_per_image(model),
+                "recon_sse": float(sse.mean()),
+                "recon_mse": float(sse.mean() / test_x[0].numel()),
+                **_retrieval(train_codes, train_y.numpy(), test_codes, test_y.numpy()),
+                "probe_accuracy": probe_accuracy(probe_tr, train_y.numpy(), probe_te, test_y.numpy()),
+                "distinct train codes": int(len(np.unique(train_codes, axis=0))),
+                "time (s)": time.perf_counter() - t0,
+            }
+        )
         run_dirs[name] = str(run_dir)
         histories[name] = runs.read_history(run_dir)
         if recon_rows is None:
@@ -103,33 +124,69 @@ def run(settings: Settings) -> Path:
     if settings.bits <= min(len(x_tr), x_tr[0].size):
         pca_tr, pca_te = pca_sign_codes(x_tr, x_te, settings.bits)
         sse = linear_decoder_sse(pca_tr, x_tr, pca_te, x_te)
-        rows.append({"code": "PCA-sign", "bits per image": settings.bits, "recon_sse": float(sse.mean()),
-                     "recon_mse": float(sse.mean() / x_te[0].size),
-                     **_retrieval(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
-                     "probe_accuracy": probe_accuracy(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
-                     "distinct train codes": int(len(np.unique(pca_tr, axis=0))), "time (s)": time.perf_counter() - t0})
+        rows.append(
+            {
+                "code": "PCA-sign",
+                "bits per image": settings.bits,
+                "recon_sse": float(sse.mean()),
+                "recon_mse": float(sse.mean() / x_te[0].size),
+                **_retrieval(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
+                "probe_accuracy": probe_accuracy(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
+                "distinct train codes": int(len(np.unique(pca_tr, axis=0))),
+                "time (s)": time.perf_counter() - t0,
+            }
+        )
     else:
-        notes_pca = (f"PCA-sign skipped: {settings.bits} bits exceed the number of principal components "
-                     f"(min of {len(x_tr)} train images and {x_tr[0].size} pixels).")
+        notes_pca = (
+            f"PCA-sign skipped: {settings.bits} bits exceed the number of principal components "
+            f"(min of {len(x_tr)} train images and {x_tr[0].size} pixels)."
+        )
 
     fig_dir = out / "figures"
-    figures = [("Test images (top), binary AE, float AE reconstructions", report.plot_image_rows(
-                    recon_rows, ["input", "binary", "float"], fig_dir / "reconstructions.png")),
-               ("Loss per epoch", report.plot_curves(histories, fig_dir / "loss.png"))]
-    result = {"experiment": "binary", "rows": rows, "protocol": PROTOCOL, "runs": run_dirs,
-              "data": {"dataset": settings.dataset, "n_train": len(x_tr), "n_test": len(x_te),
-                       "train_limit": settings.train_limit, "fit_split": "train", "query_split": "test"},
-              "settings": {"bits": settings.bits, "backward": settings.backward, "epochs": epochs, "seed": settings.seed,
-                           "quick": bool(settings.quick)},
-              "wall_time_s": time.perf_counter() - t_start}
+    figures = [
+        (
+            "Test images (top), binary AE, float AE reconstructions",
+            report.plot_image_rows(recon_rows, ["input", "binary", "float"], fig_dir / "reconstructions.png"),
+        ),
+        ("Loss per epoch", report.plot_curves(histories, fig_dir / "loss.png")),
+    ]
+    result = {
+        "experiment": "binary",
+        "rows": rows,
+        "protocol": PROTOCOL,
+        "runs": run_dirs,
+        "data": {
+            "dataset": settings.dataset,
+            "n_train": len(x_tr),
+            "n_test": len(x_te),
+            "train_limit": settings.train_limit,
+            "fit_split": "train",
+            "query_split": "test",
+        },
+        "settings": {
+            "bits": settings.bits,
+            "backward": settings.backward,
+            "epochs": epochs,
+            "seed": settings.seed,
+            "quick": bool(settings.quick),
+        },
+        "wall_time_s": time.perf_counter() - t_start,
+    }
     runs.write_json(out / "results.json", result)
-    notes = [f"Data: {settings.dataset}, {len(x_tr)} train images (the retrieval database) / {len(x_te)} test images "
-             f"(the queries); relevant = same digit. {epochs} epochs, seed {settings.seed}.",
-             "Float baseline: retrieval uses its sigmoid code thresholded at 0.5 (Hamming ranking); its "
-             "reconstruction and probe use the float code (32 bits per number, hence 32x the bits per image).",
-             "PCA-sign: the reconstruction is the least-squares affine decoder from the bits, fitted on train.",
-             "Hamming ties are broken by database index (deterministic, not tie-averaged).",
-             f"Wall time {result['wall_time_s']:.0f} s."] + ([notes_pca] if notes_pca else [])
-    return report.write_report(out, f"Binary codes: {settings.bits}-bit STE autoencoder vs float bottleneck vs PCA-sign",
-                               [("Reconstruction and retrieval on the test split", rows)], figures, notes,
-                               config=result["settings"])
+    notes = [
+        f"Data: {settings.dataset}, {len(x_tr)} train images (the retrieval database) / {len(x_te)} test images "
+        f"(the queries); relevant = same digit. {epochs} epochs, seed {settings.seed}.",
+        "Float baseline: retrieval uses its sigmoid code thresholded at 0.5 (Hamming ranking); its "
+        "reconstruction and probe use the float code (32 bits per number, hence 32x the bits per image).",
+        "PCA-sign: the reconstruction is the least-squares affine decoder from the bits, fitted on train.",
+        "Hamming ties are broken by database index (deterministic, not tie-averaged).",
+        f"Wall time {result['wall_time_s']:.0f} s.",
+    ] + ([notes_pca] if notes_pca else [])
+    return report.write_report(
+        out,
+        f"Binary codes: {settings.bits}-bit STE autoencoder vs float bottleneck vs PCA-sign",
+        [("Reconstruction and retrieval on the test split", rows)],
+        figures,
+        notes,
+        config=result["settings"],
+    )

@@ -1,4 +1,5 @@
 """Scaffolding every experiment shares."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -31,10 +31,11 @@ Scoring methods
 
 The scores are graded per class (positives = conflicting samples) by aelab.metrics.ranking.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ def gaussian_nll_scores(features, digits, eps: float = 1e-3) -> np.ndarray:
         chol = np.linalg.cholesky(cov)
         white = np.linalg.solve(chol, (f - mu).T)  # L^{-1} (z - mu)
         logdet = 2 * np.log(np.diag(chol)).sum()
-        out[idx] = 0.5 * ((white ** 2).sum(0) + logdet + d * np.log(2 * np.pi))
+        out[idx] = 0.5 * ((white**2).sum(0) + logdet + d * np.log(2 * np.pi))
     return out
 
 
@@ -117,7 +118,7 @@ def pca_residual_scores(images, digits, n_components: int = 20) -> np.ndarray:
         f = x[idx] - x[idx].mean(0)
         eigval, eigvec = np.linalg.eigh(f @ f.T)  # ascending
         k = min(n_components, len(idx) - 1)
-        proj = eigvec[:, len(idx) - k:] * np.sqrt(np.maximum(eigval[len(idx) - k:], 0))
+        proj = eigvec[:, len(idx) - k :] * np.sqrt(np.maximum(eigval[len(idx) - k :], 0))
         out[idx] = np.maximum((f * f).sum(1) - (proj * proj).sum(1), 0.0)
     return out
 
@@ -156,9 +157,17 @@ class MLPClassifier(nn.Module):
         return self.net(x.flatten(1))
 
 
-def train_biased_classifier(images: torch.Tensor, digits: torch.Tensor, epochs: int = 3, q: float = 0.7,
-                            lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
-                            hidden: Sequence[int] = (100, 100, 100), on_epoch_end=None) -> MLPClassifier:
+def train_biased_classifier(
+    images: torch.Tensor,
+    digits: torch.Tensor,
+    epochs: int = 3,
+    q: float = 0.7,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    hidden: Sequence[int] = (100, 100, 100),
+    on_epoch_end=None,
+) -> MLPClassifier:
     """Train an MLP on the digit labels with the GCE loss for a few epochs (Adam): a deliberately biased model.
     `on_epoch_end(model)` is called after every epoch (the model in eval mode)."""
     gen = torch.Generator().manual_seed(seed)
@@ -186,17 +195,23 @@ def log_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 
     return torch.cat([F.log_softmax(model(xb), dim=1) for xb in images.split(batch_size)]).double().numpy()
 
 
-def biased_log_probabilities(images: torch.Tensor, digits: torch.Tensor, n_models: int = 5, epochs: int = 3,
-                             seed: int = 0, **train_options) -> np.ndarray:
+def biased_log_probabilities(
+    images: torch.Tensor, digits: torch.Tensor, n_models: int = 5, epochs: int = 3, seed: int = 0, **train_options
+) -> np.ndarray:
     """Mean log p(. | x) of n_models GCE-biased MLPs (seeds seed, seed+1, ...), each read at the end of every one
     of its `epochs` epochs: an ensemble of n_models * epochs snapshots, in the spirit of LfF's moving average
     of each sample's loss. Averaging removes the luck of one initialisation (a single 3-epoch model scored
     mean AUROC 0.958-0.975 on mnist5k at ratio 0.95, depending on the seeds; five scored 0.976-0.982)."""
     snapshots: list[np.ndarray] = []
     for i in range(n_models):
-        train_biased_classifier(images, digits, epochs=epochs, seed=seed + i,
-                                on_epoch_end=lambda m: snapshots.append(log_probabilities(m, images)),
-                                **train_options)
+        train_biased_classifier(
+            images,
+            digits,
+            epochs=epochs,
+            seed=seed + i,
+            on_epoch_end=lambda m: snapshots.append(log_probabilities(m, images)),
+            **train_options,
+        )
     return np.mean(snapshots, axis=0)
 
 
@@ -218,9 +233,18 @@ METHODS = {
 }
 
 
-def score_samples(images: torch.Tensor, digits: torch.Tensor, ae_model: nn.Module | None = None, k: int = 5,
-                  n_models: int = 5, gce_epochs: int = 3, q: float = 0.7, seed: int = 0,
-                  pca_components: int = 20, timings: dict | None = None) -> dict[str, np.ndarray]:
+def score_samples(
+    images: torch.Tensor,
+    digits: torch.Tensor,
+    ae_model: nn.Module | None = None,
+    k: int = 5,
+    n_models: int = 5,
+    gce_epochs: int = 3,
+    q: float = 0.7,
+    seed: int = 0,
+    pca_components: int = 20,
+    timings: dict | None = None,
+) -> dict[str, np.ndarray]:
     """Score every training sample by every method of `METHODS` (higher = more likely bias-conflicting).
 
     Only the images and the DIGIT labels come in: there is no parameter through which colour labels could

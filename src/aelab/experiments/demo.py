@@ -1,4 +1,5 @@
 """The demo: the MLP autoencoder and the VAE on the embedded mnist5k, evaluated and compared in one report."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,31 +28,53 @@ def run(settings: Settings) -> Path:
     epochs, limit = (3, 1000) if settings.quick else (settings.epochs, None)
     rows, figures, histories = [], [], {}
     for name, options in [("ae", {"loss": "mse"}), ("vae", {"likelihood": "bce"})]:
-        cfg = TrainConfig(model=name, model_options=options, dataset=settings.dataset, epochs=epochs, seed=settings.seed,
-                          train_limit=limit, out=str(out / name))
+        cfg = TrainConfig(
+            model=name,
+            model_options=options,
+            dataset=settings.dataset,
+            epochs=epochs,
+            seed=settings.seed,
+            train_limit=limit,
+            out=str(out / name),
+        )
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)
         result = evaluate(run_dir, tsne_points=1000 if settings.quick else 2000)
         m = result["metrics"]
-        rows.append({"model": name, "recon_sse": m["recon_sse"], "pca_sse (same code size)": m["pca_sse"],
-                     "recon_mse": m["recon_mse"], "probe_accuracy": m["probe_accuracy"],
-                     "raw_probe_accuracy": m["raw_probe_accuracy"],
-                     "test ELBO (nats)": m.get("test_elbo"),
-                     "test KL (nats)": m.get("test_kl"), "NLL (nats, IWAE k=100)": m.get("nll_nats")})
+        rows.append(
+            {
+                "model": name,
+                "recon_sse": m["recon_sse"],
+                "pca_sse (same code size)": m["pca_sse"],
+                "recon_mse": m["recon_mse"],
+                "probe_accuracy": m["probe_accuracy"],
+                "raw_probe_accuracy": m["raw_probe_accuracy"],
+                "test ELBO (nats)": m.get("test_elbo"),
+                "test KL (nats)": m.get("test_kl"),
+                "NLL (nats, IWAE k=100)": m.get("nll_nats"),
+            }
+        )
         histories[name] = read_history(run_dir)
         figures += [(f"{name}: {c}", p) for c, p in _figures_of(run_dir)]
     figures.insert(0, ("Loss per epoch", report.plot_curves(histories, out / "loss.png")))
     d = result["data"]
-    notes = [f"Data: {d['dataset']} ({d['n_train']} train / {d['n_test']} test images). PCA and the logistic probes are "
-             "fitted on train and scored on test. recon_sse is the per-image sum of squared errors "
-             "(Hinton & Salakhutdinov 2006's unit). VAE numbers are in nats per image, Bernoulli likelihood on "
-             "grey-level (not binarized) pixels, so they are not comparable with the 86.76 / 89.78 nats of "
-             "binarized MNIST.", f"Epochs: {epochs}, seed {settings.seed}. Each run folder holds its config, metrics, "
-             "checkpoint and its own report."]
+    notes = [
+        f"Data: {d['dataset']} ({d['n_train']} train / {d['n_test']} test images). PCA and the logistic probes are "
+        "fitted on train and scored on test. recon_sse is the per-image sum of squared errors "
+        "(Hinton & Salakhutdinov 2006's unit). VAE numbers are in nats per image, Bernoulli likelihood on "
+        "grey-level (not binarized) pixels, so they are not comparable with the 86.76 / 89.78 nats of "
+        "binarized MNIST.",
+        f"Epochs: {epochs}, seed {settings.seed}. Each run folder holds its config, metrics, "
+        "checkpoint and its own report.",
+    ]
     return report.write_report(out, "aelab demo: MLP autoencoder vs VAE", [("Test metrics", rows)], figures, notes)
 
 
 def _figures_of(run_dir: Path):
     fig_dir = run_dir / "figures"
-    names = [("reconstructions.png", "test images and reconstructions"), ("tsne.png", "t-SNE of test codes"),
-             ("samples.png", "samples"), ("interpolation.png", "interpolations")]
+    names = [
+        ("reconstructions.png", "test images and reconstructions"),
+        ("tsne.png", "t-SNE of test codes"),
+        ("samples.png", "samples"),
+        ("interpolation.png", "interpolations"),
+    ]
     return [(caption, fig_dir / f) for f, caption in names if (fig_dir / f).exists()]

@@ -6,6 +6,7 @@ Four ways to get a code of the same size, compared on held-out digits:
 recon_sse is the paper's unit: squared error summed over the 784 pixels, averaged over test images
 (the paper: 3.00 for the deep AE, 8.01 for logistic PCA, 13.87 for PCA, 30-D codes, full MNIST).
 """
+
 from __future__ import annotations
 
 from argparse import ArgumentTypeError
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import report, runs
 from ..errors import ConfigError
@@ -31,17 +31,25 @@ PAPER = {"deep AE": 3.00, "logistic PCA": 8.01, "PCA": 13.87}
 class Settings:
     out: str = field(default="runs/hinton2006", metadata=opt("output folder"))
     quick: bool = field(default=False, metadata=opt("few epochs: a check that runs in a few minutes"))
-    dataset: str = field(default="mnist5k", metadata=opt("dataset name",
-                                                         choices=["mnist5k", "mnist", "fashion-mnist", "kmnist", "digits"]))
+    dataset: str = field(
+        default="mnist5k",
+        metadata=opt("dataset name", choices=["mnist5k", "mnist", "fashion-mnist", "kmnist", "digits"]),
+    )
     data_dir: str | None = field(default=None, metadata=opt("folder of downloaded datasets"))
-    layers: str = field(default="hinton2006", metadata=opt(
-        f"a preset ({', '.join(f'{k}={v}' for k, v in LAYER_PRESETS.items())}) or sizes like 784-1000-500-250-30"))
-    epochs: int | None = field(default=None, metadata=opt("fine-tuning epochs (same for both inits)",
-                                                           parse=positive_int))
+    layers: str = field(
+        default="hinton2006",
+        metadata=opt(
+            f"a preset ({', '.join(f'{k}={v}' for k, v in LAYER_PRESETS.items())}) or sizes like 784-1000-500-250-30"
+        ),
+    )
+    epochs: int | None = field(
+        default=None, metadata=opt("fine-tuning epochs (same for both inits)", parse=positive_int)
+    )
     pretrain_epochs: int | None = field(default=None, metadata=opt("RBM epochs per layer", parse=positive_int))
     optimizer: str = field(default="adam", metadata=opt("fine-tuning optimizer", choices=["adam", "lbfgs"]))
-    batch_size: int | None = field(default=None, metadata=opt("fine-tuning batch (default 100, lbfgs 1000)",
-                                                               parse=positive_int))
+    batch_size: int | None = field(
+        default=None, metadata=opt("fine-tuning batch (default 100, lbfgs 1000)", parse=positive_int)
+    )
     seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
     train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
@@ -69,10 +77,19 @@ def run(settings: Settings) -> Path:
     progress = not settings.no_progress
     run_dirs = {}
     for init in ("random", "rbm"):
-        cfg = TrainConfig(model="deep-ae", model_options={"layers": layers_option, "loss": "bce", "init": init,
-                                                          "pretrain_epochs": pretrain_epochs},
-                          dataset=settings.dataset, data_dir=settings.data_dir, train_limit=settings.train_limit, epochs=epochs,
-                          batch_size=batch, lr=lr, optimizer=settings.optimizer, seed=settings.seed, out=str(out / f"deep-ae-{init}"))
+        cfg = TrainConfig(
+            model="deep-ae",
+            model_options={"layers": layers_option, "loss": "bce", "init": init, "pretrain_epochs": pretrain_epochs},
+            dataset=settings.dataset,
+            data_dir=settings.data_dir,
+            train_limit=settings.train_limit,
+            epochs=epochs,
+            batch_size=batch,
+            lr=lr,
+            optimizer=settings.optimizer,
+            seed=settings.seed,
+            out=str(out / f"deep-ae-{init}"),
+        )
         run_dirs[init] = train_or_resume(cfg, progress=progress)
 
     config = runs.read_config(run_dirs["rbm"])
@@ -88,18 +105,39 @@ def run(settings: Settings) -> Path:
     pca_sse = float(((pca_hat - x_te) ** 2).sum(1).mean())
 
     rows, codes, recons, histories = [], {}, {}, {}
-    rows.append({"method": "raw pixels", "code size": x_tr.shape[1], "recon_sse": None, "ratio to PCA": None,
-                 "probe accuracy": raw_probe_accuracy(config, x_tr, y_tr, x_te, y_te)})
+    rows.append(
+        {
+            "method": "raw pixels",
+            "code size": x_tr.shape[1],
+            "recon_sse": None,
+            "ratio to PCA": None,
+            "probe accuracy": raw_probe_accuracy(config, x_tr, y_tr, x_te, y_te),
+        }
+    )
     codes["raw pixels"] = x_te
-    rows.append({"method": f"PCA ({code}-D)", "code size": code, "recon_sse": pca_sse, "ratio to PCA": 1.0,
-                 "probe accuracy": probe_accuracy(pca_tr, y_tr, pca_te, y_te)})
+    rows.append(
+        {
+            "method": f"PCA ({code}-D)",
+            "code size": code,
+            "recon_sse": pca_sse,
+            "ratio to PCA": 1.0,
+            "probe accuracy": probe_accuracy(pca_tr, y_tr, pca_te, y_te),
+        }
+    )
     codes[f"PCA ({code}-D)"], recons["PCA"] = pca_te, pca_hat
     for init, label in [("random", "deep AE, random init"), ("rbm", "deep AE, RBM-pretrained")]:
         result = evaluate(run_dirs[init], figures=False)  # this report draws its own maps, side by side
         m = result["metrics"]
         model = runs.load_model(run_dirs[init])
-        rows.append({"method": label, "code size": code, "recon_sse": m["recon_sse"],
-                     "ratio to PCA": m["recon_sse"] / pca_sse, "probe accuracy": m["probe_accuracy"]})
+        rows.append(
+            {
+                "method": label,
+                "code size": code,
+                "recon_sse": m["recon_sse"],
+                "ratio to PCA": m["recon_sse"] / pca_sse,
+                "probe accuracy": m["probe_accuracy"],
+            }
+        )
         codes[label] = encode_all(model, test_x).numpy()
         recons[label] = reconstruct_all(model, test_x).flatten(1).numpy()
         histories[label] = runs.read_history(run_dirs[init])
@@ -110,18 +148,27 @@ def run(settings: Settings) -> Path:
     pick += [int(i) for i in np.random.default_rng(settings.seed).permutation(len(y_te)) if int(i) not in pick][:6]
     shape = test_x.shape[1:]
     image_rows = [x_te[pick].reshape(-1, *shape)] + [recons[k][pick].reshape(-1, *shape) for k in recons]
-    figures.append(("The same test digits: original, then each method's reconstruction", report.plot_image_rows(
-        image_rows, ["original", *recons], out / "reconstructions.png")))
+    figures.append(
+        (
+            "The same test digits: original, then each method's reconstruction",
+            report.plot_image_rows(image_rows, ["original", *recons], out / "reconstructions.png"),
+        )
+    )
     n = min(2000, len(y_te))
     for name, c in codes.items():
         emb = c[:n] if c.shape[1] == 2 else tsne_2d(c[:n], settings.seed)
         what = "the codes themselves (2-D)" if c.shape[1] == 2 else "t-SNE"
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
-        figures.append((f"{name}: {what} of {n} test codes", report.plot_scatter(
-            emb, y_te[:n], out / f"map-{slug}.png", name)))
+        figures.append(
+            (f"{name}: {what} of {n} test codes", report.plot_scatter(emb, y_te[:n], out / f"map-{slug}.png", name))
+        )
     if code == 2:
-        figures.append(("The paper's Fig. 3: 2-D codes of the deep AE beside PCA's first two components",
-                        _side_by_side(pca_te[:n, :2], codes["deep AE, RBM-pretrained"][:n], y_te[:n], out / "fig3.png")))
+        figures.append(
+            (
+                "The paper's Fig. 3: 2-D codes of the deep AE beside PCA's first two components",
+                _side_by_side(pca_te[:n, :2], codes["deep AE, RBM-pretrained"][:n], y_te[:n], out / "fig3.png"),
+            )
+        )
     figures.append(("Fine-tuning curves (per-image cross-entropy)", report.plot_curves(histories, out / "curves.png")))
 
     d = config
@@ -137,14 +184,30 @@ def run(settings: Settings) -> Path:
         f"{len(train_x)} training digits and {settings.optimizer}. Its numbers (full MNIST, 30-D): deep AE 3.00, "
         "logistic PCA 8.01, PCA 13.87 (recon_sse).",
     ]
-    results = {"rows": rows, "paper_recon_sse": PAPER, "layers": sizes, "epochs": epochs,
-               "pretrain_epochs": pretrain_epochs, "optimizer": settings.optimizer,
-               "data": {"dataset": d["dataset"], "n_train": len(train_x), "n_test": len(test_x),
-                        "fit_split": "train", "score_split": "test"},
-               "runs": {k: str(v) for k, v in run_dirs.items()}}
+    results = {
+        "rows": rows,
+        "paper_recon_sse": PAPER,
+        "layers": sizes,
+        "epochs": epochs,
+        "pretrain_epochs": pretrain_epochs,
+        "optimizer": settings.optimizer,
+        "data": {
+            "dataset": d["dataset"],
+            "n_train": len(train_x),
+            "n_test": len(test_x),
+            "fit_split": "train",
+            "score_split": "test",
+        },
+        "runs": {k: str(v) for k, v in run_dirs.items()},
+    }
     runs.write_json(out / "results.json", results)
-    return report.write_report(out, "Hinton & Salakhutdinov (2006): deep autoencoders vs PCA",
-                               [(f"{code}-D codes, test set", rows)], figures, notes)
+    return report.write_report(
+        out,
+        "Hinton & Salakhutdinov (2006): deep autoencoders vs PCA",
+        [(f"{code}-D codes, test set", rows)],
+        figures,
+        notes,
+    )
 
 
 def _side_by_side(pca2: np.ndarray, ae2: np.ndarray, labels: np.ndarray, path: Path) -> Path:

@@ -1,8 +1,9 @@
 """What a code is good for: encoding a data set, a linear probe of the labels, a 2-D map.
 
-    probe_accuracy   logistic regression on standardised codes, fitted on TRAIN codes, scored on TEST codes
-    tsne_2d          t-SNE of codes (for figures; never fitted across splits)
+probe_accuracy   logistic regression on standardised codes, fitted on TRAIN codes, scored on TEST codes
+tsne_2d          t-SNE of codes (for figures; never fitted across splits)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ def reconstruct_all(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -
         return torch.cat([model.decode(model.encode(xb)) for xb in x.split(batch_size)])
 
 
-def probe_accuracy(train_codes: np.ndarray, train_y: np.ndarray, test_codes: np.ndarray, test_y: np.ndarray,
-                   max_iter: int = 500) -> float:
+def probe_accuracy(
+    train_codes: np.ndarray, train_y: np.ndarray, test_codes: np.ndarray, test_y: np.ndarray, max_iter: int = 500
+) -> float:
     """Logistic-regression probe: fitted on train codes, scored on held-out test codes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -46,4 +48,5 @@ def tsne_2d(codes: np.ndarray, seed: int = 0) -> np.ndarray:
     perplexity = min(30.0, max(2.0, (len(codes) - 1) / 3))
     # 500 iterations (sklearn's default is 1000): the map is settled by then, at half the cost
     return TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity, max_iter=500).fit_transform(
-        codes.astype(np.float32))
+        codes.astype(np.float32)
+    )

@@ -1,10 +1,11 @@
 """Contraction of an encoder (Rifai et al., ICML 2011): Jacobian norms, saturation, singular values.
 
-    ||J_f(x)||_F          per test point, exact (closed form for one Linear + sigmoid|tanh|relu layer,
-                          autodiff otherwise; aelab.models.penalties)
-    SAT                   fraction of (point, unit) pairs whose sigmoid code is within 0.05 of 0 or 1
-    singular values       of J_f(x) per point, from the Gram matrix in float64
+||J_f(x)||_F          per test point, exact (closed form for one Linear + sigmoid|tanh|relu layer,
+                      autodiff otherwise; aelab.models.penalties)
+SAT                   fraction of (point, unit) pairs whose sigmoid code is within 0.05 of 0 or 1
+singular values       of J_f(x) per point, from the Gram matrix in float64
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@
     P@k, R@k     precision and recall of the k highest scores (ties at the cut broken by sample order)
 `class_metrics` grades a score within each class (ColoredMNIST: positives = bias-conflicting digits).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,13 @@ def class_metrics(scores, classes, positive) -> dict:
     for c in np.unique(classes):
         m = classes == c
         n_pos = int(positive[m].sum())
-        row = {"class": int(c), "n": int(m.sum()), "n_conflicting": n_pos,
-               "auroc": auroc(scores[m], positive[m]), "average_precision": average_precision(scores[m], positive[m])}
+        row = {
+            "class": int(c),
+            "n": int(m.sum()),
+            "n_conflicting": n_pos,
+            "auroc": auroc(scores[m], positive[m]),
+            "average_precision": average_precision(scores[m], positive[m]),
+        }
         if n_pos:
             row["precision_at_k"], row["recall_at_k"] = precision_recall_at_k(scores[m], positive[m], n_pos)
         else:

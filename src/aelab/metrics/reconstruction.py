@@ -3,6 +3,7 @@
     recon_sse = mean over test images of sum_i (x_i - x_hat_i)^2
 Their MNIST numbers (30-D codes): deep AE 3.00, logistic PCA 8.01, PCA 13.87.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,13 +23,15 @@ def pca_reconstruction_sse(train_x: np.ndarray, test_x: np.ndarray, n_components
     return float(sse_per_image(test_x, x_hat).mean())
 
 
-def linear_decoder_sse(train_codes: np.ndarray, train_x: np.ndarray, test_codes: np.ndarray,
-                       test_x: np.ndarray) -> np.ndarray:
+def linear_decoder_sse(
+    train_codes: np.ndarray, train_x: np.ndarray, test_codes: np.ndarray, test_x: np.ndarray
+) -> np.ndarray:
     """Per-image test SSE of the least-squares affine decoder x_hat = W b + c fitted on the train codes.
 
     Solved through the normal equations A^T A w = A^T X (A = [b, 1], (bits+1) x (bits+1)), with lstsq giving
     the minimum-norm solution when a bit is constant or bits are collinear: 10x faster than lstsq on the
     N x (bits+1) matrix itself, and accurate here (0/1 columns, float64)."""
+
     def design(b):
         return np.c_[b.astype(np.float64), np.ones(len(b))]
 

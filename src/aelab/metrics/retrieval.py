@@ -3,6 +3,7 @@
 Semantic hashing (Salakhutdinov & Hinton 2009): the training codes are the database, each test code
 a query, ranked by Hamming distance; relevant = same class label.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def bits_per_image(model: nn.Module) -> int:
 def encode_codes(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """Codes of `images` as a uint8 {0, 1} array (N, bits), encoded in batches in eval mode."""
     with eval_mode(model):
-        codes = torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        codes = torch.cat([model.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     if not torch.all((codes == 0) | (codes == 1)):
         raise ValueError("the model's codes are not binary (float_bottleneck model?); threshold them first")
     return codes.to(torch.uint8).cpu().numpy()
@@ -33,8 +34,9 @@ def _as_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
-def hamming_retrieval(train_codes, train_labels, test_codes, test_labels, ks=(10, 100),
-                      chunk_size: int | None = None) -> dict[str, float]:
+def hamming_retrieval(
+    train_codes, train_labels, test_codes, test_labels, ks=(10, 100), chunk_size: int | None = None
+) -> dict[str, float]:
     """Hamming-ranking retrieval: TRAIN codes are the database, each TEST code is a query.
 
     For a query q, the database is ranked by Hamming distance d(q, x) = number of differing bits, computed
@@ -72,10 +74,10 @@ def hamming_retrieval(train_codes, train_labels, test_codes, test_labels, ks=(10
     precision_sums = {k: 0.0 for k in ks}
     ap_sum = 0.0
     for start in range(0, len(queries), chunk_size):
-        q = 2 * queries[start:start + chunk_size].astype(np.float64) - 1
+        q = 2 * queries[start : start + chunk_size].astype(np.float64) - 1
         dist = (bits - q @ db_signs) / 2  # (chunk, n_db) Hamming distances
         order = np.argsort(dist, axis=1, kind="stable")  # stable: ties stay in database-index order
-        relevant = db_labels[order] == query_labels[start:start + chunk_size, None]
+        relevant = db_labels[order] == query_labels[start : start + chunk_size, None]
         hits = np.cumsum(relevant, axis=1)
         for k in ks:
             precision_sums[k] += (hits[:, k - 1] / k).sum()
@@ -139,11 +141,14 @@ def code_statistics(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tenso
     f = train_codes.mean(0).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.nan_to_num(f * np.log2(f)) - np.nan_to_num((1 - f) * np.log2(1 - f))
-    metrics = {"bits_per_image": bits_per_image(model),
-               "code_distinct_train": int(len(np.unique(train_codes, axis=0))),
-               "code_distinct_test": int(len(np.unique(bit_codes(model, test_x), axis=0))),
-               "bit_balance": float(f.mean()), "bits_constant": int(((f == 0) | (f == 1)).sum()),
-               "bit_entropy_mean": float(entropy.mean())}
+    metrics = {
+        "bits_per_image": bits_per_image(model),
+        "code_distinct_train": int(len(np.unique(train_codes, axis=0))),
+        "code_distinct_test": int(len(np.unique(bit_codes(model, test_x), axis=0))),
+        "bit_balance": float(f.mean()),
+        "bits_constant": int(((f == 0) | (f == 1)).sum()),
+        "bit_entropy_mean": float(entropy.mean()),
+    }
     if model.options.get("float_bottleneck"):
         with eval_mode(model):
             s = torch.cat([model.encode(xb) for xb in test_x.split(512)])

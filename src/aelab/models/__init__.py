@@ -11,6 +11,7 @@ declared capabilities). One file per idea:
     binary.py       conv autoencoder with a {0, 1} straight-through bottleneck
 This module imports no torch until a model is built, so listing the models stays fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,8 +25,11 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "cae": ("contractive", "CAE", "contractive AE (Rifai 2011): 784-1000 sigmoid code, recon + lam ||J_f(x)||_F^2"),
     "dae": ("contractive", "DAE", "denoising AE (Vincent 2008): 784-1000 sigmoid code, gaussian or masking noise"),
     "binary": ("binary", "BinaryAE", "conv AE with a {0,1} straight-through bottleneck (512 bits) or a float baseline"),
-    "deep-ae": ("deep_ae", "DeepAutoencoder",
-                "Hinton & Salakhutdinov (2006) deep AE 784-1000-500-250-30; init=rbm pretrains a stack of RBMs"),
+    "deep-ae": (
+        "deep_ae",
+        "DeepAutoencoder",
+        "Hinton & Salakhutdinov (2006) deep AE 784-1000-500-250-30; init=rbm pretrains a stack of RBMs",
+    ),
     "vae": ("vae", "VAE", "variational AE: log-variance encoder, reparameterisation, analytic KL, IWAE NLL"),
 }
 

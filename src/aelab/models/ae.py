@@ -17,6 +17,7 @@ loss: the "AE+wd" baseline of Rifai et al. (2011).
 hidden=(1000,), activation="sigmoid", latent=None is the one-layer 784-1000
 sigmoid autoencoder of Rifai et al. (2011), encoder sigmoid(W x + b).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ def mlp(sizes: list[int], activation: str = "relu", final_activation: str | None
     return nn.Sequential(*layers)
 
 
-def reconstruction_loss(x_hat_or_logits: torch.Tensor, x: torch.Tensor, kind: str, logits: bool = False) -> torch.Tensor:
+def reconstruction_loss(
+    x_hat_or_logits: torch.Tensor, x: torch.Tensor, kind: str, logits: bool = False
+) -> torch.Tensor:
     """Per-image reconstruction loss (N,), summed over pixels."""
     x = x.flatten(1)
     out = x_hat_or_logits.flatten(1)
@@ -72,8 +75,15 @@ class AE(Autoencoder):
     name = "ae"
     has_mlp_encoder = True  # encode(x) = encoder(x.flatten(1)): the contraction diagnostics apply
 
-    def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int | None = 20, loss: str = "mse",
-                 weight_decay: float = 0.0, activation: str = "relu"):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        hidden=(256, 64),
+        latent: int | None = 20,
+        loss: str = "mse",
+        weight_decay: float = 0.0,
+        activation: str = "relu",
+    ):
         super().__init__()
         hidden = [int(h) for h in hidden]
         check_positive_sizes(hidden=hidden)
@@ -85,8 +95,14 @@ class AE(Autoencoder):
             raise ValueError(f"unknown loss {loss!r}; choose from bce, mse")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
-        self.options = dict(input_shape=list(input_shape), hidden=hidden, latent=latent, loss=loss,
-                            weight_decay=weight_decay, activation=activation)
+        self.options = dict(
+            input_shape=list(input_shape),
+            hidden=hidden,
+            latent=latent,
+            loss=loss,
+            weight_decay=weight_decay,
+            activation=activation,
+        )
         self.input_shape = tuple(input_shape)
         d = math.prod(self.input_shape)
         if latent is None:  # the code is the last hidden layer's activations

@@ -23,9 +23,11 @@ Optional capabilities are declared, not probed: a class sets the flag and implem
     binary_code          encode() returns {0, 1} codes (Hamming retrieval applies)
     needs_pretraining    (an instance property) the trainer calls pretrain(train_x, ...) before fine-tuning
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -45,8 +47,15 @@ class Autoencoder(nn.Module):
     def needs_pretraining(self) -> bool:
         return False
 
-    def pretrain(self, train_x: torch.Tensor, *, seed: int, log: Callable[[str], None] | None = None,
-                 allreduce: Callable[[list[torch.Tensor]], None] | None = None, world: int = 1) -> None:
+    def pretrain(
+        self,
+        train_x: torch.Tensor,
+        *,
+        seed: int,
+        log: Callable[[str], None] | None = None,
+        allreduce: Callable[[list[torch.Tensor]], None] | None = None,
+        world: int = 1,
+    ) -> None:
         """Model-specific pretraining before the trainer's epochs (see DeepAutoencoder)."""
         raise NotImplementedError(f"{type(self).__name__} has no pretraining")
 

@@ -28,6 +28,7 @@ derivative. For |g| <= 1 it is identical to the plain identity STE.
 
 Retrieval evaluation (semantic hashing, Salakhutdinov & Hinton 2009) lives in aelab.metrics.retrieval.
 """
+
 from __future__ import annotations
 
 import torch
@@ -101,8 +102,17 @@ class BinaryAE(Autoencoder):
     name = "binary"
     binary_code = True  # {0, 1} codes; the float baseline's sigmoid code is thresholded at 0.5 for retrieval
 
-    def __init__(self, input_shape=(1, 28, 28), bits: int = 512, backward: str = "identity", loss: str = "mse",
-                 float_bottleneck: bool = False, slope: float = 1.0, channels=(32, 64), code_norm: str = "batchnorm"):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        bits: int = 512,
+        backward: str = "identity",
+        loss: str = "mse",
+        float_bottleneck: bool = False,
+        slope: float = 1.0,
+        channels=(32, 64),
+        code_norm: str = "batchnorm",
+    ):
         super().__init__()
         channels = [int(c) for c in channels]
         check_positive_sizes(bits=bits, channels=channels)
@@ -119,9 +129,16 @@ class BinaryAE(Autoencoder):
         c, h, w = (int(s) for s in input_shape)
         if min(h, w) < 4:
             raise ValueError(f"input height and width must be at least 4, got {tuple(input_shape)}")
-        self.options = dict(input_shape=[c, h, w], bits=bits, backward=backward, loss=loss,
-                            float_bottleneck=bool(float_bottleneck), slope=float(slope), channels=channels,
-                            code_norm=code_norm)
+        self.options = dict(
+            input_shape=[c, h, w],
+            bits=bits,
+            backward=backward,
+            loss=loss,
+            float_bottleneck=bool(float_bottleneck),
+            slope=float(slope),
+            channels=channels,
+            code_norm=code_norm,
+        )
         self.input_shape = (c, h, w)
         self.bits = bits
         c1, c2 = channels
@@ -129,9 +146,12 @@ class BinaryAE(Autoencoder):
         h2, w2 = conv_out(h1), conv_out(w1)
         self.hidden_shape = (c2, h2, w2)
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, c1, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 4, 2, 1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(c2 * h2 * w2, bits),
+            nn.Conv2d(c, c1, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * h2 * w2, bits),
         )
         if code_norm == "batchnorm":
             # Why: without it the codes collapse. Early in training dL/db is nearly the same for every image
@@ -144,8 +164,11 @@ class BinaryAE(Autoencoder):
             self.encoder.append(nn.BatchNorm1d(bits, affine=False))
         # output_padding = 1 where the conv floored an odd size, so the decoder returns exactly (C, H, W)
         self.decoder = nn.Sequential(
-            nn.Linear(bits, c2 * h2 * w2), nn.ReLU(), nn.Unflatten(1, (c2, h2, w2)),
-            nn.ConvTranspose2d(c2, c1, 4, 2, 1, output_padding=(h1 - 2 * h2, w1 - 2 * w2)), nn.ReLU(),
+            nn.Linear(bits, c2 * h2 * w2),
+            nn.ReLU(),
+            nn.Unflatten(1, (c2, h2, w2)),
+            nn.ConvTranspose2d(c2, c1, 4, 2, 1, output_padding=(h1 - 2 * h2, w1 - 2 * w2)),
+            nn.ReLU(),
             nn.ConvTranspose2d(c1, c, 4, 2, 1, output_padding=(h - 2 * h1, w - 2 * w1)),
         )
 

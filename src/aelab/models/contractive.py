@@ -16,7 +16,7 @@ that only the directions the reconstruction needs, ideally the tangents of the
 data manifold, keep a large derivative. For one sigmoid layer the penalty has
 the closed form ||J_f(x)||_F^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ji^2 (their
 eq. 5), computed here from the forward pass's own activations (no second
-encoder pass). Other encoders use aelab.penalties.jacobian_frobenius_sq
+encoder pass). Other encoders use aelab.models.penalties.jacobian_frobenius_sq
 ("exact" autodiff, or the unbiased "hutchinson" estimate with k probes).
 
 Default lam = 1: at initialisation the summed cross-entropy is ~540 nats per
@@ -41,15 +41,18 @@ corrupts: codes for evaluation are of the clean input.
 What the CAE is about (the mean ||J_f(x)||_F, Rifai's saturation SAT and the
 singular values of J_f) is measured in aelab.metrics.contraction.
 """
+
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import penalties
 from .ae import ACTIVATIONS, AE, reconstruction_loss
+
 
 class TiedDecoder(nn.Module):
     """The mirror of an MLP encoder with W' = W^T: logits = W_1^T act(... act(W_L^T z + c_L) ...) + c_1.
@@ -81,8 +84,14 @@ class _CodeAE(AE):
         super().__init__(input_shape=input_shape, hidden=hidden, latent=latent, loss=loss, activation=activation)
         if tied:
             self.decoder = TiedDecoder(self.encoder, activation)
-        self.options = dict(input_shape=list(input_shape), hidden=[int(h) for h in hidden], latent=latent, loss=loss,
-                            activation=activation, tied=bool(tied))
+        self.options = dict(
+            input_shape=list(input_shape),
+            hidden=[int(h) for h in hidden],
+            latent=latent,
+            loss=loss,
+            activation=activation,
+            tied=bool(tied),
+        )
 
 
 class CAE(_CodeAE):
@@ -96,9 +105,18 @@ class CAE(_CodeAE):
 
     name = "cae"
 
-    def __init__(self, input_shape=(1, 28, 28), hidden=(1000,), latent: int | None = None, loss: str = "bce",
-                 activation: str = "sigmoid", lam: float = 1.0, penalty: str = "auto", k: int = 8,
-                 tied: bool = False):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        hidden=(1000,),
+        latent: int | None = None,
+        loss: str = "bce",
+        activation: str = "sigmoid",
+        lam: float = 1.0,
+        penalty: str = "auto",
+        k: int = 8,
+        tied: bool = False,
+    ):
         super().__init__(input_shape, hidden, latent, loss, activation, tied)
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
@@ -110,8 +128,10 @@ class CAE(_CodeAE):
         pattern = penalties.single_layer_pattern(self.encoder)
         self._analytic = pattern[1:] if pattern is not None and penalty in ("auto", "analytic") else None
         if penalty == "analytic" and self._analytic is None:
-            raise ValueError("penalty='analytic' needs a one-layer encoder (hidden=[H], latent=None, activation "
-                             "sigmoid|tanh|relu); use penalty='exact' or 'hutchinson'")
+            raise ValueError(
+                "penalty='analytic' needs a one-layer encoder (hidden=[H], latent=None, activation "
+                "sigmoid|tanh|relu); use penalty='exact' or 'hutchinson'"
+            )
         self.options.update(lam=float(lam), penalty=penalty, k=k)
 
     def code_and_penalty(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +142,9 @@ class CAE(_CodeAE):
             preact = linear(x)
             code = self.encoder[-1](preact)
             # relu's slope is 1[a > 0]: pass the pre-activation; sigmoid/tanh slopes are functions of h
-            return code, penalties.analytic_from_activations(preact if activation == "relu" else code,
-                                                             linear.weight, activation)
+            return code, penalties.analytic_from_activations(
+                preact if activation == "relu" else code, linear.weight, activation
+            )
         code = self.encoder(x)
         method = self.options["penalty"]
         return code, penalties.jacobian_frobenius_sq(self.encoder, x, method=method, k=self.options["k"])
@@ -145,8 +166,17 @@ class DAE(_CodeAE):
 
     name = "dae"
 
-    def __init__(self, input_shape=(1, 28, 28), hidden=(1000,), latent: int | None = None, loss: str = "bce",
-                 activation: str = "sigmoid", noise: str = "gaussian", level: float = 0.3, tied: bool = False):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        hidden=(1000,),
+        latent: int | None = None,
+        loss: str = "bce",
+        activation: str = "sigmoid",
+        noise: str = "gaussian",
+        level: float = 0.3,
+        tied: bool = False,
+    ):
         super().__init__(input_shape, hidden, latent, loss, activation, tied)
         if noise not in ("gaussian", "masking"):
             raise ValueError(f"unknown noise {noise!r}; choose from gaussian, masking")

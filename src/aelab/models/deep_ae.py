@@ -9,6 +9,7 @@ unrolling the decoder weights are untied copies, and the whole net is fine-tuned
 Reference: G. E. Hinton & R. R. Salakhutdinov (2006) Reducing the dimensionality of data with neural
 networks, Science 313:504, and their Matlab code (mnistdeepauto.m, backprop.m).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,9 @@ PRETRAIN_BATCH = 100  # Hinton's RBM batch; under DDP each rank takes its equal 
 
 
 LAYER_PRESETS = {
-    "hinton2006": (784, 1000, 500, 250, 30),   # Science 2006, MNIST
+    "hinton2006": (784, 1000, 500, 250, 30),  # Science 2006, MNIST
     "assignment": (784, 2000, 1000, 500, 30),
-    "map2d": (784, 1000, 500, 250, 2),         # 2-D codes for visualisation
+    "map2d": (784, 1000, 500, 250, 2),  # 2-D codes for visualisation
 }
 
 
@@ -49,8 +50,14 @@ class DeepAutoencoder(Autoencoder):
     name = "deep-ae"
     has_mlp_encoder = False  # its encoder is a list of weights, differentiated through encode()
 
-    def __init__(self, input_shape=(1, 28, 28), layers: Sequence[int] | str = "hinton2006", loss: str = "bce",
-                 init: str = "random", pretrain_epochs: int = 50):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        layers: Sequence[int] | str = "hinton2006",
+        loss: str = "bce",
+        init: str = "random",
+        pretrain_epochs: int = 50,
+    ):
         super().__init__()
         if init not in ("random", "rbm"):
             raise ValueError(f"unknown init {init!r}; choose from random, rbm")
@@ -67,12 +74,17 @@ class DeepAutoencoder(Autoencoder):
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(sizes) < 2 or sizes[0] != math.prod(self.input_shape):
             raise ValueError(f"layers must start with C*H*W = {math.prod(self.input_shape)}, got {sizes}")
-        self.options = dict(input_shape=list(self.input_shape), layers=layers if isinstance(layers, str) else sizes,
-                            loss=loss, init=init, pretrain_epochs=pretrain_epochs)
+        self.options = dict(
+            input_shape=list(self.input_shape),
+            layers=layers if isinstance(layers, str) else sizes,
+            loss=loss,
+            init=init,
+            pretrain_epochs=pretrain_epochs,
+        )
         self.layers = sizes
         self.latent = sizes[-1]
         pairs = list(zip(sizes[:-1], sizes[1:]))
-        uniform = lambda shape, fan_in: nn.Parameter(torch.empty(shape).uniform_(-fan_in ** -0.5, fan_in ** -0.5))  # noqa: E731
+        uniform = lambda shape, fan_in: nn.Parameter(torch.empty(shape).uniform_(-(fan_in**-0.5), fan_in**-0.5))  # noqa: E731
         self.encoder_weights = nn.ParameterList([uniform((nv, nh), nv) for nv, nh in pairs])
         self.encoder_biases = nn.ParameterList([uniform((nh,), nv) for nv, nh in pairs])
         self.decoder_weights = nn.ParameterList([uniform((nv, nh), nh) for nv, nh in pairs])
@@ -110,10 +122,18 @@ class DeepAutoencoder(Autoencoder):
     def needs_pretraining(self) -> bool:
         return self.options["init"] == "rbm"
 
-    def pretrain(self, train_images: torch.Tensor, *, seed: int | None = None, log: Callable[[str], None] | None = None,
-                 allreduce: Callable[[list[torch.Tensor]], None] | None = None, world: int = 1,
-                 epochs_per_layer: int | None = None, generator: torch.Generator | None = None,
-                 **fit_kwargs) -> list[RBM]:
+    def pretrain(
+        self,
+        train_images: torch.Tensor,
+        *,
+        seed: int | None = None,
+        log: Callable[[str], None] | None = None,
+        allreduce: Callable[[list[torch.Tensor]], None] | None = None,
+        world: int = 1,
+        epochs_per_layer: int | None = None,
+        generator: torch.Generator | None = None,
+        **fit_kwargs,
+    ) -> list[RBM]:
         """Greedy RBM pretraining on the flattened images (`pretrain_stack`), then load the weights.
 
         The trainer's hook: pretrain(train_x, seed=..., log=...). Under DDP it passes this rank's equal share
@@ -127,9 +147,15 @@ class DeepAutoencoder(Autoencoder):
         if allreduce is not None:
             fit_kwargs.update(allreduce=allreduce, batch_size=max(1, PRETRAIN_BATCH // world))
         p = self.encoder_weights[0]
-        rbms = pretrain_stack(train_images.flatten(1).to(device=p.device, dtype=p.dtype), sizes=self.layers,
-                              epochs=epochs_per_layer, top_hidden="gaussian", generator=generator, log=log,
-                              **fit_kwargs)
+        rbms = pretrain_stack(
+            train_images.flatten(1).to(device=p.device, dtype=p.dtype),
+            sizes=self.layers,
+            epochs=epochs_per_layer,
+            top_hidden="gaussian",
+            generator=generator,
+            log=log,
+            **fit_kwargs,
+        )
         self.load_rbms(rbms)
         return rbms
 

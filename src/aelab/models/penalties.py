@@ -26,6 +26,7 @@ encoder's parameters.
 Assumption: the encoder treats examples independently (no BatchNorm in train
 mode, no batch-coupled ops); otherwise a "per-example Jacobian" is undefined.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,6 +38,7 @@ ANALYTIC_ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu"}
 
 
 # --------------------------------------------------------------------------- analytic
+
 
 def analytic_from_activations(h_or_preact: torch.Tensor, weight: torch.Tensor, activation: str) -> torch.Tensor:
     """||J||_F^2 per example for h = act(x W^T + b), from the layer's own forward pass.
@@ -57,14 +59,18 @@ def analytic_from_activations(h_or_preact: torch.Tensor, weight: torch.Tensor, a
     else:
         raise ValueError(f"unknown activation {activation!r} for the analytic penalty; choose from relu, sigmoid, tanh")
     if h_or_preact.dim() != 2 or weight.dim() != 2 or h_or_preact.shape[1] != weight.shape[0]:
-        raise ValueError(f"expected activations (N, {weight.shape[0]}) for a weight of shape {tuple(weight.shape)}, "
-                         f"got {tuple(h_or_preact.shape)}")
+        raise ValueError(
+            f"expected activations (N, {weight.shape[0]}) for a weight of shape {tuple(weight.shape)}, "
+            f"got {tuple(h_or_preact.shape)}"
+        )
     return slope.pow(2) @ weight.pow(2).sum(1)
 
 
 def _flat_modules(module: nn.Module) -> list[nn.Module] | None:
     """The modules a plain nn.Sequential runs, nested Sequentials unrolled; None for anything else."""
-    if type(module).forward is not nn.Sequential.forward:  # a subclass with its own forward may not run its children in order
+    if (
+        type(module).forward is not nn.Sequential.forward
+    ):  # a subclass with its own forward may not run its children in order
         return [module]
     flat: list[nn.Module] = []
     for child in module:
@@ -92,8 +98,10 @@ def single_layer_pattern(encoder: nn.Module) -> tuple[bool, nn.Linear, str] | No
 def _analytic(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     pattern = single_layer_pattern(encoder)
     if pattern is None:
-        raise ValueError("method='analytic' needs an encoder nn.Sequential([nn.Flatten(),] nn.Linear, "
-                         f"nn.Sigmoid|nn.Tanh|nn.ReLU); got {encoder!r}. Use method='exact' or 'hutchinson'.")
+        raise ValueError(
+            "method='analytic' needs an encoder nn.Sequential([nn.Flatten(),] nn.Linear, "
+            f"nn.Sigmoid|nn.Tanh|nn.ReLU); got {encoder!r}. Use method='exact' or 'hutchinson'."
+        )
     has_flatten, linear, activation = pattern
     if has_flatten:
         x = x.flatten(1)
@@ -107,6 +115,7 @@ def _analytic(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- exact
+
 
 def _input_for_grad(x: torch.Tensor) -> torch.Tensor:
     # Keep the graph to x if the caller has one; otherwise make x a leaf we can differentiate by.
@@ -133,8 +142,10 @@ def _exact_reverse_autograd(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor
 
 def _per_example_code(encoder: nn.Module):
     """f(params, buffers, x_n) -> flattened code of one example, for torch.func transforms."""
+
     def code(params, buffers, x_one):
         return functional_call(encoder, (params, buffers), (x_one.unsqueeze(0),)).reshape(-1)
+
     return code
 
 
@@ -208,8 +219,11 @@ def exact_route(encoder: nn.Module, x: torch.Tensor) -> str:
     if d_code > d_input:
         return "forward"
     first = leading_linear(encoder)
-    if first is not None and (first[0] or x.dim() == 2) and _gram_pays(d_code, x.shape[0], first[1].out_features,
-                                                                       d_input):
+    if (
+        first is not None
+        and (first[0] or x.dim() == 2)
+        and _gram_pays(d_code, x.shape[0], first[1].out_features, d_input)
+    ):
         return "gram"
     return "reverse"
 
@@ -227,6 +241,7 @@ def _exact(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- Hutchinson
 
+
 def _hutchinson(encoder: nn.Module, x: torch.Tensor, probes: torch.Tensor, side: str) -> torch.Tensor:
     """mean_p ||u_p^T J||^2 (side="code", u_p ~ N(0, I_code)) or mean_p ||J v_p||^2 (side="input").
 
@@ -237,8 +252,9 @@ def _hutchinson(encoder: nn.Module, x: torch.Tensor, probes: torch.Tensor, side:
     if side == "code":
         x = _input_for_grad(x)
         h = encoder(x)
-        (uj,) = torch.autograd.grad(h, x, probes.reshape(k, *h.shape), create_graph=True, is_grads_batched=True,
-                                    allow_unused=True)
+        (uj,) = torch.autograd.grad(
+            h, x, probes.reshape(k, *h.shape), create_graph=True, is_grads_batched=True, allow_unused=True
+        )
         if uj is None:
             return h.new_zeros(n)
         return uj.reshape(k, n, -1).pow(2).sum(2).mean(0)
@@ -263,9 +279,15 @@ def hutchinson_side(d_code: int, d_input: int, k: int) -> str:
 
 # --------------------------------------------------------------------------- public
 
-def jacobian_frobenius_sq(encoder: nn.Module, x: torch.Tensor, method: str = "auto", k: int = 8,
-                          chunk_size: int | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+
+def jacobian_frobenius_sq(
+    encoder: nn.Module,
+    x: torch.Tensor,
+    method: str = "auto",
+    k: int = 8,
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """||d h / d x||_F^2 per example (N,), h = encoder(x) and x flattened per example.
 
     The contractive penalty of Rifai et al. (ICML 2011), differentiable w.r.t.
@@ -315,15 +337,16 @@ def jacobian_frobenius_sq(encoder: nn.Module, x: torch.Tensor, method: str = "au
         with torch.no_grad():
             d_code = encoder(x[:1]).numel()
         side = hutchinson_side(d_code, d_input, k)
-        probes = torch.randn(k, n, d_code if side == "code" else d_input, generator=generator,
-                             dtype=x.dtype, device=x.device)
+        probes = torch.randn(
+            k, n, d_code if side == "code" else d_input, generator=generator, dtype=x.dtype, device=x.device
+        )
         compute = lambda xc, sl: _hutchinson(encoder, xc, probes[:, sl], side)  # noqa: E731
 
     n = x.shape[0]
     step = n if chunk_size is None else chunk_size
     differentiable = torch.is_grad_enabled()
     with torch.enable_grad():  # the Jacobian itself needs autograd, even for a value under torch.no_grad()
-        parts = [compute(x[start:start + step], slice(start, start + step)) for start in range(0, n, step)]
+        parts = [compute(x[start : start + step], slice(start, start + step)) for start in range(0, n, step)]
     penalty = parts[0] if len(parts) == 1 else torch.cat(parts)
     return penalty if differentiable else penalty.detach()
 

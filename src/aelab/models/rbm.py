@@ -47,6 +47,7 @@ Reducing the dimensionality of data with neural networks, Science 313:504, and t
 (rbm.m, rbmhidlinear.m, mnistdeepauto.m); sklearn.neural_network.BernoulliRBM for the
 pseudo-likelihood.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ae import check_positive_sizes
-
 
 HIDDEN_KINDS = ("bernoulli", "gaussian")
 NEGATIVE_PHASES = ("probabilities", "samples")
@@ -78,20 +78,21 @@ def bernoulli_into(prob: torch.Tensor, out: torch.Tensor, generator: torch.Gener
     """
     n = out.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=out.device)
-    words.random_(-2 ** 63, None, generator=generator)  # the full 64-bit range: all four lanes uniform
-    out.view(-1).copy_(words.view(torch.int16)[:n])     # k - 2^15, exactly representable
-    return out.add_(32768.5).mul_(2.0 ** -16).lt_(prob)
+    words.random_(-(2**63), None, generator=generator)  # the full 64-bit range: all four lanes uniform
+    out.view(-1).copy_(words.view(torch.int16)[:n])  # k - 2^15, exactly representable
+    return out.add_(32768.5).mul_(2.0**-16).lt_(prob)
 
 
 @dataclass
 class CDStatistics:
     """One CD/PCD estimate of the log-likelihood gradient, averaged over the batch (ascent direction)."""
-    weight: torch.Tensor          # <v h^T>_data - <v h^T>_chain end   (n_visible, n_hidden)
-    visible_bias: torch.Tensor    # <v>_data - <v>_chain end            (n_visible,)
-    hidden_bias: torch.Tensor     # <h>_data - <h>_chain end            (n_hidden,)
+
+    weight: torch.Tensor  # <v h^T>_data - <v h^T>_chain end   (n_visible, n_hidden)
+    visible_bias: torch.Tensor  # <v>_data - <v>_chain end            (n_visible,)
+    hidden_bias: torch.Tensor  # <h>_data - <h>_chain end            (n_hidden,)
     reconstruction: torch.Tensor  # p(v | h0 sample): the one-step mean-field reconstruction of v0
-    chain: torch.Tensor | None    # binary visible sample at the chain end (the next PCD state); None for
-                                  # CD with the mean-field end, which samples no visible state
+    chain: torch.Tensor | None  # binary visible sample at the chain end (the next PCD state); None for
+    # CD with the mean-field end, which samples no visible state
 
 
 class RBM(nn.Module):
@@ -102,9 +103,15 @@ class RBM(nn.Module):
     created on its device unless `device` says otherwise.
     """
 
-    def __init__(self, n_visible: int, n_hidden: int, hidden: str = "bernoulli",
-                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        hidden: str = "bernoulli",
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         check_positive_sizes(n_visible=n_visible, n_hidden=n_hidden)
         if hidden not in HIDDEN_KINDS:
@@ -113,8 +120,9 @@ class RBM(nn.Module):
         self.generator = generator
         if device is None and generator is not None:
             device = generator.device
-        self.weight = nn.Parameter(0.1 * torch.randn(n_visible, n_hidden, generator=generator, device=device,
-                                                     dtype=dtype))
+        self.weight = nn.Parameter(
+            0.1 * torch.randn(n_visible, n_hidden, generator=generator, device=device, dtype=dtype)
+        )
         self.visible_bias = nn.Parameter(torch.zeros(n_visible, device=device, dtype=dtype))
         self.hidden_bias = nn.Parameter(torch.zeros(n_hidden, device=device, dtype=dtype))
 
@@ -190,16 +198,30 @@ class RBM(nn.Module):
         torch.addmm(self.hidden_bias, v0, self.weight, out=h_pos)
         return h_pos.sigmoid_() if self.hidden == "bernoulli" else h_pos
 
-    def _reconstruct(self, v0: torch.Tensor, h_pos: torch.Tensor, generator: torch.Generator | None,
-                     h_sample: torch.Tensor, v_prob: torch.Tensor) -> torch.Tensor:
+    def _reconstruct(
+        self,
+        v0: torch.Tensor,
+        h_pos: torch.Tensor,
+        generator: torch.Generator | None,
+        h_sample: torch.Tensor,
+        v_prob: torch.Tensor,
+    ) -> torch.Tensor:
         """h_sample ~ p(h | v0), v_prob = p(v | h_sample); returns sum ||v0 - v_prob||^2 (Hinton's error)."""
         self._sample_hidden(h_pos, h_sample, generator)
         torch.addmm(self.visible_bias, h_sample, self.weight.t(), out=v_prob).sigmoid_()
         return torch.sub(v0, v_prob).pow_(2).sum()
 
-    def _negative_phase(self, k: int, chain: torch.Tensor | None, negative_phase: str,
-                        generator: torch.Generator | None, h_sample: torch.Tensor, v_prob: torch.Tensor,
-                        v_sample: torch.Tensor, h_neg: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def _negative_phase(
+        self,
+        k: int,
+        chain: torch.Tensor | None,
+        negative_phase: str,
+        generator: torch.Generator | None,
+        h_sample: torch.Tensor,
+        v_prob: torch.Tensor,
+        v_sample: torch.Tensor,
+        h_neg: torch.Tensor,
+    ) -> tuple[torch.Tensor, bool]:
         """Run the negative chain for k full steps; fill h_neg = E[h | v_end] and return (v_end, sampled).
 
         CD (chain None): h_sample and v_prob must already hold h0 ~ p(h | v0) and p(v | h0) (from
@@ -207,7 +229,7 @@ class RBM(nn.Module):
         `chain`. v_end is v_prob (negative_phase "probabilities", Hinton) or v_sample ("samples");
         `sampled` says whether v_sample holds a binary sample of the chain end (the next PCD state).
         """
-        W, b, c = self.weight, self.visible_bias, self.hidden_bias
+        W, b, _c = self.weight, self.visible_bias, self.hidden_bias
         if chain is not None:
             self._sample_hidden(self._positive_phase(chain, h_neg), h_sample, generator)
             torch.addmm(b, h_sample, W.t(), out=v_prob).sigmoid_()
@@ -225,8 +247,14 @@ class RBM(nn.Module):
         return v_end, sampled
 
     @torch.no_grad()
-    def cd_step(self, v0: torch.Tensor, k: int = 1, persistent_chain: torch.Tensor | None = None,
-                negative_phase: str = "probabilities", generator: torch.Generator | None = None) -> CDStatistics:
+    def cd_step(
+        self,
+        v0: torch.Tensor,
+        k: int = 1,
+        persistent_chain: torch.Tensor | None = None,
+        negative_phase: str = "probabilities",
+        generator: torch.Generator | None = None,
+    ) -> CDStatistics:
         """CD-k statistics for the batch v0 (B, n_visible), or PCD-k when `persistent_chain`, a binary
         (B', n_visible) chain state (any B'), is given. Returns batch-mean gradient estimates (ascent
         direction) and the next chain state; the parameters are not changed (`fit` applies updates)."""
@@ -247,8 +275,9 @@ class RBM(nn.Module):
         else:
             h_sample, v_prob = new(n_chain, self.n_hidden), new(n_chain, self.n_visible)
         v_sample, h_neg = new(n_chain, self.n_visible), new(n_chain, self.n_hidden)
-        v_end, sampled = self._negative_phase(k, persistent_chain, negative_phase, generator,
-                                              h_sample, v_prob, v_sample, h_neg)
+        v_end, sampled = self._negative_phase(
+            k, persistent_chain, negative_phase, generator, h_sample, v_prob, v_sample, h_neg
+        )
         return CDStatistics(
             weight=v0.t() @ h_pos / v0.shape[0] - v_end.t() @ h_neg / n_chain,
             visible_bias=v0.mean(0) - v_end.mean(0),
@@ -259,13 +288,24 @@ class RBM(nn.Module):
 
     # ----- training -----------------------------------------------------------------------
     @torch.no_grad()
-    def fit(self, data: torch.Tensor, epochs: int = 50, batch_size: int = 100, lr: float | None = None,
-            weight_cost: float = 2e-4, momentum: tuple[float, float] = (0.5, 0.9), momentum_switch_epoch: int = 5,
-            k: int = 1, persistent: bool = False, negative_phase: str | None = None,
-            generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
-            log: Callable[[str], None] | None = None,
-            allreduce: Callable[[list[torch.Tensor]], None] | None = None,
-            monitor_size: int | None = 1000) -> list[dict]:
+    def fit(
+        self,
+        data: torch.Tensor,
+        epochs: int = 50,
+        batch_size: int = 100,
+        lr: float | None = None,
+        weight_cost: float = 2e-4,
+        momentum: tuple[float, float] = (0.5, 0.9),
+        momentum_switch_epoch: int = 5,
+        k: int = 1,
+        persistent: bool = False,
+        negative_phase: str | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] | None = None,
+        allreduce: Callable[[list[torch.Tensor]], None] | None = None,
+        monitor_size: int | None = 1000,
+    ) -> list[dict]:
         """Train by CD-k (PCD-k if `persistent`) with momentum and weight cost, as Hinton's rbm.m.
 
         data: (N, n_visible) probabilities in [0, 1] (images are flattened). lr defaults to 0.1 for
@@ -306,8 +346,9 @@ class RBM(nn.Module):
         grads = [new(n_vis, n_hid), new(n_vis), new(n_hid)] if allreduce is not None else None
         chain = None
         if persistent:
-            chain = torch.bernoulli(data[torch.randperm(n, generator=generator, device=data.device)[:B]],
-                                    generator=generator)
+            chain = torch.bernoulli(
+                data[torch.randperm(n, generator=generator, device=data.device)[:B]], generator=generator
+            )
         monitor = data
         if monitor_size is not None and monitor_size < n:
             monitor = data[torch.randperm(n, generator=generator, device=data.device)[:monitor_size]]
@@ -318,21 +359,30 @@ class RBM(nn.Module):
             sq_error = torch.zeros((), dtype=W.dtype, device=W.device)
             order = torch.randperm(n, generator=generator, device=data.device)
             for start in range(0, n, B):
-                idx = order[start:start + B]
+                idx = order[start : start + B]
                 bs = idx.shape[0]
                 v0, h_pos = v_stack[:bs], h_stack[:bs]
                 torch.index_select(data, 0, idx, out=v0)
-                end_rows = v_stack[bs:2 * bs]
-                v_prob, v_sample = (end_rows, v_other[:bs]) if negative_phase == "probabilities" \
-                    else (v_other[:bs], end_rows)
+                end_rows = v_stack[bs : 2 * bs]
+                v_prob, v_sample = (
+                    (end_rows, v_other[:bs]) if negative_phase == "probabilities" else (v_other[:bs], end_rows)
+                )
                 self._positive_phase(v0, h_pos)
                 sq_error += self._reconstruct(v0, h_pos, generator, h_sample[:bs], v_prob)
-                v_end, _ = self._negative_phase(k, None if chain is None else chain[:bs], negative_phase,
-                                                generator, h_sample[:bs], v_prob, v_sample, h_stack[bs:2 * bs])
+                v_end, _ = self._negative_phase(
+                    k,
+                    None if chain is None else chain[:bs],
+                    negative_phase,
+                    generator,
+                    h_sample[:bs],
+                    v_prob,
+                    v_sample,
+                    h_stack[bs : 2 * bs],
+                )
                 if chain is not None:
                     chain[:bs].copy_(v_sample)
-                h_stack[bs:2 * bs].neg_()
-                v_both, h_both = v_stack[:2 * bs], h_stack[:2 * bs]
+                h_stack[bs : 2 * bs].neg_()
+                v_both, h_both = v_stack[: 2 * bs], h_stack[: 2 * bs]
                 if allreduce is None:  # fused: inc = m inc + lr/b [v0; v_end]^T [h0; -h_end]
                     inc_W.addmm_(v_both.t(), h_both, beta=m, alpha=lr / bs)
                     inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
@@ -353,23 +403,39 @@ class RBM(nn.Module):
             recon_error = sq_error.item() / n  # .item() syncs, so the timing covers all updates
             seconds = time.perf_counter() - t0
             pl = self.pseudo_likelihood(monitor, generator).mean().item() if len(monitor) else None
-            record = dict(epoch=epoch + 1, recon_error=recon_error, pseudo_likelihood=pl,
-                          momentum=m, lr=lr, seconds=seconds, samples_per_second=n / seconds)
+            record = dict(
+                epoch=epoch + 1,
+                recon_error=recon_error,
+                pseudo_likelihood=pl,
+                momentum=m,
+                lr=lr,
+                seconds=seconds,
+                samples_per_second=n / seconds,
+            )
             history.append(record)
             if log is not None:
                 pl_text = "-" if pl is None else f"{pl:.3f}"
-                log(f"rbm {n_vis}-{n_hid} ({self.hidden}) epoch {epoch + 1}/{epochs}: recon_error "
-                    f"{recon_error:.3f} pseudo_likelihood {pl_text} ({record['samples_per_second']:.0f} samples/s)")
+                log(
+                    f"rbm {n_vis}-{n_hid} ({self.hidden}) epoch {epoch + 1}/{epochs}: recon_error "
+                    f"{recon_error:.3f} pseudo_likelihood {pl_text} ({record['samples_per_second']:.0f} samples/s)"
+                )
             if callback is not None:
                 callback(record)
         return history
 
 
 # ----- greedy layer-wise pretraining ------------------------------------------------------------
-def pretrain_stack(data: torch.Tensor, sizes: Sequence[int] = (784, 1000, 500, 250, 30), epochs: int = 50,
-                   top_hidden: str = "gaussian", generator: torch.Generator | None = None,
-                   log: Callable[[str], None] | None = None, lr: float | None = None, top_lr: float | None = None,
-                   **fit_kwargs) -> list[RBM]:
+def pretrain_stack(
+    data: torch.Tensor,
+    sizes: Sequence[int] = (784, 1000, 500, 250, 30),
+    epochs: int = 50,
+    top_hidden: str = "gaussian",
+    generator: torch.Generator | None = None,
+    log: Callable[[str], None] | None = None,
+    lr: float | None = None,
+    top_lr: float | None = None,
+    **fit_kwargs,
+) -> list[RBM]:
     """Greedy layer-wise pretraining (Hinton & Salakhutdinov 2006): RBM i is trained on the hidden
     probabilities E[h | v] of RBM i-1 (the data for the first). The top RBM has `top_hidden` units,
     linear (Gaussian) by default as in mnistdeepauto.m. `lr` applies to the Bernoulli-hidden layers

@@ -17,12 +17,12 @@ Test log-likelihood by importance sampling (Burda et al., IWAE, ICLR 2016):
 which tightens as k grows (k = 100 at evaluation). Reference points on
 binarized MNIST: pythae reproduces 89.78 nats, the IWAE paper reports 86.76.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .ae import check_positive_sizes, mlp
@@ -46,8 +46,15 @@ class VAE(Autoencoder):
     can_sample = True
     has_likelihood = True
 
-    def __init__(self, input_shape=(1, 28, 28), hidden=(256, 64), latent: int = 20, likelihood: str = "bce",
-                 obs_std: float = 0.1, beta: float = 1.0):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        hidden=(256, 64),
+        latent: int = 20,
+        likelihood: str = "bce",
+        obs_std: float = 0.1,
+        beta: float = 1.0,
+    ):
         super().__init__()
         hidden = [int(h) for h in hidden]
         check_positive_sizes(latent=latent, hidden=hidden)
@@ -55,8 +62,14 @@ class VAE(Autoencoder):
             raise ValueError(f"unknown likelihood {likelihood!r}; choose from bce, gaussian")
         if obs_std <= 0:
             raise ValueError("obs_std must be positive")
-        self.options = dict(input_shape=list(input_shape), hidden=hidden, latent=latent, likelihood=likelihood,
-                            obs_std=obs_std, beta=beta)
+        self.options = dict(
+            input_shape=list(input_shape),
+            hidden=hidden,
+            latent=latent,
+            likelihood=likelihood,
+            obs_std=obs_std,
+            beta=beta,
+        )
         self.input_shape = tuple(input_shape)
         self.latent = latent
         d = math.prod(self.input_shape)
@@ -105,8 +118,9 @@ class VAE(Autoencoder):
         return self.decode((1 - t) * z_a + t * z_b)
 
     @torch.no_grad()
-    def iwae_log_likelihood(self, x: torch.Tensor, k: int = 100, batch_size: int = 100,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+    def iwae_log_likelihood(
+        self, x: torch.Tensor, k: int = 100, batch_size: int = 100, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Importance-sampled estimate of log p(x) per image in nats (the IWAE bound with k samples)."""
         out = []
         for xb in x.flatten(1).split(batch_size):
