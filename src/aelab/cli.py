@@ -97,7 +97,13 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    result = evaluate(args.run_dir, iwae_k=args.iwae_k, tsne_points=args.tsne_points, figures=not args.no_figures)
+    result = evaluate(
+        args.run_dir,
+        iwae_k=args.iwae_k,
+        tsne_points=args.tsne_points,
+        figures=not args.no_figures,
+        data_dir=args.data_dir,
+    )
     for k, v in result["metrics"].items():
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
@@ -131,7 +137,15 @@ def cmd_data(args) -> int:
         return 0
     if not args.name:
         raise AelabError(f"aelab data fetch needs a dataset name; choose from {', '.join(data.IDX_DATASETS)}")
-    folder = data.fetch(args.name, args.data_dir, mirrors=[args.mirror] if args.mirror else None, quiet=False)
+    folder = data.fetch(
+        args.name,
+        args.data_dir,
+        mirrors=[args.mirror] if args.mirror else None,
+        quiet=False,
+        force=args.force,
+        deadline_s=args.deadline,
+        stall_s=args.stall_timeout,
+    )
     for split in ("train", "test"):
         x, _ = data.load(args.name, split, args.data_dir)
         print(f"{args.name}/{split}: {tuple(x.shape)}")
@@ -141,10 +155,15 @@ def cmd_data(args) -> int:
 
 def cmd_experiment(args) -> int:
     module = importlib.import_module(f".experiments.{args.experiment_module}", __package__)
+    from .runs import RunLock
+
     settings = options.from_args(module.Settings, args)
     if hasattr(settings, "validate"):
         settings.validate()
-    path = module.run(settings)
+    if not str(settings.out).strip():
+        raise AelabError("--out must name a folder")
+    with RunLock(settings.out):  # the experiment's own files; each of its runs locks its own folder too
+        path = module.run(settings)
     print(f"report: {path}")
     return 0
 
@@ -167,6 +186,7 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--iwae-k", type=positive_int, default=100)
     p.add_argument("--tsne-points", type=positive_int, default=2000)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the model names")
@@ -177,6 +197,9 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--mirror", default=None, help="base URL to download from instead of the official mirrors")
+    p.add_argument("--force", action="store_true", help="download again the files whose checksum is wrong")
+    p.add_argument("--deadline", type=positive_float, default=600.0, help="seconds for one file's whole download")
+    p.add_argument("--stall-timeout", type=positive_float, default=30.0, help="seconds without a byte before giving up")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("experiment", help="run a paper's experiment end to end")
@@ -188,6 +211,10 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(f".experiments.{module_name}", __package__)
             options.add_arguments(q, module.Settings)
     return parser
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _chosen_experiment(argv: list[str]) -> str | None:
@@ -215,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=FutureWarning)
             return args.func(args)
     except AelabError as e:
-        print(f"aelab: error: {e}", file=sys.stderr)
+        print(f"aelab: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
-        print(f"aelab: training stopped: {e}", file=sys.stderr)
+        print(f"aelab: training stopped: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aelab: interrupted", file=sys.stderr)

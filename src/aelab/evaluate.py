@@ -18,12 +18,14 @@ Metrics (per image unless stated):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 
 from . import report, runs
+from .errors import CheckpointError
 from .metrics.codes import encode_all, probe_accuracy, reconstruct_all, tsne_2d
 from .metrics.contraction import contraction_diagnostics
 from .metrics.reconstruction import pca_reconstruction_sse, sse_per_image
@@ -56,13 +58,26 @@ def evaluate(
     figures: bool = True,
     seed: int = 0,
     write: bool = True,
+    data_dir: str | Path | None = None,
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
-    figures=True) figures/ into the run folder; with write=False nothing on disk changes."""
+    figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
+    The data come from `data_dir` (default: $AELAB_DATA or ~/.cache/aelab), never from config.json, and
+    are never downloaded here."""
     run_dir = Path(run_dir)
+    with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
+        return _evaluate(run_dir, iwae_k, tsne_points, figures, seed, write, data_dir)
+
+
+def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed: int, write: bool, data_dir) -> dict:
     model = runs.load_model(run_dir)
     config = runs.read_config(run_dir)
-    train_x, train_y, test_x, test_y = runs.run_data(config)
+    train_x, train_y, test_x, test_y = runs.run_data(config, data_dir)
+    if tuple(test_x.shape[1:]) != tuple(model.input_shape):
+        raise CheckpointError(
+            f"{run_dir}/config.json names data of shape {tuple(test_x.shape[1:])}, but the model "
+            f"in model.json takes {tuple(model.input_shape)}"
+        )
     t0 = time.perf_counter()
     torch.manual_seed(seed)
 
@@ -119,9 +134,11 @@ def evaluate(
     if not write:
         return result
 
+    runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
     figs: list[tuple[str, Path]] = []
     if figures:
-        fig_dir = run_dir / "figures"
+        fig_dir = runs.subfolder(run_dir, "figures")
+        runs.remove_stale_temp_files(fig_dir)
         figs = _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed)
         if spectrum is not None:
             figs.append(

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_SEED = 2**63  # seeds live in [0, 2^63): what torch.manual_seed and numpy's generators accept
+MAX_COUNT = 10**7  # epochs, batch sizes, image counts, iterations: far beyond any run here, far below overflow
+MAX_SIZE = 10**6  # one layer's width or a code's size; what fits in memory is checked from the options too
 
 
 def positive_int(text: str) -> int:
@@ -29,8 +31,8 @@ def positive_int(text: str) -> int:
         value = int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    if not 0 < value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_COUNT:.0e}, got {text}")
     return value
 
 
@@ -89,8 +91,8 @@ def int_list(text: str) -> list[int]:
     if not re.fullmatch(r"\s*\d+\s*([,-]\s*\d+\s*)*", text):
         raise argparse.ArgumentTypeError(f"expected positive sizes like 256,64 or 784-1000-30, got {text!r}")
     values = [int(v) for v in re.split(r"[,-]", text)]
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    if any(not 0 < v <= MAX_SIZE for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be integers in [1, {MAX_SIZE:.0e}], got {text!r}")
     return values
 
 

@@ -14,10 +14,12 @@ serialisation; anything else given as a checkpoint is refused unread.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import secrets
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .errors import CheckpointError, StorageError
+from .errors import AelabError, CheckpointError, ConfigError, StorageError
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-FORMAT_VERSION = 1  # of run folders: model.json, config.json, checkpoint.safetensors
+FORMAT_VERSION = 2  # of run folders: model.json, config.json, checkpoint.safetensors (2: tensor checksums)
+MAX_TENSOR_FILE_BYTES = 16 << 30
 
 _fault_counts: dict[str, int] = {}
 _fault_targets: dict[str, str | None] = {}
@@ -109,6 +112,123 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Tru
         raise
 
 
+# ---------------------------------------------------------------- reading untrusted files
+MAX_JSON_BYTES = 64 << 20  # config.json, model.json, metrics.jsonl: far below this
+MAX_JSON_DEPTH = 32
+
+
+def regular_file(path: str | os.PathLike) -> os.stat_result:
+    """The file's stat if it is a regular file; symlinks, devices, pipes and folders are refused: a run
+    folder is untrusted input (a model.safetensors linked to /dev/zero would be read without end)."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: not a regular file (symlinks, devices and folders are refused)")
+    return st
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """A regular file's bytes, refused unread when larger than max_bytes."""
+    st = regular_file(path)
+    if st.st_size > max_bytes:
+        raise CheckpointError(f"{path}: {st.st_size} bytes, more than the {max_bytes} expected of it")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            return f.read(max_bytes + 1)[: max_bytes + 1]
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _depth(obj: Any) -> int:
+    depth, level = 0, [obj]
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            break
+        level = [v for o in level if isinstance(o, (dict, list)) for v in (o.values() if isinstance(o, dict) else o)]
+    return depth
+
+
+def parse_json(text: bytes | str, where: str) -> Any:
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: JSON nested too deep") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def subfolder(run_dir: str | os.PathLike, name: str) -> Path:
+    """RUN/name as a real folder inside the run (created if missing); a symlink there is refused, so that
+    nothing is ever written outside the run folder through it."""
+    path = Path(run_dir) / name
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise CheckpointError(f"{path}: not a folder of the run (a symlink or a file); remove it")
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create {path}: {e.strerror or e}") from None
+    return path
+
+
+class RunLock:
+    """An exclusive lock on a run folder, so that two writers never mix their files.
+
+    fcntl.flock on FOLDER/.lock: the OS releases it when the process ends, kill -9 included, so a lock is
+    never stale. The holder writes its pid into the file; a second writer gets one line naming it."""
+
+    def __init__(self, folder: str | os.PathLike, create: bool = True):
+        self.folder = Path(folder)
+        self.create = create
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        path = self.folder / ".lock"
+        if not self.create and not self.folder.is_dir():
+            raise CheckpointError(f"run folder {self.folder} does not exist")
+        try:
+            self._created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as e:
+            raise StorageError(f"cannot use {self.folder} as a run folder: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"{self.folder} is in use by another aelab process (pid {holder}); wait for it to "
+                "finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._fd is None:
+            return
+        if exc_type is not None and self._created and [p.name for p in self.folder.iterdir()] == [".lock"]:
+            # a run that failed before writing anything leaves no folder behind
+            (self.folder / ".lock").unlink(missing_ok=True)
+            self.folder.rmdir()
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
     atomic_write_bytes(path, text.encode(), durable)
 
@@ -129,13 +249,9 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse a JSON file of a run folder: a regular file, of bounded size and nesting depth."""
+    return parse_json(read_bytes(path, max_bytes), str(path))
 
 
 # ---------------------------------------------------------------- nested state <-> flat tensors + JSON
@@ -174,6 +290,18 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
+def tensor_checksum(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's raw bytes (any dtype): stored beside every tensor, verified on load."""
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(raw)).hexdigest()
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> bytes:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {**header, "checksums": json.dumps({k: tensor_checksum(v) for k, v in tensors.items()})}
+    return st_save_bytes(tensors, metadata=header)
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
     """Save a nested state (tensors anywhere inside) as one safetensors file; structure goes in its JSON header."""
     tensors: dict[str, torch.Tensor] = {}
@@ -183,7 +311,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, A
         "skeleton": json.dumps(skeleton),
         "meta": json.dumps(meta or {}, default=_json_default),
     }
-    atomic_write_bytes(path, st_save_bytes(tensors, metadata=header))
+    atomic_write_bytes(path, _safetensors_bytes(tensors, header))
 
 
 def _refuse_non_safetensors(path: Path, data: bytes) -> None:
@@ -197,29 +325,52 @@ def _refuse_non_safetensors(path: Path, data: bytes) -> None:
     raise CheckpointError(f"{path}: not a safetensors file")
 
 
-def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, header metadata) of a safetensors file, every tensor checked against its stored checksum."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
+    data = read_bytes(path, MAX_TENSOR_FILE_BYTES)
     _refuse_non_safetensors(path, data)
     try:
         tensors = st_load_bytes(data)
-        from safetensors import safe_open  # the header metadata is only exposed through safe_open
-
-        with safe_open(str(path), "pt") as f:
-            header = f.metadata() or {}
-    except (SafetensorError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
-    version = int(header.get("format_version", "0"))
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OSError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({' '.join(str(e).split())})") from None
+    if not isinstance(header, dict) or not all(isinstance(v, str) for v in header.values()):
+        raise CheckpointError(f"{path}: malformed safetensors metadata")
+    try:
+        version = int(header.get("format_version", "0"))
+    except ValueError:
+        raise CheckpointError(f"{path}: format_version is not a number") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})"
         )
+    if version >= 2 or "checksums" in header:
+        sums = parse_json(header.get("checksums", "null"), f"{path} (checksums)")
+        if not isinstance(sums, dict) or set(sums) != set(tensors):
+            raise CheckpointError(f"{path}: tensor checksums missing or incomplete")
+        bad = [k for k, t in tensors.items() if tensor_checksum(t) != sums[k]]
+        if bad:
+            raise CheckpointError(f"{path}: corrupt: tensor {bad[0]} does not match its checksum")
+    return tensors, header
+
+
+def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(nested state, meta) saved by save_state."""
+    path = Path(path)
+    tensors, header = read_safetensors(path)
     if "skeleton" not in header:
         return dict(tensors), {}
-    return unflatten_state(json.loads(header["skeleton"]), tensors), json.loads(header.get("meta", "{}"))
+    skeleton = parse_json(header["skeleton"], f"{path} (structure)")
+    meta = parse_json(header.get("meta", "{}"), f"{path} (meta)")
+    try:
+        state = unflatten_state(skeleton, tensors)
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: malformed checkpoint structure") from None
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: malformed checkpoint structure")
+    return state, meta
 
 
 # ---------------------------------------------------------------- the files of a run folder
@@ -242,11 +393,53 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def read_config(run_dir: str | os.PathLike) -> dict:
-    config = read_json(Path(run_dir) / "config.json")
+_NONE = type(None)
+# config.json: the type of every key that evaluate and --resume rely on (the rest is a record for people)
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "model_options": (dict,),
+    "dataset": (str,),
+    "dataset_options": (dict,),
+    "data_dir": (str, _NONE),
+    "train_limit": (int, _NONE),
+    "epochs": (int,),
+    "batch_size": (int,),
+    "lr": (float, int),
+    "optimizer": (str,),
+    "seed": (int,),
+    "device": (str,),
+    "amp": (bool,),
+    "out": (str,),
+    "eval_batch_size": (int,),
+    "format_version": (int,),
+}
+_POSITIVE = ("train_limit", "epochs", "batch_size", "eval_batch_size")
+
+
+def check_config(config: Any, where: str) -> dict:
+    """Schema check of a config.json: an object, the expected types, sizes >= 1, a known format version."""
     if not isinstance(config, dict):
-        raise CheckpointError(f"{Path(run_dir) / 'config.json'}: expected a JSON object")
+        raise CheckpointError(f"{where}: expected a JSON object")
+    for key, types in CONFIG_TYPES.items():
+        if key not in config:
+            raise CheckpointError(f"{where}: no {key!r}")
+        value = config[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise CheckpointError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
+        if key in _POSITIVE and value is not None and value < 1:
+            raise CheckpointError(f"{where}: {key!r} must be >= 1, got {value}")
+    if not 0 <= config["seed"] < 2**63:
+        raise CheckpointError(f"{where}: 'seed' out of range")
+    if config["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: written by a newer aelab (format {config['format_version']}, this one reads <= {FORMAT_VERSION})"
+        )
     return config
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / "config.json"
+    return check_config(read_json(path), str(path))
 
 
 def write_history(run_dir: str | os.PathLike, history: list[dict], durable: bool = True) -> None:
@@ -256,35 +449,35 @@ def write_history(run_dir: str | os.PathLike, history: list[dict], durable: bool
 def read_history(run_dir: str | os.PathLike) -> list[dict]:
     """metrics.jsonl as a list of dicts ([] when the run has none yet)."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON lines ({e})") from None
+    lines = read_bytes(path, MAX_JSON_BYTES).decode(errors="replace").splitlines()
+    history = [parse_json(line, f"{path}, line {i}") for i, line in enumerate(lines, 1) if line.strip()]
+    if not all(isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history):
+        raise CheckpointError(f"{path}: every line must be an object with an integer 'epoch'")
+    return history
 
 
 def save_model(run_dir: str | os.PathLike, model: nn.Module, durable: bool = True) -> None:
     """model.safetensors (a plain state dict, readable by any safetensors tool) + model.json (name and options)."""
     run_dir = Path(run_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(
-        run_dir / "model.safetensors",
-        st_save_bytes(state, metadata={"format_version": str(FORMAT_VERSION)}),
-        durable=durable,
-    )
+    header = {"format_version": str(FORMAT_VERSION)}
+    atomic_write_bytes(run_dir / "model.safetensors", _safetensors_bytes(model.state_dict(), header), durable)
     write_json(
         run_dir / "model.json",
         {"format_version": FORMAT_VERSION, "name": type(model).name, "options": model.options},
-        durable=durable,
+        durable,
     )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
+    """Load a state dict whose every tensor has the name, shape and dtype the model expects."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: malformed weights")
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    found = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        diff = sorted(set(expected.items()) ^ set(found.items()), key=str)[:3]
         raise CheckpointError(f"{path}: weights do not match the architecture in model.json (e.g. {diff})")
     model.load_state_dict(state)
 
@@ -299,32 +492,39 @@ def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
+    where = f"{run_dir}/model.json"
     spec = read_json(run_dir / "model.json")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("options"), dict):
-        raise CheckpointError(f"{run_dir}/model.json: expected an object with a model name and its options")
-    if int(spec.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{where}: expected an object with a model name and its options")
+    version = spec.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{where}: format_version is not an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{run_dir}/model.json: written by a newer aelab (format {spec['format_version']}, "
-            f"this one reads <= {FORMAT_VERSION})"
+            f"{where}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})"
         )
-    try:
+    try:  # the options are untrusted: any failure to build from them is the file's fault, not a bug
+        models.check_memory(spec["name"], spec["options"], training=False)  # sizes checked before allocation
         model = models.create(spec["name"], **spec["options"])
-    except ValueError as e:  # unknown name or option, or an option out of range
-        raise CheckpointError(f"{run_dir}/model.json: cannot build the model ({e})") from None
+    except AelabError as e:
+        raise CheckpointError(f"{where}: cannot build the model ({e})") from None
+    except Exception as e:
+        raise CheckpointError(f"{where}: cannot build the model ({type(e).__name__}: {e})") from None
     state, _ = load_state(run_dir / "model.safetensors")
     load_weights(model, state, run_dir / "model.safetensors")
     return model.to(device).eval()
 
 
-def run_data(config: dict, data_dir: str | None = None):
+def run_data(config: dict, data_dir: str | os.PathLike | None = None):
     """The run's own train and test splits: same dataset, options and train_limit as in training.
     Returns (train_x, train_y, test_x, test_y)."""
     from . import data
 
     name, opts = config["dataset"], config.get("dataset_options", {})
-    root = data_dir or config.get("data_dir")
-    train_x, train_y = data.load(name, "train", root, **opts)
-    test_x, test_y = data.load(name, "test", root, **opts)
+    # the data folder comes from the caller, never from config.json (an untrusted file must not make aelab
+    # create folders or download anywhere); files that are not there already are an error, not a download
+    train_x, train_y = data.load(name, "train", data_dir, download=False, **opts)
+    test_x, test_y = data.load(name, "test", data_dir, download=False, **opts)
     if config.get("train_limit"):
         train_x, train_y = train_x[: config["train_limit"]], train_y[: config["train_limit"]]
     return train_x, train_y, test_x, test_y

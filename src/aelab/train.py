@@ -18,6 +18,7 @@ every rank takes the same branch and no rank waits in a collective alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -35,6 +36,7 @@ import torch.nn as nn
 from . import data as datamod
 from . import models, runs
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .options import MAX_COUNT, MAX_SEED
 
 
 @dataclass
@@ -58,12 +60,18 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
-        if self.train_limit is not None and self.train_limit <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_COUNT:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer in [1, {MAX_COUNT}], got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a finite positive number, got {self.lr!r}")
+        if self.train_limit is not None and not (isinstance(self.train_limit, int) and self.train_limit > 0):
             raise ConfigError(f"--train-limit must be a positive integer, got {self.train_limit!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < MAX_SEED):
+            raise ConfigError(f"--seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if not str(self.out).strip():
+            raise ConfigError("--out must name a folder")
+        if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
+            raise ConfigError("model and dataset options must be KEY=VALUE pairs")
         if self.optimizer not in ("adam", "lbfgs"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from adam, lbfgs")
         if self.model not in models.names():
@@ -166,6 +174,21 @@ def _check_resume_config(old: dict, new: dict) -> None:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")
 
 
+def _check_checkpoint_meta(meta: dict, path: Path) -> tuple[int, list[dict], bool, int]:
+    """(epoch, history, pretrained, resumes) of a checkpoint, schema-checked: the file is untrusted."""
+    epoch, history = meta.get("epoch"), meta.get("history")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise CheckpointError(f"{path}: no valid 'epoch' in its metadata")
+    if not (
+        isinstance(history, list) and all(isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history)
+    ):
+        raise CheckpointError(f"{path}: no valid 'history' in its metadata")
+    resumes = meta.get("resumes", 0)
+    if not isinstance(resumes, int):
+        raise CheckpointError(f"{path}: 'resumes' is not an integer")
+    return epoch, history, bool(meta.get("pretrained")), resumes
+
+
 def load_data(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The train and test images of cfg.dataset on `device` (labels are not needed to train)."""
     train_x, _ = datamod.load(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
@@ -190,12 +213,14 @@ class RunWriter:
     def __init__(self, out: Path, model: nn.Module, opt: torch.optim.Optimizer, history: list[dict], enabled: bool):
         self.out, self.model, self.opt, self.history, self.enabled = out, model, opt, history, enabled
         self.pretrained = False
+        # continuations from a checkpoint that led to the current epoch (recorded per epoch): the kill test
+        # checks with it that a resume never trains again the epochs a checkpoint holds
+        self.resumes = 0
 
     def open(self, config: dict, resume: bool) -> None:
         if not self.enabled:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        runs.remove_stale_temp_files(self.out)
+        runs.remove_stale_temp_files(self.out)  # under the lock: leftovers of a killed writer
         runs.write_json(self.out / "config.json", config)
         if resume:  # a kill may have come between the checkpoint and the files derived from it
             self._write_derived_files()
@@ -211,7 +236,7 @@ class RunWriter:
         runs.save_state(
             self.out / "checkpoint.safetensors",
             {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()},
-            meta={"epoch": epoch, "history": self.history, "pretrained": self.pretrained},
+            meta={"epoch": epoch, "history": self.history, "pretrained": self.pretrained, "resumes": self.resumes},
         )
         self._write_derived_files()
 
@@ -283,11 +308,16 @@ def _tensorboard_writer(out: Path):
 
 # ---------------------------------------------------------------- the trainer
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
-    """Train `cfg.model` on `cfg.dataset`; return the run folder."""
+    """Train `cfg.model` on `cfg.dataset`; return the run folder. Rank 0 holds the folder's lock throughout."""
     cfg.validate()
     rank, world, device = setup_distributed(resolve_device(cfg.device))
     if cfg.amp and device.type != "cuda":
         warnings.warn("--amp (bf16 autocast) only applies on CUDA; training in float32 on CPU")
+    with runs.RunLock(cfg.out) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, resume, progress, log, rank, world, device)
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world: int, device: torch.device) -> Path:
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.safetensors"
     if not resume and ckpt_path.exists():
@@ -300,7 +330,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     # 1. data, model, optimizer, and the state to resume from
     torch.manual_seed(cfg.seed)
     train_x, test_x = load_data(cfg, device)
-    model = models.create(cfg.model, **{"input_shape": list(train_x.shape[1:]), **cfg.model_options}).to(device)
+    options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
+    models.check_memory(cfg.model, options, training=True)  # before anything is allocated
+    model = models.create(cfg.model, **options).to(device)
     opt = make_optimizer(cfg, model)
     config = {
         **dataclasses.asdict(cfg),
@@ -315,10 +347,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     if resume:
         _check_resume_config(runs.read_config(out), config)
         state, meta = runs.load_state(ckpt_path)
+        start_epoch, old_history, run.pretrained, run.resumes = _check_checkpoint_meta(meta, ckpt_path)
+        if cfg.epochs < start_epoch:  # config.json must always describe the weights beside it
+            raise ConfigError(
+                f"--epochs {cfg.epochs} is fewer than the {start_epoch} epochs {out} has already "
+                f"trained; pass --epochs {start_epoch} or more to continue it"
+            )
+        if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
+            raise CheckpointError(f"{ckpt_path}: no model or optimizer state")
         runs.load_weights(model, state["model"], ckpt_path)
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, run.pretrained = int(meta["epoch"]), bool(meta.get("pretrained"))
-        history.extend(meta["history"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({' '.join(str(e).split())})") from None
+        history.extend(old_history)
+        run.resumes += 1
     config["versions"] = runs.package_versions()
     run.open(config, resume)
     say = log if (progress and rank == 0) else None
@@ -381,6 +424,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
             **{f"test_{k}": v for k, v in test_terms.items()},
             "train_time_s": train_time,
             "train_samples_per_s": len(train_x) / train_time,
+            "resumes": run.resumes,
         }
         history.append(record)
         run.checkpoint(epoch + 1)

@@ -10,10 +10,11 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,11 +43,17 @@ class IdxDataset:
     n_train: int = 60000
     n_test: int = 10000
 
+    def max_raw_bytes(self, key: str) -> int:
+        """The uncompressed size of a file of this set (28 x 28 uint8 images, uint8 labels): the cap on what a
+        download may decompress to, so that a gzip bomb is stopped at the first byte past it."""
+        n = self.n_train if key.startswith("train") else self.n_test
+        return 16 + n * 28 * 28 if key.endswith("images") else 8 + n
+
 
 IDX_DATASETS = {
     "mnist": IdxDataset(
         "mnist",
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),  # https first
         {
             "train_images": IdxFile(
                 "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"
@@ -64,7 +71,10 @@ IDX_DATASETS = {
     ),
     "fashion-mnist": IdxDataset(
         "fashion-mnist",
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        (
+            "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        ),
         {
             "train_images": IdxFile(
                 "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"
@@ -82,7 +92,7 @@ IDX_DATASETS = {
     ),
     "kmnist": IdxDataset(
         "kmnist",
-        ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        ("https://codh.rois.ac.jp/kmnist/dataset/kmnist/", "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"),
         {
             "train_images": IdxFile("train-images-idx3-ubyte.gz", "bdb82020997e1d708af4cf47b453dcf7"),
             "train_labels": IdxFile("train-labels-idx1-ubyte.gz", "e144d726b3acfaa3e44228e80efcd344"),
@@ -145,65 +155,150 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- IDX downloads
+# Every file is verified by MD5 before use, also one already in the data folder: a wrong one is reported and
+# fetched again only on `aelab data fetch --force`. The MD5 of the official .gz is accepted, or that of the
+# uncompressed bytes (mirrors recompress). Downloads stream to NAME.PID.part beside the destination, removed
+# on every exit; a .part is renamed only once verified.
+DOWNLOAD_DEADLINE_S = 600.0  # the whole download of one file
+STALL_TIMEOUT_S = 30.0  # no byte for this long: give up on that mirror
+URL_SCHEMES = ("https", "http", "file")
+_VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime) already verified in this process
+
+
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(getattr(e, "reason", None) or e).split())
+
+
 def verify(path: Path, spec: IdxFile) -> None:
     """Accept the official .gz MD5, or the MD5 of the uncompressed bytes (for recompressed mirrors)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if _VERIFIED.get(key):
+        return
     data = path.read_bytes()
     got = _md5(data)
-    if got == spec.gz_md5:
-        return
-    if spec.raw_md5 is not None:
+    if got != spec.gz_md5:
+        if spec.raw_md5 is None:
+            raise DataError(f"{path}: checksum mismatch: MD5 {got}, expected {spec.gz_md5}")
         raw = read_raw(path)
-        if _md5(raw) == spec.raw_md5:
-            return
-        got = f"{got} (uncompressed {_md5(raw)})"
-    raise DataError(
-        f"{path}: checksum mismatch: MD5 {got}, expected {spec.gz_md5}"
-        + (f" or uncompressed {spec.raw_md5}" if spec.raw_md5 else "")
-    )
+        if _md5(raw) != spec.raw_md5:
+            raise DataError(
+                f"{path}: checksum mismatch: MD5 {got} (uncompressed {_md5(raw)}), expected {spec.gz_md5} "
+                f"or uncompressed {spec.raw_md5}"
+            )
+    _VERIFIED[key] = True
 
 
-def _download(url: str, dest: Path, spec: IdxFile, timeout: float = 30.0) -> None:
-    """Stream url to a temp file beside dest, verify, then rename: dest is never half-written."""
+def check_url(base: str) -> str:
+    """A mirror's base URL: https, http or file, with a host for the first two."""
+    parsed = urllib.parse.urlparse(base)
+    if parsed.scheme not in URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc):
+        raise DataError(f"not a download URL: {base!r} (expected https://HOST/PATH/, http://... or file:///PATH/)")
+    return base
+
+
+def _download(
+    url: str,
+    dest: Path,
+    spec: IdxFile,
+    max_raw_bytes: int = 1 << 30,
+    deadline_s: float = DOWNLOAD_DEADLINE_S,
+    stall_s: float = STALL_TIMEOUT_S,
+) -> None:
+    """Stream url to a .part file beside dest, verify, then rename: dest is never half-written.
+
+    A gzip stream is decompressed on the fly (only to hash it) and refused as soon as it grows past
+    max_raw_bytes; the download is abandoned when no byte comes for stall_s or it takes over deadline_s."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    part = dest.parent / f".{dest.name}.{os.getpid()}.part"
+    start = time.monotonic()
+    gz_md5, raw_md5 = hashlib.md5(), hashlib.md5()
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    raw_size, is_gzip = 0, None
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        verify(Path(tmp), spec)
-        os.replace(tmp, dest)
-    except DataError as e:
-        raise DataError(str(e).replace(tmp, url) + " (the downloaded file was deleted)") from None
+        with open(part, "wb") as out, urllib.request.urlopen(url, timeout=stall_s) as response:
+            read = getattr(response, "read1", response.read)  # read1: whatever has arrived, so the clock is seen
+            while True:
+                if time.monotonic() - start > deadline_s:
+                    raise DataError(f"{url}: download took longer than {deadline_s:g} s; stopped")
+                chunk = read(1 << 16)
+                if not chunk:
+                    break
+                out.write(chunk)
+                gz_md5.update(chunk)
+                if is_gzip is None:
+                    is_gzip = chunk[:2] == b"\x1f\x8b"
+                raw = inflate.decompress(chunk, max_raw_bytes + 1 - raw_size) if is_gzip else chunk
+                raw_size += len(raw)
+                raw_md5.update(raw)
+                if raw_size > max_raw_bytes or (is_gzip and inflate.unconsumed_tail):
+                    raise DataError(
+                        f"{url}: decompresses to more than the {max_raw_bytes} bytes this file has; refused"
+                    )
+        if gz_md5.hexdigest() != spec.gz_md5 and raw_md5.hexdigest() != spec.raw_md5:
+            raise DataError(
+                f"{url}: checksum mismatch: MD5 {gz_md5.hexdigest()} (uncompressed {raw_md5.hexdigest()}), "
+                f"expected {spec.gz_md5}"
+                + (f" or uncompressed {spec.raw_md5}" if spec.raw_md5 else "")
+                + " (the downloaded file was deleted)"
+            )
+        os.replace(part, dest)
+    except zlib.error as e:
+        raise DataError(f"{url}: corrupt gzip stream ({e})") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        part.unlink(missing_ok=True)
 
 
 def fetch(
-    name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None, quiet: bool = True
+    name: str,
+    root: str | os.PathLike | None = None,
+    mirrors: list[str] | None = None,
+    quiet: bool = True,
+    download: bool = True,
+    force: bool = False,
+    deadline_s: float = DOWNLOAD_DEADLINE_S,
+    stall_s: float = STALL_TIMEOUT_S,
 ) -> Path:
-    """Make sure the IDX files of `name` are in root/name, downloading and verifying what is missing."""
+    """Make sure the verified IDX files of `name` are in root/name, downloading what is missing.
+
+    A file already there is verified too; a wrong one is an error naming it, and is replaced only with
+    force=True. download=False (evaluation) never downloads: a missing file is an error."""
     if name not in IDX_DATASETS:
         if name in EMBEDDED or name in DERIVED:
             return Path()  # nothing to download
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
     ds = IDX_DATASETS[name]
     folder = data_dir(root) / name
-    missing = [f for f in ds.files.values() if not (folder / f.name).exists()]
-    for spec in missing:
+    bases = [check_url(b) for b in (mirrors or ds.mirrors)]
+    for key, spec in ds.files.items():
+        path = folder / spec.name
+        if path.exists():
+            try:
+                verify(path, spec)
+                continue
+            except DataError:
+                if not force:
+                    raise DataError(
+                        f"{path}: checksum mismatch (not the official file); run `aelab data fetch {name} --force` "
+                        "to download it again"
+                    ) from None
+                path.unlink()
+        if not download:
+            raise DataError(f"{path} is missing; run `aelab data fetch {name}` (with the same --data-dir) first")
         errors = []
-        for base in mirrors or ds.mirrors:
+        for base in bases:
             url = base.rstrip("/") + "/" + spec.name
             try:
                 if not quiet:
                     print(f"downloading {url}")
-                _download(url, folder / spec.name, spec)
+                _download(url, path, spec, ds.max_raw_bytes(key), deadline_s, stall_s)
                 break
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
-                errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+                errors.append(f"{url}: {_one_line(e)}")
         else:
             files = ", ".join(f.name for f in ds.files.values())
             raise DataError(
@@ -220,8 +315,8 @@ def available_offline(name: str, root: str | os.PathLike | None = None) -> bool:
     return all((folder / f.name).exists() for f in IDX_DATASETS[name].files.values())
 
 
-def _idx_arrays(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
-    folder = fetch(name, root)
+def _idx_arrays(name: str, split: str, root, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    folder = fetch(name, root, download=download)
     files = IDX_DATASETS[name].files
     images = read_idx(folder / files[f"{split}_images"].name, expect_ndim=3)
     labels = read_idx(folder / files[f"{split}_labels"].name, expect_ndim=1)
@@ -234,12 +329,50 @@ def _idx_arrays(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+# the options each dataset takes, with their checks; every other key is an error, never ignored
+DATASET_OPTIONS: dict[str, dict[str, tuple[str, object]]] = {
+    "colored-mnist": {
+        "aligned_ratio": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+        "seed": (
+            "an integer in [0, 2^63)",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63,
+        ),
+        "source": ("a grayscale dataset name", lambda v: isinstance(v, str) and v in names() and v != "colored-mnist"),
+        "color_std": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    },
+}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def check_options(name: str, options: dict) -> None:
+    """Refuse unknown dataset options and values out of range, one line each."""
+    allowed = DATASET_OPTIONS.get(name, {})
+    for key, value in options.items():
+        if key not in allowed:
+            takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+            raise DataError(f"dataset {name!r} has no option {key!r}; {takes}")
+        what, ok = allowed[key]
+        if not ok(value):
+            raise DataError(f"dataset option {key} must be {what}, got {value!r}")
+
+
 def load(
-    name: str = "mnist5k", split: str = "train", data_dir: str | os.PathLike | None = None, **options
+    name: str = "mnist5k",
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (images float32 (N, C, H, W) in [0, 1], labels int64) of one split of a dataset."""
+    """Return (images float32 (N, C, H, W) in [0, 1], labels int64) of one split of a dataset.
+    download=False: files of a downloadable set must already be in the data folder."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if name not in names():
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
+    check_options(name, options)
     key = (name, split, str(data_dir), tuple(sorted(options.items())))
     if key in _CACHE:
         return _CACHE[key]
@@ -248,12 +381,12 @@ def load(
     elif name == "digits":
         images, labels = _stratified_split(*_digits_arrays(), n_test=360, split=split)
     elif name in IDX_DATASETS:
-        images, labels = _idx_arrays(name, split, data_dir)
+        images, labels = _idx_arrays(name, split, data_dir, download)
     elif name == "colored-mnist":
         from .colored import make_colored_mnist
 
         source = options.pop("source", "mnist5k")
-        gray, digits = load(source, split, data_dir)
+        gray, digits = load(source, split, data_dir, download)
         out = make_colored_mnist(gray, digits, split=split, **options)
         result = (out["images"], out["labels"])
         _CACHE[key] = result

@@ -7,6 +7,7 @@ dimensions n, then n big-endian int32 sizes, then the data in C order.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -39,7 +40,7 @@ def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     if any(s == 0 for s in shape):
         raise DataError(f"{name}: IDX file has a zero dimension {shape}")
     dtype = np.dtype(_TYPES[raw[2]])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no 64-bit overflow to 0
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         raise DataError(f"{name}: IDX data {what}: shape {shape} needs {expected} bytes, file has {len(raw)}")

@@ -49,6 +49,39 @@ def model_class(name: str) -> type:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
+def available_memory_bytes() -> int:
+    """MemAvailable of /proc/meminfo (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(name: str, options: dict, training: bool = True) -> int:
+    """Bytes the model's parameters and buffers take, measured on torch's meta device (nothing allocated);
+    refuses with one line when they (x4 when training: weights, gradients and Adam's two moments) cannot fit."""
+    import torch
+
+    with torch.device("meta"):
+        model = create(name, **options)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    need = size * (4 if training else 1)
+    have = available_memory_bytes()
+    if need > have:
+        raise ConfigError(
+            f"model {name!r} with these options needs about {need / 2**30:.3g} GiB "
+            f"({'weights, gradients and optimizer state' if training else 'weights'}); "
+            f"{have / 2**30:.3g} GiB of memory is available"
+        )
+    return size
+
+
 def create(name: str, **options):
     """Build model `name` from its options. Unknown names or options and out-of-range values raise
     ConfigError (bad input); any other exception is a bug and propagates as it is."""
