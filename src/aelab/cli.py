@@ -137,6 +137,8 @@ def cmd_data(args) -> int:
         return 0
     if not args.name:
         raise AelabError(f"aelab data fetch needs a dataset name; choose from {', '.join(data.IDX_DATASETS)}")
+    if args.mirror is not None:
+        data.datasets.check_url(args.mirror)
     folder = data.fetch(
         args.name,
         args.data_dir,

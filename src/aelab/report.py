@@ -126,12 +126,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def md_escape(text: str) -> str:
+    """Text for report.md: HTML escaped as in report.html (a Markdown viewer renders raw HTML), one line,
+    and no character that would end a table cell or a code fence."""
+    return html.escape(" ".join(str(text).split())).replace("|", "\\|").replace("`", "&#96;")
+
+
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines = ["| " + " | ".join(md_escape(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(md_escape(_fmt(r.get(c, ""))) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -165,21 +171,21 @@ def write_report(
 ) -> Path:
     """Write out_dir/report.html (PNGs embedded as base64) and out_dir/report.md; return the HTML path."""
     out_dir = Path(out_dir)
-    md = [f"# {title}", ""]
+    md = [f"# {md_escape(title)}", ""]
     h = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     ]
     for note in notes:
-        md += [note, ""]
+        md += [md_escape(note), ""]
         h.append(f"<p>{html.escape(note)}</p>")
     for caption, rows in tables:
-        md += [f"## {caption}", "", markdown_table(rows), ""]
+        md += [f"## {md_escape(caption)}", "", markdown_table(rows), ""]
         h.append(f"<h2>{html.escape(caption)}</h2>{html_table(rows)}")
     for caption, path in figures:
         path = Path(path)
         rel = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
-        md += [f"## {caption}", "", f"![{caption}]({rel})", ""]
+        md += [f"## {md_escape(caption)}", "", f"![{md_escape(caption)}]({rel})", ""]
         b64 = base64.b64encode(path.read_bytes()).decode()
         h.append(
             f"<figure><figcaption>{html.escape(caption)}</figcaption>"
@@ -187,7 +193,7 @@ def write_report(
         )
     if config is not None:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
-        md += ["## Configuration", "", "```json", text, "```", ""]
+        md += ["## Configuration", "", "```json", html.escape(text).replace("`", "&#96;"), "```", ""]
         h.append(f"<h2>Configuration</h2><pre>{html.escape(text)}</pre>")
     h.append("</body></html>")
     runs.atomic_write_text(out_dir / "report.md", "\n".join(md))

@@ -72,6 +72,8 @@ class TrainConfig:
             raise ConfigError("--out must name a folder")
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
+        if "input_shape" in self.model_options:
+            raise ConfigError("input_shape is not an option: it comes from the data")
         if self.optimizer not in ("adam", "lbfgs"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from adam, lbfgs")
         if self.model not in models.names():
@@ -84,7 +86,7 @@ class TrainConfig:
 def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available here; use --device cpu")
         return torch.device(name)

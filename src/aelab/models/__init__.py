@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 
 from ..errors import ConfigError
 
@@ -82,14 +83,47 @@ def check_memory(name: str, options: dict, training: bool = True) -> int:
     return size
 
 
+MAX_SIZE = 10**6  # as aelab.options.MAX_SIZE: one layer's width, a code's size, an image side
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_option_type(model: str, key: str, value, param: inspect.Parameter) -> None:
+    """Options come from users and from model.json: their types are checked against the constructor's
+    annotation (or default), so that a wrong type is bad input and not a TypeError deep inside torch."""
+    hint = str(param.annotation) if param.annotation is not inspect.Parameter.empty else ""
+    default = param.default
+    ok_types = []
+    if "None" in hint or default is None:
+        ok_types.append(value is None)
+    if "Sequence" in hint or isinstance(default, (list, tuple)):
+        ok_types.append(isinstance(value, (list, tuple)) and all(_is_int(v) and 0 < v <= MAX_SIZE for v in value))
+    if hint.startswith("int") or "| int" in hint or (_is_int(default) and not hint):
+        ok_types.append(_is_int(value) and abs(value) <= 10**9)
+    if "float" in hint or isinstance(default, float):
+        ok_types.append((_is_int(value) or isinstance(value, float)) and math.isfinite(value))
+    if "str" in hint or isinstance(default, str):
+        ok_types.append(isinstance(value, str) and len(value) <= 100)
+    if "bool" in hint or isinstance(default, bool):
+        ok_types.append(isinstance(value, bool))
+    if ok_types and not any(ok_types):
+        expected = hint or type(default).__name__
+        raise ConfigError(f"model {model!r}: option {key} must be {expected} (sizes 1..{MAX_SIZE}), got {value!r}")
+
+
 def create(name: str, **options):
-    """Build model `name` from its options. Unknown names or options and out-of-range values raise
-    ConfigError (bad input); any other exception is a bug and propagates as it is."""
+    """Build model `name` from its options. Unknown names or options, options of the wrong type and
+    out-of-range values raise ConfigError (bad input); any other exception is a bug and propagates."""
     cls = model_class(name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(options) - accepted)
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self")
+    unknown = sorted(set(options) - set(params))
     if unknown:
-        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; it takes {', '.join(sorted(params))}")
+    for key, value in options.items():
+        _check_option_type(name, key, value, params[key])
     try:
         return cls(**options)
     except ValueError as e:  # the constructors' own checks of option values
