@@ -15,16 +15,16 @@ Each round times, one after the other, on the same rows (20 batches, at most the
     visible states: the same five products per update.
 Each timed run is preceded by ~0.25 s of the same work untimed: OpenBLAS threads keep spinning for a
 while after sklearn returns and slowed the next torch run by up to 1.6x when we did not.
-fraction = aelab's FLOP/s (5 x 2 B V H per batch of B) / the matmul rate. The first round is a warm-up;
-the best of the other rounds is reported (the least disturbed one, as timeit does: on a shared machine
-the median mostly measures the other jobs); medians are in the JSON too.
+fraction = aelab's FLOP/s (5 x 2 B V H per batch of B) / the matmul rate of the same round. The four
+measurements (matmul, aelab, sklearn, and the 1024^3 matmul) are interleaved in rotating order; the first
+round is a warm-up; columns are medians over the rounds and every ratio is the median of per-round ratios
+with a bootstrap 95% interval, or "noisy, rerun" (benchmarks/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -34,7 +34,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from aelab.models.rbm import RBM  # noqa: E402
-from common import machine, setup, write_json  # noqa: E402
+from common import (
+    format_load,
+    format_ratio,
+    interleaved_rounds,
+    load_average,
+    machine,
+    matmul_rate,
+    max_load,  # noqa: E402
+    median,
+    setup,
+    summarize_ratio,
+    write_json,
+)
 
 STEPS_PER_ROUND = 20
 WARM_SECONDS = 0.25
@@ -98,15 +110,16 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds per row, after one warm-up round")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="2 rounds (a smoke run, noisier)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds (a smoke run, noisier)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds = 2
+        args.rounds = 3
     setup(args.threads)
-    load_start = os.getloadavg()[0]  # other jobs on the machine distort every number below
+    load_start = load_average()  # other jobs on the machine distort every number below
     data = load_data()
     n_visible = data.shape[1]
+    mm1024 = matmul_rate()
     rows = []
     for n_hidden, batch in [(1000, 100), (500, 100), (1000, 1000), (500, 1000)]:
         x = data[: min(len(data), STEPS_PER_ROUND * batch)]
@@ -115,57 +128,69 @@ def main(argv=None) -> dict:
         x_numpy = x.numpy()
         ours, (theirs, rng) = RBM(n_visible, n_hidden, generator=g), sklearn_model(x_numpy, n_hidden, batch)
         assert theirs.components_.dtype == x_numpy.dtype == "float32"
-        rates: dict[str, list[float]] = {"matmul": [], "aelab": [], "sklearn": []}
-        for round_ in range(args.rounds + 1):  # interleaved, so that machine noise hits every contender alike
-            flops = 5 * 2 * batch * n_visible * n_hidden
-            warm(lambda: matmul_seconds_per_step(batch, n_visible, n_hidden, 1))
-            matmul = flops / matmul_seconds_per_step(batch, n_visible, n_hidden, steps)
-            warm(lambda: ours.fit(x[:batch], epochs=1, batch_size=batch, generator=g, monitor_size=0))
-            aelab = ours.fit(x, epochs=1, batch_size=batch, lr=0.1, generator=g, monitor_size=0)[0][
-                "samples_per_second"
-            ]
-            warm(lambda: sklearn_seconds(theirs, rng, x_numpy[:batch], batch))
-            sklearn = len(x) / sklearn_seconds(theirs, rng, x_numpy, batch)
-            if round_ > 0:
-                rates["matmul"].append(matmul)
-                rates["aelab"].append(aelab)
-                rates["sklearn"].append(sklearn)
-        best = {k: max(v) for k, v in rates.items()}
-        med = {k: statistics.median(v) for k, v in rates.items()}
         flops_per_sample = 5 * 2 * n_visible * n_hidden
+
+        def matmul() -> float:  # FLOP/s of the five products alone
+            warm(lambda: matmul_seconds_per_step(batch, n_visible, n_hidden, 1))
+            return batch * flops_per_sample / matmul_seconds_per_step(batch, n_visible, n_hidden, steps)
+
+        def aelab() -> float:
+            warm(lambda: ours.fit(x[:batch], epochs=1, batch_size=batch, generator=g, monitor_size=0))
+            return ours.fit(x, epochs=1, batch_size=batch, lr=0.1, generator=g, monitor_size=0)[0]["samples_per_second"]
+
+        def sklearn() -> float:
+            warm(lambda: sklearn_seconds(theirs, rng, x_numpy[:batch], batch))
+            return len(x) / sklearn_seconds(theirs, rng, x_numpy, batch)
+
+        def matmul_1024() -> float:
+            warm(lambda: mm1024())
+            return mm1024()
+
+        # interleaved, so that machine noise hits every contender alike; each ratio pairs one round's numbers
+        rates = interleaved_rounds(
+            {"matmul": matmul, "aelab": aelab, "sklearn": sklearn, "matmul_1024": matmul_1024},
+            args.rounds,
+            warmup_rounds=1,
+        )
+        med = {k: median(v) for k, v in rates.items()}
+        busy = {"load_1min": max_load(load_start, load_average()), "cpus": os.cpu_count()}
         rows.append(
             dict(
                 n_visible=n_visible,
                 n_hidden=n_hidden,
                 batch=batch,
                 steps_per_round=steps,
-                aelab_samples_per_s=best["aelab"],
-                sklearn_samples_per_s=best["sklearn"],
-                speedup_vs_sklearn=best["aelab"] / best["sklearn"],
-                matmul_gflops=best["matmul"] / 1e9,
-                aelab_gflops=best["aelab"] * flops_per_sample / 1e9,
-                fraction_of_matmul=best["aelab"] * flops_per_sample / best["matmul"],
-                median_speedup_vs_sklearn=med["aelab"] / med["sklearn"],
-                median_fraction_of_matmul=med["aelab"] * flops_per_sample / med["matmul"],
+                aelab_samples_per_s=med["aelab"],
+                sklearn_samples_per_s=med["sklearn"],
+                matmul_gflops=med["matmul"] / 1e9,
+                matmul_1024_gflops=med["matmul_1024"] / 1e9,
+                aelab_gflops=med["aelab"] * flops_per_sample / 1e9,
+                speedup_vs_sklearn=summarize_ratio(rates["aelab"], rates["sklearn"], **busy),
+                fraction_of_matmul=summarize_ratio(
+                    rates["aelab"], rates["matmul"], scale=flops_per_sample, upper_bound=1.0, **busy
+                ),
+                fraction_of_matmul_1024=summarize_ratio(
+                    rates["aelab"], rates["matmul_1024"], scale=flops_per_sample, upper_bound=1.0, **busy
+                ),
                 raw=rates,
             )
         )
-    load_end = os.getloadavg()[0]
+    load_end = load_average()
     markdown = "\n".join(
         [
-            f"RBM CD-1 on mnist5k rows (784 pixels), float32, {torch.get_num_threads()} threads, best of {args.rounds} "
-            f"interleaved rounds of up to {STEPS_PER_ROUND} batches; 1-min load average {load_start:.1f} at the start, "
-            f"{load_end:.1f} at the end ({os.cpu_count()} CPUs). fraction = aelab FLOP/s (5 x 2BVH per batch) / "
-            "torch.mm rate of the same five products.",
+            f"RBM CD-1 on mnist5k rows (784 pixels), float32, {torch.get_num_threads()} threads; medians and per-round "
+            f"ratios over {args.rounds} interleaved rounds (after one warm-up round) of up to {STEPS_PER_ROUND} batches; "
+            f"{format_load(load_start, load_end)}. fraction = aelab FLOP/s (5 x 2BVH per batch) / torch.mm rate of the "
+            "same five products in the same round; [95% bootstrap interval].",
             "",
-            "| RBM | batch | aelab samples/s | sklearn samples/s | speed-up | aelab GFLOP/s | matmul GFLOP/s | fraction "
-            "| median speed-up | median fraction |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| RBM | batch | aelab samples/s | sklearn samples/s | aelab / sklearn | aelab GFLOP/s | matmul GFLOP/s "
+            "(same products) | fraction of matmul | fraction of 1024³ matmul |",
+            "|---|---:|---:|---:|---|---:|---:|---|---|",
             *[
                 f"| {r['n_visible']}-{r['n_hidden']} | {r['batch']} | {r['aelab_samples_per_s']:,.0f} | "
-                f"{r['sklearn_samples_per_s']:,.0f} | {r['speedup_vs_sklearn']:.2f}x | {r['aelab_gflops']:.1f} | "
-                f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul']:.0%} | {r['median_speedup_vs_sklearn']:.2f}x | "
-                f"{r['median_fraction_of_matmul']:.0%} |"
+                f"{r['sklearn_samples_per_s']:,.0f} | {format_ratio(r['speedup_vs_sklearn'])} | {r['aelab_gflops']:.1f} | "
+                f"{r['matmul_gflops']:.1f} | {format_ratio(r['fraction_of_matmul'])} | "
+                f"{format_ratio(r['fraction_of_matmul_1024'])} |"
                 for r in rows
             ],
         ]
@@ -177,16 +202,33 @@ def main(argv=None) -> dict:
             {
                 "benchmark": name,
                 "peer": "sklearn BernoulliRBM",
-                "ratio": r["speedup_vs_sklearn"],
+                "num": r["aelab_samples_per_s"],
+                "den": r["sklearn_samples_per_s"],
+                "unit": "samples/s",
+                "r": r["speedup_vs_sklearn"],
                 "goal": ">= 1.5" if (r["n_hidden"], r["batch"]) == (1000, 100) else "report",
             }
         )
         summary.append(
             {
-                "benchmark": name + " (fraction of matmul rate)",
+                "benchmark": name + ": fraction of the matmul rate (5 products/step)",
                 "peer": "torch.mm, same products",
-                "ratio": r["fraction_of_matmul"],
+                "num": r["aelab_gflops"],
+                "den": r["matmul_gflops"],
+                "unit": "GFLOP/s",
+                "r": r["fraction_of_matmul"],
                 "goal": ">= 0.8" if r["batch"] == 1000 else "report",
+            }
+        )
+        summary.append(
+            {
+                "benchmark": name + ": fraction of the 1024³ matmul rate",
+                "peer": "torch.mm 1024³",
+                "num": r["aelab_gflops"],
+                "den": r["matmul_1024_gflops"],
+                "unit": "GFLOP/s",
+                "r": r["fraction_of_matmul_1024"],
+                "goal": "report",
             }
         )
     out = {

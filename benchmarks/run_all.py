@@ -13,123 +13,80 @@ import argparse
 import datetime
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import NOISY, busy_reason, format_load, format_ratio, load_average, machine, setup  # noqa: E402
 
 # name -> (module, argv for a full run, argv for --quick)
 BENCHMARKS = {
-    "throughput": ("throughput", ["--epochs", "5", "--repeats", "3"], ["--epochs", "2", "--repeats", "1"]),
+    "throughput": ("throughput", ["--epochs", "2", "--rounds", "5", "--compile"], ["--epochs", "1", "--rounds", "3"]),
     "rbm": ("rbm", ["--rounds", "5"], ["--quick"]),
     "contractive": (
         "contractive",
-        ["--repeats", "10", "--penalty-repeats", "3"],
+        ["--repeats", "7", "--exact-repeats", "1", "--penalty-repeats", "2"],
         ["--repeats", "3", "--exact-repeats", "1", "--penalty-repeats", "1"],
     ),
 }
 
 
-PEAK = {"flops": float("nan")}  # the machine's measured matmul rate, set in main()
+def fmt_num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
 
 
 def summarise(name: str, r: dict) -> tuple[list[dict], str]:
-    """Summary rows (benchmark / peer / ratio / goal) and a markdown detail table from one benchmark's JSON."""
-    if name == "throughput":
+    """Summary rows and a markdown detail table from one benchmark's JSON.
+
+    A summary row: benchmark, peer, num / den (the medians over rounds, in `unit`), r (the ratio from
+    common.summarize_ratio: median of per-round ratios, bootstrap interval, noisy flag) and goal.
+    """
+    if name in ("throughput", "rbm"):
         return r["summary"], r["markdown"]
-    if name == "rbm":
-        rows, md = (
-            [],
-            [
-                "| visible-hidden | batch | ours samples/s | sklearn samples/s | ours / sklearn | "
-                "fraction of matmul rate |",
-                "|---|---|---|---|---|---|",
-            ],
-        )
-        for row in r["rows"]:
-            speed = row.get("median_speedup_vs_sklearn", row.get("speedup_vs_sklearn"))
-            frac = row.get("median_fraction_of_matmul", row.get("fraction_of_matmul"))
-            sk = row.get("sklearn_samples_per_s")
-            md.append(
-                f"| {row['n_visible']}-{row['n_hidden']} | {row['batch']} | {row['aelab_samples_per_s']:,.0f} | "
-                f"{'—' if sk is None else f'{sk:,.0f}'} | {'—' if speed is None else f'{speed:.2f}'} | {frac:.2f} |"
-            )
-            if speed is not None:
-                rows.append(
-                    {
-                        "benchmark": f"RBM CD-1 {row['n_visible']}-{row['n_hidden']}, batch {row['batch']}",
-                        "peer": "sklearn BernoulliRBM",
-                        "ratio": speed,
-                        "goal": ">= 1.5" if row["n_hidden"] == 1000 and row["batch"] == 100 else "report",
-                    }
-                )
-            rows.append(
-                {
-                    "benchmark": f"RBM CD-1 {row['n_visible']}-{row['n_hidden']}, batch {row['batch']}: "
-                    "FLOP/s (5 products/step) / torch.mm on the same shapes",
-                    "peer": "torch.mm, same shapes",
-                    "ratio": frac,
-                    "goal": ">= 0.8" if row["batch"] == 1000 else "report",
-                }
-            )
-            if "aelab_gflops" in row:
-                rows.append(
-                    {
-                        "benchmark": f"RBM CD-1 {row['n_visible']}-{row['n_hidden']}, batch {row['batch']}: "
-                        "FLOP/s / the machine's 1024³ matmul rate",
-                        "peer": "torch.mm 1024³",
-                        "ratio": row["aelab_gflops"] * 1e9 / PEAK["flops"],
-                        "goal": "report",
-                    }
-                )
-        return rows, "\n".join(md)
     if name == "contractive":
-        rows, md = [], ["| train step (784-1000 sigmoid, batch 128) | median ms | x AE |", "|---|---|---|"]
+        meta = r.get("meta", {})
+        busy = busy_reason(max([meta.get("loadavg_start", [0])[0], meta.get("loadavg_end", [0])[0]]), os.cpu_count())
+
+        def unpaired(v: float) -> str:  # ratios without an interval: shown only on a quiet machine, and marked
+            return f"{NOISY} ({busy})" if busy else f"{v:.2f} (no interval)"
+
+        rows, md = [], ["| train step (784-1000 sigmoid, batch 128) | median ms | x AE [95% CI] |", "|---|---|---|"]
         for row in r["train_step"]["rows"]:
-            md.append(f"| {row['variant']} | {row['median_ms']:.1f} | {row['x_ae']:.2f} |")
+            x_ae = format_ratio(row["x_ae_ratio"]) if "x_ae_ratio" in row else unpaired(row["x_ae"])
+            md.append(f"| {row['variant']} | {row['median_ms']:.1f} | {x_ae} |")
+        ae_ms = next(row["median_ms"] for row in r["train_step"]["rows"] if row["variant"] == "AE")
+        cae_ms = next(
+            row["median_ms"] for row in r["train_step"]["rows"] if row["variant"] == "CAE (reused activations)"
+        )
         rows.append(
             {
                 "benchmark": "CAE train step (analytic, activations reused) / AE step",
                 "peer": "same AE",
-                "ratio": r["train_step"]["targets"]["cae_over_ae"],
+                "num": cae_ms,
+                "den": ae_ms,
+                "unit": "ms",
+                "r": r["train_step"]["cae_over_ae"],
                 "goal": "<= 1.5 (aim 1.1)",
             }
         )
         for table in r.get("penalty") or []:
             md += [
                 "",
-                f"Penalty + backward, encoder {table['encoder']}, batch {table['batch']}:",
+                f"Penalty + backward, encoder {table['encoder']}, batch {table['batch']} (median of "
+                "per-round ratios, no interval or noisy rule yet):",
                 "",
                 "| method | median ms | x floor | rel. RMS error per example |",
                 "|---|---|---|---|",
             ]
-            by = {row["method"]: row for row in table["rows"]}
             for row in table["rows"]:
                 err = row.get("rel_rms_per_example")
                 md.append(
-                    f"| {row['method']} | {row['median_ms']:.1f} | {row['x_floor']:.2f} | "
+                    f"| {row['method']} | {row['median_ms']:.1f} | {unpaired(row['x_floor'])} | "
                     f"{'' if err is None else f'{err:.3f}'} |"
                 )
-            exact = next(v for k, v in by.items() if k.startswith("exact [") or k == "exact")
-            loop = next(v for k, v in by.items() if k.startswith("per-example"))
-            rows.append(
-                {
-                    "benchmark": f"exact Jacobian penalty {table['encoder']}: time / compute floor",
-                    "peer": "batched VJP floor",
-                    "ratio": exact["x_floor"],
-                    "goal": "<= 1.5",
-                }
-            )
-            rows.append(
-                {
-                    "benchmark": f"exact Jacobian penalty {table['encoder']}: speed-up",
-                    "peer": "per-example autograd.functional.jacobian loop",
-                    "ratio": loop["median_ms"] / exact["median_ms"],
-                    "goal": ">= 20",
-                }
-            )
         return rows, "\n".join(md)
     return [], ""
 
@@ -156,10 +113,8 @@ def main(argv=None) -> None:
     p.add_argument("--only", default=",".join(BENCHMARKS))
     p.add_argument("--out", default=str(HERE.parent / "BENCHMARKS.md"))
     args = p.parse_args(argv)
-    from common import machine, matmul_flops, setup
-
     setup()
-    PEAK["flops"] = matmul_flops()
+    load_start = load_average()
     results, sections = {}, []
     summary = []
     for name in args.only.split(","):
@@ -174,25 +129,42 @@ def main(argv=None) -> None:
         cmd = f"python benchmarks/{module_name}.py {' '.join(argv_used)}".strip()
         sections.append(f"### {name}\n\nCommand: `{cmd}` ({wall:.0f} s)\n\n{md}\n")
     m = machine()
+    load_end = load_average()
+    cmd = f"PYTHONPATH=src python benchmarks/run_all.py{' --quick' if args.quick else ''}"
+    if args.only != ",".join(BENCHMARKS):
+        cmd += f" --only {args.only}"
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `python benchmarks/run_all.py{' --quick' if args.quick else ''}` on "
-        f"{datetime.date.today().isoformat()}: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-        f"({m['torch_threads']} threads), Python {m['python']}; measured matmul rate "
-        f"{PEAK['flops'] / 1e9:.1f} GFLOP/s (float32, 1024³). The machine is shared: compare the ratios, "
-        "which are measured in the same run with the contenders interleaved, rather than the absolute numbers.",
+        "## CPU",
         "",
-        "## Ratios against peers measured in this run",
+        f"Produced by `{cmd}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}: {m['cpu']}, {m['cores']} "
+        f"cores, torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}; {format_load(load_start, load_end)}.",
         "",
-        "| benchmark | peer | ratio (ours / peer) | goal |",
-        "|---|---|---|---|",
-        *[f"| {r['benchmark']} | {r['peer']} | {r['ratio']:.3g} | {r['goal']} |" for r in summary],
+        "How to read it: every contender, and the float32 matmul reference, is measured in short interleaved rounds "
+        "(rotating order); a ratio is the median of the per-round ratios with its bootstrap 95% interval in "
+        "brackets, and the two columns beside it are the medians over the same rounds. A ratio whose interval "
+        "reaches beyond ±15%, a fraction of the matmul rate above 1 (estimate or interval), or a ratio outside "
+        'the interval implied by its own columns is printed as "noisy, rerun" instead (benchmarks/common.py, '
+        "tested in tests/test_bench_harness.py). The machine is shared: absolute rates move with other jobs.",
         "",
-        "## Details",
+        "| benchmark | ours | peer | peer value | ratio (ours / peer) [95% CI] | goal |",
+        "|---|---:|---|---:|---|---|",
+        *[
+            f"| {r['benchmark']} | {fmt_num(r['num'])} {r['unit']} | {r['peer']} | {fmt_num(r['den'])} {r['unit']} | "
+            f"{format_ratio(r['r'], 3)} | {r['goal']} |"
+            for r in summary
+        ],
+        "",
+        "### Details",
         "",
         *sections,
     ]
+    gpu = HERE / "GPU_NOTES.md"
+    lines += ["", gpu.read_text() if gpu.exists() else "## GPU\n\nNo GPU could be had in this session.\n"]
+    for notes in ("MFU_NOTES.md", "LOAD_CHECK.md"):  # hand-run checks (the MFU study, the busy-loop run), kept
+        if (HERE / notes).exists():
+            lines += ["", (HERE / notes).read_text()]
     extra = HERE.parent / "benchmarks" / "RESULTS_NOTES.md"
     if extra.exists():  # hand-written results of long experiments (quality tables), kept across reruns
         lines += ["", extra.read_text()]

@@ -37,6 +37,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (no-op with a warning on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the loss (measured: no gain on CPU)")
     p.add_argument("--latent", type=positive_int, default=None, help="code size")
     p.add_argument("--hidden", type=int_list, default=None, help="hidden sizes, e.g. 256,64")
     p.add_argument(
@@ -81,6 +82,7 @@ def train_config_from_args(args):
         seed=args.seed,
         device=args.device,
         amp=args.amp,
+        compile=args.compile,
         out=args.out,
     )
 

@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
+    compile: bool = False  # torch.compile the loss (forward + backward): a speed knob, the maths is unchanged
     out: str = "runs/run"
     eval_batch_size: int = 1000
 
@@ -170,7 +171,7 @@ def evaluate_loss(
 
 
 def _check_resume_config(old: dict, new: dict) -> None:
-    ignore = {"epochs", "out", "device", "versions"}
+    ignore = {"epochs", "out", "device", "versions", "compile"}
     diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")
@@ -388,6 +389,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
 
     # 3. the epochs
     step_model: nn.Module = _LossModule(model)
+    if cfg.compile:  # static shapes: one graph for the full batches, one for the last, shorter one
+        step_model = torch.compile(step_model, dynamic=False)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
