@@ -424,6 +424,8 @@ FLOAT_FLAGS = {"--lr", "--weight-decay", "--noise-std", "--deadline", "--stall-t
 
 
 def _valid_anyway(flag: str, value: str) -> bool:
+    if flag == "--seed":
+        return value.isdigit() and int(value) < 2**63  # "0" is a fine seed
     if flag == "--lam":  # comma-separated non-negative numbers
         value = value.split(",")[0] if value.count(",") == 1 and value[-1] != "," else value
         flag = "--lr" if value != "0" else flag

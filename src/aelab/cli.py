@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     # Set here, when the command runs, not on import: importing aelab changes no global state.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
+    for a in argv:  # argparse drops a "--" value (--epochs=--) and silently keeps the default
+        if a.startswith("--") and a.endswith("=--"):
+            print(f"aelab: error: argument {a.split('=')[0]}: expected a value, got '--'", file=sys.stderr)
+            return 2
     parser = build_parser(_chosen_experiment(argv))
     try:
         args = parser.parse_args(argv)

@@ -9,6 +9,11 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "debias",
         "rank ColoredMNIST training images by how likely they are bias-conflicting, without colour labels",
     ),
+    "debias-classifier": (
+        "debias_classifier",
+        "a ColoredMNIST digit classifier debiased without colour labels: vanilla, LfF, JTT, detect-reweight, "
+        "bias-swap synthesis, oracles",
+    ),
     "binary": ("binary", "binary (STE) vs float bottleneck vs PCA-sign codes: reconstruction and Hamming retrieval"),
     "hinton2006": (
         "hinton2006",
