@@ -129,7 +129,7 @@ def _fmt(v: Any) -> str:
 def md_escape(text: str) -> str:
     """Text for report.md: HTML escaped as in report.html (a Markdown viewer renders raw HTML), one line,
     and no character that would end a table cell or a code fence."""
-    return html.escape(" ".join(str(text).split())).replace("|", "\\|").replace("`", "&#96;")
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|").replace("`", "&#96;")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -193,7 +193,7 @@ def write_report(
         )
     if config is not None:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
-        md += ["## Configuration", "", "```json", html.escape(text).replace("`", "&#96;"), "```", ""]
+        md += ["## Configuration", "", "```json", html.escape(text, quote=False).replace("`", "&#96;"), "```", ""]
         h.append(f"<h2>Configuration</h2><pre>{html.escape(text)}</pre>")
     h.append("</body></html>")
     runs.atomic_write_text(out_dir / "report.md", "\n".join(md))

@@ -95,22 +95,22 @@ def _check_option_type(model: str, key: str, value, param: inspect.Parameter) ->
     annotation (or default), so that a wrong type is bad input and not a TypeError deep inside torch."""
     hint = str(param.annotation) if param.annotation is not inspect.Parameter.empty else ""
     default = param.default
-    ok_types = []
+    allowed: list[tuple[str, bool]] = []  # (what the option may be, whether the value is that)
     if "None" in hint or default is None:
-        ok_types.append(value is None)
+        allowed.append(("null", value is None))
     if "Sequence" in hint or isinstance(default, (list, tuple)):
-        ok_types.append(isinstance(value, (list, tuple)) and all(_is_int(v) and 0 < v <= MAX_SIZE for v in value))
+        ok = isinstance(value, (list, tuple)) and all(_is_int(v) and 0 < v <= MAX_SIZE for v in value)
+        allowed.append((f"a list of positive integer sizes up to {MAX_SIZE}", ok))
     if hint.startswith("int") or "| int" in hint or (_is_int(default) and not hint):
-        ok_types.append(_is_int(value) and abs(value) <= 10**9)
+        allowed.append(("an integer", _is_int(value) and abs(value) <= 10**9))
     if "float" in hint or isinstance(default, float):
-        ok_types.append((_is_int(value) or isinstance(value, float)) and math.isfinite(value))
+        allowed.append(("a finite number", (_is_int(value) or isinstance(value, float)) and math.isfinite(value)))
     if "str" in hint or isinstance(default, str):
-        ok_types.append(isinstance(value, str) and len(value) <= 100)
+        allowed.append(("a string", isinstance(value, str) and len(value) <= 100))
     if "bool" in hint or isinstance(default, bool):
-        ok_types.append(isinstance(value, bool))
-    if ok_types and not any(ok_types):
-        expected = hint or type(default).__name__
-        raise ConfigError(f"model {model!r}: option {key} must be {expected} (sizes 1..{MAX_SIZE}), got {value!r}")
+        allowed.append(("true or false", isinstance(value, bool)))
+    if allowed and not any(ok for _, ok in allowed):
+        raise ConfigError(f"model {model!r}: option {key} must be {' or '.join(w for w, _ in allowed)}, got {value!r}")
 
 
 def create(name: str, **options):
