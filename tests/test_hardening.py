@@ -507,3 +507,35 @@ def test_unusable_out_folders_are_one_line(tmp_path, capsys, make_out):
     out = make_out(tmp_path)
     one_line_exit_2(capsys, main([*TRAIN, "--out", str(out)]))
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["file.txt"])
+
+
+# ---------------------------------------------------------------- found by review
+def test_a_run_folder_of_the_previous_format_still_resumes(run, capsys):
+    _set_json(run / "config.json", format_version=1)  # written by the aelab before tensor checksums
+    assert main([*TRAIN, "--out", str(run), "--resume", "--epochs", "2"]) == 0
+
+
+def test_the_next_mirror_is_tried_when_one_serves_a_wrong_file(tmp_path, monkeypatch):
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir(), good.mkdir()
+    ds = _tiny_set(good)
+    for f in ds.files.values():
+        (bad / f.name).write_bytes(gzip.compress(b"junk"))
+    monkeypatch.setitem(datasets.IDX_DATASETS, "tiny", ds)
+    folder = datasets.fetch("tiny", tmp_path / "cache", mirrors=[bad.as_uri(), good.as_uri()])
+    assert all((folder / f.name).read_bytes() == (good / f.name).read_bytes() for f in ds.files.values())
+
+
+@pytest.mark.parametrize("argv_extra, needle", [
+    (["--dataset-option", "split=x"], "no option 'split'"),
+    (["--dataset-option", "download=true"], "no option 'download'"),
+    (["--model", "cae", "--option", "lam=" + "9" * 400], "finite number"),
+])  # fmt: skip
+def test_options_that_collided_or_overflowed_are_bad_input(tmp_path, capsys, argv_extra, needle):
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", *argv_extra, "--out", str(tmp_path / "r")]
+    one_line_exit_2(capsys, main(argv), needle)
+
+
+def test_dataset_options_in_a_hostile_config_are_bad_input(run, capsys):
+    _set_json(run / "config.json", dataset_options={"download": True})
+    one_line_exit_2(capsys, main(["evaluate", str(run), "--no-figures"]), "no option 'download'")

@@ -14,6 +14,7 @@ serialisation; anything else given as a checkpoint is refused unread.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -206,27 +207,38 @@ class RunLock:
             raise StorageError(f"cannot use {self.folder} as a run folder: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise StorageError(f"cannot lock {path}: {e.strerror} (a filesystem without file locks?)") from None
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise ConfigError(
                 f"{self.folder} is in use by another aelab process (pid {holder}); wait for it to "
                 "finish or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            self.__exit__(None)
+            raise StorageError(f"cannot write {path}: {e.strerror}") from None
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         if self._fd is None:
             return
-        if exc_type is not None and self._created and [p.name for p in self.folder.iterdir()] == [".lock"]:
-            # a run that failed before writing anything leaves no folder behind
-            (self.folder / ".lock").unlink(missing_ok=True)
-            self.folder.rmdir()
-        os.close(self._fd)  # closing the descriptor releases the flock
-        self._fd = None
+        try:
+            if exc_type is not None and self._created and [p.name for p in self.folder.iterdir()] == [".lock"]:
+                # a run that failed before writing anything leaves no folder behind
+                (self.folder / ".lock").unlink(missing_ok=True)
+                self.folder.rmdir()
+        except OSError:
+            pass  # best effort: never hide the error that got us here
+        finally:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
@@ -521,6 +533,7 @@ def run_data(config: dict, data_dir: str | os.PathLike | None = None):
     from . import data
 
     name, opts = config["dataset"], config.get("dataset_options", {})
+    data.check_options(name, opts)  # before **opts meets load's own parameters
     # the data folder comes from the caller, never from config.json (an untrusted file must not make aelab
     # create folders or download anywhere); files that are not there already are an error, not a download
     train_x, train_y = data.load(name, "train", data_dir, download=False, **opts)

@@ -73,6 +73,7 @@ class TrainConfig:
             raise ConfigError("--out must name a folder")
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
+        datamod.check_options(self.dataset, self.dataset_options)
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
         if self.optimizer not in ("adam", "lbfgs"):
@@ -171,7 +172,7 @@ def evaluate_loss(
 
 
 def _check_resume_config(old: dict, new: dict) -> None:
-    ignore = {"epochs", "out", "device", "versions", "compile"}
+    ignore = {"epochs", "out", "device", "versions", "compile", "format_version"}  # old run folders resume too
     diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")

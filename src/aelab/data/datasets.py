@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import os
 import time
@@ -288,7 +289,9 @@ def fetch(
                     ) from None
                 path.unlink()
         if not download:
-            raise DataError(f"{path} is missing; run `aelab data fetch {name}` (with the same --data-dir) first")
+            raise DataError(
+                f"{path} is missing; pass the --data-dir the run was trained with, or run `aelab data fetch {name}`"
+            )
         errors = []
         for base in bases:
             url = base.rstrip("/") + "/" + spec.name
@@ -297,7 +300,14 @@ def fetch(
                     print(f"downloading {url}")
                 _download(url, path, spec, ds.max_raw_bytes(key), deadline_s, stall_s)
                 break
-            except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+            except (
+                urllib.error.URLError,
+                OSError,
+                TimeoutError,
+                ValueError,
+                DataError,
+                http.client.HTTPException,
+            ) as e:
                 errors.append(f"{url}: {_one_line(e)}")
         else:
             files = ", ".join(f.name for f in ds.files.values())

@@ -93,7 +93,7 @@ def run(settings: Settings) -> Path:
         run_dirs[init] = train_or_resume(cfg, progress=progress)
 
     config = runs.read_config(run_dirs["rbm"])
-    train_x, train_y, test_x, test_y = runs.run_data(config)
+    train_x, train_y, test_x, test_y = runs.run_data(config, settings.data_dir)
     x_tr, x_te = train_x.flatten(1).numpy(), test_x.flatten(1).numpy()
     y_tr, y_te = train_y.numpy(), test_y.numpy()
 
@@ -126,7 +126,9 @@ def run(settings: Settings) -> Path:
     )
     codes[f"PCA ({code}-D)"], recons["PCA"] = pca_te, pca_hat
     for init, label in [("random", "deep AE, random init"), ("rbm", "deep AE, RBM-pretrained")]:
-        result = evaluate(run_dirs[init], figures=False)  # this report draws its own maps, side by side
+        result = evaluate(
+            run_dirs[init], figures=False, data_dir=settings.data_dir
+        )  # this report draws its own maps, side by side
         m = result["metrics"]
         model = runs.load_model(run_dirs[init])
         rows.append(

@@ -102,9 +102,10 @@ def _check_option_type(model: str, key: str, value, param: inspect.Parameter) ->
         ok = isinstance(value, (list, tuple)) and all(_is_int(v) and 0 < v <= MAX_SIZE for v in value)
         allowed.append((f"a list of positive integer sizes up to {MAX_SIZE}", ok))
     if hint.startswith("int") or "| int" in hint or (_is_int(default) and not hint):
-        allowed.append(("an integer", _is_int(value) and abs(value) <= 10**9))
+        allowed.append(("an integer", _is_int(value) and abs(value) <= 10**9))  # before math on it overflows
     if "float" in hint or isinstance(default, float):
-        allowed.append(("a finite number", (_is_int(value) or isinstance(value, float)) and math.isfinite(value)))
+        number = (_is_int(value) and abs(value) <= 1e308) or (isinstance(value, float) and math.isfinite(value))
+        allowed.append(("a finite number", number))
     if "str" in hint or isinstance(default, str):
         allowed.append(("a string", isinstance(value, str) and len(value) <= 100))
     if "bool" in hint or isinstance(default, bool):
