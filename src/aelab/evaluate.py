@@ -185,7 +185,14 @@ def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne
     )
     history = runs.read_history(run_dir)
     if history:
-        figs.append(("Loss curves", report.plot_curves({name: history}, fig_dir / "loss.png")))
+        figs.append(
+            (
+                "Loss curves",
+                report.plot_curves(
+                    {name: history}, fig_dir / "loss.png", units={name: report.loss_unit(runs.read_config(run_dir))}
+                ),
+            )
+        )
     if model.can_sample:
         gen = torch.Generator().manual_seed(seed)
         samples = model.sample(32, generator=gen).cpu().numpy()

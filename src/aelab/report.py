@@ -68,23 +68,48 @@ def plot_scatter(
     return save_png(fig, path)
 
 
+def loss_unit(config: dict) -> str:
+    """The unit of a run's loss per image, from its config.json: curves in different units never share an axis.
+
+    Reconstruction losses are sums over pixels (aelab.models.ae.reconstruction_loss); a VAE's loss is a negative
+    ELBO in nats (Bernoulli or Gaussian likelihood); a loss with a penalty (CAE, weight decay) is still in the
+    unit of its reconstruction term."""
+    options = config.get("model_options") or {}
+    if config.get("model") == "vae":
+        return f"nats per image ({options.get('likelihood', 'bce')} likelihood)"
+    if options.get("loss", "bce") == "mse":
+        return "squared error per image"
+    return "cross-entropy per image (nats)"
+
+
 def plot_curves(
-    histories: dict[str, list[dict]], path: str | Path, keys=("train_loss", "test_loss"), title: str = "loss per epoch"
+    histories: dict[str, list[dict]],
+    path: str | Path,
+    keys=("train_loss", "test_loss"),
+    title: str = "loss per epoch",
+    units: dict[str, str] | None = None,
 ) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, history in histories.items():
-        rows = [h for h in history if "train_loss" in h]
-        for key in keys:
-            ax.plot(
-                [h["epoch"] for h in rows],
-                [h[key] for h in rows],
-                label=f"{name} {key}",
-                linestyle="-" if key.startswith("train") else "--",
-            )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss per image")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    """Loss per epoch of each named history; `units` maps a name to its loss unit (`loss_unit`): one panel per
+    unit, so that squared errors and nats are never drawn on one axis."""
+    units = units or {}
+    panels = list(dict.fromkeys(units.get(name, "loss per image") for name in histories))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, unit in zip(axes[0], panels):
+        for name, history in histories.items():
+            if units.get(name, "loss per image") != unit:
+                continue
+            rows = [h for h in history if "train_loss" in h]
+            for key in keys:
+                ax.plot(
+                    [h["epoch"] for h in rows],
+                    [h[key] for h in rows],
+                    label=f"{name} {key}",
+                    linestyle="-" if key.startswith("train") else "--",
+                )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
     return save_png(fig, path)
 
 

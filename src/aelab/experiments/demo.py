@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import report
 from ..evaluate import evaluate
 from ..options import opt, positive_int, seed_value
-from ..runs import read_history
+from ..runs import read_config, read_history
 from ..train import TrainConfig
 from .common import train_or_resume
 
@@ -26,7 +26,7 @@ class Settings:
 def run(settings: Settings) -> Path:
     out = Path(settings.out)
     epochs, limit = (3, 1000) if settings.quick else (settings.epochs, None)
-    rows, figures, histories = [], [], {}
+    rows, figures, histories, units = [], [], {}, {}
     for name, options in [("ae", {"loss": "mse"}), ("vae", {"likelihood": "bce"})]:
         cfg = TrainConfig(
             model=name,
@@ -54,8 +54,9 @@ def run(settings: Settings) -> Path:
             }
         )
         histories[name] = read_history(run_dir)
+        units[name] = report.loss_unit(read_config(run_dir))
         figures += [(f"{name}: {c}", p) for c, p in _figures_of(run_dir)]
-    figures.insert(0, ("Loss per epoch", report.plot_curves(histories, out / "loss.png")))
+    figures.insert(0, ("Loss per epoch", report.plot_curves(histories, out / "loss.png", units=units)))
     d = result["data"]
     notes = [
         f"Data: {d['dataset']} ({d['n_train']} train / {d['n_test']} test images). PCA and the logistic probes are "
