@@ -150,7 +150,12 @@ HOSTILE = {
         ["evaluate"],
         "nested",
     ),
-    "config names other data": (lambda r: _set_json(r / "config.json", dataset="mnist5k"), ["evaluate"], "shape"),
+    "config names other data": (lambda r: _set_json(r / "config.json", dataset="mnist5k"), ["evaluate"], "differ"),
+    "old config names other data": (
+        lambda r: _set_json(r / "config.json", dataset="mnist5k", data_info={}),
+        ["evaluate"],
+        "shape",
+    ),
     "config data_dir elsewhere": (
         lambda r: _set_json(r / "config.json", dataset="mnist", data_dir=str(r.parent / "elsewhere")),
         ["evaluate"],

@@ -6,6 +6,7 @@ Bad input: one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -23,74 +24,131 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The train flags. Defaults are not filled in here: a flag not given comes from --config, from the run
+    folder on --resume, or from TrainConfig's defaults (train_config_from_args)."""
     from . import models
 
-    p.add_argument("--model", default="ae", help=f"one of: {', '.join(models.names())}")
-    p.add_argument("--dataset", default="mnist5k", help="a dataset name (see aelab data list)")
+    S = argparse.SUPPRESS
+    p.add_argument("--model", default=S, help=f"one of: {', '.join(models.names())} (default ae)")
     p.add_argument(
-        "--data-dir", default=None, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)"
+        "--dataset",
+        default=S,
+        help="a dataset name (see aelab data list; default mnist5k), or a path: a folder of images "
+        "(class subfolders give labels; optional train/ and test/), a .npz (x, y, x_test, y_test) or a .npy",
     )
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
-    p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (no-op with a warning on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the loss (measured: no gain on CPU)")
-    p.add_argument("--latent", type=positive_int, default=None, help="code size")
-    p.add_argument("--hidden", type=int_list, default=None, help="hidden sizes, e.g. 256,64")
+    p.add_argument("--image-size", type=int_list, default=S, metavar="H,W", help="resize a folder's images")
     p.add_argument(
-        "--loss", default=None, help="mse or bce (ae); bce or gaussian likelihood (vae: --option likelihood=)"
+        "--data-dir", default=S, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)"
     )
-    p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--epochs", type=positive_int, default=S, help="default 20")
+    p.add_argument("--batch-size", type=positive_int, default=S, help="default 128")
+    p.add_argument("--lr", type=positive_float, default=S, help="default 1e-3")
+    p.add_argument("--optimizer", default=S, choices=["adam", "lbfgs"])
+    p.add_argument("--seed", type=seed_value, default=S, help="default 0")
+    p.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--amp", action="store_true", default=S, help="bf16 autocast on CUDA (no-op on CPU)")
+    p.add_argument("--compile", action="store_true", default=S, help="torch.compile the loss (no gain on CPU)")
+    p.add_argument("--latent", type=positive_int, default=S, help="code size")
+    p.add_argument("--hidden", type=int_list, default=S, help="hidden sizes, e.g. 256,64")
+    p.add_argument("--loss", default=S, help="mse or bce (ae); bce or gaussian likelihood (vae: --option likelihood=)")
+    p.add_argument("--train-limit", type=positive_int, default=S, help="use only the first N training images")
     p.add_argument(
         "--option",
         type=key_value,
         action="append",
-        default=[],
+        default=S,
         metavar="KEY=VALUE",
         help="any other model option, e.g. --option weight_decay=1e-4 (JSON values)",
     )
-    p.add_argument("--dataset-option", type=key_value, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dataset-option", type=key_value, action="append", default=S, metavar="KEY=VALUE")
+    p.add_argument(
+        "--config",
+        default=S,
+        metavar="CONFIG_JSON",
+        help="re-run a saved config.json (a run folder's); the flags given here override it",
+    )
+    p.add_argument("--out", default=S, help="run folder (required)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=S,
+        help="continue the run in --out from its last checkpoint; its settings come from its config.json",
+    )
+    p.add_argument("--no-progress", action="store_true", default=S)
+
+
+# settings a saved config.json never sets when it is re-run: where things go and run are the caller's choice
+_NOT_FROM_SAVED_CONFIG = ("out", "data_dir", "device")
+
+
+def _saved_settings(path: Path) -> dict:
+    """The TrainConfig settings of a saved config.json (schema-checked: the file is untrusted)."""
+    from . import runs
+    from .errors import ConfigError
+    from .train import TrainConfig
+
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    config = runs.check_config(runs.read_json(path), str(path))
+    if config["dataset"].startswith("python:"):
+        raise ConfigError(f"{path}: the run was trained on data given from Python; re-run it from Python")
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(_NOT_FROM_SAVED_CONFIG)
+    saved = {k: v for k, v in config.items() if k in names}
+    saved["model_options"] = {k: v for k, v in config["model_options"].items() if k != "input_shape"}
+    return saved
 
 
 def train_config_from_args(args):
+    """TrainConfig from, in order of precedence: the flags given, --config FILE (or, on --resume, the run
+    folder's config.json), TrainConfig's defaults."""
+    from .errors import ConfigError
     from .train import TrainConfig
 
-    options = dict(args.option)
-    if args.latent is not None:
-        options["latent"] = args.latent
-    if args.hidden is not None:
-        options["hidden"] = args.hidden
-    if args.loss is not None:
-        options["loss"] = args.loss
-    return TrainConfig(
-        model=args.model,
-        model_options=options,
-        dataset=args.dataset,
-        dataset_options=dict(args.dataset_option),
-        data_dir=args.data_dir,
-        train_limit=args.train_limit,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        compile=args.compile,
-        out=args.out,
-    )
+    given = vars(args)
+    if "out" not in given:
+        raise ConfigError("--out is required: the run folder to write (or, with --resume, to continue)")
+    saved: dict = {}
+    if "config" in given:
+        saved = _saved_settings(Path(args.config))
+    elif given.get("resume") and (Path(args.out) / "config.json").exists():
+        saved = _saved_settings(Path(args.out) / "config.json")
+    settings = {**saved}
+    for key in (
+        "model",
+        "dataset",
+        "data_dir",
+        "train_limit",
+        "epochs",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "seed",
+        "device",
+        "amp",
+        "compile",
+        "out",
+    ):
+        if key in given:
+            settings[key] = given[key]
+    # a different model (dataset) than the saved one does not inherit the saved one's options
+    model_options = dict(saved.get("model_options", {})) if settings.get("model") == saved.get("model") else {}
+    dataset_options = dict(saved.get("dataset_options", {})) if settings.get("dataset") == saved.get("dataset") else {}
+    model_options.update(dict(given.get("option", [])))
+    for flag in ("latent", "hidden", "loss"):
+        if flag in given:
+            model_options[flag] = given[flag]
+    dataset_options.update(dict(given.get("dataset_option", [])))
+    if "image_size" in given:
+        dataset_options["image_size"] = given["image_size"]
+    settings.update(model_options=model_options, dataset_options=dataset_options)
+    return TrainConfig(**settings)
 
 
 def cmd_train(args) -> int:
     from .train import dist_info, train
 
-    out = train(train_config_from_args(args), resume=args.resume, progress=not args.no_progress)
+    cfg = train_config_from_args(args)
+    out = train(cfg, resume=getattr(args, "resume", False), progress=not getattr(args, "no_progress", False))
     if dist_info()[0] == 0:
         print(f"run folder: {out}")
     return 0

@@ -37,7 +37,13 @@ _RAW_PROBE_CACHE: dict[tuple, float] = {}
 
 def raw_probe_accuracy(config: dict, x_tr, y_tr, x_te, y_te) -> float:
     """The pixel probe depends only on the data: compute it once per process and data set."""
-    key = (config["dataset"], repr(sorted(config.get("dataset_options", {}).items())), config.get("train_limit"))
+    info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
+    key = (
+        config["dataset"],
+        repr(sorted(config.get("dataset_options", {}).items())),
+        config.get("train_limit"),
+        info.get("sha256"),
+    )
     if key not in _RAW_PROBE_CACHE:
         _RAW_PROBE_CACHE[key] = probe_accuracy(x_tr, y_tr, x_te, y_te)
     return _RAW_PROBE_CACHE[key]
@@ -59,20 +65,37 @@ def evaluate(
     seed: int = 0,
     write: bool = True,
     data_dir: str | Path | None = None,
+    data=None,
+    encoder=None,
+    decoder=None,
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
     The data come from `data_dir` (default: $AELAB_DATA or ~/.cache/aelab), never from config.json, and
-    are never downloaded here."""
+    are never downloaded here. `data` (an aelab.data.Data or a path) stands in for the recorded dataset (data
+    given from Python, a moved folder; its content hash must match), `encoder`/`decoder` for the user modules
+    a run was trained with (see aelab.runs.load_model)."""
     run_dir = Path(run_dir)
     with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
-        return _evaluate(run_dir, iwae_k, tsne_points, figures, seed, write, data_dir)
+        return _evaluate(run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder)
 
 
-def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed: int, write: bool, data_dir) -> dict:
-    model = runs.load_model(run_dir)
+def _evaluate(
+    run_dir: Path,
+    iwae_k: int,
+    tsne_points: int,
+    figures: bool,
+    seed: int,
+    write: bool,
+    data_dir,
+    data,
+    encoder,
+    decoder,
+) -> dict:
+    model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
     config = runs.read_config(run_dir)
-    train_x, train_y, test_x, test_y = runs.run_data(config, data_dir)
+    train_x, train_y, test_x, test_y = runs.run_data(config, data_dir, data)
+    labeled = bool(len(train_y)) and bool((train_y >= 0).all()) and bool((test_y >= 0).all())
     if tuple(test_x.shape[1:]) != tuple(model.input_shape):
         raise CheckpointError(
             f"{run_dir}/config.json names data of shape {tuple(test_x.shape[1:])}, but the model "
@@ -92,9 +115,10 @@ def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed:
         "recon_sse": float(sse.mean()),
         "code_dim": int(code_dim),
         "pca_sse": pca_reconstruction_sse(x_tr, x_te, min(code_dim, x_tr[0].size, len(x_tr))),
-        "probe_accuracy": probe_accuracy(train_codes, train_y.numpy(), test_codes, test_y.numpy()),
-        "raw_probe_accuracy": raw_probe_accuracy(config, x_tr, train_y.numpy(), x_te, test_y.numpy()),
     }
+    if labeled and len(train_y.unique()) > 1:  # unlabeled data (or one class): no probe to fit
+        metrics["probe_accuracy"] = probe_accuracy(train_codes, train_y.numpy(), test_codes, test_y.numpy())
+        metrics["raw_probe_accuracy"] = raw_probe_accuracy(config, x_tr, train_y.numpy(), x_te, test_y.numpy())
     metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     for k, v in evaluate_loss(model, test_x, 500, seed).items():
         metrics[f"test_{k}"] = v
@@ -109,6 +133,8 @@ def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed:
     if model.binary_code:
         extra, bit_usage = code_statistics(model, train_x, test_x)
         metrics.update(extra)
+    if hasattr(model, "penalty_used"):  # the CAE: closed-form or exact Jacobian penalty
+        metrics["penalty_used"] = model.penalty_used
     name = type(model).name
     result = {
         "run": str(run_dir),
@@ -121,6 +147,8 @@ def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed:
             "score_split": "test",
             "n_train": len(train_x),
             "n_test": len(test_x),
+            "sha256": (config.get("data_info") or {}).get("sha256"),
+            "labeled": labeled,
         },
         "protocol": {
             "pca": "fitted on train images, scored on test",
@@ -157,7 +185,8 @@ def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed:
         f"aelab run: {name} on {config['dataset']}",
         [("Test metrics (fitted on train, scored on test)", [{"model": name, **metrics}])],
         figs,
-        notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."],
+        notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."]
+        + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
     )
     return result

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .errors import AelabError, CheckpointError, ConfigError, StorageError
+from .errors import AelabError, CheckpointError, ConfigError, DataError, StorageError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -494,11 +494,19 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     model.load_state_dict(state)
 
 
-def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
+def load_model(
+    run_dir: str | os.PathLike,
+    device: str = "cpu",
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+) -> nn.Module:
     """Rebuild the model of a run folder from model.json and model.safetensors, in eval mode.
 
     model = aelab.load_model("runs/vae")
-    """
+    model = aelab.load_model("runs/conv-cae", encoder=MyEncoder(), decoder=MyDecoder())
+
+    A model trained with user-supplied modules needs the same modules again (model.json names their
+    classes, it cannot rebuild them: no pickle); their weights come from model.safetensors."""
     from . import models
 
     run_dir = Path(run_dir)
@@ -515,9 +523,26 @@ def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
         raise CheckpointError(
             f"{where}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})"
         )
+    options = dict(spec["options"])
+    given = {"encoder": encoder, "decoder": decoder}
+    custom = {r: v for r, v in options.items() if r in models.USER_MODULES and isinstance(v, str)}
+    missing = [f"{r} ({v.removeprefix(models.CUSTOM_PREFIX)})" for r, v in custom.items() if given[r] is None]
+    if missing:
+        raise CheckpointError(
+            f"{run_dir}: the model was built with a user-supplied {' and '.join(missing)}; model.json cannot "
+            f"rebuild them (no pickle): pass the same modules again, load_model(run, "
+            f"{', '.join(f'{r}=...' for r in custom)})"
+        )
+    for role, module in given.items():
+        recorded = options.get(role)
+        if module is not None:
+            if not (isinstance(recorded, str) and recorded.startswith(models.CUSTOM_PREFIX)):
+                raise CheckpointError(f"{where}: this model has the built-in {role}; do not pass {role}=")
+            options[role] = module
     try:  # the options are untrusted: any failure to build from them is the file's fault, not a bug
-        models.check_memory(spec["name"], spec["options"], training=False)  # sizes checked before allocation
-        model = models.create(spec["name"], **spec["options"])
+        if encoder is None and decoder is None:
+            models.check_memory(spec["name"], options, training=False)  # sizes checked before allocation
+        model = models.create(spec["name"], **options)
     except AelabError as e:
         raise CheckpointError(f"{where}: cannot build the model ({e})") from None
     except Exception as e:
@@ -527,17 +552,41 @@ def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
-def run_data(config: dict, data_dir: str | os.PathLike | None = None):
+def run_data(config: dict, data_dir: str | os.PathLike | None = None, data=None):
     """The run's own train and test splits: same dataset, options and train_limit as in training.
-    Returns (train_x, train_y, test_x, test_y)."""
-    from . import data
+    Returns (train_x, train_y, test_x, test_y); labels are -1 for unlabeled data.
+
+    `data` (an aelab.data.Data or a path) stands in for the recorded dataset: needed for data given from
+    Python, and for a folder that has moved. Data whose content hash differs from the one config.json
+    recorded are refused: the metrics would not be about the run's data."""
+    from . import data as datamod
 
     name, opts = config["dataset"], config.get("dataset_options", {})
-    data.check_options(name, opts)  # before **opts meets load's own parameters
+    if not isinstance(opts, dict):
+        raise CheckpointError("config.json: dataset_options is not an object")
+    if data is None and name.startswith("python:"):
+        raise DataError(
+            f"the run was trained on data given from Python ({name[len('python:') :]}); pass the same data: "
+            "evaluate(run, data=...)"
+        )
+    if data is None:
+        datamod.check_options(name, opts)  # before **opts meets load's own parameters
+        if name not in datamod.names() and not Path(name).exists():
+            raise DataError(f"the run's data at {name} is not there any more; pass data=PATH or Data")
     # the data folder comes from the caller, never from config.json (an untrusted file must not make aelab
-    # create folders or download anywhere); files that are not there already are an error, not a download
-    train_x, train_y = data.load(name, "train", data_dir, download=False, **opts)
-    test_x, test_y = data.load(name, "test", data_dir, download=False, **opts)
+    # create folders or download anywhere); files that are not there already are an error, not a download;
+    # a folder's decoded cache is read, never written, from here
+    source = name if data is None else data
+    found = datamod.get(
+        source, {} if isinstance(source, datamod.Data) else opts, data_dir, download=False, write_cache=False
+    )
+    recorded = config.get("data_info", {}).get("sha256") if isinstance(config.get("data_info"), dict) else None
+    if recorded is not None and found.info.get("sha256") != recorded:
+        raise DataError(
+            f"the data of {found.info.get('source', name)} differ from those the run was trained on "
+            "(content hash changed); pass the same data"
+        )
+    train_x, train_y, test_x, test_y = found.train_x, found.train_y, found.test_x, found.test_y
     if config.get("train_limit"):
         train_x, train_y = train_x[: config["train_limit"]], train_y[: config["train_limit"]]
     return train_x, train_y, test_x, test_y

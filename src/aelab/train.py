@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -43,7 +44,7 @@ from .options import MAX_COUNT, MAX_SEED
 class TrainConfig:
     model: str = "ae"
     model_options: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "mnist5k"
+    dataset: Any = "mnist5k"  # a built-in name, a path (image folder, .npz, .npy) or an aelab.data.Data
     dataset_options: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     train_limit: int | None = None  # use only the first N training images (tests, quick runs)
@@ -73,16 +74,36 @@ class TrainConfig:
             raise ConfigError("--out must name a folder")
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
-        datamod.check_options(self.dataset, self.dataset_options)
+        if isinstance(self.dataset, datamod.Data):
+            if self.dataset_options:
+                raise ConfigError("dataset options apply to names and paths; a Data object is used as it is")
+        elif isinstance(self.dataset, (str, os.PathLike)) and str(self.dataset).strip():
+            name = os.fspath(self.dataset)
+            if name not in datamod.names() and not Path(name).exists():
+                raise ConfigError(
+                    f"no dataset named {name!r} and no file or folder there; "
+                    f"choose from {', '.join(datamod.names())} or give a path"
+                )
+            datamod.check_options(name, self.dataset_options)
+        else:
+            raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
         if self.optimizer not in ("adam", "lbfgs"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from adam, lbfgs")
         if self.model not in models.names():
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(models.names())}")
-        if self.dataset not in datamod.names():
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datamod.names())}")
         resolve_device(self.device)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as config.json records them: the dataset as a name, an absolute path or python:<name>,
+        user-supplied modules by their class name (aelab.models.custom_name)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["dataset"] = datamod.describe(self.dataset)
+        out["model_options"] = {
+            k: models.custom_name(v) if isinstance(v, nn.Module) else v for k, v in self.model_options.items()
+        }
+        return json.loads(json.dumps(out))  # a deep copy of plain JSON values
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,6 +194,8 @@ def evaluate_loss(
 
 def _check_resume_config(old: dict, new: dict) -> None:
     ignore = {"epochs", "out", "device", "versions", "compile", "format_version"}  # old run folders resume too
+    if "data_info" not in old:  # written before data_info existed
+        ignore.add("data_info")
     diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")
@@ -193,13 +216,14 @@ def _check_checkpoint_meta(meta: dict, path: Path) -> tuple[int, list[dict], boo
     return epoch, history, bool(meta.get("pretrained")), resumes
 
 
-def load_data(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The train and test images of cfg.dataset on `device` (labels are not needed to train)."""
-    train_x, _ = datamod.load(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
-    test_x, _ = datamod.load(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_options)
-    if cfg.train_limit:
-        train_x = train_x[: cfg.train_limit]
-    return train_x.to(device), test_x.to(device)
+def load_data(
+    cfg: TrainConfig, device: torch.device, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The train and test images of cfg.dataset on `device` (labels are not needed to train), and the data's
+    info record (source, sizes, classes, split, content hash) for config.json."""
+    data = datamod.get(cfg.dataset, cfg.dataset_options, cfg.data_dir, progress=progress)
+    train_x = data.train_x[: cfg.train_limit] if cfg.train_limit else data.train_x
+    return train_x.to(device), data.test_x.to(device), data.info
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -333,14 +357,16 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
 
     # 1. data, model, optimizer, and the state to resume from
     torch.manual_seed(cfg.seed)
-    train_x, test_x = load_data(cfg, device)
+    train_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
     options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
-    models.check_memory(cfg.model, options, training=True)  # before anything is allocated
+    if not any(isinstance(v, nn.Module) for v in options.values()):  # user modules are already built
+        models.check_memory(cfg.model, options, training=True)  # before anything is allocated
     model = models.create(cfg.model, **options).to(device)
     opt = make_optimizer(cfg, model)
     config = {
-        **dataclasses.asdict(cfg),
+        **cfg.to_json(),
         "model_options": model.options,
+        "data_info": data_info,
         "format_version": runs.FORMAT_VERSION,
         "n_train": len(train_x),
         "n_test": len(test_x),

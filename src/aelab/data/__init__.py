@@ -1,19 +1,81 @@
-"""Data: `load(name, split)` -> (images (N, C, H, W) float32 in [0, 1], labels int64), the IDX reader and downloads."""
+"""Data: `get(dataset)` -> Data (train/test images (N, C, H, W) float32 in [0, 1], labels, info) for a
+built-in name, a path (image folder, .npz, .npy) or a Data made from Python (`from_arrays`, `from_dataset`);
+`load(name, split)` for the built-in sets, the IDX reader and downloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from ..errors import DataError
 from .datasets import EMBEDDED, IDX_DATASETS, available_offline, check_options, data_dir, fetch, load, names, verify
 from .idx import read_idx
+from .sources import Data, content_hash, from_arrays, from_dataset, from_path
 
 __all__ = [
+    "Data",
     "DataError",
     "EMBEDDED",
     "IDX_DATASETS",
     "available_offline",
     "check_options",
+    "content_hash",
     "data_dir",
+    "describe",
     "fetch",
+    "from_arrays",
+    "from_dataset",
+    "from_path",
+    "get",
     "load",
     "names",
     "read_idx",
     "verify",
 ]
+
+
+def describe(dataset: str | Data) -> str:
+    """What config.json records as the dataset: a built-in name, an absolute path, or python:<name>."""
+    if isinstance(dataset, Data):
+        return f"python:{dataset.info.get('source', 'data')}"
+    if dataset in names():
+        return dataset
+    return str(Path(dataset).resolve())
+
+
+def get(
+    dataset: str | os.PathLike | Data,
+    options: dict | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = False,
+    write_cache: bool = True,
+) -> Data:
+    """The Data of a built-in dataset name, of a path (folder of images, .npz, .npy), or `dataset` itself.
+    `info` records where the data came from, the sizes, classes, the split and a content hash."""
+    options = dict(options or {})
+    if isinstance(dataset, Data):
+        if options:
+            raise DataError("dataset options apply to names and paths; a Data object is used as it is")
+        return dataset
+    name = os.fspath(dataset)
+    check_options(name, options)
+    if name in names():  # load() keeps the arrays in memory: a second call costs the hash only
+        train_x, train_y = load(name, "train", data_dir, download, **options)
+        test_x, test_y = load(name, "test", data_dir, download, **options)
+        info = {
+            "kind": "builtin",
+            "source": name,
+            "split": "given (the dataset's own train/test split)",
+            "shape": list(train_x.shape[1:]),
+            "n_train": len(train_x),
+            "n_test": len(test_x),
+            "labeled": True,
+            "n_classes": int(len(train_y.unique())),
+            "sha256": content_hash(train_x, train_y, test_x, test_y),
+        }
+        return Data(train_x, train_y, test_x, test_y, info)
+    if not Path(name).exists():
+        raise DataError(f"no dataset named {name!r} and no file or folder there; choose from {', '.join(names())}")
+    # the cache of decoded folders lives in the data folder (--data-dir, $AELAB_DATA or ~/.cache/aelab)
+    return from_path(name, **options, cache_dir=data_dir, write_cache=write_cache, progress=progress)

@@ -357,9 +357,27 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
+# the options of a dataset given as a path (a folder of images, .npz, .npy): see aelab.data.sources
+PATH_OPTIONS: dict[str, tuple[str, object]] = {
+    "image_size": (
+        "two positive integers H,W",
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and len(v) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 100_000 for s in v)
+        ),
+    ),
+    "test_fraction": ("a number in (0, 1)", lambda v: _number(v) and 0 < v < 1),
+    "split_seed": (
+        "an integer in [0, 2^32)",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
+    ),
+}
+
+
 def check_options(name: str, options: dict) -> None:
     """Refuse unknown dataset options and values out of range, one line each."""
-    allowed = DATASET_OPTIONS.get(name, {})
+    allowed = DATASET_OPTIONS.get(name, {}) if name in names() else PATH_OPTIONS
     for key, value in options.items():
         if key not in allowed:
             takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"

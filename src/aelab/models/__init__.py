@@ -83,6 +83,16 @@ def check_memory(name: str, options: dict, training: bool = True) -> int:
     return size
 
 
+USER_MODULES = ("encoder", "decoder")  # options that take nn.Modules (from Python only)
+CUSTOM_PREFIX = "custom:"  # as models.base.CUSTOM_PREFIX, without importing torch here
+
+
+def custom_name(module) -> str:
+    from .base import custom_name as name
+
+    return name(module)
+
+
 MAX_SIZE = 10**6  # as aelab.options.MAX_SIZE: one layer's width, a code's size, an image side
 
 
@@ -94,6 +104,17 @@ def _check_option_type(model: str, key: str, value, param: inspect.Parameter) ->
     """Options come from users and from model.json: their types are checked against the constructor's
     annotation (or default), so that a wrong type is bad input and not a TypeError deep inside torch."""
     hint = str(param.annotation) if param.annotation is not inspect.Parameter.empty else ""
+    if key in USER_MODULES:
+        import torch.nn as nn
+
+        if not (value is None or isinstance(value, nn.Module)):
+            if isinstance(value, str) and value.startswith(CUSTOM_PREFIX):
+                raise ConfigError(
+                    f"model {model!r} was built with a user-supplied {key} ({value[len(CUSTOM_PREFIX) :]}); "
+                    f"pass the same module again: load_model(run, {key}=...)"
+                )
+            raise ConfigError(f"model {model!r}: option {key} must be a torch.nn.Module, given from Python")
+        return
     default = param.default
     allowed: list[tuple[str, bool]] = []  # (what the option may be, whether the value is that)
     if "None" in hint or default is None:

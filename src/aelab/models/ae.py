@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .base import Autoencoder
 
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 
 
@@ -83,6 +84,8 @@ class AE(Autoencoder):
         loss: str = "mse",
         weight_decay: float = 0.0,
         activation: str = "relu",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         hidden = [int(h) for h in hidden]
@@ -115,18 +118,21 @@ class AE(Autoencoder):
             decoder_sizes = [latent, *reversed(hidden), d]
         # the decoder ends in logits; sigmoid is applied in decode(), BCE uses the logits directly
         self.decoder = mlp(decoder_sizes, activation)
+        if encoder is not None or decoder is not None:
+            self.latent = self.install_custom_modules(encoder, decoder)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.flatten(1))
+        return self.encoder(x.flatten(1) if self.flatten_input else x)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z)).view(-1, *self.input_shape)
+        return torch.sigmoid(self.decoder(z)).reshape(-1, *self.input_shape)
 
     def weight_penalty(self) -> torch.Tensor:
-        return sum(m.weight.pow(2).sum() for m in self.modules() if isinstance(m, nn.Linear))
+        """Sum of squared weights of the linear and conv layers (biases excluded)."""
+        return sum(m.weight.pow(2).sum() for m in self.modules() if isinstance(m, WEIGHT_LAYERS))
 
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon = reconstruction_loss(self.decode_logits(self.encode(x)), x, self.options["loss"], logits=True).mean()

@@ -112,6 +112,8 @@ class BinaryAE(Autoencoder):
         slope: float = 1.0,
         channels=(32, 64),
         code_norm: str = "batchnorm",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         channels = [int(c) for c in channels]
@@ -171,6 +173,16 @@ class BinaryAE(Autoencoder):
             nn.ReLU(),
             nn.ConvTranspose2d(c1, c, 4, 2, 1, output_padding=(h - 2 * h1, w - 2 * w1)),
         )
+        if encoder is not None or decoder is not None:
+            self._install(encoder, decoder, code_norm)
+
+    def _install(self, encoder: nn.Module | None, decoder: nn.Module | None, code_norm: str) -> None:
+        """User modules: the encoder returns the pre-activation a (N, bits) that the bottleneck thresholds,
+        followed here by the same batchnorm as the built-in one; the code size comes from a forward pass."""
+        self.bits = self.install_custom_modules(encoder, decoder)
+        if encoder is not None and code_norm == "batchnorm":
+            self.encoder = nn.Sequential(encoder, nn.BatchNorm1d(self.bits, affine=False))
+        self.options["bits"] = self.bits
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder output a (N, bits) that the bottleneck thresholds (after the batchnorm, if any)."""
@@ -184,10 +196,10 @@ class BinaryAE(Autoencoder):
         return binarize(a, self.options["backward"], self.options["slope"])
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return self.decoder(z).reshape(-1, *self.input_shape)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+        return torch.sigmoid(self.decode_logits(z))
 
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Terms "loss" = "recon" (the training objective) and "recon_sse" (per-image sum of squared errors,

@@ -80,10 +80,21 @@ class TiedDecoder(nn.Module):
 class _CodeAE(AE):
     """AE with a nonlinear code by default (784-1000 sigmoid) and optionally tied weights."""
 
-    def __init__(self, input_shape, hidden, latent, loss, activation, tied):
-        super().__init__(input_shape=input_shape, hidden=hidden, latent=latent, loss=loss, activation=activation)
+    def __init__(self, input_shape, hidden, latent, loss, activation, tied, encoder, decoder):
+        if tied and (encoder is not None or decoder is not None):
+            raise ValueError("tied=True ties the built-in encoder and decoder; it does not apply to user modules")
+        super().__init__(
+            input_shape=input_shape,
+            hidden=hidden,
+            latent=latent,
+            loss=loss,
+            activation=activation,
+            encoder=encoder,
+            decoder=decoder,
+        )
         if tied:
             self.decoder = TiedDecoder(self.encoder, activation)
+        custom = {k: v for k, v in self.options.items() if k in ("encoder", "decoder")}
         self.options = dict(
             input_shape=list(input_shape),
             hidden=[int(h) for h in hidden],
@@ -91,6 +102,7 @@ class _CodeAE(AE):
             loss=loss,
             activation=activation,
             tied=bool(tied),
+            **custom,
         )
 
 
@@ -116,8 +128,10 @@ class CAE(_CodeAE):
         penalty: str = "auto",
         k: int = 8,
         tied: bool = False,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
-        super().__init__(input_shape, hidden, latent, loss, activation, tied)
+        super().__init__(input_shape, hidden, latent, loss, activation, tied, encoder, decoder)
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         if penalty not in penalties.METHODS:
@@ -134,9 +148,19 @@ class CAE(_CodeAE):
             )
         self.options.update(lam=float(lam), penalty=penalty, k=k)
 
+    @property
+    def penalty_used(self) -> str:
+        """Which computation of ||J_f(x)||_F^2 this model runs: the closed form applies only to a one-layer
+        Linear + sigmoid|tanh|relu encoder; any other encoder (a user's conv net too) gets the exact one."""
+        if self._analytic is not None:
+            return "analytic"
+        return "hutchinson" if self.options["penalty"] == "hutchinson" else "exact"
+
     def code_and_penalty(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(code (N, d_code), ||J_f(x_n)||_F^2 (N,)), both differentiable."""
-        x = x.flatten(1)
+        # the closed form is for a Linear layer on flat input ([Flatten,] Linear, act); a user's encoder
+        # otherwise takes the images as they are
+        x = x.flatten(1) if (self.flatten_input or self._analytic is not None) else x
         if self._analytic is not None:
             linear, activation = self._analytic
             preact = linear(x)
@@ -176,8 +200,10 @@ class DAE(_CodeAE):
         noise: str = "gaussian",
         level: float = 0.3,
         tied: bool = False,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
-        super().__init__(input_shape, hidden, latent, loss, activation, tied)
+        super().__init__(input_shape, hidden, latent, loss, activation, tied, encoder, decoder)
         if noise not in ("gaussian", "masking"):
             raise ValueError(f"unknown noise {noise!r}; choose from gaussian, masking")
         if not (isinstance(level, (int, float)) and math.isfinite(level) and level >= 0):

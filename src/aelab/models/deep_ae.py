@@ -57,6 +57,8 @@ class DeepAutoencoder(Autoencoder):
         loss: str = "bce",
         init: str = "random",
         pretrain_epochs: int = 50,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         if init not in ("random", "rbm"):
@@ -89,6 +91,10 @@ class DeepAutoencoder(Autoencoder):
         self.encoder_biases = nn.ParameterList([uniform((nh,), nv) for nv, nh in pairs])
         self.decoder_weights = nn.ParameterList([uniform((nv, nh), nh) for nv, nh in pairs])
         self.decoder_biases = nn.ParameterList([uniform((nv,), nh) for nv, nh in pairs])
+        if encoder is not None or decoder is not None:
+            if init == "rbm":
+                raise ValueError("init='rbm' pretrains the built-in layers; with user modules use init='random'")
+            self.latent = self.install_custom_modules(encoder, decoder)
 
     @classmethod
     def from_rbms(cls, rbms: Sequence[RBM], input_shape=None, loss: str = "bce") -> DeepAutoencoder:
@@ -160,6 +166,8 @@ class DeepAutoencoder(Autoencoder):
         return rbms
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if "encoder" in self._modules:  # a user's encoder
+            return self.encoder(x)
         h = x.flatten(1)
         top = len(self.encoder_weights) - 1
         for i, (W, c) in enumerate(zip(self.encoder_weights, self.encoder_biases)):
@@ -169,6 +177,8 @@ class DeepAutoencoder(Autoencoder):
         return h
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        if "decoder" in self._modules:  # a user's decoder
+            return self.decoder(z).flatten(1)
         h = z
         for i in reversed(range(len(self.decoder_weights))):
             h = torch.addmm(self.decoder_biases[i], h, self.decoder_weights[i].t())
@@ -177,7 +187,7 @@ class DeepAutoencoder(Autoencoder):
         return h
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decode_logits(z)).view(-1, *self.input_shape)
+        return torch.sigmoid(self.decode_logits(z)).reshape(-1, *self.input_shape)
 
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon = reconstruction_loss(self.decode_logits(self.encode(x)), x, self.options["loss"], logits=True).mean()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .ae import check_positive_sizes, mlp
@@ -54,6 +55,8 @@ class VAE(Autoencoder):
         likelihood: str = "bce",
         obs_std: float = 0.1,
         beta: float = 1.0,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         hidden = [int(h) for h in hidden]
@@ -75,17 +78,30 @@ class VAE(Autoencoder):
         d = math.prod(self.input_shape)
         self.encoder = mlp([d, *hidden, 2 * latent], "relu")  # outputs (mu, logvar)
         self.decoder = mlp([latent, *reversed(hidden), d], "relu")  # outputs logits / means before sigmoid
+        if encoder is not None or decoder is not None:
+            self.latent = self.install_custom_modules(encoder, decoder)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=1)
-        return mu, logvar
+        """(mean, log-variance) of q(z|x), each (N, latent)."""
+        if self.flatten_input:
+            return self.encoder(x.flatten(1)).chunk(2, dim=1)
+        out = self.encoder(x)  # a user's encoder returns the pair itself
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and out[0].shape == out[1].shape):
+            raise ValueError("a VAE encoder must return (mean, log-variance), two tensors of shape (N, latent)")
+        return out[0], out[1]
+
+    def decoder_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output flattened per image, for codes (..., latent): a user's decoder sees (N, latent)."""
+        if not self.custom_decoder:
+            return self.decoder(z)
+        return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean: the deterministic code used for probes and maps."""
         return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z)).view(-1, *self.input_shape)
+        return torch.sigmoid(self.decoder_logits(z)).reshape(-1, *self.input_shape)
 
     def neg_log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) per sample, summed over pixels; logits (..., D) and x broadcast against each other."""
@@ -97,10 +113,9 @@ class VAE(Autoencoder):
         return 0.5 * ((torch.sigmoid(logits) - x).pow(2).sum(-1) / s**2) + d * (math.log(s) + 0.5 * LOG_2PI)
 
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.flatten(1)
         mu, logvar = self.posterior(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        recon = self.neg_log_likelihood(x, self.decoder(z)).mean()
+        recon = self.neg_log_likelihood(x.flatten(1), self.decoder_logits(z)).mean()
         kl = kl_to_standard_normal(mu, logvar).mean()
         return {"loss": recon + self.options["beta"] * kl, "elbo": -(recon + kl), "recon": recon, "kl": kl}
 
@@ -123,11 +138,12 @@ class VAE(Autoencoder):
     ) -> torch.Tensor:
         """Importance-sampled estimate of log p(x) per image in nats (the IWAE bound with k samples)."""
         out = []
-        for xb in x.flatten(1).split(batch_size):
+        for xb in x.split(batch_size):
             mu, logvar = self.posterior(xb)
+            xb = xb.flatten(1)
             eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent)
-            log_px_z = -self.neg_log_likelihood(xb, self.decoder(z))
+            log_px_z = -self.neg_log_likelihood(xb, self.decoder_logits(z))
             log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
             log_qz_x = gaussian_log_prob(z, mu, logvar)
             out.append(torch.logsumexp(log_px_z + log_pz - log_qz_x, dim=0) - math.log(k))
