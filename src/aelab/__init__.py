@@ -7,6 +7,7 @@ Where things live (data flows down this list):
     train.py      the one trainer (Adam or L-BFGS, resume, DDP)
     metrics/      measuring: reconstruction, probes, contraction, retrieval, ranking
     evaluate.py   a run folder -> eval.json (calls metrics/)
+    compare.py    several run folders -> comparison.csv / .md / .html
     report.py     figures and the HTML/Markdown reports
     experiments/  one short recipe per paper, each with a Settings dataclass
     options.py    typed option values shared by the CLI and the experiments

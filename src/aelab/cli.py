@@ -170,6 +170,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    result = compare(
+        args.runs,
+        args.out,
+        data_dir=args.data_dir,
+        iwae_k=args.iwae_k,
+        allow_different_data=args.allow_different_data,
+    )
+    for note in result["notes"]:
+        print(note)
+    print(f"comparison: {result['files']['html']}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from . import models
 
@@ -250,6 +266,14 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="compare runs: comparison.csv, .md and .html with curves and reconstructions")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (evaluated first where eval.json is missing)")
+    p.add_argument("--out", required=True, help="folder for comparison.csv, comparison.md, comparison.html")
+    p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
+    p.add_argument("--iwae-k", type=positive_int, default=100, help="IWAE samples for runs evaluated now")
+    p.add_argument("--allow-different-data", action="store_true", help="compare runs trained on different data")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=cmd_models)

@@ -193,8 +193,9 @@ def write_report(
     figures: list[tuple[str, str | Path]],
     notes: Sequence[str] = (),
     config: dict | None = None,
+    name: str = "report",
 ) -> Path:
-    """Write out_dir/report.html (PNGs embedded as base64) and out_dir/report.md; return the HTML path."""
+    """Write out_dir/{name}.html (PNGs embedded as base64) and out_dir/{name}.md; return the HTML path."""
     out_dir = Path(out_dir)
     md = [f"# {md_escape(title)}", ""]
     h = [
@@ -221,6 +222,6 @@ def write_report(
         md += ["## Configuration", "", "```json", html.escape(text, quote=False).replace("`", "&#96;"), "```", ""]
         h.append(f"<h2>Configuration</h2><pre>{html.escape(text)}</pre>")
     h.append("</body></html>")
-    runs.atomic_write_text(out_dir / "report.md", "\n".join(md))
-    runs.atomic_write_text(out_dir / "report.html", "\n".join(h))
-    return out_dir / "report.html"
+    runs.atomic_write_text(out_dir / f"{name}.md", "\n".join(md))
+    runs.atomic_write_text(out_dir / f"{name}.html", "\n".join(h))
+    return out_dir / f"{name}.html"
