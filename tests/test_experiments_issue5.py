@@ -47,6 +47,8 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
     ]
     assert main(argv) == 0
     assert (out / "report.html").exists() and (out / "report.md").exists()
+    assert "ROC and precision-recall curves" in (out / "report.html").read_text()
+    assert (out / "figures" / "roc_pr.png").exists() and (out / "figures" / "roc_pr_best.png").exists()
     result = json.loads((out / "results.json").read_text())
     assert {"data", "methods", "best_method", "colour_labels", "settings", "wall_time_s"} <= result.keys()
     assert set(result["methods"]) == set(bias.METHODS)

@@ -163,6 +163,7 @@ def cmd_evaluate(args) -> int:
         tsne_points=args.tsne_points,
         figures=not args.no_figures,
         data_dir=args.data_dir,
+        progress=not args.no_progress,
     )
     for k, v in result["metrics"].items():
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
@@ -265,6 +266,7 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tsne-points", type=positive_int, default=2000)
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="compare runs: comparison.csv, .md and .html with curves and reconstructions")

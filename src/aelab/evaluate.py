@@ -10,29 +10,45 @@ Metrics (per image unless stated):
     raw_probe_accuracy  the same on raw pixels
     test_*         the model's own loss terms on the test split (aelab.train.evaluate_loss)
     nll_nats       models with a likelihood (VAE): -log p(x) by importance sampling (IWAE bound, k samples)
+    active_units   models with a posterior KL (VAE): latent dimensions whose KL(q(z_j|x) || N(0,1)), averaged
+                   over the test images, exceeds 0.01 nats (eval.json keeps every dimension's KL)
     jacobian_*, saturation   MLP encoders: contraction (aelab.metrics.contraction)
     bits_*, code_*           binary codes: usage statistics (aelab.metrics.retrieval)
 
 `evaluate(run, write=False)` computes and returns; only `write=True` touches the run folder.
+With progress=True, tqdm bars on stderr (labelled by the run folder's name) follow the stages, IWAE and t-SNE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import report, runs
 from .errors import CheckpointError
-from .metrics.codes import encode_all, probe_accuracy, reconstruct_all, tsne_2d
+from .metrics.codes import (
+    encode_all,
+    interpolation_rows,
+    probe_accuracy,
+    reconstruct_all,
+    traversal_rows,
+    tsne_2d,
+)
 from .metrics.contraction import contraction_diagnostics
 from .metrics.reconstruction import pca_reconstruction_sse, sse_per_image
 from .metrics.retrieval import code_statistics
 from .train import evaluate_loss
 
 _RAW_PROBE_CACHE: dict[tuple, float] = {}
+ACTIVE_UNIT_NATS = 0.01  # a latent dimension whose mean KL exceeds this carries information (Burda et al. 2016)
+IWAE_BATCH = 100  # images per IWAE step: k samples of each are held at once
+TRAVERSED_DIMS = 8  # rows of the latent traversal figure
 
 
 def raw_probe_accuracy(config: dict, x_tr, y_tr, x_te, y_te) -> float:
@@ -68,16 +84,18 @@ def evaluate(
     data=None,
     encoder=None,
     decoder=None,
+    progress: bool = False,
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
     The data come from `data_dir` (default: $AELAB_DATA or ~/.cache/aelab), never from config.json, and
     are never downloaded here. `data` (an aelab.data.Data or a path) stands in for the recorded dataset (data
     given from Python, a moved folder; its content hash must match), `encoder`/`decoder` for the user modules
-    a run was trained with (see aelab.runs.load_model)."""
+    a run was trained with (see aelab.runs.load_model). progress=True shows tqdm bars on stderr, labelled by
+    the run folder's name."""
     run_dir = Path(run_dir)
     with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
-        return _evaluate(run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder)
+        return _evaluate(run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder, progress)
 
 
 def _evaluate(
@@ -91,6 +109,7 @@ def _evaluate(
     data,
     encoder,
     decoder,
+    progress: bool,
 ) -> dict:
     model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
     config = runs.read_config(run_dir)
@@ -103,7 +122,24 @@ def _evaluate(
         )
     t0 = time.perf_counter()
     torch.manual_seed(seed)
+    history, fig_dir = [], None
+    if write:  # the rest of the run folder is read before the work starts, so bad input stays one line (no bars)
+        runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
+        if figures:
+            history = runs.read_history(run_dir)
+            fig_dir = runs.subfolder(run_dir, "figures")
+            runs.remove_stale_temp_files(fig_dir)
+    label = run_dir.resolve().name  # bars say which run, when several are evaluated one after another
+    optional_stages = [model.has_likelihood, model.has_posterior_kl, model.has_mlp_encoder, model.binary_code]
+    bar = tqdm(
+        total=2 + sum(optional_stages) + (write and figures) + write,  # + codes, test loss
+        desc=f"{label}: evaluate",
+        unit="stage",
+        file=sys.stderr,
+        disable=not progress,
+    )
 
+    bar.set_postfix_str("codes, PCA, probes")
     train_codes = encode_all(model, train_x).cpu().numpy()
     test_codes = encode_all(model, test_x).cpu().numpy()
     test_hat = reconstruct_all(model, test_x).cpu().numpy()
@@ -120,19 +156,33 @@ def _evaluate(
         metrics["probe_accuracy"] = probe_accuracy(train_codes, train_y.numpy(), test_codes, test_y.numpy())
         metrics["raw_probe_accuracy"] = raw_probe_accuracy(config, x_tr, train_y.numpy(), x_te, test_y.numpy())
     metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
+    bar.update()
+    bar.set_postfix_str("test loss")
     for k, v in evaluate_loss(model, test_x, 500, seed).items():
         metrics[f"test_{k}"] = v
+    bar.update()
     if model.has_likelihood:
-        gen = torch.Generator().manual_seed(seed)
-        metrics["nll_nats"] = float(-model.iwae_log_likelihood(test_x, k=iwae_k, generator=gen).mean())
+        bar.set_postfix_str("IWAE")
+        metrics["nll_nats"] = -iwae_mean(model, test_x, iwae_k, seed, label if progress else None)
         metrics["iwae_k"] = iwae_k
+        bar.update()
+    kl_per_dimension = None
+    if model.has_posterior_kl:
+        bar.set_postfix_str("KL per dimension")
+        kl_per_dimension = model.kl_per_dimension(test_x).tolist()
+        metrics["active_units"] = sum(kl > ACTIVE_UNIT_NATS for kl in kl_per_dimension)
+        bar.update()
     spectrum, bit_usage = None, None
     if model.has_mlp_encoder:
+        bar.set_postfix_str("contraction")
         extra, spectrum = contraction_diagnostics(model, test_x)
         metrics.update(extra)
+        bar.update()
     if model.binary_code:
+        bar.set_postfix_str("code statistics")
         extra, bit_usage = code_statistics(model, train_x, test_x)
         metrics.update(extra)
+        bar.update()
     if hasattr(model, "penalty_used"):  # the CAE: closed-form or exact Jacobian penalty
         metrics["penalty_used"] = model.penalty_used
     name = type(model).name
@@ -159,15 +209,30 @@ def _evaluate(
     }
     if spectrum is not None:
         result["jacobian_mean_singular_values"] = spectrum
+    if kl_per_dimension is not None:
+        result["kl_per_dimension"] = kl_per_dimension
+        result["protocol"]["active_units"] = f"KL(q(z_j|x) || N(0,1)), mean over test images, > {ACTIVE_UNIT_NATS} nats"
     if not write:
+        bar.close()
         return result
 
-    runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
     figs: list[tuple[str, Path]] = []
     if figures:
-        fig_dir = runs.subfolder(run_dir, "figures")
-        runs.remove_stale_temp_files(fig_dir)
-        figs = _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed)
+        bar.set_postfix_str("figures")
+        figs = _figures(
+            model,
+            history,
+            config,
+            fig_dir,
+            test_x,
+            test_y,
+            test_codes,
+            test_hat,
+            tsne_points,
+            seed,
+            kl_per_dimension,
+            label if progress else None,
+        )
         if spectrum is not None:
             figs.append(
                 (
@@ -179,6 +244,8 @@ def _evaluate(
             figs.append(
                 ("Bit usage over the train images", report.plot_bit_usage(bit_usage, fig_dir / "bit_usage.png"))
             )
+        bar.update()
+    bar.set_postfix_str("report")
     runs.write_json(run_dir / "eval.json", result)
     report.write_report(
         run_dir,
@@ -189,10 +256,27 @@ def _evaluate(
         + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
     )
+    bar.update()
+    bar.close()
     return result
 
 
-def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed) -> list:
+def iwae_mean(model, x: torch.Tensor, k: int, seed: int, progress: str | None = None) -> float:
+    """Mean IWAE estimate of log p(x) in nats over the images x, IWAE_BATCH images at a time (one generator
+    throughout: the same estimate per image as one call on all of x). `progress` labels a tqdm bar; None for none."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = x.split(IWAE_BATCH)
+    total = 0.0
+    for xb in tqdm(
+        batches, desc=f"{progress}: IWAE k={k}", unit="batch", file=sys.stderr, disable=progress is None, leave=False
+    ):
+        total += float(model.iwae_log_likelihood(xb, k=k, batch_size=IWAE_BATCH, generator=gen).double().sum())
+    return total / len(x)
+
+
+def _figures(
+    model, history, config, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed, kl_per_dimension, progress
+) -> list:
     figs = []
     name = type(model).name
     shown = first_of_each_class(test_y, 16, seed)
@@ -204,22 +288,38 @@ def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne
             ),
         )
     )
+    if history:
+        figs.append(
+            (
+                f"Loss curves, {report.loss_unit(config)}",
+                report.plot_curves({name: history}, fig_dir / "loss.png", units={name: report.loss_unit(config)}),
+            )
+        )
+    if history and all(k in history[-1] for k in ("test_recon", "test_kl")):
+        figs.append(
+            (
+                "The two terms of the negative ELBO on the test images, per epoch (nats per image)",
+                report.plot_terms(
+                    history,
+                    {"test_recon": "reconstruction: -E_q log p(x|z)", "test_kl": "KL(q(z|x) || p(z))"},
+                    fig_dir / "elbo_terms.png",
+                    ylabel="nats per image",
+                ),
+            )
+        )
     n = min(tsne_points, len(test_codes))
-    emb = tsne_2d(test_codes[:n], seed) if test_codes.shape[1] > 2 else test_codes[:n]
+    emb = tsne_2d(test_codes[:n], seed, progress) if test_codes.shape[1] > 2 else test_codes[:n]
     figs.append(
         (
             f"t-SNE of {n} test codes, coloured by label",
             report.plot_scatter(emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes"),
         )
     )
-    history = runs.read_history(run_dir)
-    if history:
+    if kl_per_dimension is not None:
         figs.append(
             (
-                "Loss curves",
-                report.plot_curves(
-                    {name: history}, fig_dir / "loss.png", units={name: report.loss_unit(runs.read_config(run_dir))}
-                ),
+                f"KL per latent dimension, mean over the test images (active: > {ACTIVE_UNIT_NATS} nats)",
+                report.plot_kl_per_dimension(kl_per_dimension, ACTIVE_UNIT_NATS, fig_dir / "kl_per_dimension.png"),
             )
         )
     if model.can_sample:
@@ -231,12 +331,34 @@ def _figures(model, run_dir, fig_dir, test_x, test_y, test_codes, test_hat, tsne
                 report.plot_image_rows([samples[:16], samples[16:]], ["", ""], fig_dir / "samples.png"),
             )
         )
-        pairs = [(a, b) for a, b in [(0, 1), (3, 8), (4, 9)] if b < len(shown)]
-        rows = [model.interpolate(test_x[shown[a]], test_x[shown[b]], steps=12).cpu().numpy() for a, b in pairs]
+    if not model.binary_code:  # a code that varies continuously: its dimensions and lines between codes decode
+        if kl_per_dimension is not None:  # the VAE: its most informative dimensions, most KL first
+            dims = [int(d) for d in np.argsort(kl_per_dimension, kind="stable")[::-1][:TRAVERSED_DIMS]]
+            labels = [f"z{d} ({kl_per_dimension[d]:.2g} nats)" for d in dims]
+            which = "the dimensions of highest KL"
+        else:
+            dims = list(range(min(TRAVERSED_DIMS, test_codes.shape[1])))
+            labels = [f"z{d}" for d in dims]
+            which = "the first code dimensions"
+        rows = traversal_rows(model, test_x[shown[0]], test_codes, dims)
         figs.append(
             (
-                "Interpolations between test digits (posterior means)",
-                report.plot_image_rows(rows, [f"{a}→{b}" for a, b in pairs], fig_dir / "interpolation.png"),
+                f"Latent traversals of {which}: the test image (first column), then its code with one dimension "
+                "set to the 2nd to 98th percentile of that dimension over the test codes",
+                report.plot_image_rows(list(rows.numpy()), labels, fig_dir / "traversals.png"),
+            )
+        )
+        pairs = [(shown[a], shown[b]) for a, b in [(0, 1), (3, 8), (4, 9), (2, 7)] if b < len(shown)]
+        rows = interpolation_rows(model, test_x, pairs)
+        figs.append(
+            (
+                "Interpolations between test images: the two real images at the ends, the decoded straight line "
+                "between their codes in between",
+                report.plot_image_rows(
+                    list(rows.numpy()),
+                    [f"{int(test_y[a])}→{int(test_y[b])}" for a, b in pairs],
+                    fig_dir / "interpolation.png",
+                ),
             )
         )
     return figs

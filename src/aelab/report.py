@@ -82,6 +82,16 @@ def loss_unit(config: dict) -> str:
     return "cross-entropy per image (nats)"
 
 
+def curve_panels(names, units: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The panels of `plot_curves`: unit -> the names drawn on it, in order. A name without a unit gets the
+    generic "loss per image" panel; two names share a panel only when their units are the same string."""
+    units = units or {}
+    panels: dict[str, list[str]] = {}
+    for name in names:
+        panels.setdefault(units.get(name, "loss per image"), []).append(name)
+    return panels
+
+
 def plot_curves(
     histories: dict[str, list[dict]],
     path: str | Path,
@@ -91,14 +101,11 @@ def plot_curves(
 ) -> Path:
     """Loss per epoch of each named history; `units` maps a name to its loss unit (`loss_unit`): one panel per
     unit, so that squared errors and nats are never drawn on one axis."""
-    units = units or {}
-    panels = list(dict.fromkeys(units.get(name, "loss per image") for name in histories))
+    panels = curve_panels(histories, units)
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, unit in zip(axes[0], panels):
-        for name, history in histories.items():
-            if units.get(name, "loss per image") != unit:
-                continue
-            rows = [h for h in history if "train_loss" in h]
+    for ax, (unit, names) in zip(axes[0], panels.items()):
+        for name in names:
+            rows = [h for h in histories[name] if "train_loss" in h]
             for key in keys:
                 ax.plot(
                     [h["epoch"] for h in rows],
@@ -110,6 +117,61 @@ def plot_curves(
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_terms(history: list[dict], terms: dict[str, str], path: str | Path, ylabel: str = "", title: str = "") -> Path:
+    """One panel per term of a history (key -> panel title), e.g. a VAE's reconstruction and KL terms: terms of
+    very different sizes each get their own scale."""
+    rows = [h for h in history if all(key in h for key in terms)]
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.0 * len(terms), 3.4), squeeze=False, layout="constrained")
+    for ax, (key, panel_title) in zip(axes[0], terms.items()):
+        ax.plot([h["epoch"] for h in rows], [h[key] for h in rows], marker="." if len(rows) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{panel_title} ({key})")
+    if title:
+        fig.suptitle(title)
+    return save_png(fig, path)
+
+
+def plot_kl_per_dimension(kl: Sequence[float], threshold: float, path: str | Path) -> Path:
+    """Bar chart of the KL of each latent dimension (nats, averaged over images); the active ones (KL above
+    `threshold`) in colour, the threshold as a line. Log scale: a collapsed dimension sits orders below."""
+    kl = np.asarray(kl, dtype=np.float64)
+    active = kl > threshold
+    floor = threshold / 100  # where bars of (near) zero KL start on the log axis
+    fig, ax = plt.subplots(figsize=(max(4.5, min(12, 0.25 * len(kl) + 2)), 3.6))
+    ax.bar(np.arange(len(kl)), np.maximum(kl, floor), bottom=0, color=np.where(active, "tab:blue", "0.7"))
+    ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"{threshold:g} nats")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("KL(q(z_j|x) || N(0,1)), nats")
+    ax.set_title(f"{int(active.sum())} of {len(kl)} latent dimensions active")
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_roc_pr(curves: dict[str, dict], path: str | Path, title: str = "", positive_rate: float | None = None) -> Path:
+    """ROC (left) and precision-recall (right) curves, one line per name; `curves[name]` has arrays fpr, tpr,
+    recall, precision (e.g. from aelab.metrics.ranking.mean_curves) and optional auroc / average_precision for
+    the legend. `positive_rate` draws the chance level of the precision."""
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, c in curves.items():
+        roc.plot(c["fpr"], c["tpr"], label=name + (f" ({c['auroc']:.3f})" if "auroc" in c else ""))
+        ap = f" ({c['average_precision']:.3f})" if "average_precision" in c else ""
+        pr.plot(c["recall"], c["precision"], label=name + ap)
+    roc.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="chance")
+    if positive_rate is not None:
+        pr.axhline(positive_rate, color="0.6", linestyle=":", label="chance")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (legend: AUROC)")
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall (legend: AP)", ylim=(0, 1.02))
+    for ax in (roc, pr):
+        ax.legend(fontsize=7)
+        ax.set_xlim(0, 1)
+    if title:
+        fig.suptitle(title)
     return save_png(fig, path)
 
 
@@ -157,33 +219,70 @@ def md_escape(text: str) -> str:
     return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|").replace("`", "&#96;")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
+MAX_TABLE_COLUMNS = 8  # wider tables are transposed or split, so that a report never scrolls sideways
+
+
+def table_blocks(rows: list[dict], max_columns: int = MAX_TABLE_COLUMNS) -> list[list[dict]]:
+    """The tables that show `rows`, none wider than max_columns: the rows as they are when narrow enough;
+    transposed (one row per column, one column per row, headed by its first cell) when there are many columns
+    but few rows, as in a run's metric table; otherwise split into narrower tables that repeat the first column."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(md_escape(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(md_escape(_fmt(r.get(c, ""))) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    if len(cols) <= max_columns:
+        return [rows]
+    key, rest = cols[0], cols[1:]
+    if len(rows) < max_columns:
+        heads = [_fmt(r.get(key, "")) for r in rows]
+        heads = [h if heads.count(h) == 1 and h != key else f"{h} ({i + 1})" for i, h in enumerate(heads)]
+        return [[{key: c, **{h: r.get(c, "") for h, r in zip(heads, rows)}} for c in rest]]
+    n_tables = math.ceil(len(rest) / (max_columns - 1))
+    step = math.ceil(len(rest) / n_tables)  # tables of even widths, not a full one and a sliver
+    return [
+        [{key: r.get(key, ""), **{c: r.get(c, "") for c in rest[i : i + step]}} for r in rows]
+        for i in range(0, len(rest), step)
+    ]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    tables = []
+    for block in table_blocks(rows) if rows else []:
+        cols = list(dict.fromkeys(k for r in block for k in r))
+        lines = ["| " + " | ".join(md_escape(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(md_escape(_fmt(r.get(c, ""))) for c in cols) + " |" for r in block]
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def html_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    tables = []
+    for block in table_blocks(rows) if rows else []:
+        cols = list(dict.fromkeys(k for r in block for k in r))
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in block
+        )
+        tables.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "".join(tables)
 
 
 # ---------------------------------------------------------------- the report
+# Tables wrap their cells (overflow-wrap: a long metric name breaks rather than widening the page); figures
+# sit in a grid, two to a row on a wide screen, and a figure wider than a grid cell spans the whole row.
+GRID_CELL_PX = 640  # a PNG at most this wide is a grid cell (a map, a curve); wider ones (mosaics) span the row
 _CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+    "table{border-collapse:collapse;margin:1em 0;max-width:100%}"
+    "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right;overflow-wrap:anywhere}"
+    "td:first-child,th:first-child{text-align:left}"
     "th{background:#eee}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
-    "figure{margin:1.5em 0}figcaption{font-weight:bold}"
+    ".figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:1em 1.5em;align-items:start}"
+    ".figures figure.wide{grid-column:1/-1}"
+    "figure{margin:1em 0}figcaption{font-weight:bold}"
 )
+
+
+def png_width(data: bytes) -> int:
+    """Width in pixels of a PNG, from its IHDR chunk (bytes 16-20)."""
+    return int.from_bytes(data[16:20], "big")
 
 
 def write_report(
@@ -208,15 +307,20 @@ def write_report(
     for caption, rows in tables:
         md += [f"## {md_escape(caption)}", "", markdown_table(rows), ""]
         h.append(f"<h2>{html.escape(caption)}</h2>{html_table(rows)}")
+    if figures:
+        h.append("<div class='figures'>")
     for caption, path in figures:
         path = Path(path)
         rel = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
         md += [f"## {md_escape(caption)}", "", f"![{md_escape(caption)}]({rel})", ""]
-        b64 = base64.b64encode(path.read_bytes()).decode()
+        data = path.read_bytes()
+        wide = " class='wide'" if png_width(data) > GRID_CELL_PX else ""
         h.append(
-            f"<figure><figcaption>{html.escape(caption)}</figcaption>"
-            f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'></figure>"
+            f"<figure{wide}><figcaption>{html.escape(caption)}</figcaption>"
+            f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'></figure>"
         )
+    if figures:
+        h.append("</div>")
     if config is not None:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         md += ["## Configuration", "", "```json", html.escape(text, quote=False).replace("`", "&#96;"), "```", ""]

@@ -399,6 +399,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     # 2. model-specific pretraining (the deep AE's RBM stack), once, checkpointed as epoch 0
     if model.needs_pretraining and not run.pretrained:
         t0 = time.perf_counter()
+        bar_label = (out.name or str(out)) if progress and rank == 0 else None  # its bar is labelled by the run
         if world > 1:  # each rank runs CD on its equal share; the CD statistics are averaged every batch
             share = len(train_x) // world
             model.pretrain(
@@ -407,9 +408,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
                 log=say,
                 allreduce=average_across_ranks(world),
                 world=world,
+                progress=bar_label,
             )
         else:
-            model.pretrain(train_x, seed=cfg.seed, log=say)
+            model.pretrain(train_x, seed=cfg.seed, log=say, progress=bar_label)
         run.pretrained = True
         history.append({"epoch": 0, "phase": "pretrain", "time_s": time.perf_counter() - t0})
         run.checkpoint(0)

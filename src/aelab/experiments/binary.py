@@ -71,7 +71,7 @@ def run(settings: Settings) -> Path:
     t_start = time.perf_counter()
     out = Path(settings.out)
     epochs = settings.epochs or (3 if settings.quick else 20)
-    rows, run_dirs, histories, recon_rows = [], {}, {}, None
+    rows, run_dirs, histories, units, recon_rows = [], {}, {}, {}, None
     for name, options in [
         ("binary", {"bits": settings.bits, "backward": settings.backward}),
         ("float", {"bits": settings.bits, "float_bottleneck": True}),
@@ -112,6 +112,7 @@ def run(settings: Settings) -> Path:
         )
         run_dirs[name] = str(run_dir)
         histories[name] = runs.read_history(run_dir)
+        units[name] = report.loss_unit(runs.read_config(run_dir))
         if recon_rows is None:
             first = first_of_each_class(test_y, 10)
             recon_rows = [test_x[first].numpy()]
@@ -148,7 +149,7 @@ def run(settings: Settings) -> Path:
             "Test images (top), binary AE, float AE reconstructions",
             report.plot_image_rows(recon_rows, ["input", "binary", "float"], fig_dir / "reconstructions.png"),
         ),
-        ("Loss per epoch", report.plot_curves(histories, fig_dir / "loss.png")),
+        ("Loss per epoch", report.plot_curves(histories, fig_dir / "loss.png", units=units)),
     ]
     result = {
         "experiment": "binary",

@@ -105,7 +105,7 @@ def run(settings: Settings) -> Path:
     started = time.perf_counter()
     out = Path(settings.out)
     epochs = settings.epochs or (8 if settings.quick else 30)
-    rows, histories, spectra = [], {}, {}
+    rows, histories, units, spectra = [], {}, {}, {}
     data = None
     for label, name, options, regulariser in model_grid(settings):
         run_dir = out / run_folder_name(label)
@@ -124,11 +124,12 @@ def run(settings: Settings) -> Path:
         # numpy's BLAS at 1 thread: the probe's LogisticRegression took 48 s at 2 threads vs 1.3 s at 1
         # on this shared 2-core machine (OpenBLAS threads stall behind torch's spinning OpenMP workers)
         with threadpool_limits(limits=1, user_api="blas"):
-            result = evaluate(run_dir, figures=not settings.quick, tsne_points=1000)
+            result = evaluate(run_dir, figures=not settings.quick, tsne_points=1000, progress=not settings.no_progress)
         spectra[label] = result["jacobian_mean_singular_values"]
         m, data = result["metrics"], result["data"]
         history = runs.read_history(run_dir)
         histories[label] = history
+        units[label] = report.loss_unit(runs.read_config(run_dir))
         rows.append(
             {
                 "model": label,
@@ -157,7 +158,7 @@ def run(settings: Settings) -> Path:
         ),
         (
             "Loss per epoch (train solid, test dashed; each model's own objective)",
-            report.plot_curves(histories, out / "loss.png"),
+            report.plot_curves(histories, out / "loss.png", units=units),
         ),
     ]
     raw = result["metrics"]["raw_probe_accuracy"]

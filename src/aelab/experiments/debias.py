@@ -6,7 +6,8 @@ Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020).
       -> every method of debias_scores.METHODS scores every image from (images, digit labels) only
       -> the colour labels grade each score within each digit class: AUROC, AP, precision/recall at
          k = the number of conflicting images of the class
-      -> results.json, report.html/md (tables, t-SNE of the codes by digit and by colour, top-ranked images)
+      -> results.json, report.html/md (tables, ROC and precision-recall curves, t-SNE of the codes by digit and by
+         colour, top-ranked images)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .. import data as datamod
 from .. import report, runs
 from ..data.colored import make_colored_mnist
 from ..metrics.codes import encode_all, tsne_2d
-from ..metrics.ranking import class_metrics
+from ..metrics.ranking import class_metrics, mean_curves
 from ..options import fraction, opt, positive_int, seed_value
 from ..train import TrainConfig
 from . import debias_scores
@@ -154,8 +155,19 @@ def run(settings: Settings) -> Path:
 
     # 4. figures
     fig_dir = out / "figures"
-    figures = _figures(
-        ae, images, y, color_labels.numpy(), conf, scores[best], best, used["tsne_points"], settings.seed, fig_dir
+    figures = roc_pr_figures(scores, y, conf, methods, best, fig_dir)
+    figures += _figures(
+        ae,
+        images,
+        y,
+        color_labels.numpy(),
+        conf,
+        scores[best],
+        best,
+        used["tsne_points"],
+        settings.seed,
+        fig_dir,
+        None if settings.no_progress else out.name,
     )
 
     classes = [int(c) for c in np.unique(y)]
@@ -252,12 +264,54 @@ def _palette_scatter(points: np.ndarray, color_labels: np.ndarray, ringed: np.nd
     return report.save_png(fig, path)
 
 
-def _figures(ae, images, digits, color_labels, conflicting, best_scores, best, tsne_points, seed, fig_dir):
+def roc_pr_figures(
+    scores: dict[str, np.ndarray], digits: np.ndarray, conflicting: np.ndarray, methods: dict, best: str, fig_dir: Path
+) -> list[tuple[str, Path]]:
+    """ROC and precision-recall curves of the conflicting-sample detection, graded within each digit class as the
+    tables are: every method's curves averaged over the classes, then the best method's curve in each class."""
+    positive_rate = float(np.mean([conflicting[digits == c].mean() for c in np.unique(digits)]))
+    curves = {
+        name: {
+            **mean_curves(s, digits, conflicting),
+            "auroc": methods[name]["mean"]["auroc"],
+            "average_precision": methods[name]["mean"]["average_precision"],
+        }
+        for name, s in scores.items()
+    }
+    per_class = {}
+    for row in methods[best]["per_class"]:
+        m = digits == row["class"]
+        if 0 < row["n_conflicting"] < row["n"]:
+            per_class[f"digit {row['class']}"] = {
+                **mean_curves(scores[best][m], digits[m], conflicting[m]),
+                "auroc": row["auroc"],
+                "average_precision": row["average_precision"],
+            }
+    figures = [
+        (
+            "ROC and precision-recall curves of each method, averaged over the digit classes (vertically: the mean "
+            "true positive rate at each false positive rate, the mean precision at each recall); dotted: chance",
+            report.plot_roc_pr(
+                curves, fig_dir / "roc_pr.png", "every method, mean over digit classes", positive_rate=positive_rate
+            ),
+        )
+    ]
+    if per_class:
+        figures.append(
+            (
+                f"ROC and precision-recall curves of the best method ({best}) in each digit class",
+                report.plot_roc_pr(per_class, fig_dir / "roc_pr_best.png", f"{best}, per digit class"),
+            )
+        )
+    return figures
+
+
+def _figures(ae, images, digits, color_labels, conflicting, best_scores, best, tsne_points, seed, fig_dir, progress):
     figures = []
     n = min(tsne_points, len(images))
     subset = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])  # random: the data are sorted by digit
     codes = encode_all(ae, images[torch.from_numpy(subset)]).numpy()
-    emb = tsne_2d(codes, seed) if codes.shape[1] > 2 else codes
+    emb = tsne_2d(codes, seed, progress) if codes.shape[1] > 2 else codes
     figures.append(
         (
             f"t-SNE of {n} autoencoder codes, coloured by digit",

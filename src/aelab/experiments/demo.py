@@ -38,7 +38,7 @@ def run(settings: Settings) -> Path:
             out=str(out / name),
         )
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)
-        result = evaluate(run_dir, tsne_points=1000 if settings.quick else 2000)
+        result = evaluate(run_dir, tsne_points=1000 if settings.quick else 2000, progress=not settings.no_progress)
         m = result["metrics"]
         rows.append(
             {
@@ -74,8 +74,11 @@ def _figures_of(run_dir: Path):
     fig_dir = run_dir / "figures"
     names = [
         ("reconstructions.png", "test images and reconstructions"),
+        ("elbo_terms.png", "reconstruction and KL terms per epoch"),
         ("tsne.png", "t-SNE of test codes"),
+        ("kl_per_dimension.png", "KL per latent dimension"),
         ("samples.png", "samples"),
-        ("interpolation.png", "interpolations"),
+        ("traversals.png", "latent traversals"),
+        ("interpolation.png", "interpolations (real images at both ends)"),
     ]
     return [(caption, fig_dir / f) for f, caption in names if (fig_dir / f).exists()]

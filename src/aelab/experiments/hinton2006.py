@@ -104,7 +104,7 @@ def run(settings: Settings) -> Path:
     pca_hat = pca.inverse_transform(pca_te)
     pca_sse = float(((pca_hat - x_te) ** 2).sum(1).mean())
 
-    rows, codes, recons, histories = [], {}, {}, {}
+    rows, codes, recons, histories, units = [], {}, {}, {}, {}
     rows.append(
         {
             "method": "raw pixels",
@@ -127,7 +127,7 @@ def run(settings: Settings) -> Path:
     codes[f"PCA ({code}-D)"], recons["PCA"] = pca_te, pca_hat
     for init, label in [("random", "deep AE, random init"), ("rbm", "deep AE, RBM-pretrained")]:
         result = evaluate(
-            run_dirs[init], figures=False, data_dir=settings.data_dir
+            run_dirs[init], figures=False, data_dir=settings.data_dir, progress=progress
         )  # this report draws its own maps, side by side
         m = result["metrics"]
         model = runs.load_model(run_dirs[init])
@@ -143,6 +143,7 @@ def run(settings: Settings) -> Path:
         codes[label] = encode_all(model, test_x).numpy()
         recons[label] = reconstruct_all(model, test_x).flatten(1).numpy()
         histories[label] = runs.read_history(run_dirs[init])
+        units[label] = report.loss_unit(runs.read_config(run_dirs[init]))
 
     figures = []
     # the same test digits, row by row for each method
@@ -158,7 +159,7 @@ def run(settings: Settings) -> Path:
     )
     n = min(2000, len(y_te))
     for name, c in codes.items():
-        emb = c[:n] if c.shape[1] == 2 else tsne_2d(c[:n], settings.seed)
+        emb = c[:n] if c.shape[1] == 2 else tsne_2d(c[:n], settings.seed, f"{out.name}/{name}" if progress else None)
         what = "the codes themselves (2-D)" if c.shape[1] == 2 else "t-SNE"
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
         figures.append(
@@ -171,7 +172,9 @@ def run(settings: Settings) -> Path:
                 _side_by_side(pca_te[:n, :2], codes["deep AE, RBM-pretrained"][:n], y_te[:n], out / "fig3.png"),
             )
         )
-    figures.append(("Fine-tuning curves (per-image cross-entropy)", report.plot_curves(histories, out / "curves.png")))
+    figures.append(
+        ("Fine-tuning curves (per-image cross-entropy)", report.plot_curves(histories, out / "curves.png", units=units))
+    )
 
     d = config
     notes = [

@@ -1,10 +1,18 @@
-"""What a code is good for: encoding a data set, a linear probe of the labels, a 2-D map.
+"""What a code is good for: encoding a data set, a linear probe of the labels, a 2-D map, what the decoder
+makes of a code moved along one dimension or along a line between two images.
 
-probe_accuracy   logistic regression on standardised codes, fitted on TRAIN codes, scored on TEST codes
-tsne_2d          t-SNE of codes (for figures; never fitted across splits)
+probe_accuracy      logistic regression on standardised codes, fitted on TRAIN codes, scored on TEST codes
+tsne_2d             t-SNE of codes (for figures; never fitted across splits)
+traversal_rows      an image, then the decoder's output as one code dimension sweeps its range
+interpolation_rows  two real images at the ends, the decoded straight line between their codes in between
 """
 
 from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -42,11 +50,77 @@ def probe_accuracy(
         return float(probe.score(test_codes.reshape(len(test_codes), -1), test_y))
 
 
-def tsne_2d(codes: np.ndarray, seed: int = 0) -> np.ndarray:
+TSNE_ITERATIONS = 500  # sklearn's default is 1000: the map is settled by 500, at half the cost
+
+
+class _TsneIterations:
+    """A stand-in for stdout while sklearn's TSNE runs with verbose=2: it moves a progress bar to the iteration
+    number of each "[t-SNE] Iteration N: ..." line (printed every 50 iterations) and drops the rest."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def write(self, text: str) -> int:
+        for n in re.findall(r"\[t-SNE\] Iteration (\d+)", text):
+            self.bar.update(min(int(n), self.bar.total) - self.bar.n)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def tsne_2d(codes: np.ndarray, seed: int = 0, progress: str | None = None) -> np.ndarray:
+    """2-D t-SNE of codes. `progress`: the label of a tqdm bar on stderr (the run's name); None for no bar."""
     from sklearn.manifold import TSNE
 
     perplexity = min(30.0, max(2.0, (len(codes) - 1) / 3))
-    # 500 iterations (sklearn's default is 1000): the map is settled by then, at half the cost
-    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity, max_iter=500).fit_transform(
-        codes.astype(np.float32)
+    tsne = TSNE(
+        n_components=2,
+        init="pca",
+        random_state=seed,
+        perplexity=perplexity,
+        max_iter=TSNE_ITERATIONS,
+        verbose=2 if progress else 0,  # only prints: the map is the same
     )
+    if not progress:
+        return tsne.fit_transform(codes.astype(np.float32))
+    from tqdm import tqdm
+
+    with tqdm(total=TSNE_ITERATIONS, desc=f"{progress}: t-SNE", unit="it", file=sys.stderr, leave=False) as bar:
+        with contextlib.redirect_stdout(_TsneIterations(bar)):
+            embedding = tsne.fit_transform(codes.astype(np.float32))
+        bar.update(bar.total - bar.n)  # sklearn may stop early, when the map no longer changes
+    return embedding
+
+
+@torch.no_grad()
+def traversal_rows(model: nn.Module, image: torch.Tensor, codes: np.ndarray, dims: Sequence[int], steps: int = 9):
+    """One row per latent dimension d in `dims`: the real `image` (C, H, W), unchanged, then the decoder's
+    output for the image's code with z_d set to the 2nd ... 98th percentile of dimension d over `codes` (the
+    test codes), in `steps` even steps: the range the data use, around this image's other coordinates.
+    Returns (len(dims), 1 + steps, C, H, W)."""
+    values = np.quantile(codes[:, list(dims)], np.linspace(0.02, 0.98, steps), axis=0).T  # (len(dims), steps)
+    with eval_mode(model):
+        z = model.encode(image[None]).flatten(1)
+        rows = []
+        for d, row_values in zip(dims, values):
+            path = z.repeat(steps, 1)
+            path[:, d] = torch.as_tensor(row_values, dtype=z.dtype, device=z.device)
+            rows.append(torch.cat([image[None], model.decode(path).to(image.dtype)]))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def interpolation_rows(model: nn.Module, x: torch.Tensor, pairs: Sequence[tuple[int, int]], steps: int = 10):
+    """One row per pair (a, b) of indices into x: the real x[a], the decoder's output along the straight line
+    from code(x[a]) to code(x[b]) in `steps` points (both ends included), the real x[b]. The real images sit
+    beside the decoded path, so one sees what the ends of the path fail to reconstruct.
+    Returns (len(pairs), steps + 2, C, H, W)."""
+    t = torch.linspace(0, 1, steps, dtype=x.dtype, device=x.device)[:, None]
+    rows = []
+    with eval_mode(model):
+        for a, b in pairs:
+            z_a, z_b = model.encode(x[a][None]).flatten(1), model.encode(x[b][None]).flatten(1)
+            path = model.decode((1 - t) * z_a + t * z_b).to(x.dtype)
+            rows.append(torch.cat([x[a][None], path, x[b][None]]))
+    return torch.stack(rows)

@@ -24,6 +24,7 @@ name only (no pickle), so `load_model(run, encoder=..., decoder=...)` needs the 
 Optional capabilities are declared, not probed: a class sets the flag and implements the methods.
     can_sample           sample(n, generator) -> images, interpolate(x_a, x_b, steps) -> images
     has_likelihood       iwae_log_likelihood(x, k, generator) -> log p(x) per image, nats
+    has_posterior_kl     kl_per_dimension(x) -> (latent,) KL(q(z_j|x) || p(z_j)) per code dimension, mean over x, nats
     has_mlp_encoder      encode(x) == encoder(x.flatten(1)) for an nn.Sequential `encoder`: the contraction
                          diagnostics (Jacobian norms, saturation, spectrum) apply
     binary_code          encode() returns {0, 1} codes (Hamming retrieval applies)
@@ -53,6 +54,7 @@ class Autoencoder(nn.Module):
     custom_decoder: bool = False
     can_sample: ClassVar[bool] = False
     has_likelihood: ClassVar[bool] = False
+    has_posterior_kl: ClassVar[bool] = False
     has_mlp_encoder: ClassVar[bool] = False
     binary_code: ClassVar[bool] = False
 
@@ -71,8 +73,10 @@ class Autoencoder(nn.Module):
         log: Callable[[str], None] | None = None,
         allreduce: Callable[[list[torch.Tensor]], None] | None = None,
         world: int = 1,
+        progress: str | None = None,
     ) -> None:
-        """Model-specific pretraining before the trainer's epochs (see DeepAutoencoder)."""
+        """Model-specific pretraining before the trainer's epochs (see DeepAutoencoder); `progress` labels its
+        progress bar (the run's name), None for no bar."""
         raise NotImplementedError(f"{type(self).__name__} has no pretraining")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,7 @@ class DeepAutoencoder(Autoencoder):
         world: int = 1,
         epochs_per_layer: int | None = None,
         generator: torch.Generator | None = None,
+        progress: str | None = None,
         **fit_kwargs,
     ) -> list[RBM]:
         """Greedy RBM pretraining on the flattened images (`pretrain_stack`), then load the weights.
@@ -145,7 +146,8 @@ class DeepAutoencoder(Autoencoder):
         The trainer's hook: pretrain(train_x, seed=..., log=...). Under DDP it passes this rank's equal share
         of the images, `allreduce` (averages the CD statistics of every batch across ranks) and the world
         size: each rank then takes PRETRAIN_BATCH / world images per batch, so that a global batch is
-        Hinton's 100. Epochs per layer default to the model's `pretrain_epochs` option."""
+        Hinton's 100. Epochs per layer default to the model's `pretrain_epochs` option. `progress`: the label
+        of a tqdm bar over the epochs (the run's name), None for none."""
         if epochs_per_layer is None:
             epochs_per_layer = self.options["pretrain_epochs"]
         if generator is None and seed is not None:
@@ -160,6 +162,7 @@ class DeepAutoencoder(Autoencoder):
             top_hidden="gaussian",
             generator=generator,
             log=log,
+            progress=progress,
             **fit_kwargs,
         )
         self.load_rbms(rbms)

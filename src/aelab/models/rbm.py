@@ -51,6 +51,7 @@ pseudo-likelihood.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -434,6 +435,7 @@ def pretrain_stack(
     log: Callable[[str], None] | None = None,
     lr: float | None = None,
     top_lr: float | None = None,
+    progress: str | None = None,
     **fit_kwargs,
 ) -> list[RBM]:
     """Greedy layer-wise pretraining (Hinton & Salakhutdinov 2006): RBM i is trained on the hidden
@@ -441,11 +443,36 @@ def pretrain_stack(
     linear (Gaussian) by default as in mnistdeepauto.m. `lr` applies to the Bernoulli-hidden layers
     (default 0.1), `top_lr` to the top layer (default: 0.001 if Gaussian); other `fit_kwargs` go
     to every `RBM.fit`. (Hinton's code feeds the next layer the probabilities recorded during the
-    last epoch; we recompute them with the final weights.)"""
+    last epoch; we recompute them with the final weights.) `progress`: the label of a tqdm bar on stderr
+    over all layers' epochs (the run's name); None for no bar."""
     sizes = [int(s) for s in sizes]
     x = data.reshape(len(data), -1)
     if len(sizes) < 2 or x.shape[1] != sizes[0]:
         raise ValueError(f"sizes must start with the data dimension {x.shape[1]}, got {sizes}")
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=epochs * (len(sizes) - 1),
+        desc=f"{progress}: RBM pretraining",
+        unit="epoch",
+        file=sys.stderr,
+        disable=progress is None,
+    )
+    callback = fit_kwargs.pop("callback", None)
+
+    def on_epoch(record: dict) -> None:
+        bar.update()
+        bar.set_postfix_str(f"recon_error {record['recon_error']:.3g}", refresh=False)
+        if callback is not None:
+            callback(record)
+
+    say = log
+    if log is not None and progress is not None:
+
+        def say(text: str) -> None:  # the bar is cleared, the line printed, the bar drawn again below it
+            with tqdm.external_write_mode():
+                log(text)
+
     rbms: list[RBM] = []
     for i, (n_vis, n_hid) in enumerate(zip(sizes[:-1], sizes[1:])):
         top = i == len(sizes) - 2
@@ -457,12 +484,16 @@ def pretrain_stack(
             layer_lr = lr
         else:
             layer_lr = DEFAULT_LR[hidden]
-        if log is not None:
-            log(f"pretraining layer {i + 1}/{len(sizes) - 1}: RBM {n_vis}-{n_hid} ({hidden} hidden, lr {layer_lr})")
-        rbm.fit(x, epochs=epochs, lr=layer_lr, generator=generator, log=log, **fit_kwargs)
+        if say is not None:
+            say(f"pretraining layer {i + 1}/{len(sizes) - 1}: RBM {n_vis}-{n_hid} ({hidden} hidden, lr {layer_lr})")
+        bar.set_description_str(
+            f"{progress}: RBM {i + 1}/{len(sizes) - 1} ({n_vis}-{n_hid}) pretraining", refresh=False
+        )
+        rbm.fit(x, epochs=epochs, lr=layer_lr, generator=generator, log=say, callback=on_epoch, **fit_kwargs)
         with torch.no_grad():
             x = rbm.hidden_mean(x.to(rbm.weight.dtype))
         rbms.append(rbm)
+    bar.close()
     return rbms
 
 

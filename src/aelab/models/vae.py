@@ -32,9 +32,14 @@ from .base import Autoencoder
 LOG_2PI = math.log(2 * math.pi)
 
 
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Analytic KL(N(mu_j, exp(logvar_j)) || N(0, 1)) of each dimension j, shape of mu."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Analytic KL(N(mu, exp(logvar)) || N(0, I)) per example, summed over dimensions."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    return kl_per_dim(mu, logvar).sum(1)
 
 
 def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -46,6 +51,7 @@ class VAE(Autoencoder):
     name = "vae"
     can_sample = True
     has_likelihood = True
+    has_posterior_kl = True
 
     def __init__(
         self,
@@ -118,6 +124,16 @@ class VAE(Autoencoder):
         recon = self.neg_log_likelihood(x.flatten(1), self.decoder_logits(z)).mean()
         kl = kl_to_standard_normal(mu, logvar).mean()
         return {"loss": recon + self.options["beta"] * kl, "elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+    @torch.no_grad()
+    def kl_per_dimension(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """KL(q(z_j|x) || N(0, 1)) of each latent dimension j, averaged over the images x: (latent,) float64, nats.
+        They sum to the mean KL term; a dimension with KL near 0 carries no information about x (an inactive
+        unit: its posterior is the prior whatever the image)."""
+        total = torch.zeros(self.latent, dtype=torch.float64, device=x.device)
+        for xb in x.split(batch_size):
+            total += kl_per_dim(*self.posterior(xb)).double().sum(0)
+        return total / len(x)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
