@@ -24,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from . import models
+    from .tracking import DEFAULT_MLFLOW_URI
 
     p.add_argument("--model", default="ae", help=f"one of: {', '.join(models.names())}")
     p.add_argument("--dataset", default="mnist5k", help="a dataset name (see aelab data list)")
@@ -56,6 +57,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log to RUN/tb when the tensorboard package is installed (default: on)",
+    )
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=DEFAULT_MLFLOW_URI,
+        default=None,
+        metavar="URI",
+        help="log params, metrics and the report to MLflow (alone: sqlite:///mlflow.db here; or a folder, http://...)",
+    )
 
 
 def train_config_from_args(args):
@@ -84,6 +99,8 @@ def train_config_from_args(args):
         amp=args.amp,
         compile=args.compile,
         out=args.out,
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import report, runs
+from . import report, runs, tracking
 from .errors import CheckpointError
 from .metrics.codes import encode_all, probe_accuracy, reconstruct_all, tsne_2d
 from .metrics.contraction import contraction_diagnostics
@@ -159,6 +159,13 @@ def _evaluate(run_dir: Path, iwae_k: int, tsne_points: int, figures: bool, seed:
         figs,
         notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."],
         config=config,
+    )
+    # the MLflow run that trained this run folder, if any (RUN/tracking.json): a failure there keeps all of the above
+    tracking.log_evaluation(
+        run_dir,
+        metrics,
+        [run_dir / "eval.json", run_dir / "report.html", run_dir / "report.md"],
+        [run_dir / "figures"] if figures else [],
     )
     return result
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from . import data as datamod
-from . import models, runs
+from . import models, runs, tracking
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .options import MAX_COUNT, MAX_SEED
 
@@ -57,6 +57,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss (forward + backward): a speed knob, the maths is unchanged
     out: str = "runs/run"
     eval_batch_size: int = 1000
+    tensorboard: bool = True  # RUN/tb, when the optional tensorboard package is installed
+    mlflow: str | None = None  # an MLflow tracking URI (sqlite:///mlflow.db, a folder, http://...): log there too
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -83,6 +85,10 @@ class TrainConfig:
         if self.dataset not in datamod.names():
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datamod.names())}")
         resolve_device(self.device)
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard must be true or false, got {self.tensorboard!r}")
+        if self.mlflow is not None:
+            tracking.check_mlflow(self.mlflow)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,7 +178,8 @@ def evaluate_loss(
 
 
 def _check_resume_config(old: dict, new: dict) -> None:
-    ignore = {"epochs", "out", "device", "versions", "compile", "format_version"}  # old run folders resume too
+    # old run folders resume too; tracking is where the run is logged, not what it computes
+    ignore = {"epochs", "out", "device", "versions", "compile", "format_version", "tensorboard", "mlflow"}
     diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")
@@ -301,15 +308,6 @@ def train_one_epoch(
     return float(all_reduce_sum(running, world)) / n, len(batches)
 
 
-def _tensorboard_writer(out: Path):
-    """A SummaryWriter in out/tb when the optional tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
 # ---------------------------------------------------------------- the trainer
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
     """Train `cfg.model` on `cfg.dataset`; return the run folder. Rank 0 holds the folder's lock throughout."""
@@ -340,6 +338,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     opt = make_optimizer(cfg, model)
     config = {
         **dataclasses.asdict(cfg),
+        "mlflow": tracking.redact_uri(cfg.mlflow),
         "model_options": model.options,
         "format_version": runs.FORMAT_VERSION,
         "n_train": len(train_x),
@@ -396,7 +395,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    tb = _tensorboard_writer(out) if rank == 0 else None
+    tracker = tracking.Tracker(out, cfg.tensorboard, cfg.mlflow, enabled=rank == 0)
+    tracker.start(config, resume, history)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -418,6 +418,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         if not (math.isfinite(train_loss) and all(math.isfinite(v) for v in test_terms.values())):
             if bar is not None:
                 bar.close()
+            tracker.finish(status="FAILED")
             kept = f"epoch {history[-1]['epoch']}" if history else "none: no epoch had finished"
             raise TrainingDiverged(
                 f"the loss became NaN/inf in epoch {epoch + 1} (step {steps}); stopped. "
@@ -434,19 +435,25 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         }
         history.append(record)
         run.checkpoint(epoch + 1)
-        if tb is not None:
-            for k, v in record.items():
-                if k != "epoch":
-                    tb.add_scalar(k, v, epoch + 1)
+        tracker.log_epoch(record)
+        if say is not None:  # one line per epoch, written around the bar so it does not garble it
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode():
+                say(
+                    f"{out.name or out} epoch {epoch + 1}/{cfg.epochs}: "
+                    f"train_loss {train_loss:.5g} test_loss {record['test_loss']:.5g}"
+                )
 
     # 4. finish
     if bar is not None:
         bar.close()
-    if tb is not None:
+    images = None
+    if tracker.tb is not None:
         with torch.no_grad():
             model.eval()
-            tb.add_images("reconstructions", model(test_x[:16]).clamp(0, 1).cpu(), cfg.epochs)
-        tb.close()
+            images = model(test_x[:16]).clamp(0, 1).cpu()
+    tracker.finish(images, cfg.epochs)
     if world > 1:
         import torch.distributed as dist
 
