@@ -27,6 +27,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The train flags. Defaults are not filled in here: a flag not given comes from --config, from the run
     folder on --resume, or from TrainConfig's defaults (train_config_from_args)."""
     from . import models
+    from .tracking import DEFAULT_MLFLOW_URI
 
     S = argparse.SUPPRESS
     p.add_argument("--model", default=S, help=f"one of: {', '.join(models.names())} (default ae)")
@@ -76,6 +77,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", default=S)
 
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="log to RUN/tb when the tensorboard package is installed (default: on)",
+    )
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=DEFAULT_MLFLOW_URI,
+        default=S,
+        metavar="URI",
+        help="log params, metrics and the report to MLflow (alone: sqlite:///mlflow.db here; or a folder, http://...)",
+    )
+
 
 # settings a saved config.json never sets when it is re-run: where things go and run are the caller's choice
 _NOT_FROM_SAVED_CONFIG = ("out", "data_dir", "device")
@@ -110,6 +126,7 @@ def train_config_from_args(args):
     saved: dict = {}
     if "config" in given:
         saved = _saved_settings(Path(args.config))
+        saved.pop("mlflow", None)  # a re-run is a new run: it logs where this command says, not where that one did
     elif given.get("resume") and (Path(args.out) / "config.json").exists():
         saved = _saved_settings(Path(args.out) / "config.json")
     settings = {**saved}
@@ -127,6 +144,8 @@ def train_config_from_args(args):
         "amp",
         "compile",
         "out",
+        "tensorboard",
+        "mlflow",
     ):
         if key in given:
             settings[key] = given[key]

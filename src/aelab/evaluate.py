@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import report, runs
+from . import report, runs, tracking
 from .errors import CheckpointError
 from .metrics.codes import (
     encode_all,
@@ -255,6 +255,13 @@ def _evaluate(
         notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."]
         + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
+    )
+    # the MLflow run that trained this run folder, if any (RUN/tracking.json): a failure there keeps all of the above
+    tracking.log_evaluation(
+        run_dir,
+        metrics,
+        [run_dir / "eval.json", run_dir / "report.html", run_dir / "report.md"],
+        [run_dir / "figures"] if figures else [],
     )
     bar.update()
     bar.close()

@@ -6,6 +6,7 @@
     model.json               the model's name and options: `models.create(name, **options)` rebuilds it
     checkpoint.safetensors   model + optimizer state + epoch + history, for an exact --resume
     eval.json, report.*, figures/   written by `aelab evaluate`
+    tracking.json, tb/       experiment tracking (aelab.tracking): the MLflow run's id and store; TensorBoard logs
 
 Every file is written to a temp file beside it, flushed, then renamed over the destination: a crash leaves
 the old file or the new one, never half of one. Checkpoints are safetensors plus JSON, never Python object

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from . import data as datamod
-from . import models, runs
+from . import models, runs, tracking
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .options import MAX_COUNT, MAX_SEED
 
@@ -58,6 +58,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss (forward + backward): a speed knob, the maths is unchanged
     out: str = "runs/run"
     eval_batch_size: int = 1000
+    tensorboard: bool = True  # RUN/tb, when the optional tensorboard package is installed
+    mlflow: str | None = None  # an MLflow tracking URI (sqlite:///mlflow.db, a folder, http://...): log there too
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -94,6 +96,10 @@ class TrainConfig:
         if self.model not in models.names():
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(models.names())}")
         resolve_device(self.device)
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard must be true or false, got {self.tensorboard!r}")
+        if self.mlflow is not None:
+            tracking.check_mlflow(self.mlflow)
 
     def to_json(self) -> dict[str, Any]:
         """The settings as config.json records them: the dataset as a name, an absolute path or python:<name>,
@@ -193,7 +199,8 @@ def evaluate_loss(
 
 
 def _check_resume_config(old: dict, new: dict) -> None:
-    ignore = {"epochs", "out", "device", "versions", "compile", "format_version"}  # old run folders resume too
+    # old run folders resume too; tracking is where the run is logged, not what it computes
+    ignore = {"epochs", "out", "device", "versions", "compile", "format_version", "tensorboard", "mlflow"}
     if "data_info" not in old:  # written before data_info existed
         ignore.add("data_info")
     diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
@@ -325,15 +332,6 @@ def train_one_epoch(
     return float(all_reduce_sum(running, world)) / n, len(batches)
 
 
-def _tensorboard_writer(out: Path):
-    """A SummaryWriter in out/tb when the optional tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
 # ---------------------------------------------------------------- the trainer
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
     """Train `cfg.model` on `cfg.dataset`; return the run folder. Rank 0 holds the folder's lock throughout."""
@@ -365,6 +363,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     opt = make_optimizer(cfg, model)
     config = {
         **cfg.to_json(),
+        "mlflow": tracking.redact_uri(cfg.mlflow),
         "model_options": model.options,
         "data_info": data_info,
         "format_version": runs.FORMAT_VERSION,
@@ -424,7 +423,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    tb = _tensorboard_writer(out) if rank == 0 else None
+    tracker = tracking.Tracker(out, cfg.tensorboard, cfg.mlflow, enabled=rank == 0)
+    tracker.start(config, resume, history)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -446,6 +446,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         if not (math.isfinite(train_loss) and all(math.isfinite(v) for v in test_terms.values())):
             if bar is not None:
                 bar.close()
+            tracker.finish(status="FAILED")
             kept = f"epoch {history[-1]['epoch']}" if history else "none: no epoch had finished"
             raise TrainingDiverged(
                 f"the loss became NaN/inf in epoch {epoch + 1} (step {steps}); stopped. "
@@ -462,19 +463,25 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         }
         history.append(record)
         run.checkpoint(epoch + 1)
-        if tb is not None:
-            for k, v in record.items():
-                if k != "epoch":
-                    tb.add_scalar(k, v, epoch + 1)
+        tracker.log_epoch(record)
+        if say is not None:  # one line per epoch, written around the bar so it does not garble it
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode():
+                say(
+                    f"{out.name or out} epoch {epoch + 1}/{cfg.epochs}: "
+                    f"train_loss {train_loss:.5g} test_loss {record['test_loss']:.5g}"
+                )
 
     # 4. finish
     if bar is not None:
         bar.close()
-    if tb is not None:
+    images = None
+    if tracker.tb is not None:
         with torch.no_grad():
             model.eval()
-            tb.add_images("reconstructions", model(test_x[:16]).clamp(0, 1).cpu(), cfg.epochs)
-        tb.close()
+            images = model(test_x[:16]).clamp(0, 1).cpu()
+    tracker.finish(images, cfg.epochs)
     if world > 1:
         import torch.distributed as dist
 
