@@ -88,7 +88,7 @@ def test_active_units_match_a_float64_count(vae_run, monkeypatch, capsys):
                 last.weight[row] = 0
                 last.bias[row] = 0
             last.bias[j] = mu
-    monkeypatch.setattr(evaluate_module.runs, "load_model", lambda run_dir: model)
+    monkeypatch.setattr(evaluate_module.runs, "load_model", lambda run_dir, **modules: model)
     result = evaluate_module.evaluate(vae_run, iwae_k=2, write=False)
     assert capsys.readouterr().err == ""  # no bars unless asked for
 
