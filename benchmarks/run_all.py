@@ -162,7 +162,11 @@ def main(argv=None) -> None:
     ]
     gpu = HERE / "GPU_NOTES.md"
     lines += ["", gpu.read_text() if gpu.exists() else "## GPU\n\nNo GPU could be had in this session.\n"]
-    for notes in ("MFU_NOTES.md", "LOAD_CHECK.md"):  # hand-run checks (the MFU study, the busy-loop run), kept
+    for notes in (
+        "MFU_NOTES.md",
+        "LOAD_CHECK.md",
+        "FOLDER_LOADING.md",
+    ):  # hand-run checks (the MFU study, the busy-loop run), kept
         if (HERE / notes).exists():
             lines += ["", (HERE / notes).read_text()]
     extra = HERE.parent / "benchmarks" / "RESULTS_NOTES.md"

@@ -72,6 +72,16 @@ def test_labeled_grayscale_folder_through_the_cli(tmp_path, digits, capsys):
     assert main(["evaluate", str(out), "--no-figures"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["data"]["sha256"] == info["sha256"] and "probe_accuracy" in result["metrics"]
+    # a second run on the same folder, side by side (compare evaluates it first)
+    vae = tmp_path / "vae"
+    assert main(["train", "--dataset", str(root), *CLI_TINY, "--model", "vae", "--out", str(vae)]) == 0
+    assert main(["compare", str(out), str(vae), "--out", str(tmp_path / "cmp")]) == 0
+    import csv
+
+    with open(tmp_path / "cmp" / "comparison.csv") as f:
+        rows = {Path(r["run"]).name: r for r in csv.DictReader(f)}
+    assert float(rows["run"]["recon_sse"]) == pytest.approx(result["metrics"]["recon_sse"], rel=1e-6)
+    assert rows["vae"]["data_sha256"] == info["sha256"] and float(rows["vae"]["recon_sse"]) > 0
 
 
 def test_folder_pixels_are_the_files_pixels(tmp_path, digits):
