@@ -383,3 +383,32 @@ def test_train_config_rerun_and_resume_from_the_run_folder(tmp_path, capsys):
         capsys, main(["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")]), "no such file"
     )
     one_line_exit_2(capsys, main(["train", "--model", "ae"]), "--out is required")
+
+
+# ---------------------------------------------------------------- a second test set
+def test_evaluate_on_the_official_mnist_test_set(tmp_path, shared_idx, capsys):
+    """A run trained on mnist5k, scored on the official 10,000 test digits: only the t10k files are needed,
+    PCA is still fitted on the run's train split, and the run's own eval.json is left alone."""
+    from aelab.metrics.reconstruction import pca_reconstruction_sse
+
+    out = tmp_path / "run"
+    args = ["--dataset", "mnist5k", "--train-limit", "300", "--hidden", "16", "--latent", "4"]
+    assert main(["train", *args, "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--no-figures", "--no-progress"]) == 0
+    own = (out / "eval.json").read_bytes()
+    code = main(["evaluate", str(out), "--test-dataset", "mnist", "--data-dir", str(shared_idx), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "eval-test-mnist.json").read_text())
+    assert (out / "eval.json").read_bytes() == own
+    assert result["data"]["n_test"] == 10000 and result["data"]["n_train"] == 300
+    assert "mnist test split" in result["data"]["score_split"]
+    train_x, _ = datamod.load("mnist5k", "train")
+    test_x = torch.from_numpy(datamod.read_idx(shared_idx / "t10k-images-idx3-ubyte.gz")[:, None] / 255.0).float()
+    expected = pca_reconstruction_sse(train_x[:300].numpy(), test_x.numpy(), 4)
+    assert result["metrics"]["pca_sse"] == pytest.approx(expected, rel=1e-5)
+    assert result["metrics"]["pca_sse"] != pytest.approx(json.loads(own)["metrics"]["pca_sse"], rel=1e-3)
+    # another image shape is refused; a missing file is named
+    one_line_exit_2(capsys, main(["evaluate", str(out), "--test-dataset", "digits"]), "shape")
+    one_line_exit_2(
+        capsys, main(["evaluate", str(out), "--test-dataset", "mnist", "--data-dir", str(tmp_path)]), "t10k"
+    )

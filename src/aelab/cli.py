@@ -183,10 +183,14 @@ def cmd_evaluate(args) -> int:
         figures=not args.no_figures,
         data_dir=args.data_dir,
         progress=not args.no_progress,
+        test_dataset=args.test_dataset,
     )
     for k, v in result["metrics"].items():
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    if args.test_dataset is None:
+        print(f"report: {Path(args.run_dir) / 'report.html'}")
+    else:
+        print(f"scored on {result['data']['score_split']}")
     return 0
 
 
@@ -286,6 +290,13 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.add_argument(
+        "--test-dataset",
+        default=None,
+        metavar="NAME",
+        help="score on another dataset's test split (a second test set; only its test files are needed), "
+        "written to eval-test-NAME.json; PCA and probes stay fitted on the run's train split",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="compare runs: comparison.csv, .md and .html with curves and reconstructions")

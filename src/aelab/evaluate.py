@@ -22,6 +22,7 @@ With progress=True, tqdm bars on stderr (labelled by the run folder's name) foll
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import data as datamod
 from . import report, runs, tracking
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .metrics.codes import (
     encode_all,
     interpolation_rows,
@@ -85,6 +87,7 @@ def evaluate(
     encoder=None,
     decoder=None,
     progress: bool = False,
+    test_dataset: str | Path | None = None,
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
@@ -92,10 +95,14 @@ def evaluate(
     are never downloaded here. `data` (an aelab.data.Data or a path) stands in for the recorded dataset (data
     given from Python, a moved folder; its content hash must match), `encoder`/`decoder` for the user modules
     a run was trained with (see aelab.runs.load_model). progress=True shows tqdm bars on stderr, labelled by
-    the run folder's name."""
+    the run folder's name. `test_dataset` (a dataset name or path) scores the run on that dataset's test split
+    instead (a second test set: PCA and probes are still fitted on the run's own train split); with write=True
+    it writes eval-test-NAME.json only, and leaves eval.json, the report and figures alone."""
     run_dir = Path(run_dir)
     with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
-        return _evaluate(run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder, progress)
+        return _evaluate(
+            run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder, progress, test_dataset
+        )
 
 
 def _evaluate(
@@ -110,10 +117,21 @@ def _evaluate(
     encoder,
     decoder,
     progress: bool,
+    test_dataset=None,
 ) -> dict:
     model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
     config = runs.read_config(run_dir)
     train_x, train_y, test_x, test_y = runs.run_data(config, data_dir, data)
+    test_source, eval_name = "test", "eval.json"
+    if test_dataset is not None:  # a second test set: the fitted parts still come from the run's train split
+        test_x, test_y, test_source = datamod.load_test_split(test_dataset, data_dir)
+        if tuple(test_x.shape[1:]) != tuple(model.input_shape):
+            raise ConfigError(
+                f"--test-dataset {test_dataset}: images of shape {tuple(test_x.shape[1:])}, but the run's model "
+                f"takes {tuple(model.input_shape)}"
+            )
+        eval_name = f"eval-test-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(str(test_dataset)).name)}.json"
+        figures = False
     labeled = bool(len(train_y)) and bool((train_y >= 0).all()) and bool((test_y >= 0).all())
     if tuple(test_x.shape[1:]) != tuple(model.input_shape):
         raise CheckpointError(
@@ -194,7 +212,7 @@ def _evaluate(
             "dataset": config["dataset"],
             "dataset_options": config.get("dataset_options", {}),
             "fit_split": "train",
-            "score_split": "test",
+            "score_split": test_source,
             "n_train": len(train_x),
             "n_test": len(test_x),
             "sha256": (config.get("data_info") or {}).get("sha256"),
@@ -246,7 +264,11 @@ def _evaluate(
             )
         bar.update()
     bar.set_postfix_str("report")
-    runs.write_json(run_dir / "eval.json", result)
+    runs.write_json(run_dir / eval_name, result)
+    if test_dataset is not None:  # the run's own eval.json, report and tracking stay about its own test split
+        bar.update()
+        bar.close()
+        return result
     report.write_report(
         run_dir,
         f"aelab run: {name} on {config['dataset']}",

@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ..errors import DataError
+from . import datasets
 from .datasets import EMBEDDED, IDX_DATASETS, available_offline, check_options, data_dir, fetch, load, names, verify
 from .idx import read_idx
 from .sources import Data, content_hash, from_arrays, from_dataset, from_path
@@ -30,6 +34,7 @@ __all__ = [
     "load",
     "names",
     "read_idx",
+    "load_test_split",
     "verify",
 ]
 
@@ -79,3 +84,33 @@ def get(
         raise DataError(f"no dataset named {name!r} and no file or folder there; choose from {', '.join(names())}")
     # the cache of decoded folders lives in the data folder (--data-dir, $AELAB_DATA or ~/.cache/aelab)
     return from_path(name, **options, cache_dir=data_dir, write_cache=write_cache, progress=progress)
+
+
+def load_test_split(
+    dataset: str | os.PathLike, data_dir: str | os.PathLike | None = None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(images, labels, description) of another dataset's TEST split only, for scoring a trained run on it
+    (`aelab evaluate RUN --test-dataset NAME`). Never downloads. For an IDX set only its two test files are
+    needed, MD5-verified, in DATA_DIR/NAME/ or in DATA_DIR itself (e.g. ../shared/data/mnist-idx/)."""
+    name = os.fspath(dataset)
+    if name in IDX_DATASETS:
+        files = IDX_DATASETS[name].files
+        root = datasets.data_dir(data_dir)
+        for folder in (root / name, root):
+            paths = [folder / files[k].name for k in ("test_images", "test_labels")]
+            if all(p.is_file() for p in paths):
+                for p, k in zip(paths, ("test_images", "test_labels")):
+                    verify(p, files[k])
+                images = read_idx(paths[0], expect_ndim=3)
+                labels = read_idx(paths[1], expect_ndim=1)
+                if len(images) != len(labels):
+                    raise DataError(f"{folder}: {len(images)} test images but {len(labels)} labels")
+                x = torch.from_numpy((images.astype(np.float32) / 255.0)[:, None].copy())
+                return x, torch.from_numpy(labels.astype(np.int64)), f"{name} test split ({folder})"
+        need = ", ".join(files[k].name for k in ("test_images", "test_labels"))
+        raise DataError(f"--test-dataset {name}: put {need} in {root / name} or {root} (never downloaded here)")
+    if name in names():
+        x, y = load(name, "test", data_dir, download=False)
+        return x, y, f"{name} test split"
+    data = get(name, {}, data_dir, download=False, write_cache=False)
+    return data.test_x, data.test_y, f"{data.info.get('source', name)} test split ({data.info.get('split')})"
