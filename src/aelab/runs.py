@@ -572,7 +572,7 @@ def run_data(config: dict, data_dir: str | os.PathLike | None = None, data=None)
         )
     if data is None:
         datamod.check_options(name, opts)  # before **opts meets load's own parameters
-        if name not in datamod.names() and not Path(name).exists():
+        if name not in datamod.names() and not datamod.path_exists(name):
             raise DataError(f"the run's data at {name} is not there any more; pass data=PATH or Data")
     # the data folder comes from the caller, never from config.json (an untrusted file must not make aelab
     # create folders or download anywhere); files that are not there already are an error, not a download;

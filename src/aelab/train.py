@@ -81,7 +81,7 @@ class TrainConfig:
                 raise ConfigError("dataset options apply to names and paths; a Data object is used as it is")
         elif isinstance(self.dataset, (str, os.PathLike)) and str(self.dataset).strip():
             name = os.fspath(self.dataset)
-            if name not in datamod.names() and not Path(name).exists():
+            if name not in datamod.names() and not datamod.path_exists(name):
                 raise ConfigError(
                     f"no dataset named {name!r} and no file or folder there; "
                     f"choose from {', '.join(datamod.names())} or give a path"

@@ -33,10 +33,20 @@ __all__ = [
     "get",
     "load",
     "names",
+    "path_exists",
     "read_idx",
     "load_test_split",
     "verify",
 ]
+
+
+def path_exists(name: str) -> bool:
+    """Whether a dataset argument names something on disk; a name no file system accepts (too long, a NUL
+    byte) names nothing, and is not an error here."""
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def describe(dataset: str | Data) -> str:
@@ -80,7 +90,7 @@ def get(
             "sha256": content_hash(train_x, train_y, test_x, test_y),
         }
         return Data(train_x, train_y, test_x, test_y, info)
-    if not Path(name).exists():
+    if not path_exists(name):
         raise DataError(f"no dataset named {name!r} and no file or folder there; choose from {', '.join(names())}")
     # the cache of decoded folders lives in the data folder (--data-dir, $AELAB_DATA or ~/.cache/aelab)
     return from_path(name, **options, cache_dir=data_dir, write_cache=write_cache, progress=progress)
