@@ -412,3 +412,52 @@ def test_evaluate_on_the_official_mnist_test_set(tmp_path, shared_idx, capsys):
     one_line_exit_2(
         capsys, main(["evaluate", str(out), "--test-dataset", "mnist", "--data-dir", str(tmp_path)]), "t10k"
     )
+
+
+# ---------------------------------------------------------------- validation split and early stopping
+def _weights(run) -> dict:
+    return runs.load_state(Path(run) / "model.safetensors")[0]
+
+
+def test_early_stopping_keeps_the_best_validation_epoch_and_never_looks_at_test(tmp_path, digits):
+    from aelab.train import history_stopped
+
+    x, y = digits
+    data = datamod.from_arrays(x[:400], y[:400], x[400:500], y[400:500])
+
+    def config(out, dataset=data, epochs=40, **extra):
+        options = {"hidden": [16], "latent": 4}
+        settings = dict(val_fraction=0.25, early_stopping=2, epochs=epochs, lr=0.1, batch_size=32)
+        settings.update(extra)
+        return TrainConfig(model="ae", model_options=options, dataset=dataset, out=str(tmp_path / out), **settings)
+
+    run = train(config("es"), progress=False)
+    history = runs.read_history(run)
+    best = history[-1]["best_epoch"]
+    val = [h["val_loss"] for h in history]
+    assert len(history) < 40 and history_stopped(history, 2) and not history_stopped(history[:-1], 2)
+    assert val[best - 1] == min(val) and len(history) - best == 2
+    assert runs.read_config(run)["n_val"] == 100 and runs.read_config(run)["n_train"] == 300
+    # the kept weights are those of a plain run of `best` epochs (same seed, same splits)
+    plain = train(config("plain", epochs=best, early_stopping=None), progress=False)
+    a, b = _weights(run), _weights(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # garbage test images change nothing that is chosen: selection sees the validation split only
+    noise = np.random.default_rng(0).random((100, 8, 8)).astype(np.float32)
+    garbage = datamod.from_arrays(x[:400], y[:400], noise, np.zeros(100, np.int64))
+    other = train(config("garbage-test", dataset=garbage), progress=False)
+    assert runs.read_history(other)[-1]["best_epoch"] == best
+    c = _weights(other)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    # a killed run resumes to the same weights and the same stop
+    part = train(config("part", epochs=4), progress=False)
+    train(config("part"), resume=True, progress=False)
+    d = _weights(part)
+    assert all(torch.equal(a[k], d[k]) for k in a) and len(runs.read_history(part)) == len(history)
+
+
+def test_early_stopping_needs_a_validation_split(capsys):
+    code = main(["train", "--dataset", "digits", "--early-stopping", "3", "--out", "/tmp/never-written-es"])
+    one_line_exit_2(capsys, code, "--val-fraction")
+    code = main(["train", "--dataset", "digits", "--val-fraction", "1.5", "--out", "/tmp/never-written-es"])
+    one_line_exit_2(capsys, code, "--val-fraction")

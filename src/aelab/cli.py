@@ -54,6 +54,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", default=S, help="mse or bce (ae); bce or gaussian likelihood (vae: --option likelihood=)")
     p.add_argument("--train-limit", type=positive_int, default=S, help="use only the first N training images")
     p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=S,
+        help="carve a stratified validation split from the train images (e.g. 0.1); its loss is recorded per epoch",
+    )
+    p.add_argument(
+        "--early-stopping",
+        type=positive_int,
+        default=S,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a lower validation loss; the run keeps the best epoch's weights",
+    )
+    p.add_argument(
         "--option",
         type=key_value,
         action="append",
@@ -135,6 +148,8 @@ def train_config_from_args(args):
         "dataset",
         "data_dir",
         "train_limit",
+        "val_fraction",
+        "early_stopping",
         "epochs",
         "batch_size",
         "lr",

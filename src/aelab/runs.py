@@ -471,11 +471,16 @@ def read_history(run_dir: str | os.PathLike) -> list[dict]:
     return history
 
 
-def save_model(run_dir: str | os.PathLike, model: nn.Module, durable: bool = True) -> None:
-    """model.safetensors (a plain state dict, readable by any safetensors tool) + model.json (name and options)."""
+def save_model(
+    run_dir: str | os.PathLike, model: nn.Module, durable: bool = True, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """model.safetensors (a plain state dict, readable by any safetensors tool) + model.json (name and options).
+    `state` (the same keys as the model's) is written instead of the model's current weights: early stopping's
+    best epoch."""
     run_dir = Path(run_dir)
     header = {"format_version": str(FORMAT_VERSION)}
-    atomic_write_bytes(run_dir / "model.safetensors", _safetensors_bytes(model.state_dict(), header), durable)
+    weights = model.state_dict() if state is None else state
+    atomic_write_bytes(run_dir / "model.safetensors", _safetensors_bytes(weights, header), durable)
     write_json(
         run_dir / "model.json",
         {"format_version": FORMAT_VERSION, "name": type(model).name, "options": model.options},

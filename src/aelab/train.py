@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from . import data as datamod
 from . import models, runs, tracking
+from .data.sources import holdout_split
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .options import MAX_COUNT, MAX_SEED
 
@@ -48,6 +49,10 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     train_limit: int | None = None  # use only the first N training images (tests, quick runs)
+    # a validation split carved from the train images (stratified, seed 0): its loss is recorded each epoch and,
+    # with early_stopping = PATIENCE, picks the epoch whose weights the run keeps; the test split chooses nothing
+    val_fraction: float = 0.0
+    early_stopping: int | None = None
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
@@ -70,6 +75,13 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a finite positive number, got {self.lr!r}")
         if self.train_limit is not None and not (isinstance(self.train_limit, int) and self.train_limit > 0):
             raise ConfigError(f"--train-limit must be a positive integer, got {self.train_limit!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
+            raise ConfigError(f"--val-fraction must be a number in [0, 1), got {self.val_fraction!r}")
+        if self.early_stopping is not None:
+            if not (isinstance(self.early_stopping, int) and 0 < self.early_stopping <= MAX_COUNT):
+                raise ConfigError(f"--early-stopping must be a positive integer, got {self.early_stopping!r}")
+            if not self.val_fraction:
+                raise ConfigError("--early-stopping watches the validation loss: give --val-fraction too")
         if not (isinstance(self.seed, int) and 0 <= self.seed < MAX_SEED):
             raise ConfigError(f"--seed must be an integer in [0, 2^63), got {self.seed!r}")
         if not str(self.out).strip():
@@ -198,12 +210,23 @@ def evaluate_loss(
     return {k: float(v) / len(images) for k, v in zip(keys, total)}
 
 
+def history_stopped(history: list[dict], patience: int) -> bool:
+    """Early stopping's rule: `patience` epochs have passed since the lowest validation loss."""
+    epochs = [h for h in history if "val_loss" in h]
+    if not epochs:
+        return False
+    best = min(epochs, key=lambda h: h["val_loss"])
+    return epochs[-1]["epoch"] - best["epoch"] >= patience
+
+
 def _check_resume_config(old: dict, new: dict) -> None:
     # old run folders resume too; tracking is where the run is logged, not what it computes
     ignore = {"epochs", "out", "device", "versions", "compile", "format_version", "tensorboard", "mlflow"}
     if "data_info" not in old:  # written before data_info existed
         ignore.add("data_info")
-    diff = [k for k in new if k not in ignore and old.get(k) != new.get(k)]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    # a setting added since the old run was written counts as its default there
+    diff = [k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new.get(k)]
     if diff:
         raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than the run folder's config.json")
 
@@ -225,12 +248,20 @@ def _check_checkpoint_meta(meta: dict, path: Path) -> tuple[int, list[dict], boo
 
 def load_data(
     cfg: TrainConfig, device: torch.device, progress: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The train and test images of cfg.dataset on `device` (labels are not needed to train), and the data's
-    info record (source, sizes, classes, split, content hash) for config.json."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict]:
+    """(train, validation or None, test) images of cfg.dataset on `device` (labels are not needed to train),
+    and the data's info record (source, sizes, classes, split, content hash) for config.json."""
     data = datamod.get(cfg.dataset, cfg.dataset_options, cfg.data_dir, progress=progress)
-    train_x = data.train_x[: cfg.train_limit] if cfg.train_limit else data.train_x
-    return train_x.to(device), data.test_x.to(device), data.info
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_limit:
+        train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
+    val_x = None
+    info = dict(data.info)
+    if cfg.val_fraction:
+        keep, held, how = holdout_split(train_y.numpy(), cfg.val_fraction, seed=0)
+        train_x, val_x = train_x[torch.from_numpy(keep)], train_x[torch.from_numpy(held)].to(device)
+        info["validation"] = f"{how}, carved from the train split"
+    return train_x.to(device), val_x, data.test_x.to(device), info
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -251,6 +282,23 @@ class RunWriter:
         # continuations from a checkpoint that led to the current epoch (recorded per epoch): the kill test
         # checks with it that a resume never trains again the epochs a checkpoint holds
         self.resumes = 0
+        # early stopping: the weights of the epoch with the lowest validation loss so far, kept in the
+        # checkpoint (so a resume keeps them too) and written as model.safetensors
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = 0
+
+    def load_best_check(self, model: nn.Module, path: Path) -> None:
+        """The checkpoint's best weights must fit the model (the file is untrusted)."""
+        ref = model.state_dict()
+        fits = set(self.best_state) == set(ref) and all(
+            self.best_state[k].shape == ref[k].shape and self.best_state[k].dtype == ref[k].dtype for k in ref
+        )
+        if not fits:
+            raise CheckpointError(f"{path}: its best_model weights do not fit the model")
+
+    def keep_best(self, epoch: int) -> None:
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_epoch = epoch
 
     def open(self, config: dict, resume: bool) -> None:
         if not self.enabled:
@@ -262,7 +310,7 @@ class RunWriter:
 
     def _write_derived_files(self) -> None:
         # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
-        runs.save_model(self.out, self.model, durable=False)
+        runs.save_model(self.out, self.model, durable=False, state=self.best_state)
         runs.write_history(self.out, self.history, durable=False)
 
     def checkpoint(self, epoch: int) -> None:
@@ -270,8 +318,18 @@ class RunWriter:
             return
         runs.save_state(
             self.out / "checkpoint.safetensors",
-            {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()},
-            meta={"epoch": epoch, "history": self.history, "pretrained": self.pretrained, "resumes": self.resumes},
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                **({"best_model": self.best_state} if self.best_state is not None else {}),
+            },
+            meta={
+                "epoch": epoch,
+                "history": self.history,
+                "pretrained": self.pretrained,
+                "resumes": self.resumes,
+                "best_epoch": self.best_epoch,
+            },
         )
         self._write_derived_files()
 
@@ -355,7 +413,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
 
     # 1. data, model, optimizer, and the state to resume from
     torch.manual_seed(cfg.seed)
-    train_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
+    train_x, val_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
     options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
     if not any(isinstance(v, nn.Module) for v in options.values()):  # user modules are already built
         models.check_memory(cfg.model, options, training=True)  # before anything is allocated
@@ -368,6 +426,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         "data_info": data_info,
         "format_version": runs.FORMAT_VERSION,
         "n_train": len(train_x),
+        "n_val": 0 if val_x is None else len(val_x),
         "n_test": len(test_x),
         "world_size": world,
     }
@@ -391,6 +450,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({' '.join(str(e).split())})") from None
         history.extend(old_history)
         run.resumes += 1
+        if cfg.early_stopping and isinstance(state.get("best_model"), dict):
+            run.best_state = {k: v.to(device) for k, v in state["best_model"].items()}
+            run.load_best_check(model, ckpt_path)
+            run.best_epoch = meta.get("best_epoch") if isinstance(meta.get("best_epoch"), int) else 0
     config["versions"] = runs.package_versions()
     run.open(config, resume)
     say = log if (progress and rank == 0) else None
@@ -439,6 +502,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.early_stopping and history_stopped(history, cfg.early_stopping):
+            break  # a resumed run that had already stopped early
         t0 = time.perf_counter()
         train_loss, steps = train_one_epoch(step_model, opt, train_x, cfg, epoch, rank, world, autocast, bar)
         train_time = time.perf_counter() - t0
@@ -461,6 +526,14 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             "train_samples_per_s": len(train_x) / train_time,
             "resumes": run.resumes,
         }
+        if val_x is not None:  # the split that chooses; the test loss above is only reported
+            val_terms = evaluate_loss(model, val_x, cfg.eval_batch_size, epoch_seed(cfg.seed, epoch, 3), rank, world)
+            record["val_loss"] = val_terms.pop("loss")
+            record.update({f"val_{k}": v for k, v in val_terms.items()})
+            if cfg.early_stopping:
+                if record["val_loss"] < min((h["val_loss"] for h in history if "val_loss" in h), default=math.inf):
+                    run.keep_best(epoch + 1)
+                record["best_epoch"] = run.best_epoch
         history.append(record)
         run.checkpoint(epoch + 1)
         tracker.log_epoch(record)
