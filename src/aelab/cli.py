@@ -89,6 +89,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the run in --out from its last checkpoint; its settings come from its config.json",
     )
     p.add_argument("--no-progress", action="store_true", default=S)
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=S,
+        metavar="N",
+        help="train and evaluate N runs, seeds --seed ... --seed+N-1, into OUT/seed-<s>/; "
+        "OUT/seeds.json and seeds.md give each metric's mean, std and 95%% interval",
+    )
 
     p.add_argument(
         "--tensorboard",
@@ -140,6 +148,11 @@ def train_config_from_args(args):
     if "config" in given:
         saved = _saved_settings(Path(args.config))
         saved.pop("mlflow", None)  # a re-run is a new run: it logs where this command says, not where that one did
+    elif given.get("resume") and "seeds" in given:
+        from .seeds import first_run_config
+
+        first = first_run_config(args.out)
+        saved = _saved_settings(first) if first is not None else {}
     elif given.get("resume") and (Path(args.out) / "config.json").exists():
         saved = _saved_settings(Path(args.out) / "config.json")
     settings = {**saved}
@@ -179,9 +192,19 @@ def train_config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from . import runs
     from .train import dist_info, train
 
     cfg = train_config_from_args(args)
+    if "seeds" in vars(args):
+        from .metrics.intervals import format_interval
+        from .seeds import train_seeds
+
+        out = train_seeds(cfg, args.seeds, getattr(args, "resume", False), not getattr(args, "no_progress", False))
+        for name, summary in runs.read_json(out / "seeds.json")["metrics"].items():
+            print(f"{name:>24}: {format_interval(summary, 4)}")
+        print(f"seeds summary: {out / 'seeds.md'}")
+        return 0
     out = train(cfg, resume=getattr(args, "resume", False), progress=not getattr(args, "no_progress", False))
     if dist_info()[0] == 0:
         print(f"run folder: {out}")

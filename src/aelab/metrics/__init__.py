@@ -6,4 +6,5 @@ split given to it and scored on the test split given to it; the callers decide w
     contraction.py     Jacobian norms, saturation and singular values of an encoder (Rifai et al. 2011)
     retrieval.py       Hamming retrieval, PCA hashing, statistics of binary codes
     ranking.py         AUROC, average precision, precision@k (scikit-learn), graded per class
+    intervals.py       mean, std and 95% interval over seeds (Student t or percentile bootstrap)
 """

@@ -1,0 +1,121 @@
+"""Intervals over seeds: how far a mean over n independent runs can be trusted.
+
+For values x_1..x_n (one per seed) with mean m and sample standard deviation s (ddof = 1):
+
+    Student t            m ± t_{(1+c)/2, n-1} · s / √n   (c = 0.95: the 97.5% quantile of Student's t with
+                         n-1 degrees of freedom). Exact when the x_i are normal; with the handful of seeds a
+                         run can afford, the t quantile (2.78 for n = 5) rather than the normal 1.96 is what
+                         keeps the coverage at 95%.
+    percentile bootstrap for a bounded metric (an accuracy in [0, 1]) with n >= 10: resample the n values with
+                         replacement B = 10,000 times (a fixed seed), take the mean of each resample, and report
+                         the (1-c)/2 and (1+c)/2 percentiles of those means. It stays inside the bounds and does
+                         not assume normality, which a proportion near 0 or 1 is far from; below 10 values the
+                         resamples take too few distinct values for their percentiles to mean much, so the t
+                         interval is used, clipped to the bounds (the true mean lies inside them, so clipping
+                         never lowers the coverage).
+    one value            no interval: one seed says nothing about the spread over seeds.
+
+A paired difference (method A vs B, trained with the same seeds) is the same summary of d_i = a_i - b_i: the
+seed-to-seed variation both share cancels, so its interval is narrower than comparing two separate intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.stats
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_MIN_N = 10  # bounded metrics with at least this many values get the bootstrap interval
+SINGLE_SEED = "single seed: no interval"
+
+
+def _as_values(values: Sequence[float], what: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"{what}: expected a non-empty list of numbers, got shape {v.shape}")
+    if not np.isfinite(v).all():  # a NaN mean would look like a number in a table; a diverged seed must be seen
+        raise ValueError(f"{what}: NaN or infinite values at seed index {np.flatnonzero(~np.isfinite(v)).tolist()}")
+    return v
+
+
+def summarize(
+    values: Sequence[float],
+    bounded: tuple[float, float] | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Mean, sample std (ddof 1; 0.0 for one value) and a `confidence` interval of the mean of `values`.
+
+    Returns {"mean", "std", "ci95": [lo, hi] (None for one value), "values", "n_seeds", "method", "confidence"}.
+    The interval is Student's t, m ± t_{(1+c)/2, n-1} s/√n, or, when the metric is `bounded` = (lo, hi) and
+    n >= 10, a percentile bootstrap of the mean (10,000 resamples drawn with `seed`). With `bounded`, values
+    outside the bounds are refused and a t interval is clipped to them. NaN or inf: ValueError."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    v = _as_values(values, "summarize")
+    if bounded is not None:
+        low, high = bounded
+        if not low < high:
+            raise ValueError(f"bounded must be (low, high) with low < high, got {bounded}")
+        if v.min() < low or v.max() > high:
+            raise ValueError(f"values outside the bounds {list(bounded)}: {v.tolist()}")
+    n = len(v)
+    mean = float(v.mean())
+    summary = {"mean": mean, "std": 0.0, "ci95": None, "values": v.tolist(), "n_seeds": n, "method": SINGLE_SEED}
+    summary["confidence"] = confidence
+    if n == 1:
+        return summary
+    std = float(v.std(ddof=1))
+    summary["std"] = std
+    if bounded is not None and n >= BOOTSTRAP_MIN_N:
+        result = scipy.stats.bootstrap(
+            (v,),
+            np.mean,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        lo, hi = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        summary["ci95"] = [lo, hi]
+        summary["method"] = f"percentile bootstrap of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {seed}"
+        return summary
+    half = float(scipy.stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    summary["method"] = f"Student t, {n - 1} degrees of freedom"
+    if bounded is not None:
+        lo, hi = max(lo, float(bounded[0])), min(hi, float(bounded[1]))
+        summary["method"] += f", clipped to [{bounded[0]:g}, {bounded[1]:g}]"
+    summary["ci95"] = [lo, hi]
+    return summary
+
+
+def paired_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    bounded: tuple[float, float] | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """summarize(a_i - b_i) over the seed index i: method A minus method B, each trained with seed i.
+
+    `bounded` is the metric's range (lo, hi); the differences then lie in (lo - hi, hi - lo), e.g. [-1, 1] for
+    accuracies, and the bootstrap rule of summarize applies to those."""
+    va, vb = _as_values(a, "paired_difference (a)"), _as_values(b, "paired_difference (b)")
+    if len(va) != len(vb):
+        raise ValueError(f"paired_difference needs one value per seed on both sides, got {len(va)} and {len(vb)}")
+    diff_bounds = None if bounded is None else (bounded[0] - bounded[1], bounded[1] - bounded[0])
+    return summarize(va - vb, bounded=diff_bounds, confidence=confidence, seed=seed)
+
+
+def format_interval(summary: dict, digits: int = 3) -> str:
+    """'0.934 ± 0.004 [0.929, 0.939] (n=5)': mean ± sample std, the interval, the number of seeds; with one
+    seed '0.934 (1 seed, no interval)'. `digits` is the number of decimals."""
+    mean = f"{summary['mean']:.{digits}f}"
+    if summary["ci95"] is None:
+        return f"{mean} (1 seed, no interval)"
+    lo, hi = summary["ci95"]
+    return f"{mean} ± {summary['std']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (n={summary['n_seeds']})"

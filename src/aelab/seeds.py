@@ -1,0 +1,183 @@
+"""One configuration, several seeds (`aelab train --seeds N`): how much of a number is the seed.
+
+    OUT/seed-<s>/    a complete run folder for each seed s = seed, seed+1, ..., seed+N-1 (trained, evaluated)
+    OUT/seeds.json   {"runs", "seeds", "metrics": {name: aelab.metrics.intervals.summarize(values over seeds)},
+                     "note", "intervals", "config", "data_sha256"}
+    OUT/seeds.md     metric | mean ± std | 95% interval | n
+
+The seeds change everything a seed decides (initial weights, batch order, the models' own noise); the data and
+its split stay the same. No setting is chosen among the runs, so the intervals are not made optimistic by a
+selection on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch.nn as nn
+
+from . import data as datamod
+from . import runs
+from .errors import CheckpointError, ConfigError
+from .evaluate import evaluate
+from .metrics.intervals import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, summarize
+from .options import MAX_SEED
+from .train import TrainConfig, dist_info, train
+
+MAX_SEEDS = 1000
+# metrics in [0, 1] by construction: their intervals may use the bootstrap and are clipped to [0, 1]
+UNIT_INTERVAL_METRICS = ("saturation", "code_saturation", "bit_balance", "bit_entropy_mean")
+# numbers eval.json records that the configuration fixes, the same for every seed: not summarised
+SETTINGS_NOT_METRICS = ("code_dim", "iwae_k", "spectrum_points", "bits_per_image")
+INTERVALS_TEXT = (
+    "95% intervals of the mean over seeds: Student t, mean ± t_{0.975, n-1} · std / √n (clipped to [0, 1] for "
+    f"accuracies and fractions); a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed 0) instead for "
+    f"accuracies and fractions with n ≥ {BOOTSTRAP_MIN_N}; none for a single seed. std is the sample std (ddof 1)."
+)
+
+
+def run_folder(out: str | Path, seed: int) -> Path:
+    return Path(out) / f"seed-{seed}"
+
+
+def metric_bounds(name: str) -> tuple[float, float] | None:
+    """(0, 1) for accuracies and fractions, None for unbounded metrics (errors, losses, norms, counts)."""
+    return (0.0, 1.0) if name.endswith("accuracy") or name in UNIT_INTERVAL_METRICS else None
+
+
+def first_run_config(out: str | Path) -> Path | None:
+    """config.json of the lowest-seed run folder in OUT: what `--resume --seeds N` takes its settings from.
+    A killed multi-seed run stops at its last seed, so the lowest seed is the first one (its --seed)."""
+    found = []
+    for path in Path(out).glob("seed-*/config.json"):
+        number = path.parent.name.removeprefix("seed-")
+        if number.isdigit():
+            found.append((int(number), path))
+    return min(found)[1] if found else None
+
+
+def _finished(run: Path, epochs: int) -> bool:
+    """Trained to `epochs` and evaluated since: model.safetensors and eval.json present, eval.json written after
+    the weights (a kill between the last epoch and the evaluation leaves an older eval.json), the last epoch
+    in metrics.jsonl = epochs."""
+    weights, evaluation = run / "model.safetensors", run / "eval.json"
+    if not (weights.is_file() and evaluation.is_file()):
+        return False
+    if evaluation.stat().st_mtime_ns < weights.stat().st_mtime_ns:
+        return False
+    history = runs.read_history(run)
+    return bool(history) and history[-1]["epoch"] == epochs
+
+
+def _check_same_settings(run: Path, cfg: TrainConfig) -> None:
+    """A finished run is kept as it is: refuse it when this command asks for other settings than it was
+    trained with (the runs being resumed are checked by train itself)."""
+    saved, wanted = runs.read_config(run), cfg.to_json()
+    keys = ("model", "dataset", "dataset_options", "train_limit", "epochs", "batch_size", "lr", "optimizer", "seed")
+    diff = [k for k in keys if saved.get(k) != wanted[k]]
+    saved_options = saved.get("model_options") if isinstance(saved.get("model_options"), dict) else {}
+    diff += [k for k, v in wanted["model_options"].items() if saved_options.get(k) != v]
+    if diff:
+        raise ConfigError(f"--resume with different settings ({', '.join(diff)}) than {run}/config.json")
+
+
+def _read_metrics(run: Path) -> tuple[dict, str | None]:
+    """(metrics, data sha256) of a run's eval.json (schema-checked: the file is untrusted)."""
+    result = runs.read_json(run / "eval.json")
+    if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)):
+        raise CheckpointError(f"{run}/eval.json: no 'metrics' object")
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    return result["metrics"], data.get("sha256")
+
+
+def summarize_metrics(per_seed: list[dict]) -> dict[str, dict]:
+    """summarize() of every number that all runs report (booleans, strings and fixed settings left out)."""
+    names = [
+        k
+        for k in per_seed[0]
+        if k not in SETTINGS_NOT_METRICS
+        and all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool) for m in per_seed)
+    ]
+    return {k: summarize([m[k] for m in per_seed], bounded=metric_bounds(k)) for k in names}
+
+
+def train_seeds(cfg: TrainConfig, n_seeds: int, resume: bool = False, progress: bool = True, log=print) -> Path:
+    """Train and evaluate cfg once per seed s = cfg.seed, ..., cfg.seed + n_seeds - 1 into OUT/seed-<s>/, then
+    write OUT/seeds.json and OUT/seeds.md (mean, sample std and 95% interval of every metric over the seeds).
+
+    With resume=True, finished runs (trained to cfg.epochs and evaluated) are kept untouched, a partly trained
+    one continues from its checkpoint, the missing ones are started. OUT's lock is held throughout."""
+    if not (isinstance(n_seeds, int) and not isinstance(n_seeds, bool) and 1 <= n_seeds <= MAX_SEEDS):
+        raise ConfigError(f"--seeds must be an integer in [1, {MAX_SEEDS}], got {n_seeds!r}")
+    cfg.validate()
+    if cfg.seed + n_seeds > MAX_SEED:
+        raise ConfigError(f"--seed {cfg.seed} with --seeds {n_seeds} goes past the largest seed 2^63 - 1")
+    if dist_info()[1] > 1:
+        raise ConfigError("--seeds runs its seeds one after another in one process; under torchrun train each --seed")
+    if any(isinstance(v, nn.Module) for v in cfg.model_options.values()):
+        # one module object would carry its trained weights from one seed into the next
+        raise ConfigError("--seeds with encoder/decoder modules: build fresh modules and call train() for each seed")
+    out = Path(cfg.out)
+    if (out / "config.json").exists() or (out / "checkpoint.safetensors").exists():
+        raise ConfigError(f"{out} holds a single run; choose another --out for --seeds")
+    seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+    data = cfg.dataset if isinstance(cfg.dataset, datamod.Data) else None
+    with runs.RunLock(out):  # a second `--seeds` on the same OUT would fight over the same run folders
+        per_seed, hashes = [], set()
+        for seed in seeds:
+            run = run_folder(out, seed)
+            run_cfg = dataclasses.replace(cfg, seed=seed, out=str(run))
+            if resume and _finished(run, cfg.epochs):
+                _check_same_settings(run, run_cfg)
+                if progress:
+                    log(f"{run}: trained and evaluated already, kept")
+            else:
+                train(run_cfg, resume=resume and (run / "config.json").exists(), progress=progress, log=log)
+                evaluate(run, write=True, figures=False, data_dir=cfg.data_dir, data=data, progress=progress)
+            metrics, sha256 = _read_metrics(run)
+            per_seed.append(metrics)
+            hashes.add(sha256)
+        if len(hashes) > 1:  # a finished run kept from before a change of the data folder
+            raise ConfigError(f"the runs in {out} were evaluated on different data (sha256 {sorted(map(str, hashes))})")
+        summary = {
+            "runs": [run_folder(out, s).name for s in seeds],  # relative to OUT: the folder can be moved
+            "seeds": seeds,
+            "n_seeds": n_seeds,
+            "metrics": summarize_metrics(per_seed),
+            "note": f"no setting was chosen: one configuration, {n_seeds} seed{'s' if n_seeds > 1 else ''}",
+            "intervals": INTERVALS_TEXT,
+            "config": {k: v for k, v in cfg.to_json().items() if k not in ("out", "seed")},
+            "data_sha256": hashes.pop(),
+        }
+        runs.write_json(out / "seeds.json", summary)
+        runs.atomic_write_text(out / "seeds.md", seeds_markdown(summary))
+    return out
+
+
+def _decimals(summary: dict) -> int:
+    """Decimals that show the std to two significant figures (the mean to four when the std is 0)."""
+    scale, figures = (summary["std"], 2) if summary["std"] > 0 else (abs(summary["mean"]), 4)
+    if scale == 0:
+        return 0
+    return min(10, max(0, figures - 1 - math.floor(math.log10(scale))))
+
+
+def seeds_markdown(summary: dict) -> str:
+    """seeds.md: one table row per metric, metric | mean ± std | 95% interval | n."""
+    config, seeds = summary["config"], summary["seeds"]
+    lines = [
+        f"# {config['model']} on {config['dataset']}, {len(seeds)} seeds",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; run folders {', '.join(summary['runs'])}. "
+        f"{summary['note'][0].upper()}{summary['note'][1:]}.",
+        "",
+        "| metric | mean ± std | 95% interval | n |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary["metrics"].items():
+        d = _decimals(s)
+        interval = "none (1 seed)" if s["ci95"] is None else f"[{s['ci95'][0]:.{d}f}, {s['ci95'][1]:.{d}f}]"
+        lines.append(f"| {name} | {s['mean']:.{d}f} ± {s['std']:.{d}f} | {interval} | {s['n_seeds']} |")
+    return "\n".join([*lines, "", summary["intervals"], ""])
