@@ -114,7 +114,7 @@ def test_probes_learn_from_the_train_labels(vae_run, monkeypatch):
     split would still read the digits off the test codes."""
     train_x, train_y, test_x, test_y = runs.run_data(runs.read_config(vae_run))
     shuffled = train_y[torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))]
-    monkeypatch.setattr(runs, "run_data", lambda config, data_dir=None: (train_x, shuffled, test_x, test_y))
+    monkeypatch.setattr(runs, "run_data", lambda config, data_dir=None, data=None: (train_x, shuffled, test_x, test_y))
     monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})  # the pixel probe is cached per dataset name
     m = evaluate(vae_run, iwae_k=2, figures=False, write=False)["metrics"]
     assert m["probe_accuracy"] < 0.25 and m["raw_probe_accuracy"] < 0.25, m
