@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -348,19 +349,22 @@ def test_experiment_end_to_end(tmp_path, capsys):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert [r["model"] for r in rows] == ["AE", "AE+wd", "DAE-g", "CAE"]
+    assert [r["model"] for r in rows] == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE"]
     for row in rows:
-        folder = out / row["model"].replace("+", "_")
-        evaluation = json.loads((folder / "eval.json").read_text())["metrics"]
-        assert row["probe_accuracy"] == evaluation["probe_accuracy"] and 0 < row["probe_accuracy"] <= 1
-        assert row["mean ‖J‖_F"] == evaluation["jacobian_fro_mean"] > 0
-        assert 0 <= row["SAT"] <= 1 and row["recon_sse"] > 0
-        config = json.loads((folder / "config.json").read_text())
-        assert config["epochs"] == 1 and config["n_train"] == 150 and config["model_options"]["hidden"] == [12]
+        (run,) = row["runs"]
+        evaluation = json.loads((Path(run) / "eval.json").read_text())["metrics"]
+        probe = row["metrics"]["probe_accuracy"]
+        assert probe["values"] == [evaluation["probe_accuracy"]] and probe["ci95"] is None and probe["n_seeds"] == 1
+        assert row["metrics"]["jacobian_fro_mean"]["mean"] == evaluation["jacobian_fro_mean"] > 0
+        assert 0 <= row["metrics"]["saturation"]["mean"] <= 1 and row["metrics"]["recon_sse"]["mean"] > 0
+        config = json.loads((Path(run) / "config.json").read_text())
+        assert config["epochs"] == 1 and config["model_options"]["hidden"] == [12]
+        assert (config["n_train"], config["n_val"], config["val_fraction"]) == (135, 15, 0.1)
     assert results["data"]["n_train"] == 150
     assert [r["model"] for r in results["reference_rifai2011_table1"]][0] == "CAE"
     html = (out / "report.html").read_text()
     assert "Rifai" in html and "AE+wd" in html and "data:image/png;base64" in html
+    assert "1 seed, no interval" in html
     assert (out / "jacobian_spectra.png").exists()
 
 

@@ -426,6 +426,7 @@ DATA_FLAGS = {"--mirror": st.sampled_from(["notaurl", "ftp://x/", "http://", "",
 
 # flags whose values are any finite positive numbers: "1e30" or "1.5" is valid there, not bad input
 FLOAT_FLAGS = {"--lr", "--weight-decay", "--noise-std", "--deadline", "--stall-timeout"}
+FLOAT_LIST_FLAGS = {"--weight-decay", "--noise-std"}  # the contractive experiment's grids
 
 
 def _valid_anyway(flag: str, value: str) -> bool:
@@ -436,6 +437,12 @@ def _valid_anyway(flag: str, value: str) -> bool:
         flag = "--lr" if value != "0" else flag
         if value == "0":
             return True
+    if flag in FLOAT_LIST_FLAGS:  # comma-separated grids of positive numbers
+        parts = [v for v in value.split(",") if v.strip()]
+        try:
+            return bool(parts) and all(0 < float(v) < float("inf") for v in parts)
+        except ValueError:
+            return False
     if flag in FLOAT_FLAGS:
         try:
             return 0 < float(value) < float("inf")

@@ -86,6 +86,22 @@ def float_list(text: str) -> list[float]:
     return values
 
 
+def positive_float_list(text: str) -> list[float]:
+    """Comma-separated positive finite numbers (a grid of weight decays or noise levels)."""
+    values = float_list(text)
+    if any(v == 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def fraction_list(text: str) -> list[float]:
+    """Comma-separated numbers in (0, 1] (a grid of masking fractions)."""
+    values = float_list(text)
+    if any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in (0, 1], got {text!r}")
+    return values
+
+
 def int_list(text: str) -> list[int]:
     """Layer sizes like 256,64 or 784-1000-500. A minus sign is never read as a separator: -64-16 is refused."""
     if not re.fullmatch(r"\s*\d+\s*([,-]\s*\d+\s*)*", text):

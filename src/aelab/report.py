@@ -192,6 +192,24 @@ def plot_spectra(spectra: dict[str, list[float]], path: str | Path) -> Path:
     return save_png(fig, path)
 
 
+def plot_validation_sweeps(sweeps: dict[str, dict], path: str | Path) -> Path:
+    """One panel per model family: the validation score of each value of its setting, the chosen one circled.
+    `sweeps` maps a family to {"option", "grid", "scores", "chosen_index", "ylabel"}; a grid of positive
+    values spanning more than a factor 10 is drawn on a log axis."""
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(3.2 * len(sweeps), 3.2), squeeze=False, sharey=True)
+    for ax, (family, sweep) in zip(axes[0], sweeps.items()):
+        grid, scores, best = sweep["grid"], sweep["scores"], sweep["chosen_index"]
+        ax.plot(grid, scores, marker="o")
+        ax.plot([grid[best]], [scores[best]], marker="o", markersize=14, fillstyle="none", color="red", label="chosen")
+        if min(grid) > 0 and max(grid) / min(grid) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(sweep["option"])
+        ax.set_title(family)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(next(iter(sweeps.values()))["ylabel"])
+    return save_png(fig, path)
+
+
 def plot_bit_usage(f: np.ndarray, path: str | Path) -> Path:
     """Histogram of f_j, the fraction of train images with bit j on."""
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -1,0 +1,117 @@
+"""The contractive experiment's protocol: settings chosen on validation only, seeds with intervals, results.json.
+
+Tiny runs (sklearn digits, 300 train images, 12 code units, 1 epoch, the --quick grids)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aelab import data as datamod
+from aelab.experiments import contractive
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+TINY = dict(dataset="digits", hidden=12, epochs=1, train_limit=300, quick=True, no_progress=True)
+
+
+def test_selection_never_looks_at_the_test_split(tmp_path, monkeypatch):
+    clean = contractive.select_settings(contractive.Settings(out=str(tmp_path / "clean"), **TINY))
+
+    real_get = datamod.get
+
+    def garbage_test_split(*args, **kwargs):
+        data = real_get(*args, **kwargs)
+        noise = torch.Generator().manual_seed(123)
+        return dataclasses.replace(
+            data,
+            test_x=torch.rand(data.test_x.shape, generator=noise),
+            test_y=torch.randint(0, 10, data.test_y.shape, generator=noise),
+        )
+
+    monkeypatch.setattr(datamod, "get", garbage_test_split)
+    noisy = contractive.select_settings(contractive.Settings(out=str(tmp_path / "noisy"), **TINY))
+
+    # the garbage did reach the runs: the test loss they log per epoch differs
+    history = lambda root: json.loads((Path(root) / "metrics.jsonl").read_text().splitlines()[-1])
+    assert history(clean["AE"]["runs"][0])["test_loss"] != history(noisy["AE"]["runs"][0])["test_loss"]
+    for family in clean:
+        assert noisy[family]["chosen"] == clean[family]["chosen"], family
+        assert noisy[family]["val_probe_accuracy"] == clean[family]["val_probe_accuracy"], family
+    assert [len(s["grid"]) for s in clean.values()] == [1, 1, 1, 1, 2]
+
+
+def test_results_json_chosen_settings_and_seed_intervals(tmp_path):
+    from aelab.cli import main
+
+    out = tmp_path / "exp"
+    argv = ["experiment", "contractive", "--quick", "--dataset", "digits", "--hidden", "12", "--epochs", "1"]
+    argv += ["--train-limit", "300", "--seeds", "2", "--seed", "3", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["selection_split"] == "validation"
+    splits = results["splits"]
+    assert (splits["n_train"], splits["n_val"], splits["n_test"]) == (270, 30, 360)
+    assert splits["official_test"]["available"] is False
+    assert results["grids"] == {"AE": [None], "AE+wd": [1e-3], "DAE-g": [0.3], "DAE-b": [0.25], "CAE": [0.3, 1.0]}
+    assert results["seeds"] == [3, 4]
+    for family, scores in results["validation_scores"].items():
+        assert len(scores) == len(results["grids"][family]) and all(0 <= s <= 1 for s in scores)
+        best = scores.index(max(scores))  # the first of equals
+        assert results["chosen"][family] == results["grids"][family][best]
+
+    eval_metrics = lambda run, name="eval.json": json.loads((Path(run) / name).read_text())["metrics"]
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE"]
+    for family, row in rows.items():
+        sweep = results["sweeps"][family]
+        assert row["value"] == results["chosen"][family]
+        assert row["runs"][0] == sweep["runs"][sweep["chosen_index"]]  # the first seed's run is reused
+        assert row["runs"][1].endswith("seed-4") and row["official_test_metrics"] is None
+        per_seed = [eval_metrics(run) for run in row["runs"]]
+        assert [json.loads((Path(r) / "config.json").read_text())["seed"] for r in row["runs"]] == [3, 4]
+        for key in ("probe_accuracy", "recon_sse", "jacobian_fro_mean", "saturation"):
+            summary = row["metrics"][key]
+            assert {"mean", "std", "ci95", "values", "n_seeds"} <= set(summary)
+            assert summary["n_seeds"] == 2 and summary["values"] == [m[key] for m in per_seed]
+            assert summary["mean"] == pytest.approx(sum(summary["values"]) / 2)
+            assert summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
+
+    differences = {(d["a"], d["b"]): d for d in results["paired_differences"]}
+    assert set(differences) == {("CAE", "DAE-g"), ("CAE", "AE")}
+    for (a, b), d in differences.items():
+        expected = [x - y for x, y in zip(rows[a]["metrics"]["probe_accuracy"]["values"], rows[b]["metrics"]["probe_accuracy"]["values"])]  # fmt: skip
+        assert d["difference"]["values"] == pytest.approx(expected, abs=1e-12) and d["split"] == "test"
+        lo, hi = d["difference"]["ci95"]
+        assert d["excludes_zero"] == (lo > 0 or hi < 0)
+        assert ("excludes 0" if d["excludes_zero"] else "includes 0") in d["verdict"]
+    report = (out / "report.md").read_text()
+    assert "validation_sweeps.png" in report and (out / "validation_sweeps.png").exists()
+    assert "(n=2)" in report and "Official MNIST test set: not available" in report
+
+
+def test_official_test_status(shared_idx, tmp_path):
+    assert contractive.official_test_status(str(shared_idx), (1, 28, 28))[0] is True
+    available, note = contractive.official_test_status(str(shared_idx), (1, 8, 8))
+    assert not available and "not applicable" in note
+    for folder in (None, str(tmp_path)):
+        available, note = contractive.official_test_status(folder, (1, 28, 28))
+        assert not available and "not available" in note
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--weight-decay", "0"), ("--noise-std", "1,-1"), ("--mask-fraction", "0.5,1.5"), ("--seeds", "0")]
+)
+def test_bad_grid_flags_are_refused(tmp_path, capsys, flag, value):
+    from aelab.cli import main
+
+    assert main(["experiment", "contractive", flag, value, "--out", str(tmp_path / "e")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
