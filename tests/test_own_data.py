@@ -461,3 +461,17 @@ def test_early_stopping_needs_a_validation_split(capsys):
     one_line_exit_2(capsys, code, "--val-fraction")
     code = main(["train", "--dataset", "digits", "--val-fraction", "1.5", "--out", "/tmp/never-written-es"])
     one_line_exit_2(capsys, code, "--val-fraction")
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped_and_32_bit_is_refused(tmp_path, capsys):
+    root = tmp_path / "deep"
+    root.mkdir()
+    values = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    for i in range(10):
+        Image.fromarray(values).save(root / f"{i}.png")
+    data = datamod.from_path(root)
+    expected = torch.from_numpy(np.round(values / 257.0) / 255.0).float()
+    assert torch.allclose(data.train_x[0, 0], expected) and float(data.train_x.max()) < 1.0
+    Image.fromarray(np.zeros((8, 8), np.float32), mode="F").save(root / "float.tiff")
+    (root / "float.tiff").rename(root / "float.png")  # a TIFF named .png: read by content, refused by mode
+    one_line_exit_2(capsys, main(["train", "--dataset", str(root), *CLI_TINY, "--out", str(tmp_path / "r")]), "32-bit")

@@ -360,11 +360,11 @@ def _number(v) -> bool:
 # the options of a dataset given as a path (a folder of images, .npz, .npy): see aelab.data.sources
 PATH_OPTIONS: dict[str, tuple[str, object]] = {
     "image_size": (
-        "two positive integers H,W",
+        "two integers H,W in [1, 4096]",
         lambda v: (
             isinstance(v, (list, tuple))
             and len(v) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 100_000 for s in v)
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096 for s in v)
         ),
     ),
     "test_fraction": ("a number in (0, 1)", lambda v: _number(v) and 0 < v < 1),

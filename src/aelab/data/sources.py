@@ -38,7 +38,8 @@ import torch
 from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F", "La")
+GRAY_MODES = ("1", "L", "LA", "La")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")  # 16-bit grey: scaled to 8 bits (v / 257, rounded), the cache's unit
 FORMAT = 1  # of the folder cache; bump when decoding changes
 MAX_IMAGES = 10**7
 
@@ -249,7 +250,7 @@ def from_dataset(
             item = ds[i]
             image, label = (item[0], item[1]) if isinstance(item, (tuple, list)) and len(item) == 2 else (item, None)
             if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
-                image = np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
+                image = np.asarray(pil_8bit(image, f"{where}[{i}]"))
             a = np.asarray(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
             if a.ndim == 3 and a.shape[2] in (1, 3) and a.shape[0] not in (1, 3):
                 a = a.transpose(2, 0, 1)
@@ -360,6 +361,19 @@ def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str]]:
     return files, classes, skipped
 
 
+def pil_8bit(im, where):
+    """A PIL image as 8-bit "L" (grey modes) or "RGB" (the rest; alpha dropped). 16-bit grey is scaled by 1/257
+    (convert("L") would clip everything above 255); 32-bit integer or float images are refused."""
+    from PIL import Image
+
+    if im.mode in SIXTEEN_BIT_MODES:
+        grey = np.round(np.asarray(im, dtype=np.float64) / 257.0).astype(np.uint8)
+        return Image.fromarray(grey, mode="L")
+    if im.mode in ("I", "F"):
+        raise DataError(f"{where}: 32-bit {im.mode!r} images are not read; save them as 8- or 16-bit")
+    return im.convert("L" if im.mode in GRAY_MODES else "RGB")
+
+
 def _decode(path: str, image_size) -> np.ndarray:
     """One image as uint8 (H, W) or (H, W, 3)."""
     from PIL import Image, UnidentifiedImageError
@@ -368,7 +382,7 @@ def _decode(path: str, image_size) -> np.ndarray:
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("L" if im.mode in GRAY_MODES else "RGB")
+            im = pil_8bit(im, path)
             if image_size is not None and im.size != (image_size[1], image_size[0]):
                 im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
             return np.asarray(im)
