@@ -380,7 +380,7 @@ def test_train_config_rerun_and_resume_from_the_run_folder(tmp_path, capsys):
     one_line_exit_2(capsys, main(["train", "--out", str(first), "--resume", "--epochs", "2"]), "fewer")
     assert (first / "config.json").read_bytes() == before
     one_line_exit_2(
-        capsys, main(["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")]), "no such file"
+        capsys, main(["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")]), "not a file"
     )
     one_line_exit_2(capsys, main(["train", "--model", "ae"]), "--out is required")
 
@@ -475,3 +475,35 @@ def test_sixteen_bit_grey_is_scaled_not_clipped_and_32_bit_is_refused(tmp_path, 
     Image.fromarray(np.zeros((8, 8), np.float32), mode="F").save(root / "float.tiff")
     (root / "float.tiff").rename(root / "float.png")  # a TIFF named .png: read by content, refused by mode
     one_line_exit_2(capsys, main(["train", "--dataset", str(root), *CLI_TINY, "--out", str(tmp_path / "r")]), "32-bit")
+
+
+def test_review_regressions(tmp_path, digits, capsys):
+    """Found by an adversarial pass: each of these once hung, crashed (exit 1) or misread data."""
+    import os
+
+    x, y = digits
+    root = write_folder(tmp_path / "links", x[:30], y[:30] % 2)
+    os.symlink("/dev/zero", root / "class_0" / "zero.png")  # read forever, once
+    os.mkfifo(root / "class_1" / "fifo.png")  # blocked forever, once
+    os.symlink(tmp_path / "nowhere", root / "class_1" / "gone.png")  # FileNotFoundError (exit 1), once
+    data = datamod.from_path(root, cache_dir=tmp_path / "cache")
+    assert data.info["skipped_files"] == 3 and data.info["n_train"] + data.info["n_test"] == 30
+    # a cache whose image count does not match the files is rebuilt, never trusted
+    (cached,) = (tmp_path / "cache" / "folders").glob("*.npz")
+    np.savez(cached, x_train=np.zeros((50, 1, 8, 8), np.uint8))
+    again = datamod.from_path(root, cache_dir=tmp_path / "cache")
+    assert again.info["sha256"] == data.info["sha256"]
+    # channels-last RGBA arrays are read as 4 channels, not as 8 channels of 8x4
+    rgba = datamod.from_arrays(np.zeros((20, 8, 8, 4), np.uint8), np.arange(20) % 2)
+    assert rgba.image_shape == (4, 8, 8)
+    with pytest.raises(DataError, match="64-bit"):
+        datamod.from_arrays(x[:20], np.array([2**63 + 1, 0] * 10, dtype=np.uint64))
+    # wrong types in a saved config and an empty --test-dataset are one-line errors
+    first = tmp_path / "r"
+    assert main(["train", "--dataset", "digits", "--train-limit", "60", *CLI_TINY, "--out", str(first)]) == 0
+    config = json.loads((first / "config.json").read_text())
+    (tmp_path / "c.json").write_text(json.dumps({**config, "compile": "yes"}))
+    one_line_exit_2(
+        capsys, main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r2")]), "--compile"
+    )
+    one_line_exit_2(capsys, main(["evaluate", str(first), "--test-dataset", ""]), "--test-dataset")

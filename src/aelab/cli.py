@@ -125,7 +125,7 @@ def _saved_settings(path: Path) -> dict:
     from .train import TrainConfig
 
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
+        raise ConfigError(f"{path}: not a file")
     config = runs.check_config(runs.read_json(path), str(path))
     if config["dataset"].startswith("python:"):
         raise ConfigError(f"{path}: the run was trained on data given from Python; re-run it from Python")

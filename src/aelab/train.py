@@ -75,10 +75,21 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a finite positive number, got {self.lr!r}")
         if self.train_limit is not None and not (isinstance(self.train_limit, int) and self.train_limit > 0):
             raise ConfigError(f"--train-limit must be a positive integer, got {self.train_limit!r}")
-        if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
+        if not (
+            isinstance(self.val_fraction, (int, float))
+            and not isinstance(self.val_fraction, bool)
+            and 0 <= self.val_fraction < 1
+        ):
             raise ConfigError(f"--val-fraction must be a number in [0, 1), got {self.val_fraction!r}")
+        for flag in ("amp", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"--{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.early_stopping is not None:
-            if not (isinstance(self.early_stopping, int) and 0 < self.early_stopping <= MAX_COUNT):
+            if not (
+                isinstance(self.early_stopping, int)
+                and not isinstance(self.early_stopping, bool)
+                and 0 < self.early_stopping <= MAX_COUNT
+            ):
                 raise ConfigError(f"--early-stopping must be a positive integer, got {self.early_stopping!r}")
             if not self.val_fraction:
                 raise ConfigError("--early-stopping watches the validation loss: give --val-fraction too")

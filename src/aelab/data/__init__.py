@@ -103,6 +103,8 @@ def load_test_split(
     (`aelab evaluate RUN --test-dataset NAME`). Never downloads. For an IDX set only its two test files are
     needed, MD5-verified, in DATA_DIR/NAME/ or in DATA_DIR itself (e.g. ../shared/data/mnist-idx/)."""
     name = os.fspath(dataset)
+    if not name.strip():
+        raise DataError("--test-dataset needs a dataset name or path")
     if name in IDX_DATASETS:
         files = IDX_DATASETS[name].files
         root = datasets.data_dir(data_dir)

@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def images_to_nchw(a: np.ndarray, where: str) -> np.ndarray:
     elif a.ndim == 3:
         a = a[:, None]
     elif a.ndim == 4:
-        if a.shape[3] in (1, 3) and a.shape[1] not in (1, 3):  # channels last, as PIL and matplotlib give them
+        if a.shape[3] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):  # channels last, as PIL and matplotlib give them
             a = a.transpose(0, 3, 1, 2)
     else:
         raise DataError(f"{where}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got shape {a.shape}")
@@ -122,6 +123,8 @@ def labels_array(y, n: int, where: str) -> np.ndarray:
         y = y.astype(np.int64)
     if y.dtype.kind not in "iub":
         raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.dtype.kind == "u" and len(y) and int(y.max()) >= 2**63:
+        raise DataError(f"{where}: label {int(y.max())} does not fit a 64-bit signed integer")
     if len(y) and y.min() < 0:
         raise DataError(f"{where}: labels must be >= 0, found {int(y.min())}")
     return y.astype(np.int64)
@@ -148,11 +151,11 @@ def holdout_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[
     n_classes = len(counts)
     if labeled and counts.min() >= 2 and n_test >= n_classes and n - n_test >= n_classes:
         tr, te = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed)
-        how = f"stratified hold-out of {n_test} of {n} images (test_fraction {test_fraction:g}, seed {seed})"
+        how = f"stratified hold-out of {n_test} of {n} images (fraction {test_fraction:g}, seed {seed})"
     else:
         tr, te = train_test_split(idx, test_size=n_test, random_state=seed)
         why = "unlabeled" if not labeled else "a class has fewer than 2 images"
-        how = f"random hold-out of {n_test} of {n} images ({why}; test_fraction {test_fraction:g}, seed {seed})"
+        how = f"random hold-out of {n_test} of {n} images ({why}; fraction {test_fraction:g}, seed {seed})"
     return tr, te, how
 
 
@@ -339,8 +342,9 @@ def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str]]:
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
     dirs = [e.path for e in entries if e.is_dir() and not e.name.startswith(".")]
+    # regular files only (symlinks to them too): a FIFO or a link to /dev/zero would be read forever
     loose = [e.path for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)]
-    skipped = [e.path for e in entries if not e.is_dir() and not e.name.lower().endswith(IMAGE_SUFFIXES)]
+    skipped = [e.path for e in entries if not e.is_dir() and e.path not in loose]
     if dirs and loose:
         raise DataError(
             f"{folder}: holds both class folders ({os.path.basename(dirs[0])}, ...) and loose images "
@@ -355,8 +359,10 @@ def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str]]:
         for dirpath, dirnames, filenames in os.walk(d):
             dirnames.sort()
             for f in sorted(filenames):
-                (files if f.lower().endswith(IMAGE_SUFFIXES) else skipped).append(os.path.join(dirpath, f))
-                if f.lower().endswith(IMAGE_SUFFIXES):
+                path = os.path.join(dirpath, f)
+                image = f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(path)
+                (files if image else skipped).append(path)
+                if image:
                     classes.append(name)
     return files, classes, skipped
 
@@ -400,7 +406,12 @@ def _decode_all(files: list[str], image_size, progress: bool, desc: str) -> np.n
     images: list[np.ndarray] = []
     first = None
     blocks = [files[i : i + 512] for i in range(0, len(files), 512)]  # one task per block: futures cost too
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+    from PIL import Image
+
+    # Pillow warns (on stderr, several lines) between 89 and 179 Mpixel and refuses above: the refusal is our one
+    # line; the warning is not needed
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for block, decoded in zip(blocks, pool.map(lambda b: [_decode(p, image_size) for p in b], blocks)):
             for path, img in zip(block, decoded):
                 if first is None:
@@ -430,8 +441,11 @@ def _files_hash(root: Path, files: list[str], image_size) -> str:
     def block_digest(block: list[str]) -> bytes:
         h = hashlib.sha256()
         for p in block:
-            with open(p, "rb") as f:
-                data = f.read()
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise DataError(f"{p}: cannot read it ({e.strerror or e})") from None
             h.update(f"{p[prefix:]}\0{len(data)}\0".encode())
             h.update(data)
         return h.digest()
@@ -464,7 +478,7 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     all_files = [f for files, _, _ in listed.values() for f in files]
     key = _files_hash(root, all_files, None if image_size is None else list(image_size))
     cache = Path(cache_dir or datasets.data_dir()) / "folders" / f"{key}.npz"
-    arrays = _read_cache(cache)
+    arrays = _read_cache(cache, {split: len(files) for split, (files, _, _) in listed.items()})
     if arrays is None:
         arrays = {}
         for split, (files, _, _) in listed.items():
@@ -498,7 +512,7 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     return _finish(x, ys["train"], x_test, ys.get("test"), info, test_fraction, split_seed)
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+def _read_cache(path: Path, counts: dict[str, int]) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when absent or not what this version writes (a cache file is untrusted:
     a bad one is ignored and rebuilt, never trusted)."""
     if not path.is_file():
@@ -508,8 +522,10 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
             arrays = {k: f[k] for k in f.files}
     except (ValueError, OSError, EOFError, KeyError):
         return None
-    ok = "x_train" in arrays and set(arrays) <= {"x_train", "x_test"}
-    ok = ok and all(a.dtype == np.uint8 and a.ndim == 4 for a in arrays.values())
+    ok = set(arrays) == {f"x_{split}" for split in counts}
+    ok = ok and all(a.dtype == np.uint8 and a.ndim == 4 and 0 not in a.shape for a in arrays.values())
+    ok = ok and all(len(arrays[f"x_{split}"]) == n for split, n in counts.items())
+    ok = ok and len({a.shape[1:] for a in arrays.values()}) == 1
     return arrays if ok else None
 
 
