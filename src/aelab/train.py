@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from . import data as datamod
 from . import models, runs, tracking
-from .data.sources import holdout_split
+from .data.sources import validation_split
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .options import MAX_COUNT, MAX_SEED
 
@@ -269,9 +269,8 @@ def load_data(
     val_x = None
     info = dict(data.info)
     if cfg.val_fraction:
-        keep, held, how = holdout_split(train_y.numpy(), cfg.val_fraction, seed=0)
+        keep, held, info["validation"] = validation_split(train_y.numpy(), cfg.val_fraction)
         train_x, val_x = train_x[torch.from_numpy(keep)], train_x[torch.from_numpy(held)].to(device)
-        info["validation"] = f"{how}, carved from the train split"
     return train_x.to(device), val_x, data.test_x.to(device), info
 
 

@@ -159,6 +159,16 @@ def holdout_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[
     return tr, te, how
 
 
+VALIDATION_SEED = 0
+
+
+def validation_split(train_labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """(kept train indices, validation indices, description): the validation split carved from a train split,
+    the one definition that the trainer and the experiments' selection share."""
+    keep, held, how = holdout_split(np.asarray(train_labels), fraction, VALIDATION_SEED)
+    return keep, held, f"{how}, carved from the train split"
+
+
 def _finish(
     x: np.ndarray,
     y: np.ndarray | None,

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import data as datamod
 from .. import report, runs
-from ..data.sources import holdout_split
+from ..data.sources import validation_split
 from ..errors import DataError
 from ..evaluate import evaluate
 from ..metrics.codes import encode_all, probe_accuracy
@@ -183,15 +183,12 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
 def validation_probe_accuracy(run_dir: str | Path) -> float:
     """Probe accuracy of a run's codes on its validation split: logistic regression fitted on the codes of the
     train split minus validation, scored on the validation codes. The split is carved as train.py carves it
-    (holdout_split of the train split after train_limit, seed 0); the test split is never looked at."""
+    (aelab.data.sources.validation_split of the train split after train_limit); the test split is never looked at."""
     config = runs.read_config(run_dir)
     if not config.get("val_fraction"):
         raise DataError(f"{run_dir} was trained without a validation split (val_fraction 0)")
-    data = datamod.get(config["dataset"], config.get("dataset_options", {}), download=False, write_cache=False)
-    train_x, train_y = data.train_x, data.train_y
-    if config.get("train_limit"):
-        train_x, train_y = train_x[: config["train_limit"]], train_y[: config["train_limit"]]
-    keep, held, _ = holdout_split(train_y.numpy(), config["val_fraction"], seed=0)
+    train_x, train_y, _, _ = runs.run_data(config)  # the run's train split, after train_limit
+    keep, held, _ = validation_split(train_y.numpy(), config["val_fraction"])
     codes = encode_all(runs.load_model(run_dir), train_x).numpy()
     labels = train_y.numpy()
     return probe_accuracy(codes[keep], labels[keep], codes[held], labels[held])
