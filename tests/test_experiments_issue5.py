@@ -47,6 +47,9 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
     ]
     assert main(argv) == 0
     assert (out / "report.html").exists() and (out / "report.md").exists()
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["selection_split"] == "validation" and summary["seeds"] == [0]
+    out = out / "seed-0"
     assert "ROC and precision-recall curves" in (out / "report.html").read_text()
     assert (out / "figures" / "roc_pr.png").exists() and (out / "figures" / "roc_pr_best.png").exists()
     result = json.loads((out / "results.json").read_text())
@@ -73,10 +76,47 @@ def test_debias_end_to_end(tmp_path, monkeypatch):
     assert torch.equal(images, colored["images"][:300]) and torch.equal(digit_arg, digits[:300])
     assert not any(isinstance(v, torch.Tensor) for v in list(args[3:]) + list(kwargs.values()))
     # and the metrics are those of the returned scores
+    # (graded on the test images: the train images outside the validation split)
+    from aelab.data.sources import validation_split
+
+    keep, held, _ = validation_split(digits[:300].numpy(), 0.1)
+    splits = result["splits"]
+    assert (splits["train"], splits["validation"], splits["test"]) == (300, len(held), len(keep)) == (300, 30, 270)
     auroc_0 = result["methods"]["gce_ce"]["per_class"][0]["auroc"]
-    scores = real_score_samples(images, digit_arg, n_models=1, gce_epochs=1, seed=0)["gce_ce"]
-    m = digits[:300].numpy() == 0
-    assert auroc_0 == pytest.approx(ranking.auroc(scores[m], conflicting[m]))
+    scores = real_score_samples(images, digit_arg, n_models=1, gce_epochs=1, seed=0)["gce_ce"][keep]
+    m = digits[:300].numpy()[keep] == 0
+    assert auroc_0 == pytest.approx(ranking.auroc(scores[m], conflicting[keep][m]))
+    # the summary row is this seed's row
+    row = next(r for r in summary["tables"][result["table_order"][0]] if r["method"] == "gce_ce")
+    assert row["metrics"]["AUROC"]["values"] == [result["methods"]["gce_ce"]["mean"]["auroc"]]
+    assert row["metrics"]["AUROC"]["ci95"] is None
+
+
+def test_debias_k_is_chosen_on_validation_colours_only(tmp_path, monkeypatch):
+    """Scrambling the colour labels of the test images (outside validation) changes the grades, not the k."""
+    from aelab.data.sources import validation_split
+    from aelab.experiments import debias
+
+    tiny = dict(dataset_source="digits", train_limit=300, aligned_ratio=0.8, ae_epochs=1, n_models=1, gce_epochs=1)
+    tiny.update(tsne_points=40, no_progress=True, figures=False)
+    debias.run_one(debias.Settings(out=str(tmp_path / "clean"), **tiny))
+    real = debias.load_biased_train_split
+
+    def scrambled(*args, **kwargs):
+        images, digits, colours, conflicting = real(*args, **kwargs)
+        keep, _, _ = validation_split(digits.numpy(), 0.1)
+        conflicting = conflicting.clone()
+        conflicting[torch.from_numpy(keep)] = torch.rand(len(keep), generator=torch.Generator().manual_seed(1)) < 0.5
+        return images, digits, colours, conflicting
+
+    monkeypatch.setattr(debias, "load_biased_train_split", scrambled)
+    debias.run_one(debias.Settings(out=str(tmp_path / "noisy"), **tiny))
+    clean, noisy = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("clean", "noisy"))
+    assert clean["methods"]["gce_knn"]["mean"] != noisy["methods"]["gce_knn"]["mean"]  # the grades did change
+    assert clean["k_choice"] == noisy["k_choice"]
+    for method, choice in clean["k_choice"].items():  # the chosen k has the best validation AUROC
+        best = max(range(len(choice["grid"])), key=lambda i: (choice["validation_auroc"][i], -i))
+        assert choice["chosen_k"] == choice["grid"][best], method
 
 
 @pytest.mark.parametrize(
@@ -112,8 +152,12 @@ def test_binary_end_to_end(tmp_path):
         == 0
     )
     assert (out / "report.html").exists()
+    out = out / "seed-0"
     result = json.loads((out / "results.json").read_text())
-    assert {"rows", "protocol", "data", "settings", "runs"} <= result.keys()
+    assert {"rows", "protocol", "data", "settings", "runs", "splits", "tables"} <= result.keys()
+    assert (result["splits"]["train"], result["splits"]["validation"]) == (270, 30)
+    config = json.loads((out / "binary" / "config.json").read_text())
+    assert config["val_fraction"] == 0.1 and config["early_stopping"] == 5  # the epoch is chosen on validation
     rows = {r["code"].split()[0]: r for r in result["rows"]}
     assert set(rows) == {"binary", "float", "PCA-sign"}
     assert rows["binary"]["bits per image"] == 16 and rows["float"]["bits per image"] == 32 * 16

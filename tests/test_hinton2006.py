@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -46,32 +47,18 @@ def test_pretrained_model_before_finetuning_is_the_stack_up_down_pass(tmp_path):
 
 def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     out = tmp_path / "h"
-    code = main(
-        [
-            "experiment",
-            "hinton2006",
-            "--dataset",
-            "digits",
-            "--layers",
-            "64-32-16-2",
-            "--epochs",
-            "2",
-            "--pretrain-epochs",
-            "1",
-            "--train-limit",
-            "300",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert code == 0
+    argv = ["experiment", "hinton2006", "--dataset", "digits", "--layers", "64-32-16-2", "--epochs", "2"]
+    argv += ["--pretrain-epochs", "1", "--train-limit", "300", "--seeds", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    methods = [r["method"] for r in results["rows"]]
+    assert results["selection_split"] == "validation" and results["seeds"] == [0, 1]
+    assert (results["splits"]["train"], results["splits"]["validation"], results["splits"]["test"]) == (270, 30, 360)
+    rows = results["tables"]["test split"]
+    methods = [r["method"] for r in rows]
     assert methods == ["raw pixels", "PCA (2-D)", "deep AE, random init", "deep AE, RBM-pretrained"]
-    assert results["data"]["fit_split"] == "train" and results["data"]["n_train"] == 300
-    pca_row = results["rows"][1]
-    # PCA's recon_sse, recomputed independently with numpy's SVD on the same splits
+    assert list(results["tables"]) == ["test split"]  # no official test set for 8x8 digits
+    per_seed = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+    # PCA's recon_sse, recomputed independently with numpy's SVD on the same splits (train + validation)
     from aelab.data import load
 
     xtr = load("digits", "train")[0][:300].flatten(1).double()
@@ -79,6 +66,54 @@ def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     mean = xtr.mean(0)
     _, _, vt = torch.linalg.svd(xtr - mean, full_matrices=False)
     proj = (xte - mean) @ vt[:2].T @ vt[:2] + mean
-    assert abs(((proj - xte) ** 2).sum(1).mean().item() - pca_row["recon_sse"]) < 1e-3
-    assert (out / "fig3.png").exists() and (out / "report.html").exists()
+    pca_sse = ((proj - xte) ** 2).sum(1).mean().item()
+    assert abs(rows[1]["metrics"]["recon_sse"]["mean"] - pca_sse) < 1e-3
+    for i, seed_result in enumerate(per_seed):
+        for name in ("deep AE, random init", "deep AE, RBM-pretrained"):
+            sweep = seed_result["sweeps"][name]
+            # the chosen weight cost has the lowest validation recon_sse (the first of equals)
+            assert sweep["chosen_index"] == min(range(len(sweep["scores"])), key=lambda j: (sweep["scores"][j], j))
+            seed_row = next(r for r in seed_result["tables"]["test split"] if r["method"] == name)
+            row = next(r for r in rows if r["method"] == name)
+            assert row["metrics"]["recon_sse"]["values"][i] == seed_row["recon_sse"]
+            assert row["chosen_per_seed"]["weight cost (chosen)"][i] == sweep["grid"][sweep["chosen_index"]]
+            assert seed_row["ratio to PCA"] == pytest.approx(seed_row["recon_sse"] / pca_sse, rel=1e-4)
+    (diff,) = results["paired_differences"]
+    values = lambda name: next(r for r in rows if r["method"] == name)["metrics"]["recon_sse"]["values"]
+    expected = [a - b for a, b in zip(values("deep AE, RBM-pretrained"), values("deep AE, random init"))]
+    assert diff["difference"]["values"] == pytest.approx(expected)
+    assert (out / "seed-0" / "fig3.png").exists() and (out / "report.html").exists()
+    assert (out / "seed-0" / "map-raw-pixels.png").exists() and not (out / "seed-1" / "map-raw-pixels.png").exists()
     assert "The paper's Fig. 3" in (out / "report.md").read_text()
+
+
+def test_hinton2006_selection_never_looks_at_the_test_split(tmp_path, monkeypatch):
+    """Garbage test images and labels change the logged test loss, but no validation score and no choice."""
+    import dataclasses
+
+    from aelab import data as datamod
+    from aelab.experiments import hinton2006
+
+    tiny = dict(dataset="digits", layers="64-16-2", epochs=3, pretrain_epochs=1, train_limit=200, no_progress=True)
+    tiny.update(weight_decay=[0.0, 1e-2], patience=1)
+    hinton2006.run_one(hinton2006.Settings(out=str(tmp_path / "clean"), **tiny))
+    real_get = datamod.get
+
+    def garbage_test_split(*args, **kwargs):
+        data = real_get(*args, **kwargs)
+        noise = torch.Generator().manual_seed(5)
+        return dataclasses.replace(
+            data,
+            test_x=torch.rand(data.test_x.shape, generator=noise),
+            test_y=torch.randint(0, 10, data.test_y.shape, generator=noise),
+        )
+
+    monkeypatch.setattr(datamod, "get", garbage_test_split)
+    hinton2006.run_one(hinton2006.Settings(out=str(tmp_path / "noisy"), **tiny))
+    clean, noisy = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("clean", "noisy"))
+    last = lambda n, run: json.loads((tmp_path / n / run / "metrics.jsonl").read_text().splitlines()[-1])
+    run = clean["sweeps"]["deep AE, random init"]["runs"][0]
+    assert last("clean", run)["test_loss"] != last("noisy", run)["test_loss"]  # the garbage reached the runs
+    for name, sweep in clean["sweeps"].items():
+        for key in ("scores", "chosen_index", "best_epochs"):
+            assert noisy["sweeps"][name][key] == sweep[key], (name, key)

@@ -95,7 +95,7 @@ def curve_panels(names, units: dict[str, str] | None = None) -> dict[str, list[s
 def plot_curves(
     histories: dict[str, list[dict]],
     path: str | Path,
-    keys=("train_loss", "test_loss"),
+    keys=("train_loss", "val_loss", "test_loss"),
     title: str = "loss per epoch",
     units: dict[str, str] | None = None,
 ) -> Path:
@@ -107,12 +107,17 @@ def plot_curves(
         for name in names:
             rows = [h for h in histories[name] if "train_loss" in h]
             for key in keys:
+                points = [(h["epoch"], h[key]) for h in rows if key in h]
+                if not points:  # e.g. val_loss of a run without a validation split
+                    continue
                 ax.plot(
-                    [h["epoch"] for h in rows],
-                    [h[key] for h in rows],
+                    *zip(*points),
                     label=f"{name} {key}",
-                    linestyle="-" if key.startswith("train") else "--",
+                    linestyle="-" if key.startswith("train") else ":" if key.startswith("val") else "--",
                 )
+            kept = [h["best_epoch"] for h in rows if h.get("best_epoch")]
+            if kept:  # early stopping: the epoch whose weights the run keeps
+                ax.axvline(kept[-1], color="0.5", linewidth=0.8, linestyle="-.")
         ax.set_xlabel("epoch")
         ax.set_ylabel(unit)
         ax.set_title(title)
@@ -207,6 +212,25 @@ def plot_validation_sweeps(sweeps: dict[str, dict], path: str | Path) -> Path:
         ax.set_title(family)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(next(iter(sweeps.values()))["ylabel"])
+    return save_png(fig, path)
+
+
+def plot_intervals(points: dict[str, dict], label: str, path: str | Path) -> Path:
+    """One row per method: its mean over seeds (bar end), 95% interval (whisker) and each seed's value (dots).
+    `points` maps a method to aelab.metrics.intervals.summarize's dict; one seed draws no whisker."""
+    names = list(points)
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 1.2))
+    for i, name in enumerate(names):
+        s = points[name]
+        ax.plot(s["values"], [i] * len(s["values"]), "o", color="0.6", markersize=3, zorder=1)
+        if s["ci95"] is not None:
+            lo, hi = s["ci95"]
+            ax.errorbar(s["mean"], i, xerr=[[s["mean"] - lo], [hi - s["mean"]]], fmt="none", ecolor="k", capsize=4)
+        ax.plot([s["mean"]], [i], "D", color="C0", zorder=2)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(label)
+    ax.grid(axis="x", alpha=0.3)
     return save_png(fig, path)
 
 

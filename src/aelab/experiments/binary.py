@@ -22,9 +22,29 @@ from ..metrics.codes import encode_all, probe_accuracy, reconstruct_all
 from ..metrics.reconstruction import linear_decoder_sse, sse_per_image
 from ..metrics.retrieval import bits_per_image, encode_codes, hamming_retrieval, pca_sign_codes
 from ..models.binary import BACKWARD_RULES
-from ..options import opt, positive_int, seed_value
+from ..options import fraction, opt, positive_int, seed_value
 from ..train import TrainConfig
-from .common import train_or_resume
+from . import multiseed
+from .common import jobs_field, seeds_field, splits_of, train_or_resume, train_split_size, val_fraction_for
+
+ROW_KEY = "code"
+PAIRS = [("binary AE", "float AE", "mAP"), ("binary AE", "PCA-sign", "mAP")]
+PLOT_COLUMNS = ["mAP", "recon_sse"]
+COLUMNS = [
+    "STE",
+    "bits per image",
+    "recon_sse",
+    "recon_mse",
+    "precision@10",
+    "precision@100",
+    "mAP",
+    "probe_accuracy",
+    "distinct train codes",
+    "epoch kept",
+    "time (s)",
+]
+FIXED_COLUMNS = ["bits per image"]
+CHOICE_COLUMNS = ["epoch kept"]
 
 PROTOCOL = {
     "database": "train codes",
@@ -53,6 +73,19 @@ class Settings:
     train_limit: int | None = field(
         default=None, metadata=opt("use only the first N training images", parse=positive_int)
     )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=opt(
+            "validation share of the train images (stratified, seed 0; at most 500 images) that picks each "
+            "model's epoch",
+            parse=fraction,
+        ),
+    )
+    patience: int = field(
+        default=5, metadata=opt("stop after this many epochs without a better validation loss", parse=positive_int)
+    )
+    seeds: int = seeds_field()
+    jobs: int = jobs_field()
     quick: bool = field(default=False, metadata=opt("3 epochs (about 2 minutes)"))
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
@@ -68,10 +101,18 @@ def _retrieval(train_codes, train_y, test_codes, test_y) -> dict[str, float]:
 
 
 def run(settings: Settings) -> Path:
+    """Every seed's run_one into OUT/seed-<s>/, then the rows over seeds (aelab.experiments.multiseed)."""
+    import sys
+
+    return multiseed.run(sys.modules[__name__], settings)
+
+
+def run_one(settings: Settings) -> Path:
     t_start = time.perf_counter()
     out = Path(settings.out)
     epochs = settings.epochs or (3 if settings.quick else 20)
     rows, run_dirs, histories, units, recon_rows = [], {}, {}, {}, None
+    n_train = train_split_size(settings.dataset, settings.data_dir, settings.train_limit)
     for name, options in [
         ("binary", {"bits": settings.bits, "backward": settings.backward}),
         ("float", {"bits": settings.bits, "float_bottleneck": True}),
@@ -85,10 +126,13 @@ def run(settings: Settings) -> Path:
             train_limit=settings.train_limit,
             epochs=epochs,
             seed=settings.seed,
+            val_fraction=val_fraction_for(n_train, settings.val_fraction),
+            early_stopping=settings.patience,
             out=str(out / name),
         )
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)
-        model = runs.load_model(run_dir)
+        model = runs.load_model(run_dir)  # the weights of the best validation epoch
+        config = runs.read_config(run_dir)
         train_x, train_y, test_x, test_y = runs.run_data(runs.read_config(run_dir), settings.data_dir)
         test_hat = reconstruct_all(model, test_x)
         sse = sse_per_image(test_x.numpy(), test_hat.numpy())
@@ -100,7 +144,9 @@ def run(settings: Settings) -> Path:
             train_codes, test_codes = (probe_tr > 0.5).astype(np.uint8), (probe_te > 0.5).astype(np.uint8)
         rows.append(
             {
-                "code": f"{name} AE ({settings.backward} STE)" if name == "binary" else "float AE (sigmoid code)",
+                "code": f"{name} AE",
+                "STE": settings.backward if name == "binary" else "none (sigmoid code)",
+                "epoch kept": int(max(h.get("best_epoch", 0) for h in runs.read_history(run_dir))),
                 "bits per image": bits_per_image(model),
                 "recon_sse": float(sse.mean()),
                 "recon_mse": float(sse.mean() / test_x[0].numel()),
@@ -128,6 +174,8 @@ def run(settings: Settings) -> Path:
         rows.append(
             {
                 "code": "PCA-sign",
+                "STE": "none (signs of PCA)",
+                "epoch kept": None,
                 "bits per image": settings.bits,
                 "recon_sse": float(sse.mean()),
                 "recon_mse": float(sse.mean() / x_te[0].size),
@@ -149,10 +197,21 @@ def run(settings: Settings) -> Path:
             "Test images (top), binary AE, float AE reconstructions",
             report.plot_image_rows(recon_rows, ["input", "binary", "float"], fig_dir / "reconstructions.png"),
         ),
-        ("Loss per epoch", report.plot_curves(histories, fig_dir / "loss.png", units=units)),
+        (
+            "Loss per epoch (train solid, validation and test dashed; the kept epoch has the best validation loss)",
+            report.plot_curves(histories, fig_dir / "loss.png", units=units),
+        ),
     ]
+    title = f"Binary codes: {settings.bits}-bit STE autoencoder vs float bottleneck vs PCA-sign"
     result = {
         "experiment": "binary",
+        "title": title,
+        "selection_split": "validation",
+        "selection": "each model's epoch: the best validation loss (early stopping, patience "
+        f"{settings.patience}); the test split chooses nothing",
+        "splits": splits_of(config),
+        "tables": {"test split": rows},
+        "figures": [[caption, str(Path(path).relative_to(out))] for caption, path in figures],
         "rows": rows,
         "protocol": PROTOCOL,
         "runs": run_dirs,
@@ -176,7 +235,9 @@ def run(settings: Settings) -> Path:
     runs.write_json(out / "results.json", result)
     notes = [
         f"Data: {settings.dataset}, {len(x_tr)} train images (the retrieval database) / {len(x_te)} test images "
-        f"(the queries); relevant = same digit. {epochs} epochs, seed {settings.seed}.",
+        f"(the queries); relevant = same digit. At most {epochs} epochs, seed {settings.seed}; each model keeps "
+        f"the epoch of its best validation loss ({config['n_val']} validation images carved from train, "
+        "stratified, seed 0; the database still holds every train image).",
         "Float baseline: retrieval uses its sigmoid code thresholded at 0.5 (Hamming ranking); its "
         "reconstruction and probe use the float code (32 bits per number, hence 32x the bits per image).",
         "PCA-sign: the reconstruction is the least-squares affine decoder from the bits, fitted on train.",
@@ -185,7 +246,7 @@ def run(settings: Settings) -> Path:
     ] + ([notes_pca] if notes_pca else [])
     return report.write_report(
         out,
-        f"Binary codes: {settings.bits}-bit STE autoencoder vs float bottleneck vs PCA-sign",
+        title,
         [("Reconstruction and retrieval on the test split", rows)],
         figures,
         notes,

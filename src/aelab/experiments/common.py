@@ -2,12 +2,75 @@
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 
+from .. import data as datamod
+from ..errors import DataError
+from ..options import opt, positive_int
 from ..train import TrainConfig, train
+
+# the validation split every experiment carves from its train images (stratified, seed 0): 10%, at most 500
+VAL_FRACTION_MAX_IMAGES = 500
+
+
+def seeds_field(default: int = 1):
+    return field(
+        default=default,
+        metadata=opt(
+            "run with seeds SEED .. SEED+N-1 (OUT/seed-<s>/ each) and report mean, std and 95% interval over them",
+            parse=positive_int,
+        ),
+    )
+
+
+def jobs_field():
+    return field(default=1, metadata=opt("seeds run in this many processes at once", parse=positive_int))
+
+
+def val_fraction_for(n_train: int, fraction: float = 0.1) -> float:
+    """`fraction` of the train images, or VAL_FRACTION_MAX_IMAGES of them if that is fewer (the protocol's
+    default: 10% or 500 images, whichever is smaller)."""
+    return min(fraction, VAL_FRACTION_MAX_IMAGES / max(1, n_train))
 
 
 def train_or_resume(cfg: TrainConfig, progress: bool = True, log=print) -> Path:
     """Train cfg into cfg.out, continuing from its checkpoint when an interrupted experiment left one."""
     resume = (Path(cfg.out) / "checkpoint.safetensors").exists()
     return train(cfg, resume=resume, progress=progress, log=log if progress else (lambda *a: None))
+
+
+def train_split_size(dataset, data_dir=None, train_limit: int | None = None, options: dict | None = None) -> int:
+    """How many train images a run of this dataset sees before its validation split is carved."""
+    n = len(datamod.get(dataset, options, data_dir).train_x)
+    return min(n, train_limit) if train_limit else n
+
+
+def splits_of(config: dict) -> dict:
+    """The three splits of a run's config.json: sizes, and how the validation split was carved."""
+    return {
+        "train": config["n_train"],
+        "validation": config["n_val"],
+        "test": config["n_test"],
+        "validation_split": (config.get("data_info") or {}).get("validation"),
+        "note": "validation is carved from the dataset's train split and chooses; test is scored once",
+    }
+
+
+OFFICIAL_TEST = "mnist"  # the 10k official MNIST test set, scored when --data-dir holds its t10k files
+
+
+def official_test_status(data_dir: str | None, input_shape: tuple[int, ...]) -> tuple[bool, str]:
+    """(whether the official MNIST test set can be scored, what the report says about it)."""
+    if not data_dir:
+        return False, "Official MNIST test set: not available (no --data-dir given); only the dataset's test split."
+    try:
+        x, _, where = datamod.load_test_split(OFFICIAL_TEST, data_dir)
+    except DataError as e:
+        return False, f"Official MNIST test set: not available ({e}); only the dataset's test split."
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        return (
+            False,
+            f"Official MNIST test set: not applicable (images {tuple(x.shape[1:])}, models take {input_shape}).",
+        )
+    return True, f"Official MNIST test set: {len(x)} images from {where}, scored once per chosen run and seed."

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from .. import data as datamod
 from .. import report, runs
 from ..data.sources import validation_split
 from ..errors import DataError
@@ -39,7 +38,7 @@ from ..metrics.codes import encode_all, probe_accuracy
 from ..metrics.intervals import format_interval, paired_difference, summarize
 from ..options import float_list, fraction, fraction_list, opt, positive_float_list, positive_int, seed_value
 from ..train import TrainConfig
-from .common import train_or_resume
+from .common import OFFICIAL_TEST, official_test_status, train_or_resume
 
 # Rifai et al. 2011, Table 1 (MNIST, 1000 hidden units, then supervised fine-tuning of the whole network)
 RIFAI_TABLE_1 = [
@@ -57,7 +56,6 @@ GRIDS = {
     "DAE-b": ((0.1, 0.25, 0.5), (0.25,)),
     "CAE": ((0.1, 0.3, 1.0, 3.0), (0.3, 1.0)),
 }
-OFFICIAL_TEST = "mnist"  # the 10k official MNIST test set, scored when --data-dir holds its t10k files
 # (metric key in eval.json, column name, bounds for the interval)
 METRICS = [
     ("probe_accuracy", "probe acc", (0.0, 1.0)),
@@ -224,22 +222,6 @@ def select_settings(settings: Settings) -> dict[str, dict]:
             "runs": run_dirs,
         }
     return sweeps
-
-
-def official_test_status(data_dir: str | None, input_shape: tuple[int, ...]) -> tuple[bool, str]:
-    """(whether the official MNIST test set can be scored, what the report says about it)."""
-    if not data_dir:
-        return False, "Official MNIST test set: not available (no --data-dir given); only the dataset's test split."
-    try:
-        x, _, where = datamod.load_test_split(OFFICIAL_TEST, data_dir)
-    except DataError as e:
-        return False, f"Official MNIST test set: not available ({e}); only the dataset's test split."
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        return (
-            False,
-            f"Official MNIST test set: not applicable (images {tuple(x.shape[1:])}, models take {input_shape}).",
-        )
-    return True, f"Official MNIST test set: {len(x)} images from {where}, scored once per chosen run and seed."
 
 
 def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: bool) -> tuple[dict, dict | None]:

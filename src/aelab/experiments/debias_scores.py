@@ -244,6 +244,7 @@ def score_samples(
     seed: int = 0,
     pca_components: int = 20,
     timings: dict | None = None,
+    representations: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every training sample by every method of `METHODS` (higher = more likely bias-conflicting).
 
@@ -251,7 +252,8 @@ def score_samples(
     reach a score. `ae_model` is an autoencoder already trained on the same images (unsupervised); without
     it the ae_* methods are skipped. Returns {method name: scores (N,) float64}; `timings`, if given, receives
     the seconds each method took (shared work, such as encoding or training the biased MLPs, is charged to
-    the first method that needs it).
+    the first method that needs it). `representations`, if given, receives the features the kNN scores use:
+    "ae_codes" (with an autoencoder) and "gce_log_probs", so that other k can be scored without training again.
     """
     digits = torch.as_tensor(digits).long()
     y = digits.numpy()
@@ -271,9 +273,13 @@ def score_samples(
 
         record("ae_recon", reconstruction_error_scores(ae_model, images))
         codes = encode_all(ae_model, images).double().numpy()
+        if representations is not None:
+            representations["ae_codes"] = codes
         record("ae_knn", knn_distance_scores(codes, y, k))
         record("ae_gauss", gaussian_nll_scores(codes, y))
     log_probs = biased_log_probabilities(images, digits, n_models=n_models, epochs=gce_epochs, q=q, seed=seed)
+    if representations is not None:
+        representations["gce_log_probs"] = log_probs
     record("gce_ce", cross_entropy_scores(log_probs, y))
     record("gce_knn", knn_distance_scores(log_probs, y, k))
     record("rank_avg(gce_ce,gce_knn)", rank_average([scores["gce_ce"], scores["gce_knn"]], y))

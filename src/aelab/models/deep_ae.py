@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .ae import check_positive_sizes, reconstruction_loss
+from .ae import WEIGHT_LAYERS, check_positive_sizes, reconstruction_loss
 from .base import Autoencoder
 from .rbm import RBM, pretrain_stack
 
@@ -44,7 +44,9 @@ class DeepAutoencoder(Autoencoder):
     D_i starts as a copy of W_i after `load_rbms` (untied, as in the paper) and is independent
     otherwise. Random init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases (as nn.Linear).
     Loss per image, summed over pixels, averaged over the batch: bce = cross-entropy of the logistic
-    outputs (the paper's fine-tuning objective), mse = sum of squared errors.
+    outputs (the paper's fine-tuning objective), mse = sum of squared errors. weight_decay = lambda adds
+    lambda * sum of squared weights (biases excluded) to the fine-tuning loss; the "recon" term stays the
+    reconstruction loss alone.
     """
 
     name = "deep-ae"
@@ -57,6 +59,7 @@ class DeepAutoencoder(Autoencoder):
         loss: str = "bce",
         init: str = "random",
         pretrain_epochs: int = 50,
+        weight_decay: float = 0.0,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
     ):
@@ -64,6 +67,10 @@ class DeepAutoencoder(Autoencoder):
         if init not in ("random", "rbm"):
             raise ValueError(f"unknown init {init!r}; choose from random, rbm")
         check_positive_sizes(pretrain_epochs=pretrain_epochs)
+        if not (isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+        if not math.isfinite(weight_decay):
+            raise ValueError(f"weight_decay must be finite, got {weight_decay!r}")
         if isinstance(layers, str):
             if layers not in LAYER_PRESETS:
                 raise ValueError(f"unknown layers preset {layers!r}; choose from {', '.join(LAYER_PRESETS)}")
@@ -82,6 +89,7 @@ class DeepAutoencoder(Autoencoder):
             loss=loss,
             init=init,
             pretrain_epochs=pretrain_epochs,
+            weight_decay=weight_decay,
         )
         self.layers = sizes
         self.latent = sizes[-1]
@@ -192,6 +200,16 @@ class DeepAutoencoder(Autoencoder):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decode_logits(z)).reshape(-1, *self.input_shape)
 
+    def weight_penalty(self) -> torch.Tensor:
+        """Sum of squared weights, encoder and decoder (biases excluded): Hinton's weight cost, here in
+        fine-tuning too. A user's modules contribute the weights of their Linear and conv layers."""
+        weights = [*self.encoder_weights, *self.decoder_weights]
+        weights += [m.weight for m in self.modules() if isinstance(m, WEIGHT_LAYERS)]
+        return sum(w.pow(2).sum() for w in weights)
+
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon = reconstruction_loss(self.decode_logits(self.encode(x)), x, self.options["loss"], logits=True).mean()
-        return {"recon": recon, "loss": recon}
+        terms = {"recon": recon, "loss": recon}
+        if self.options["weight_decay"]:
+            terms["loss"] = recon + self.options["weight_decay"] * self.weight_penalty()
+        return terms
