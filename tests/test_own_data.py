@@ -407,6 +407,14 @@ def test_evaluate_on_the_official_mnist_test_set(tmp_path, shared_idx, capsys):
     expected = pca_reconstruction_sse(train_x[:300].numpy(), test_x.numpy(), 4)
     assert result["metrics"]["pca_sse"] == pytest.approx(expected, rel=1e-5)
     assert result["metrics"]["pca_sse"] != pytest.approx(json.loads(own)["metrics"]["pca_sse"], rel=1e-3)
+    # the raw-pixel probe is scored on the 10k digits too, not taken from the run's own test split (a cache once
+    # keyed by the train data only returned the first test set's number in the same process)
+    from aelab.metrics.codes import probe_accuracy
+
+    train_y = datamod.load("mnist5k", "train")[1][:300].numpy()
+    test_y = datamod.read_idx(shared_idx / "t10k-labels-idx1-ubyte.gz")
+    raw = probe_accuracy(train_x[:300].flatten(1).numpy(), train_y, test_x.flatten(1).numpy(), test_y)
+    assert result["metrics"]["raw_probe_accuracy"] == pytest.approx(raw, abs=1e-12)
     # another image shape is refused; a missing file is named
     one_line_exit_2(capsys, main(["evaluate", str(out), "--test-dataset", "digits"]), "shape")
     one_line_exit_2(

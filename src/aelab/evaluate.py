@@ -22,6 +22,7 @@ With progress=True, tqdm bars on stderr (labelled by the run folder's name) foll
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import sys
 import time
@@ -54,13 +55,16 @@ TRAVERSED_DIMS = 8  # rows of the latent traversal figure
 
 
 def raw_probe_accuracy(config: dict, x_tr, y_tr, x_te, y_te) -> float:
-    """The pixel probe depends only on the data: compute it once per process and data set."""
+    """The pixel probe depends only on the data: compute it once per process and pair of train and test sets
+    (the test set is part of the key: `--test-dataset` scores the same run on another one)."""
     info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
+    test_digest = hashlib.sha256(np.ascontiguousarray(x_te).tobytes() + np.ascontiguousarray(y_te).tobytes())
     key = (
         config["dataset"],
         repr(sorted(config.get("dataset_options", {}).items())),
         config.get("train_limit"),
         info.get("sha256"),
+        test_digest.hexdigest(),
     )
     if key not in _RAW_PROBE_CACHE:
         _RAW_PROBE_CACHE[key] = probe_accuracy(x_tr, y_tr, x_te, y_te)
