@@ -31,3 +31,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def garbage_test_split(monkeypatch):
+    """Calling it makes aelab.data.get return random test images and labels (train split untouched): a selection
+    that never looks at the test split must not change."""
+    import dataclasses
+
+    import torch
+
+    from aelab import data as datamod
+
+    def install(seed: int = 123) -> None:
+        real_get = datamod.get
+
+        def get(*args, **kwargs):
+            data = real_get(*args, **kwargs)
+            noise = torch.Generator().manual_seed(seed)
+            return dataclasses.replace(
+                data,
+                test_x=torch.rand(data.test_x.shape, generator=noise),
+                test_y=torch.randint(0, 10, data.test_y.shape, generator=noise),
+            )
+
+        monkeypatch.setattr(datamod, "get", get)
+
+    return install

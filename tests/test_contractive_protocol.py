@@ -4,14 +4,11 @@ Tiny runs (sklearn digits, 300 train images, 12 code units, 1 epoch, the --quick
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from aelab import data as datamod
 from aelab.experiments import contractive
 
 pytestmark = [
@@ -22,21 +19,10 @@ pytestmark = [
 TINY = dict(dataset="digits", hidden=12, epochs=1, train_limit=300, quick=True, no_progress=True)
 
 
-def test_selection_never_looks_at_the_test_split(tmp_path, monkeypatch):
+def test_selection_never_looks_at_the_test_split(tmp_path, garbage_test_split):
     clean = contractive.select_settings(contractive.Settings(out=str(tmp_path / "clean"), **TINY))
 
-    real_get = datamod.get
-
-    def garbage_test_split(*args, **kwargs):
-        data = real_get(*args, **kwargs)
-        noise = torch.Generator().manual_seed(123)
-        return dataclasses.replace(
-            data,
-            test_x=torch.rand(data.test_x.shape, generator=noise),
-            test_y=torch.randint(0, 10, data.test_y.shape, generator=noise),
-        )
-
-    monkeypatch.setattr(datamod, "get", garbage_test_split)
+    garbage_test_split()
     noisy = contractive.select_settings(contractive.Settings(out=str(tmp_path / "noisy"), **TINY))
 
     # the garbage did reach the runs: the test loss they log per epoch differs

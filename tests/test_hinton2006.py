@@ -87,28 +87,15 @@ def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     assert "The paper's Fig. 3" in (out / "report.md").read_text()
 
 
-def test_hinton2006_selection_never_looks_at_the_test_split(tmp_path, monkeypatch):
+def test_hinton2006_selection_never_looks_at_the_test_split(tmp_path, garbage_test_split):
     """Garbage test images and labels change the logged test loss, but no validation score and no choice."""
-    import dataclasses
 
-    from aelab import data as datamod
     from aelab.experiments import hinton2006
 
     tiny = dict(dataset="digits", layers="64-16-2", epochs=3, pretrain_epochs=1, train_limit=200, no_progress=True)
     tiny.update(weight_decay=[0.0, 1e-2], patience=1)
     hinton2006.run_one(hinton2006.Settings(out=str(tmp_path / "clean"), **tiny))
-    real_get = datamod.get
-
-    def garbage_test_split(*args, **kwargs):
-        data = real_get(*args, **kwargs)
-        noise = torch.Generator().manual_seed(5)
-        return dataclasses.replace(
-            data,
-            test_x=torch.rand(data.test_x.shape, generator=noise),
-            test_y=torch.randint(0, 10, data.test_y.shape, generator=noise),
-        )
-
-    monkeypatch.setattr(datamod, "get", garbage_test_split)
+    garbage_test_split(5)
     hinton2006.run_one(hinton2006.Settings(out=str(tmp_path / "noisy"), **tiny))
     clean, noisy = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("clean", "noisy"))
     last = lambda n, run: json.loads((tmp_path / n / run / "metrics.jsonl").read_text().splitlines()[-1])

@@ -22,10 +22,19 @@ from ..metrics.codes import encode_all, probe_accuracy, reconstruct_all
 from ..metrics.reconstruction import linear_decoder_sse, sse_per_image
 from ..metrics.retrieval import bits_per_image, encode_codes, hamming_retrieval, pca_sign_codes
 from ..models.binary import BACKWARD_RULES
-from ..options import fraction, opt, positive_int, seed_value
+from ..options import opt, positive_int, seed_value
 from ..train import TrainConfig
 from . import multiseed
-from .common import jobs_field, seeds_field, splits_of, train_or_resume, train_split_size, val_fraction_for
+from .common import (
+    jobs_field,
+    patience_field,
+    seeds_field,
+    splits_of,
+    train_or_resume,
+    train_split_size,
+    val_fraction_field,
+    val_fraction_for,
+)
 
 ROW_KEY = "code"
 PAIRS = [("binary AE", "float AE", "mAP"), ("binary AE", "PCA-sign", "mAP")]
@@ -73,17 +82,8 @@ class Settings:
     train_limit: int | None = field(
         default=None, metadata=opt("use only the first N training images", parse=positive_int)
     )
-    val_fraction: float = field(
-        default=0.1,
-        metadata=opt(
-            "validation share of the train images (stratified, seed 0; at most 500 images) that picks each "
-            "model's epoch",
-            parse=fraction,
-        ),
-    )
-    patience: int = field(
-        default=5, metadata=opt("stop after this many epochs without a better validation loss", parse=positive_int)
-    )
+    val_fraction: float = val_fraction_field("each model's epoch")
+    patience: int = patience_field(5)
     seeds: int = seeds_field()
     jobs: int = jobs_field()
     quick: bool = field(default=False, metadata=opt("3 epochs (about 2 minutes)"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import data as datamod
 from ..errors import DataError
-from ..options import opt, positive_int
+from ..options import fraction, opt, positive_int
 from ..train import TrainConfig, train
 
 # the validation split every experiment carves from its train images (stratified, seed 0): 10%, at most 500
@@ -26,6 +26,25 @@ def seeds_field(default: int = 1):
 
 def jobs_field():
     return field(default=1, metadata=opt("seeds run in this many processes at once", parse=positive_int))
+
+
+def val_fraction_field(what: str):
+    """--val-fraction: the share of the train images carved as the validation split; `what` it chooses."""
+    return field(
+        default=0.1,
+        metadata=opt(
+            f"validation share of the train images (stratified, seed 0; at most {VAL_FRACTION_MAX_IMAGES} images) "
+            f"that chooses {what}",
+            parse=fraction,
+        ),
+    )
+
+
+def patience_field(default: int):
+    return field(
+        default=default,
+        metadata=opt("stop after this many epochs without a better validation loss", parse=positive_int),
+    )
 
 
 def val_fraction_for(n_train: int, fraction: float = 0.1) -> float:

@@ -28,7 +28,15 @@ from ..metrics.ranking import auroc, class_metrics, mean_curves
 from ..options import fraction, int_list, opt, positive_int, seed_value
 from ..train import TrainConfig
 from . import debias_scores, multiseed
-from .common import OFFICIAL_TEST, jobs_field, official_test_status, seeds_field, train_or_resume, val_fraction_for
+from .common import (
+    OFFICIAL_TEST,
+    jobs_field,
+    official_test_status,
+    seeds_field,
+    train_or_resume,
+    val_fraction_field,
+    val_fraction_for,
+)
 
 COLOUR_LABEL_USE = (
     "Colour labels were used only to grade the scores (AUROC, AP, precision/recall at k), to colour "
@@ -83,14 +91,7 @@ class Settings:
             parse=int_list,
         ),
     )
-    val_fraction: float = field(
-        default=0.1,
-        metadata=opt(
-            "share of the train images (stratified by digit, seed 0; at most 500) whose colour labels choose k; "
-            "the other images are the test of the detection",
-            parse=fraction,
-        ),
-    )
+    val_fraction: float = val_fraction_field("k by its colour labels; the other images are the test of the detection")
     seeds: int = seeds_field()
     jobs: int = jobs_field()
     figures: bool = field(default=True, metadata=opt(hidden=True))  # multiseed: t-SNE for the first seed only
@@ -188,19 +189,7 @@ def run_one(settings: Settings) -> Path:
     # 2. scores: images and digit labels only; then the kNN scores' k, chosen on the validation images
     timings: dict[str, float] = {}
     features: dict[str, np.ndarray] = {}
-    scores = debias_scores.score_samples(
-        images,
-        digits,
-        ae,
-        k=DEFAULT_K,
-        n_models=used["n_models"],
-        gce_epochs=settings.gce_epochs,
-        q=used["gce_q"],
-        seed=settings.seed,
-        pca_components=used["pca_components"],
-        timings=timings,
-        representations=features,
-    )
+    scores = _score(settings, used, images, digits, ae, DEFAULT_K, timings, features)
     choices = {}
     for method, feature in (("ae_knn", "ae_codes"), ("gce_knn", "gce_log_probs")):
         choice = choose_k(features[feature], y, conf, held, ks)
@@ -361,6 +350,23 @@ def _rows(methods: dict, choices: dict) -> list[dict]:
     ]
 
 
+def _score(settings: Settings, used: dict, images, digits, ae, k: int, timings: dict, features: dict) -> dict:
+    """Every method of debias_scores on one image set, with this run's settings (images and digits only)."""
+    return debias_scores.score_samples(
+        images,
+        digits,
+        ae,
+        k=k,
+        n_models=used["n_models"],
+        gce_epochs=settings.gce_epochs,
+        q=used["gce_q"],
+        seed=settings.seed,
+        pca_components=used["pca_components"],
+        timings=timings,
+        representations=features,
+    )
+
+
 def score_official(settings: Settings, ae, used: dict, choices: dict) -> dict:
     """Every method on the official MNIST test digits coloured as a biased train split (colouring seed + 1, so
     that it is not the train split's draw), graded on all of them, with the k chosen on the validation images."""
@@ -371,19 +377,7 @@ def score_official(settings: Settings, ae, used: dict, choices: dict) -> dict:
     y = digits.numpy()
     features: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
-    scores = debias_scores.score_samples(
-        images,
-        digits,
-        ae,
-        k=choices["gce_knn"]["chosen_k"],
-        n_models=used["n_models"],
-        gce_epochs=settings.gce_epochs,
-        q=used["gce_q"],
-        seed=settings.seed,
-        pca_components=used["pca_components"],
-        timings=timings,
-        representations=features,
-    )
+    scores = _score(settings, used, images, digits, ae, choices["gce_knn"]["chosen_k"], timings, features)
     scores["ae_knn"] = debias_scores.knn_distance_scores(features["ae_codes"], y, choices["ae_knn"]["chosen_k"])
     return {
         name: {"description": debias_scores.METHODS[name], "time_s": timings.get(name), **class_metrics(sc, y, conf)}

@@ -27,17 +27,19 @@ from ..evaluate import evaluate
 from ..metrics.codes import encode_all, probe_accuracy, reconstruct_all, tsne_2d
 from ..metrics.reconstruction import sse_per_image
 from ..models.deep_ae import LAYER_PRESETS
-from ..options import float_list, fraction, int_list, opt, positive_int, seed_value
+from ..options import float_list, int_list, opt, positive_int, seed_value
 from ..train import TrainConfig
 from . import multiseed
 from .common import (
     OFFICIAL_TEST,
     jobs_field,
     official_test_status,
+    patience_field,
     seeds_field,
     splits_of,
     train_or_resume,
     train_split_size,
+    val_fraction_field,
     val_fraction_for,
 )
 
@@ -93,17 +95,8 @@ class Settings:
             parse=float_list,
         ),
     )
-    val_fraction: float = field(
-        default=0.1,
-        metadata=opt(
-            "validation share of the train images (stratified, seed 0; at most 500 images): it picks the epoch "
-            "and the weight cost",
-            parse=fraction,
-        ),
-    )
-    patience: int = field(
-        default=10, metadata=opt("stop after this many epochs without a better validation loss", parse=positive_int)
-    )
+    val_fraction: float = val_fraction_field("the epoch and the weight cost")
+    patience: int = patience_field(10)
     seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
     seeds: int = seeds_field()
     jobs: int = jobs_field()
