@@ -92,6 +92,7 @@ def aelab_run(
             model_options={"hidden": hidden, "latent": 20},
             epochs=epochs,
             batch_size=batch,
+            val_fraction=0.0,  # the same images as the peers train on
             out=str(out),
             **kwargs,
         ),

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     ours, theirs, times = [], [], {"aelab_train_s": [], "pythae_train_s": []}
     for seed in range(args.seeds):
         t0 = time.perf_counter()
-        cfg = TrainConfig(model="vae", model_options={"likelihood": "bce"}, epochs=args.epochs, seed=seed)
+        cfg = TrainConfig(
+            model="vae", model_options={"likelihood": "bce"}, epochs=args.epochs, seed=seed, val_fraction=0.0
+        )  # both train on all 4,000 train images
         cfg.out = str(tmp / f"aelab-{seed}")
         run = train(cfg, progress=False)
         times["aelab_train_s"].append(time.perf_counter() - t0)

@@ -58,3 +58,21 @@ def garbage_test_split(monkeypatch):
         monkeypatch.setattr(datamod, "get", get)
 
     return install
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """Calling it makes `aelab experiment demo` train tiny models (100 train images, an 8-unit layer, 2-D codes):
+    the demo itself trains on all of its dataset for 30 epochs."""
+    import aelab.experiments.common as common
+
+    def install() -> None:
+        real_train = common.train
+
+        def tiny(cfg, **kw):
+            cfg.train_limit, cfg.model_options = 100, {**cfg.model_options, "hidden": [8], "latent": 2}
+            return real_train(cfg, **kw)
+
+        monkeypatch.setattr(common, "train", tiny)
+
+    return install

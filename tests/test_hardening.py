@@ -243,39 +243,16 @@ def test_resume_with_fewer_epochs_than_done_is_refused(run, capsys):
     ("debias", ["--ae-epochs", "{n}", "--n-models", "1", "--gce-epochs", "1", "--train-limit", "300",
                 "--tsne-points", "30", "--quick"]),
 ])  # fmt: skip
-def test_every_experiment_refuses_to_resume_with_fewer_epochs(tmp_path, capsys, experiment, args, monkeypatch):
+def test_every_experiment_refuses_to_resume_with_fewer_epochs(tmp_path, capsys, experiment, args, tiny_demo):
     out = str(tmp_path / "exp")
     if experiment == "demo":  # the demo trains on all of mnist5k: make it tiny
-        from aelab.experiments import demo
-
-        monkeypatch.setattr(demo, "run", _tiny_demo_run(demo.run))
+        tiny_demo()
     fill = lambda n: [a.format(n=n) for a in args]
     assert main(["experiment", experiment, *fill(2), "--no-progress", "--out", out]) == 0
     capsys.readouterr()
     # experiments run per seed (OUT/seed-<s>/) keep each seed's settings and refuse any other
-    needle = "fewer than" if experiment in ("demo", "contractive") else "was run with other settings"
+    needle = "fewer than" if experiment == "contractive" else "was run with other settings"
     one_line_exit_2(capsys, main(["experiment", experiment, *fill(1), "--no-progress", "--out", out]), needle)
-
-
-def _tiny_demo_run(real_run):
-    from aelab import train as train_module
-
-    def run(settings):
-        real_train = train_module.train
-
-        def tiny(cfg, **kw):
-            cfg.train_limit, cfg.model_options = 100, {**cfg.model_options, "hidden": [8], "latent": 2}
-            return real_train(cfg, **kw)
-
-        import aelab.experiments.common as common
-
-        common.train = tiny
-        try:
-            return real_run(settings)
-        finally:
-            common.train = real_train
-
-    return run
 
 
 # ---------------------------------------------------------------- hostile downloads

@@ -58,9 +58,13 @@ def test_labeled_grayscale_folder_through_the_cli(tmp_path, digits, capsys):
     x, y = digits
     root = write_folder(tmp_path / "gray", x[:200], y[:200])
     (root / "README.txt").write_text("not an image")  # counted, never silently dropped
+    (root / "class_unfilled").mkdir()  # no image: not a class, but named and warned about
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(root), *CLI_TINY, "--out", str(out)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "class_unfilled" in line]
+    assert len(warned) == 1 and warned[0].startswith("aelab: warning: ") and "no image" in warned[0]
     info = runs.read_config(out)["data_info"]
+    assert info["empty_class_folders"] == ["class_unfilled"]
     assert info["kind"] == "folder" and info["source"] == str(root.resolve())
     assert (info["n_train"], info["n_test"], info["n_classes"]) == (160, 40, 10)
     assert info["classes"] == [f"class_{c}" for c in range(10)] and info["skipped_files"] == 1
@@ -409,12 +413,18 @@ def test_evaluate_on_the_official_mnist_test_set(tmp_path, shared_idx, capsys):
     assert result["metrics"]["pca_sse"] != pytest.approx(json.loads(own)["metrics"]["pca_sse"], rel=1e-3)
     # the raw-pixel probe is scored on the 10k digits too, not taken from the run's own test split (a cache once
     # keyed by the train data only returned the first test set's number in the same process)
-    from aelab.metrics.codes import probe_accuracy
+    from independent import protocol_validation_indices, sklearn_grid_probe
 
     train_y = datamod.load("mnist5k", "train")[1][:300].numpy()
     test_y = datamod.read_idx(shared_idx / "t10k-labels-idx1-ubyte.gz")
-    raw = probe_accuracy(train_x[:300].flatten(1).numpy(), train_y, test_x.flatten(1).numpy(), test_y)
-    assert result["metrics"]["raw_probe_accuracy"] == pytest.approx(raw, abs=1e-12)
+    pixels = train_x[:300].flatten(1).numpy()
+    raw, C = sklearn_grid_probe(
+        pixels, train_y, test_x.flatten(1).numpy(), test_y, protocol_validation_indices(train_y)
+    )
+    assert (result["metrics"]["raw_probe_accuracy"], result["metrics"]["raw_probe_C"]) == (
+        pytest.approx(raw, abs=1e-12),
+        C,
+    )
     # another image shape is refused; a missing file is named
     one_line_exit_2(capsys, main(["evaluate", str(out), "--test-dataset", "digits"]), "shape")
     one_line_exit_2(
@@ -464,11 +474,13 @@ def test_early_stopping_keeps_the_best_validation_epoch_and_never_looks_at_test(
     assert all(torch.equal(a[k], d[k]) for k in a) and len(runs.read_history(part)) == len(history)
 
 
-def test_early_stopping_needs_a_validation_split(capsys):
-    code = main(["train", "--dataset", "digits", "--early-stopping", "3", "--out", "/tmp/never-written-es"])
+def test_early_stopping_needs_a_validation_split(capsys, tmp_path):
+    out = str(tmp_path / "never-written")
+    code = main(["train", "--dataset", "digits", "--val-fraction", "0", "--early-stopping", "3", "--out", out])
+    one_line_exit_2(capsys, code, "--val-fraction above 0")
+    code = main(["train", "--dataset", "digits", "--val-fraction", "1.5", "--out", out])
     one_line_exit_2(capsys, code, "--val-fraction")
-    code = main(["train", "--dataset", "digits", "--val-fraction", "1.5", "--out", "/tmp/never-written-es"])
-    one_line_exit_2(capsys, code, "--val-fraction")
+    assert not (tmp_path / "never-written").exists()
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped_and_32_bit_is_refused(tmp_path, capsys):

@@ -19,6 +19,7 @@ from aelab import models, runs
 from aelab.evaluate import evaluate
 from aelab.models import penalties
 from aelab.train import TrainConfig, evaluate_loss, train
+from independent import protocol_validation_indices, sklearn_grid_probe, sklearn_probe
 
 # torch's forward-mode AD scripts its decompositions on first use (a torch-internal deprecation warning)
 pytestmark = [
@@ -48,18 +49,6 @@ def vae_run(tmp_path_factory):
     return train(cfg, progress=False, log=lambda line: None)
 
 
-def sklearn_probe(train_features, train_labels, test_features, test_labels) -> float:
-    """Standardise, then logistic regression, both fitted on the train features only; accuracy on test."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, "blas"):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(train_features, train_labels)
-        return float(probe.score(test_features, test_labels))
-
-
 def test_evaluate_numbers_match_an_independent_computation_on_the_right_splits(vae_run):
     iwae_k = 7
     m = evaluate(vae_run, iwae_k=iwae_k, figures=False, write=False)["metrics"]
@@ -87,11 +76,17 @@ def test_evaluate_numbers_match_an_independent_computation_on_the_right_splits(v
     assert m["pca_sse"] == pytest.approx(pca_sse, rel=1e-4)
     assert m["sse_ratio_to_pca"] == pytest.approx(float(sse.mean()) / pca_sse, rel=1e-4)
 
-    # probes: fitted on the train codes / pixels and their labels, scored on the test ones
+    # probes: C chosen on the run's validation split (the protocol's stratified 10%, seed 0), then fitted on the
+    # train codes / pixels and their labels, scored on the test ones: sklearn's GridSearchCV does the same
+    config = runs.read_config(vae_run)
+    held = protocol_validation_indices(train_y.numpy())
+    assert (config["n_val"], config["n_train"]) == (30, 270) and config["val_fraction"] == pytest.approx(0.1)
     codes_tr, codes_te = mu_tr.float().numpy(), mu_te.float().numpy()
-    assert m["probe_accuracy"] == pytest.approx(sklearn_probe(codes_tr, train_y, codes_te, test_y), abs=1e-9)
+    accuracy, C = sklearn_grid_probe(codes_tr, train_y, codes_te, test_y, held)
+    assert (m["probe_accuracy"], m["probe_C"]) == (pytest.approx(accuracy, abs=1e-9), C)
     pixels_tr, pixels_te = train_x.flatten(1).numpy(), test_x.flatten(1).numpy()
-    assert m["raw_probe_accuracy"] == pytest.approx(sklearn_probe(pixels_tr, train_y, pixels_te, test_y), abs=1e-9)
+    accuracy, C = sklearn_grid_probe(pixels_tr, train_y, pixels_te, test_y, held)
+    assert (m["raw_probe_accuracy"], m["raw_probe_C"]) == (pytest.approx(accuracy, abs=1e-9), C)
 
     # the model's own loss terms on the TEST images, per image: KL by hand; recon with z drawn from seed 0
     kl = -0.5 * (1 + logvar_te - mu_te.pow(2) - logvar_te.exp()).sum(1)
@@ -118,6 +113,58 @@ def test_probes_learn_from_the_train_labels(vae_run, monkeypatch):
     monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})  # the pixel probe is cached per dataset name
     m = evaluate(vae_run, iwae_k=2, figures=False, write=False)["metrics"]
     assert m["probe_accuracy"] < 0.25 and m["raw_probe_accuracy"] < 0.25, m
+
+
+def test_the_probes_c_is_chosen_on_validation_not_on_test(vae_run, garbage_test_split, monkeypatch):
+    """Random test images and labels change the test accuracy, but neither the chosen C of either probe nor the
+    validation accuracies it was chosen by."""
+    monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})
+    honest = evaluate(vae_run, iwae_k=2, figures=False, write=False)
+    garbage_test_split()
+    monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})
+    garbage = evaluate(vae_run, iwae_k=2, figures=False, write=False)
+    for probe, key in [("codes", "probe"), ("raw pixels", "raw_probe")]:
+        a, b = honest["protocol"]["probe_selection"][probe], garbage["protocol"]["probe_selection"][probe]
+        assert a["validation_accuracy"] == b["validation_accuracy"] and len(a["validation_accuracy"]) == 5
+        assert honest["metrics"][f"{key}_C"] == garbage["metrics"][f"{key}_C"] == a["C"]
+        assert honest["metrics"][f"{key}_accuracy"] != garbage["metrics"][f"{key}_accuracy"]
+        assert garbage["metrics"][f"{key}_accuracy"] < 0.3  # scored on the random labels: near chance
+
+
+def test_a_run_without_validation_split_keeps_the_default_c(tmp_path):
+    cfg = TrainConfig(
+        model="ae", model_options=dict(hidden=[16], latent=4), dataset="digits", train_limit=200, epochs=1,
+        val_fraction=0.0, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    run = train(cfg, progress=False, log=lambda line: None)
+    result = evaluate(run, figures=False, write=False)
+    assert runs.read_config(run)["n_val"] == 0 and result["metrics"]["probe_C"] == 1.0
+    assert result["protocol"]["probe_selection"]["codes"]["validation_accuracy"] is None
+    assert "no validation split" in result["protocol"]["probe"]
+
+
+def test_the_default_validation_split_is_ten_percent_or_500_images(tmp_path):
+    from aelab.data.sources import default_val_fraction
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "many.npz"
+    np.savez(
+        npz,
+        x=rng.random((6000, 2, 2), dtype=np.float32),
+        y=rng.integers(0, 10, 6000),
+        x_test=rng.random((50, 2, 2), dtype=np.float32),
+        y_test=rng.integers(0, 10, 50),
+    )
+    sizes = {}
+    for name, limit in [("all", None), ("some", 1000), ("tiny", 19)]:
+        cfg = TrainConfig(
+            model="ae", model_options=dict(hidden=[4], latent=2), dataset=str(npz), train_limit=limit, epochs=1,
+            batch_size=512, out=str(tmp_path / name),
+        )  # fmt: skip
+        config = runs.read_config(train(cfg, progress=False, log=lambda line: None))
+        sizes[name] = (config["n_train"], config["n_val"])
+    assert sizes == {"all": (5500, 500), "some": (900, 100), "tiny": (19, 0)}
+    assert default_val_fraction(6000) == pytest.approx(500 / 6000) and default_val_fraction(19) == 0.0
 
 
 def test_evaluate_loss_is_seeded_and_weights_each_image_once():
@@ -350,9 +397,14 @@ def test_raw_probe_cache_tells_train_limits_apart(monkeypatch):
     pixels_te = test_x.flatten(1).numpy()
     for limit in (40, 300):
         pixels_tr = train_x[:limit].flatten(1).numpy()
-        got = evaluation.raw_probe_accuracy(
-            {"dataset": "digits", "train_limit": limit}, pixels_tr, train_y[:limit].numpy(), pixels_te, test_y.numpy()
-        )
+        got = evaluation.raw_probe(
+            {"dataset": "digits", "train_limit": limit},
+            pixels_tr,
+            train_y[:limit].numpy(),
+            pixels_te,
+            test_y.numpy(),
+            None,
+        )["accuracy"]
         assert got == pytest.approx(sklearn_probe(pixels_tr, train_y[:limit], pixels_te, test_y), abs=1e-9), limit
 
 

@@ -157,7 +157,11 @@ def test_mlflow_sqlite_params_metrics_resume_and_evaluation(tmp_path, monkeypatc
     assert_history_logged(client, out)
     assert client.get_run(run_id).info.status == "FINISHED"
 
-    result = evaluate(out, tsne_points=40, iwae_k=2)
+    # evaluate logs to the MLflow run that tracking.json names only when asked (the file could name any store)
+    evaluate(out, tsne_points=40, iwae_k=2)
+    assert not any(k.startswith("eval/") for k in client.get_run(run_id).data.metrics)
+    assert "evaluate --mlflow logs this evaluation there" in capfd.readouterr().err
+    result = evaluate(out, tsne_points=40, iwae_k=2, log_mlflow=True)
     logged = client.get_run(run_id).data.metrics
     numbers = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
     assert {f"eval/{k}": pytest.approx(v) for k, v in numbers.items()} == {
@@ -190,7 +194,7 @@ def test_mlflow_file_store_and_a_store_that_breaks_mid_run(tmp_path, capfd):
     assert len(warnings_in(capfd.readouterr().err)) == 1  # reported once, the later calls skipped
 
     # evaluate: eval.json and the report are written; the failed logging is one warning line
-    evaluate(out, figures=False)
+    evaluate(out, figures=False, log_mlflow=True)
     assert (out / "eval.json").exists() and (out / "report.html").exists()
     assert len(warnings_in(capfd.readouterr().err)) == 1
 
@@ -223,3 +227,16 @@ def test_mlflow_resume_with_a_bad_tracking_file_starts_a_new_run(tmp_path, capfd
     assert re.fullmatch(r"[0-9a-f]{32}", run_id_of(out)) and run_id_of(out) != first
     assert_history_logged(MlflowClient(tracking_uri=store.as_uri()), out)  # the new run has all 3 epochs
     assert len(warnings_in(capfd.readouterr().err)) == 1
+
+
+def test_evaluate_never_follows_a_tracking_file_unasked(tmp_path, capsys):
+    """A run folder from elsewhere whose tracking.json names a store: `aelab evaluate` writes nothing there
+    (mlflow need not even be installed); with --mlflow it would log there, so that is opt-in."""
+    from aelab.cli import main
+
+    out = train(tiny(tmp_path / "run"), progress=False)
+    store = tmp_path / "somewhere-else"
+    (out / "tracking.json").write_text(json.dumps({"mlflow": {"tracking_uri": store.as_uri(), "run_id": "a" * 32}}))
+    assert main(["evaluate", str(out), "--no-figures", "--no-progress"]) == 0
+    assert not store.exists() and (out / "eval.json").exists()
+    assert "records an MLflow run" in capsys.readouterr().err

@@ -57,7 +57,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--val-fraction",
         type=float,
         default=S,
-        help="carve a stratified validation split from the train images (e.g. 0.1); its loss is recorded per epoch",
+        help="the stratified validation split carved from the train images (default: 10%%, at most 500 images; "
+        "0: none); its loss is recorded per epoch, and it chooses the early-stopping epoch and the probe's C",
     )
     p.add_argument(
         "--early-stopping",
@@ -222,6 +223,7 @@ def cmd_evaluate(args) -> int:
         data_dir=args.data_dir,
         progress=not args.no_progress,
         test_dataset=args.test_dataset,
+        log_mlflow=args.mlflow,
     )
     for k, v in result["metrics"].items():
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
@@ -335,6 +337,12 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
         help="score on another dataset's test split (a second test set; only its test files are needed), "
         "written to eval-test-NAME.json; PCA and probes stay fitted on the run's train split",
     )
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also log the evaluation to the MLflow run that RUN/tracking.json records (only for run folders you "
+        "trust: the file names the store it is sent to)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="compare runs: comparison.csv, .md and .html with curves and reconstructions")
@@ -382,6 +390,18 @@ def _chosen_experiment(argv: list[str]) -> str | None:
     return None
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """aelab's own warnings as one line, "aelab: warning: ..."; other libraries' in Python's format."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+        print(f"aelab: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before torch starts OpenMP: idle OpenMP threads then sleep instead of spinning. On a busy (shared) machine
     # spinning threads of several processes starve each other (measured: a CAE step 1344 ms spinning vs 74 ms).
@@ -400,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.showwarning = _show_warning
             return args.func(args)
     except AelabError as e:
         print(f"aelab: error: {_one_line(e)}", file=sys.stderr)

@@ -6,8 +6,9 @@ Metrics (per image unless stated):
     recon_sse      sum of squared errors over pixels, averaged over test images
                    (the unit of Hinton & Salakhutdinov 2006: 3.00 AE / 8.01 logistic PCA / 13.87 PCA)
     pca_sse        the same for PCA with as many components as the code, fitted on train
-    probe_accuracy logistic regression fitted on train codes, scored on test codes
-    raw_probe_accuracy  the same on raw pixels
+    probe_accuracy logistic regression fitted on train codes, scored on test codes; its C (probe_C) is chosen
+                   from aelab.metrics.codes.PROBE_C_GRID on the run's validation split when it has one
+    raw_probe_accuracy  the same on raw pixels (raw_probe_C)
     test_*         the model's own loss terms on the test split (aelab.train.evaluate_loss)
     nll_nats       models with a likelihood (VAE): -log p(x) by importance sampling (IWAE bound, k samples)
     active_units   models with a posterior KL (VAE): latent dimensions whose KL(q(z_j|x) || N(0,1)), averaged
@@ -36,27 +37,29 @@ from . import data as datamod
 from . import report, runs, tracking
 from .errors import CheckpointError, ConfigError
 from .metrics.codes import (
+    DEFAULT_PROBE_C,
     encode_all,
     interpolation_rows,
-    probe_accuracy,
     reconstruct_all,
     traversal_rows,
     tsne_2d,
+    validated_probe,
 )
 from .metrics.contraction import contraction_diagnostics
 from .metrics.reconstruction import pca_reconstruction_sse, sse_per_image
 from .metrics.retrieval import code_statistics
 from .train import evaluate_loss
 
-_RAW_PROBE_CACHE: dict[tuple, float] = {}
+_RAW_PROBE_CACHE: dict[tuple, dict] = {}
 ACTIVE_UNIT_NATS = 0.01  # a latent dimension whose mean KL exceeds this carries information (Burda et al. 2016)
 IWAE_BATCH = 100  # images per IWAE step: k samples of each are held at once
 TRAVERSED_DIMS = 8  # rows of the latent traversal figure
 
 
-def raw_probe_accuracy(config: dict, x_tr, y_tr, x_te, y_te) -> float:
-    """The pixel probe depends only on the data: compute it once per process and pair of train and test sets
-    (the test set is part of the key: `--test-dataset` scores the same run on another one)."""
+def raw_probe(config: dict, x_tr, y_tr, x_te, y_te, validation) -> dict:
+    """The pixel probe (aelab.metrics.codes.validated_probe) depends only on the data: compute it once per process
+    and pair of train and test sets (the test set is part of the key: `--test-dataset` scores the same run on
+    another one; so is the validation split, which chooses its C)."""
     info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
     test_digest = hashlib.sha256(np.ascontiguousarray(x_te).tobytes() + np.ascontiguousarray(y_te).tobytes())
     key = (
@@ -65,9 +68,10 @@ def raw_probe_accuracy(config: dict, x_tr, y_tr, x_te, y_te) -> float:
         config.get("train_limit"),
         info.get("sha256"),
         test_digest.hexdigest(),
+        None if validation is None else hashlib.sha256(np.ascontiguousarray(validation[1]).tobytes()).hexdigest(),
     )
     if key not in _RAW_PROBE_CACHE:
-        _RAW_PROBE_CACHE[key] = probe_accuracy(x_tr, y_tr, x_te, y_te)
+        _RAW_PROBE_CACHE[key] = validated_probe(x_tr, y_tr, x_te, y_te, validation)
     return _RAW_PROBE_CACHE[key]
 
 
@@ -92,6 +96,7 @@ def evaluate(
     decoder=None,
     progress: bool = False,
     test_dataset: str | Path | None = None,
+    log_mlflow: bool = False,
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
@@ -101,11 +106,25 @@ def evaluate(
     a run was trained with (see aelab.runs.load_model). progress=True shows tqdm bars on stderr, labelled by
     the run folder's name. `test_dataset` (a dataset name or path) scores the run on that dataset's test split
     instead (a second test set: PCA and probes are still fitted on the run's own train split); with write=True
-    it writes eval-test-NAME.json only, and leaves eval.json, the report and figures alone."""
+    it writes eval-test-NAME.json only, and leaves eval.json, the report and figures alone. log_mlflow=True (with
+    write=True) also logs eval.json's numbers and the report to the MLflow run recorded in RUN/tracking.json: opt-in,
+    because a run folder from elsewhere could name any store there."""
     run_dir = Path(run_dir)
     with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
         return _evaluate(
-            run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder, progress, test_dataset
+            run_dir,
+            iwae_k,
+            tsne_points,
+            figures,
+            seed,
+            write,
+            data_dir,
+            data,
+            encoder,
+            decoder,
+            progress,
+            test_dataset,
+            log_mlflow,
         )
 
 
@@ -122,6 +141,7 @@ def _evaluate(
     decoder,
     progress: bool,
     test_dataset=None,
+    log_mlflow: bool = False,
 ) -> dict:
     model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
     config = runs.read_config(run_dir)
@@ -174,9 +194,17 @@ def _evaluate(
         "code_dim": int(code_dim),
         "pca_sse": pca_reconstruction_sse(x_tr, x_te, min(code_dim, x_tr[0].size, len(x_tr))),
     }
+    probes = {}
     if labeled and len(train_y.unique()) > 1:  # unlabeled data (or one class): no probe to fit
-        metrics["probe_accuracy"] = probe_accuracy(train_codes, train_y.numpy(), test_codes, test_y.numpy())
-        metrics["raw_probe_accuracy"] = raw_probe_accuracy(config, x_tr, train_y.numpy(), x_te, test_y.numpy())
+        # C is chosen on the run's validation split (probe fitted on train minus validation), then the probe is
+        # refitted on the whole train split and scored once on test
+        validation = runs.validation_indices(config, train_y.numpy())
+        y_tr, y_te = train_y.numpy(), test_y.numpy()
+        probes["codes"] = validated_probe(train_codes, y_tr, test_codes, y_te, validation)
+        probes["raw pixels"] = raw_probe(config, x_tr, y_tr, x_te, y_te, validation)
+        metrics["probe_accuracy"] = probes["codes"]["accuracy"]
+        metrics["raw_probe_accuracy"] = probes["raw pixels"]["accuracy"]
+        metrics["probe_C"], metrics["raw_probe_C"] = probes["codes"]["C"], probes["raw pixels"]["C"]
     metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     bar.update()
     bar.set_postfix_str("test loss")
@@ -218,14 +246,21 @@ def _evaluate(
             "fit_split": "train",
             "score_split": test_source,
             "n_train": len(train_x),
+            "n_val": config.get("n_val", 0),  # carved from the n_train images: the model trained on the rest
             "n_test": len(test_x),
             "sha256": (config.get("data_info") or {}).get("sha256"),
             "labeled": labeled,
         },
         "protocol": {
             "pca": "fitted on train images, scored on test",
-            "probe": "LogisticRegression on standardised train codes, scored on test codes",
-            "tsne": f"{min(tsne_points, len(test_x))} test codes",
+            "probe": "LogisticRegression on standardised train codes, scored on test codes; "
+            + (
+                "its C chosen on the validation split (fitted on train minus validation), then refitted on train"
+                if probes and probes["codes"]["validation_accuracy"] is not None
+                else f"C = {DEFAULT_PROBE_C:g} (no validation split to choose it on)"
+            ),
+            "probe_selection": probes,
+            "tsne": f"{min(tsne_points, len(test_x))} test codes" if tsne_points else "not drawn",
         },
         "eval_time_s": time.perf_counter() - t0,
     }
@@ -282,13 +317,20 @@ def _evaluate(
         + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
     )
-    # the MLflow run that trained this run folder, if any (RUN/tracking.json): a failure there keeps all of the above
-    tracking.log_evaluation(
-        run_dir,
-        metrics,
-        [run_dir / "eval.json", run_dir / "report.html", run_dir / "report.md"],
-        [run_dir / "figures"] if figures else [],
-    )
+    # the MLflow run that trained this run folder (RUN/tracking.json), when asked: a failure there keeps all of the
+    # above; unasked, one line says that the evaluation could go there
+    if log_mlflow:
+        tracking.log_evaluation(
+            run_dir,
+            metrics,
+            [run_dir / "eval.json", run_dir / "report.html", run_dir / "report.md"],
+            [run_dir / "figures"] if figures else [],
+        )
+    elif tracking.read_tracking_file(run_dir)[0] is not None:
+        print(
+            f"aelab: note: {run_dir}/tracking.json records an MLflow run; evaluate --mlflow logs this evaluation there",
+            file=sys.stderr,
+        )
     bar.update()
     bar.close()
     return result
@@ -341,13 +383,14 @@ def _figures(
             )
         )
     n = min(tsne_points, len(test_codes))
-    emb = tsne_2d(test_codes[:n], seed, progress) if test_codes.shape[1] > 2 else test_codes[:n]
-    figs.append(
-        (
-            f"t-SNE of {n} test codes, coloured by label",
-            report.plot_scatter(emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes"),
+    if n > 0:  # tsne_points=0: no map (the costly part of the figures)
+        emb = tsne_2d(test_codes[:n], seed, progress) if test_codes.shape[1] > 2 else test_codes[:n]
+        figs.append(
+            (
+                f"t-SNE of {n} test codes, coloured by label",
+                report.plot_scatter(emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes"),
+            )
         )
-    )
     if kl_per_dimension is not None:
         figs.append(
             (

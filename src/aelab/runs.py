@@ -596,3 +596,20 @@ def run_data(config: dict, data_dir: str | os.PathLike | None = None, data=None)
     if config.get("train_limit"):
         train_x, train_y = train_x[: config["train_limit"]], train_y[: config["train_limit"]]
     return train_x, train_y, test_x, test_y
+
+
+def validation_indices(config: dict, train_labels) -> tuple[Any, Any] | None:
+    """(kept, held) indices of the validation split the run carved from its train split (after train_limit), as
+    train.py carved it, or None when it carved none. config.json is untrusted: a val_fraction that is not a
+    number in [0, 1) is a CheckpointError."""
+    import numpy as np
+
+    from .data.sources import validation_split
+
+    fraction = config.get("val_fraction") or 0
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1):
+        raise CheckpointError(f"config.json: val_fraction {fraction!r} is not a number in [0, 1)")
+    if not fraction:
+        return None
+    keep, held, _ = validation_split(np.asarray(train_labels), fraction)
+    return keep, held

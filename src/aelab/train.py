@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from . import data as datamod
 from . import models, runs, tracking
-from .data.sources import validation_split
+from .data.sources import default_val_fraction, validation_split
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .options import MAX_COUNT, MAX_SEED
 
@@ -50,8 +50,10 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None  # use only the first N training images (tests, quick runs)
     # a validation split carved from the train images (stratified, seed 0): its loss is recorded each epoch and,
-    # with early_stopping = PATIENCE, picks the epoch whose weights the run keeps; the test split chooses nothing
-    val_fraction: float = 0.0
+    # with early_stopping = PATIENCE, picks the epoch whose weights the run keeps; evaluate chooses the probe's C
+    # on it; the test split chooses nothing. None: the protocol's default, 10% of the train images or 500 of them,
+    # whichever is fewer (none below MIN_TRAIN_FOR_VALIDATION images); 0: no validation split
+    val_fraction: float | None = None
     early_stopping: int | None = None
     epochs: int = 20
     batch_size: int = 128
@@ -75,7 +77,7 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a finite positive number, got {self.lr!r}")
         if self.train_limit is not None and not (isinstance(self.train_limit, int) and self.train_limit > 0):
             raise ConfigError(f"--train-limit must be a positive integer, got {self.train_limit!r}")
-        if not (
+        if self.val_fraction is not None and not (
             isinstance(self.val_fraction, (int, float))
             and not isinstance(self.val_fraction, bool)
             and 0 <= self.val_fraction < 1
@@ -91,8 +93,8 @@ class TrainConfig:
                 and 0 < self.early_stopping <= MAX_COUNT
             ):
                 raise ConfigError(f"--early-stopping must be a positive integer, got {self.early_stopping!r}")
-            if not self.val_fraction:
-                raise ConfigError("--early-stopping watches the validation loss: give --val-fraction too")
+            if self.val_fraction == 0:
+                raise ConfigError("--early-stopping watches the validation loss: it needs a --val-fraction above 0")
         if not (isinstance(self.seed, int) and 0 <= self.seed < MAX_SEED):
             raise ConfigError(f"--seed must be an integer in [0, 2^63), got {self.seed!r}")
         if not str(self.out).strip():
@@ -268,8 +270,10 @@ def load_data(
         train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
     val_x = None
     info = dict(data.info)
-    if cfg.val_fraction:
-        keep, held, info["validation"] = validation_split(train_y.numpy(), cfg.val_fraction)
+    fraction = default_val_fraction(len(train_y)) if cfg.val_fraction is None else cfg.val_fraction
+    info["val_fraction"] = fraction
+    if fraction:
+        keep, held, info["validation"] = validation_split(train_y.numpy(), fraction)
         train_x, val_x = train_x[torch.from_numpy(keep)], train_x[torch.from_numpy(held)].to(device)
     return train_x.to(device), val_x, data.test_x.to(device), info
 
@@ -435,6 +439,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         "model_options": model.options,
         "data_info": data_info,
         "format_version": runs.FORMAT_VERSION,
+        "val_fraction": data_info.pop("val_fraction"),  # the default resolved: what the split was carved with
         "n_train": len(train_x),
         "n_val": 0 if val_x is None else len(val_x),
         "n_test": len(test_x),

@@ -14,7 +14,8 @@ Without test data, a stratified (labeled) or random (unlabeled) hold-out split i
 seed (`test_fraction`, `split_seed`) and recorded. Bad data (values outside [0, 1], NaN, mixed sizes
 without `image_size`, an empty folder, an unreadable file, a label count that differs from the image
 count) raise DataError naming the file; nothing is silently dropped: files that are not images are
-counted in `info["skipped_files"]`.
+counted in `info["skipped_files"]`, and a class folder without an image is named in
+`info["empty_class_folders"]` and warned about (it is not a class).
 
 Decoded image folders are cached as .npz (uint8, no pickle) in the data folder, keyed by a hash of
 the files' bytes: a second load reads the files only to hash them.
@@ -160,6 +161,17 @@ def holdout_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[
 
 
 VALIDATION_SEED = 0
+VAL_FRACTION = 0.1  # the protocol's default validation split: 10% of the train images ...
+VAL_MAX_IMAGES = 500  # ... or 500 of them, whichever is fewer
+MIN_TRAIN_FOR_VALIDATION = 20  # below this, the default carves none (it would leave a split of one image)
+
+
+def default_val_fraction(n_train: int, fraction: float = VAL_FRACTION) -> float:
+    """`fraction` of n_train images, or VAL_MAX_IMAGES of them if that is fewer; 0 for fewer than
+    MIN_TRAIN_FOR_VALIDATION images."""
+    if n_train < MIN_TRAIN_FOR_VALIDATION:
+        return 0.0
+    return min(fraction, VAL_MAX_IMAGES / n_train)
 
 
 def validation_split(train_labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, str]:
@@ -346,8 +358,9 @@ def from_path(
     return data
 
 
-def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str]]:
-    """(image files, class name of each file or None when flat, skipped files) of one split folder.
+def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str], list[str]]:
+    """(image files, class name of each file or None when flat, skipped files, class folders without an image)
+    of one split folder.
     Plain strings and os.scandir: pathlib costs more than the reading itself for 60,000 small files."""
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -362,9 +375,10 @@ def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str]]:
             "for unlabeled data"
         )
     if not dirs:
-        return loose, None, skipped
-    files, classes = [], []
+        return loose, None, skipped, []
+    files, classes, empty = [], [], []
     for d in dirs:
+        before = len(files)
         name = os.path.basename(d)
         for dirpath, dirnames, filenames in os.walk(d):
             dirnames.sort()
@@ -374,7 +388,9 @@ def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str]]:
                 (files if image else skipped).append(path)
                 if image:
                     classes.append(name)
-    return files, classes, skipped
+        if len(files) == before:
+            empty.append(d)
+    return files, classes, skipped, empty
 
 
 def pil_8bit(im, where):
@@ -475,9 +491,16 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     if has_test and not has_train:
         raise DataError(f"{root}: has a test/ folder but no train/ folder")
     splits = {"train": root / "train", "test": root / "test"} if has_train else {"train": root}
-    listed = {}
+    listed, empty_classes = {}, []
     for split, folder in splits.items():
-        files, classes, skipped = _list_split(folder)
+        files, classes, skipped, empty = _list_split(folder)
+        if empty:  # not a class of the data: say so, rather than let a typo'd or unfilled folder vanish
+            empty_classes += [os.path.relpath(d, root) for d in empty]
+            warnings.warn(
+                f"{folder}: {len(empty)} class folder(s) hold no image and are not classes: "
+                f"{', '.join(os.path.basename(d) for d in empty[:5])}",
+                stacklevel=2,
+            )
         if not files:
             raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         if len(files) > MAX_IMAGES:
@@ -517,6 +540,8 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     }
     if skipped:
         info["skipped_examples"] = skipped[:5]
+    if empty_classes:
+        info["empty_class_folders"] = empty_classes
     x = arrays["x_train"].astype(np.float32) / 255.0
     x_test = arrays["x_test"].astype(np.float32) / 255.0 if "x_test" in arrays else None
     return _finish(x, ys["train"], x_test, ys.get("test"), info, test_fraction, split_seed)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import report, runs
 from ..evaluate import first_of_each_class
-from ..metrics.codes import encode_all, probe_accuracy, reconstruct_all
+from ..metrics.codes import encode_all, reconstruct_all, validated_probe
 from ..metrics.reconstruction import linear_decoder_sse, sse_per_image
 from ..metrics.retrieval import bits_per_image, encode_codes, hamming_retrieval, pca_sign_codes
 from ..models.binary import BACKWARD_RULES
@@ -27,6 +27,7 @@ from ..train import TrainConfig
 from . import multiseed
 from .common import (
     jobs_field,
+    kept_epoch,
     patience_field,
     seeds_field,
     splits_of,
@@ -133,7 +134,7 @@ def run_one(settings: Settings) -> Path:
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)
         model = runs.load_model(run_dir)  # the weights of the best validation epoch
         config = runs.read_config(run_dir)
-        train_x, train_y, test_x, test_y = runs.run_data(runs.read_config(run_dir), settings.data_dir)
+        train_x, train_y, test_x, test_y = runs.run_data(config, settings.data_dir)
         test_hat = reconstruct_all(model, test_x)
         sse = sse_per_image(test_x.numpy(), test_hat.numpy())
         if name == "binary":
@@ -146,12 +147,14 @@ def run_one(settings: Settings) -> Path:
             {
                 "code": f"{name} AE",
                 "STE": settings.backward if name == "binary" else "none (sigmoid code)",
-                "epoch kept": int(max(h.get("best_epoch", 0) for h in runs.read_history(run_dir))),
+                "epoch kept": kept_epoch(run_dir),
                 "bits per image": bits_per_image(model),
                 "recon_sse": float(sse.mean()),
                 "recon_mse": float(sse.mean() / test_x[0].numel()),
                 **_retrieval(train_codes, train_y.numpy(), test_codes, test_y.numpy()),
-                "probe_accuracy": probe_accuracy(probe_tr, train_y.numpy(), probe_te, test_y.numpy()),
+                "probe_accuracy": validated_probe(
+                    probe_tr, train_y.numpy(), probe_te, test_y.numpy(), runs.validation_indices(config, train_y)
+                )["accuracy"],
                 "distinct train codes": int(len(np.unique(train_codes, axis=0))),
                 "time (s)": time.perf_counter() - t0,
             }
@@ -180,7 +183,9 @@ def run_one(settings: Settings) -> Path:
                 "recon_sse": float(sse.mean()),
                 "recon_mse": float(sse.mean() / x_te[0].size),
                 **_retrieval(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
-                "probe_accuracy": probe_accuracy(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
+                "probe_accuracy": validated_probe(
+                    pca_tr, train_y.numpy(), pca_te, test_y.numpy(), runs.validation_indices(config, train_y)
+                )["accuracy"],
                 "distinct train codes": int(len(np.unique(pca_tr, axis=0))),
                 "time (s)": time.perf_counter() - t0,
             }

@@ -6,12 +6,10 @@ from dataclasses import field
 from pathlib import Path
 
 from .. import data as datamod
+from ..data.sources import VAL_FRACTION, VAL_MAX_IMAGES
 from ..errors import DataError
 from ..options import fraction, opt, positive_int
 from ..train import TrainConfig, train
-
-# the validation split every experiment carves from its train images (stratified, seed 0): 10%, at most 500
-VAL_FRACTION_MAX_IMAGES = 500
 
 
 def seeds_field(default: int = 1):
@@ -33,7 +31,7 @@ def val_fraction_field(what: str):
     return field(
         default=0.1,
         metadata=opt(
-            f"validation share of the train images (stratified, seed 0; at most {VAL_FRACTION_MAX_IMAGES} images) "
+            f"validation share of the train images (stratified, seed 0; at most {VAL_MAX_IMAGES} images) "
             f"that chooses {what}",
             parse=fraction,
         ),
@@ -47,16 +45,24 @@ def patience_field(default: int):
     )
 
 
-def val_fraction_for(n_train: int, fraction: float = 0.1) -> float:
-    """`fraction` of the train images, or VAL_FRACTION_MAX_IMAGES of them if that is fewer (the protocol's
-    default: 10% or 500 images, whichever is smaller)."""
-    return min(fraction, VAL_FRACTION_MAX_IMAGES / max(1, n_train))
+def val_fraction_for(n_train: int, fraction: float = VAL_FRACTION) -> float:
+    """`fraction` of the train images, or VAL_MAX_IMAGES of them if that is fewer (the protocol's default: 10% or
+    500 images, whichever is smaller)."""
+    return min(fraction, VAL_MAX_IMAGES / max(1, n_train))
 
 
 def train_or_resume(cfg: TrainConfig, progress: bool = True, log=print) -> Path:
     """Train cfg into cfg.out, continuing from its checkpoint when an interrupted experiment left one."""
     resume = (Path(cfg.out) / "checkpoint.safetensors").exists()
     return train(cfg, resume=resume, progress=progress, log=log if progress else (lambda *a: None))
+
+
+def kept_epoch(run_dir: str | Path) -> int:
+    """The epoch whose weights a run kept: its best validation epoch under early stopping, else its last."""
+    from ..runs import read_history
+
+    history = read_history(run_dir)
+    return int(max((h.get("best_epoch", 0) for h in history), default=0)) or int(history[-1]["epoch"])
 
 
 def train_split_size(dataset, data_dir=None, train_limit: int | None = None, options: dict | None = None) -> int:

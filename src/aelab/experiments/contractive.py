@@ -14,7 +14,8 @@ Protocol (the test split chooses nothing):
 1. every model trains on the train split minus a stratified validation split (val_fraction, seed 0);
 2. for each regularised family a small grid of its setting is trained with the first seed, and the setting
    whose codes give the best validation probe accuracy (logistic regression fitted on the train-minus-
-   validation codes, scored on the validation codes) is chosen;
+   validation codes, scored on the validation codes, at its best C of aelab.metrics.codes.PROBE_C_GRID) is
+   chosen;
 3. the chosen setting of every family is trained with seeds seed .. seed+N-1 (the first seed's run is reused)
    and each run is scored once on the test split (and on the official MNIST 10k test set when --data-dir
    holds it): probe accuracy, recon SSE, mean ||J_f(x)||_F, Rifai's saturation SAT;
@@ -31,10 +32,9 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from .. import report, runs
-from ..data.sources import validation_split
 from ..errors import DataError
 from ..evaluate import evaluate
-from ..metrics.codes import encode_all, probe_accuracy
+from ..metrics.codes import choose_probe_c, encode_all
 from ..metrics.intervals import format_interval, paired_difference, summarize
 from ..options import float_list, fraction, fraction_list, opt, positive_float_list, positive_int, seed_value
 from ..train import TrainConfig
@@ -179,17 +179,17 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
 
 
 def validation_probe_accuracy(run_dir: str | Path) -> float:
-    """Probe accuracy of a run's codes on its validation split: logistic regression fitted on the codes of the
-    train split minus validation, scored on the validation codes. The split is carved as train.py carves it
-    (aelab.data.sources.validation_split of the train split after train_limit); the test split is never looked at."""
+    """Probe accuracy of a run's codes on its validation split, at the probe's best C on it (the setting and the
+    probe's C are chosen together): logistic regression fitted on the codes of the train split minus
+    validation, scored on the validation codes. The split is carved as train.py carves it
+    (aelab.runs.validation_indices); the test split is never looked at."""
     config = runs.read_config(run_dir)
-    if not config.get("val_fraction"):
-        raise DataError(f"{run_dir} was trained without a validation split (val_fraction 0)")
     train_x, train_y, _, _ = runs.run_data(config)  # the run's train split, after train_limit
-    keep, held, _ = validation_split(train_y.numpy(), config["val_fraction"])
+    validation = runs.validation_indices(config, train_y.numpy())
+    if validation is None:
+        raise DataError(f"{run_dir} was trained without a validation split (val_fraction 0)")
     codes = encode_all(runs.load_model(run_dir), train_x).numpy()
-    labels = train_y.numpy()
-    return probe_accuracy(codes[keep], labels[keep], codes[held], labels[held])
+    return max(choose_probe_c(codes, train_y.numpy(), *validation)[1])
 
 
 def select_settings(settings: Settings) -> dict[str, dict]:

@@ -180,6 +180,8 @@ def run_one(settings: Settings) -> Path:
         train_limit=settings.train_limit,
         epochs=used["ae_epochs"],
         seed=settings.seed,
+        # the AE sees every train image, labels unused: finding the bias-conflicting ones among them is the task
+        val_fraction=0.0,
         out=str(ae_dir),
     )
     train_or_resume(cfg, progress=not settings.no_progress)

@@ -18,7 +18,6 @@ NeurIPS 2020).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from .. import data as datamod
 from .. import options, report, runs
 from ..data.colored import aligned_count, make_colored_mnist
 from ..errors import ConfigError
+from ..metrics.intervals import summarize
 from . import debias_methods as dm
 from .debias_scores import biased_log_probabilities, knn_distance_scores, train_biased_classifier
 
@@ -48,6 +48,7 @@ SELECTION_RULE = (
 LABEL_FREE = ["vanilla", "lff", "jtt", "detect_reweight", "synthesis"]
 ORACLES = ["ORACLE_group_reweight", "ORACLE_group_reweight+synthesis"]
 METRICS = ["unbiased", "aligned", "conflicting", "worst_group"]
+ACCURACY = (0.0, 1.0)  # the metrics and the probes are accuracies: their intervals stay inside [0, 1]
 
 
 def ratio_list(text: str) -> list[float]:
@@ -373,30 +374,20 @@ def run_cell(s: Settings, ratio: float, seed: int, splits: dict | None = None) -
 
 
 # ---------------------------------------------------------------- statistics
-def summarise(values: list[float]) -> dict:
-    """{"mean", "std" (ddof 1), "ci95": t-interval mean +- t_{0.975, n-1} std / sqrt(n), "values", "n_seeds"}."""
-    from scipy.stats import t as student_t
+def summarise(values: list[float], bounded: tuple[float, float] | None = None) -> dict:
+    """aelab.metrics.intervals.summarize: {"mean", "std", "ci95" (None for one seed), "values", "n_seeds", ...}."""
+    return summarize(values, bounded=bounded)
 
-    v = np.asarray(values, dtype=np.float64)
-    mean = float(v.mean())
-    if len(v) < 2:
-        return {
-            "mean": mean,
-            "std": 0.0,
-            "ci95": [mean, mean],
-            "values": v.tolist(),
-            "n_seeds": len(v),
-            "note": "no interval (one seed)",
-        }
-    std = float(v.std(ddof=1))
-    half = float(student_t.ppf(0.975, len(v) - 1) * std / math.sqrt(len(v)))
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "values": v.tolist(), "n_seeds": len(v)}
+
+def _half_width(st: dict) -> float:
+    """The t interval's half-width (the unclipped side, where a bounded metric's interval was clipped)."""
+    return 0.0 if st["ci95"] is None else max(st["ci95"][1] - st["mean"], st["mean"] - st["ci95"][0])
 
 
 def _pm(st: dict) -> str:
     if st["n_seeds"] < 2:
         return f"{100 * st['mean']:.1f}"
-    return f"{100 * st['mean']:.1f} ± {100 * (st['ci95'][1] - st['mean']):.1f}"
+    return f"{100 * st['mean']:.1f} ± {100 * _half_width(st):.1f}"
 
 
 def goal_check(results: dict, test_name: str) -> dict:
@@ -457,10 +448,10 @@ def _run(settings: Settings) -> Path:
         r = {"test_sets": {}, "probes": {}, "selection": [], "bias_discovery": [], "splits": []}
         for tn in test_names:
             r["test_sets"][tn] = {
-                m: {k: summarise([c["metrics"][tn][m][k] for c in cs]) for k in METRICS} for m in methods
+                m: {k: summarise([c["metrics"][tn][m][k] for c in cs], ACCURACY) for k in METRICS} for m in methods
             }
         for ae in ("ae_plain", "ae_debiased"):
-            r["probes"][ae] = {k: summarise([c["probes"][ae][k] for c in cs]) for k in cs[0]["probes"][ae]}
+            r["probes"][ae] = {k: summarise([c["probes"][ae][k] for c in cs], ACCURACY) for k in cs[0]["probes"][ae]}
         r["val_score"] = {m: summarise([c["choices"][m]["val_score"] for c in cs]) for m in LABEL_FREE}
         for c in cs:
             r["selection"].append({"seed": c["seed"], **{m: c["choices"][m] for m in LABEL_FREE}})
@@ -520,7 +511,9 @@ def _figures(out: Path, s: Settings, doc: dict, cells: dict, test_names: list[st
         for m in LABEL_FREE + ORACLES:
             st = [doc["results"][str(r)]["test_sets"][test_names[0]][m][metric] for r in ratios]
             mean = np.array([x["mean"] for x in st])
-            err = np.array([[x["mean"] - x["ci95"][0], x["ci95"][1] - x["mean"]] for x in st]).T
+            err = np.array(
+                [[x["mean"] - lo, hi - x["mean"]] for x in st for lo, hi in [x["ci95"] or [x["mean"]] * 2]]
+            ).T
             ax.errorbar(
                 range(len(ratios)),
                 100 * mean,

@@ -1,73 +1,170 @@
-"""The demo: the MLP autoencoder and the VAE on the embedded mnist5k, evaluated and compared in one report."""
+"""The demo: the MLP autoencoder and the VAE on the embedded mnist5k, evaluated and compared in one report.
+
+Protocol: each model trains on the train split minus a stratified validation split (10%, at most 500 images,
+seed 0), whose loss is recorded per epoch and, with --early-stopping, chooses the kept epoch; the probes' C
+is chosen on it too (aelab.evaluate). The test split (and the official MNIST 10k test set, when --data-dir
+holds its t10k files) is scored once. `--seeds N` repeats it per seed (aelab.experiments.multiseed).
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import report
+from .. import report, runs
 from ..evaluate import evaluate
 from ..options import opt, positive_int, seed_value
-from ..runs import read_config, read_history
 from ..train import TrainConfig
-from .common import train_or_resume
+from . import multiseed
+from .common import (
+    OFFICIAL_TEST,
+    jobs_field,
+    kept_epoch,
+    official_test_status,
+    seeds_field,
+    splits_of,
+    train_or_resume,
+)
+
+ROW_KEY = "model"
+COLUMNS = [
+    "recon_sse",
+    "pca_sse (same code size)",
+    "recon_mse",
+    "probe_accuracy",
+    "raw_probe_accuracy",
+    "test ELBO (nats)",
+    "test KL (nats)",
+    "NLL (nats, IWAE k=100)",
+    "probe C (chosen)",
+    "epoch kept",
+]
+CHOICE_COLUMNS = ["probe C (chosen)", "epoch kept"]
+PAIRS = [("vae", "ae", "probe_accuracy"), ("vae", "ae", "recon_sse")]
+PLOT_COLUMNS = ["probe_accuracy", "recon_sse"]
+MODELS = [("ae", {"loss": "mse"}), ("vae", {"likelihood": "bce"})]
 
 
 @dataclass
 class Settings:
     out: str = field(default="runs/demo", metadata=opt("output folder"))
     dataset: str = field(default="mnist5k", metadata=opt("dataset name (aelab data list)"))
+    data_dir: str | None = field(
+        default=None,
+        metadata=opt("folder of downloaded datasets; with the official MNIST t10k files, also scored on them"),
+    )
     epochs: int = field(default=30, metadata=opt("epochs per model", parse=positive_int))
+    early_stopping: int | None = field(
+        default=None,
+        metadata=opt(
+            "keep the epoch of the best validation loss, stopping after PATIENCE worse ones", parse=positive_int
+        ),
+    )
     seed: int = field(default=0, metadata=opt("seed of every model", parse=seed_value))
+    seeds: int = seeds_field()
+    jobs: int = jobs_field()
     quick: bool = field(default=False, metadata=opt("3 epochs on 1,000 images (smoke test)"))
+    figures: bool = field(default=True, metadata=opt(hidden=True))  # multiseed: t-SNE maps for the first seed only
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
 
 def run(settings: Settings) -> Path:
+    """Every seed's run_one into OUT/seed-<s>/, then the rows over seeds (aelab.experiments.multiseed)."""
+    return multiseed.run(sys.modules[__name__], settings)
+
+
+def _row(name: str, m: dict, kept: int) -> dict:
+    return {
+        "model": name,
+        "recon_sse": m["recon_sse"],
+        "pca_sse (same code size)": m["pca_sse"],
+        "recon_mse": m["recon_mse"],
+        "probe_accuracy": m.get("probe_accuracy"),
+        "raw_probe_accuracy": m.get("raw_probe_accuracy"),
+        "test ELBO (nats)": m.get("test_elbo"),
+        "test KL (nats)": m.get("test_kl"),
+        "NLL (nats, IWAE k=100)": m.get("nll_nats"),
+        "probe C (chosen)": m.get("probe_C"),
+        "epoch kept": kept,
+    }
+
+
+def run_one(settings: Settings) -> Path:
+    started = time.perf_counter()
     out = Path(settings.out)
     epochs, limit = (3, 1000) if settings.quick else (settings.epochs, None)
-    rows, figures, histories, units = [], [], {}, {}
-    for name, options in [("ae", {"loss": "mse"}), ("vae", {"likelihood": "bce"})]:
+    progress = not settings.no_progress
+    own, other = [], []
+    figures, histories, units, config = [], {}, {}, None
+    official = None
+    for name, options in MODELS:
         cfg = TrainConfig(
             model=name,
             model_options=options,
             dataset=settings.dataset,
+            data_dir=settings.data_dir,
             epochs=epochs,
+            early_stopping=settings.early_stopping,
             seed=settings.seed,
             train_limit=limit,
             out=str(out / name),
         )
-        run_dir = train_or_resume(cfg, progress=not settings.no_progress)
-        result = evaluate(run_dir, tsne_points=1000 if settings.quick else 2000, progress=not settings.no_progress)
-        m = result["metrics"]
-        rows.append(
-            {
-                "model": name,
-                "recon_sse": m["recon_sse"],
-                "pca_sse (same code size)": m["pca_sse"],
-                "recon_mse": m["recon_mse"],
-                "probe_accuracy": m["probe_accuracy"],
-                "raw_probe_accuracy": m["raw_probe_accuracy"],
-                "test ELBO (nats)": m.get("test_elbo"),
-                "test KL (nats)": m.get("test_kl"),
-                "NLL (nats, IWAE k=100)": m.get("nll_nats"),
-            }
-        )
-        histories[name] = read_history(run_dir)
-        units[name] = report.loss_unit(read_config(run_dir))
+        run_dir = train_or_resume(cfg, progress=progress)
+        config = runs.read_config(run_dir)
+        if official is None:
+            official, official_note = official_test_status(
+                settings.data_dir, tuple(config["model_options"]["input_shape"])
+            )
+        tsne = (1000 if settings.quick else 2000) if settings.figures else 0
+        result = evaluate(run_dir, tsne_points=tsne, figures=True, data_dir=settings.data_dir, progress=progress)
+        kept = kept_epoch(run_dir)
+        own.append(_row(name, result["metrics"], kept))
+        if official:
+            extra = evaluate(run_dir, data_dir=settings.data_dir, test_dataset=OFFICIAL_TEST, progress=progress)
+            other.append(_row(name, extra["metrics"], kept))
+        histories[name] = runs.read_history(run_dir)
+        units[name] = report.loss_unit(config)
         figures += [(f"{name}: {c}", p) for c, p in _figures_of(run_dir)]
     figures.insert(0, ("Loss per epoch", report.plot_curves(histories, out / "loss.png", units=units)))
-    d = result["data"]
+    tables = {"test split": own}
+    if other:
+        tables["official MNIST test set (10k)"] = other
+    splits = {**splits_of(config), "official_test": {"available": official, "note": official_note}}
+    kept_note = (
+        f"each run keeps the epoch of its best validation loss (patience {settings.early_stopping})"
+        if settings.early_stopping
+        else f"each run keeps its last epoch ({epochs}); the validation loss is only recorded"
+    )
     notes = [
-        f"Data: {d['dataset']} ({d['n_train']} train / {d['n_test']} test images). PCA and the logistic probes are "
-        "fitted on train and scored on test. recon_sse is the per-image sum of squared errors "
-        "(Hinton & Salakhutdinov 2006's unit). VAE numbers are in nats per image, Bernoulli likelihood on "
-        "grey-level (not binarized) pixels, so they are not comparable with the 86.76 / 89.78 nats of "
-        "binarized MNIST.",
-        f"Epochs: {epochs}, seed {settings.seed}. Each run folder holds its config, metrics, "
-        "checkpoint and its own report.",
+        f"Data: {config['dataset']}: {splits['train']} train images, {splits['validation']} validation images "
+        f"carved from train (stratified, seed 0), {splits['test']} test images. The models trained on train minus "
+        f"validation; {kept_note}. The validation split chose each probe's C "
+        "(logistic regression fitted on train minus validation); PCA and the probes were then fitted on the whole "
+        "train split and the test split was scored once. recon_sse is the per-image sum of squared errors "
+        "(Hinton & Salakhutdinov 2006's unit).",
+        official_note,
+        "VAE numbers are in nats per image, Bernoulli likelihood on grey-level (not binarized) pixels, so they are "
+        "not comparable with the 86.76 / 89.78 nats of binarized MNIST.",
+        f"At most {epochs} epochs, seed {settings.seed}. Each run folder holds its config, metrics, checkpoint and "
+        "its own report.",
     ]
-    return report.write_report(out, "aelab demo: MLP autoencoder vs VAE", [("Test metrics", rows)], figures, notes)
+    title = "aelab demo: MLP autoencoder vs VAE"
+    results = {
+        "experiment": "demo",
+        "title": title,
+        "selection_split": "validation",
+        "selection": "per run, the probes' C (and with --early-stopping the epoch) on the validation split",
+        "splits": splits,
+        "tables": tables,
+        "table_order": list(tables),
+        "figures": [[caption, str(Path(path).relative_to(out))] for caption, path in figures],
+        "notes_for_summary": notes,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    runs.write_json(out / "results.json", results)
+    return report.write_report(out, title, [(name, rows) for name, rows in tables.items()], figures, notes)
 
 
 def _figures_of(run_dir: Path):

@@ -24,7 +24,7 @@ from .. import report, runs
 from ..data.sources import validation_split
 from ..errors import ConfigError
 from ..evaluate import evaluate
-from ..metrics.codes import encode_all, probe_accuracy, reconstruct_all, tsne_2d
+from ..metrics.codes import encode_all, reconstruct_all, tsne_2d, validated_probe
 from ..metrics.reconstruction import sse_per_image
 from ..models.deep_ae import LAYER_PRESETS
 from ..options import float_list, int_list, opt, positive_int, seed_value
@@ -33,6 +33,7 @@ from . import multiseed
 from .common import (
     OFFICIAL_TEST,
     jobs_field,
+    kept_epoch,
     official_test_status,
     patience_field,
     seeds_field,
@@ -183,7 +184,7 @@ def run_one(settings: Settings) -> Path:
             "chosen_index": best,
             "ylabel": "validation recon_sse",
             "runs": [str(f.relative_to(out)) for f in folders],
-            "best_epochs": [_kept_epoch(f) for f in folders],
+            "best_epochs": [kept_epoch(f) for f in folders],
         }
         chosen_runs[label] = folders[best]
 
@@ -225,7 +226,9 @@ def run_one(settings: Settings) -> Path:
                     "code size": code,
                     "recon_sse": m0["pca_sse"],
                     "ratio to PCA": 1.0,
-                    "probe accuracy": probe_accuracy(pca.transform(x_tr), y_tr, pca.transform(x_eval), y_eval),
+                    "probe accuracy": validated_probe(
+                        pca.transform(x_tr), y_tr, pca.transform(x_eval), y_eval, runs.validation_indices(config, y_tr)
+                    )["accuracy"],
                 },
             ]
             for _, label in INITS:
@@ -238,7 +241,7 @@ def run_one(settings: Settings) -> Path:
                         "ratio to PCA": m["sse_ratio_to_pca"],
                         "probe accuracy": m["probe_accuracy"],
                         "weight cost (chosen)": sweeps[label]["grid"][sweeps[label]["chosen_index"]],
-                        "epoch kept": _kept_epoch(chosen_runs[label]),
+                        "epoch kept": kept_epoch(chosen_runs[label]),
                     }
                 )
             tables[table] = rows
@@ -265,7 +268,8 @@ def run_one(settings: Settings) -> Path:
         f"carved from train (stratified, seed 0), {splits['test']} test images. The RBMs and autoencoders trained "
         "on train only; the validation split chose each run's epoch (the best validation loss, patience "
         f"{settings.patience}) and each initialisation's weight cost (the lowest validation recon_sse); PCA and the "
-        "logistic probes were fitted on train + validation; the test split was scored once.",
+        "logistic probes were fitted on train + validation, their C chosen on validation (each probe fitted on train "
+        "minus validation); the test split was scored once.",
         official_note,
         f"Architecture {'-'.join(map(str, sizes))}, logistic units, linear code layer. RBM pretraining: CD-1, "
         f"{pretrain_epochs} epochs per layer, Hinton's settings (lr 0.1, weight cost 2e-4, momentum 0.5 then 0.9, "
@@ -308,11 +312,6 @@ def run_one(settings: Settings) -> Path:
         figures,
         notes,
     )
-
-
-def _kept_epoch(run_dir: Path) -> int:
-    history = runs.read_history(run_dir)
-    return int(max((h.get("best_epoch", 0) for h in history), default=0)) or int(history[-1]["epoch"])
 
 
 def _sweep_rows(sweeps: dict) -> list[dict]:

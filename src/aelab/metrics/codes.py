@@ -2,6 +2,7 @@
 makes of a code moved along one dimension or along a line between two images.
 
 probe_accuracy      logistic regression on standardised codes, fitted on TRAIN codes, scored on TEST codes
+validated_probe     the same, its regularisation strength C first chosen on the VALIDATION split
 tsne_2d             t-SNE of codes (for figures; never fitted across splits)
 traversal_rows      an image, then the decoder's output as one code dimension sweeps its range
 interpolation_rows  two real images at the ends, the decoded straight line between their codes in between
@@ -34,8 +35,18 @@ def reconstruct_all(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -
         return torch.cat([model.decode(model.encode(xb)) for xb in x.split(batch_size)])
 
 
+# the probe's inverse regularisation strengths tried on the validation split: four decades around sklearn's C=1
+PROBE_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+DEFAULT_PROBE_C = 1.0  # sklearn's default, used when a run has no validation split to choose on
+
+
 def probe_accuracy(
-    train_codes: np.ndarray, train_y: np.ndarray, test_codes: np.ndarray, test_y: np.ndarray, max_iter: int = 500
+    train_codes: np.ndarray,
+    train_y: np.ndarray,
+    test_codes: np.ndarray,
+    test_y: np.ndarray,
+    max_iter: int = 500,
+    C: float = DEFAULT_PROBE_C,
 ) -> float:
     """Logistic-regression probe: fitted on train codes, scored on held-out test codes."""
     from sklearn.linear_model import LogisticRegression
@@ -43,11 +54,46 @@ def probe_accuracy(
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     # one BLAS thread: these small products gain nothing from more, and lose a lot on a busy machine
     with threadpool_limits(1, "blas"):
         probe.fit(train_codes.reshape(len(train_codes), -1), train_y)
         return float(probe.score(test_codes.reshape(len(test_codes), -1), test_y))
+
+
+def choose_probe_c(
+    codes: np.ndarray, labels: np.ndarray, keep: np.ndarray, held: np.ndarray, grid: Sequence[float] = PROBE_C_GRID
+) -> tuple[float, list[float]]:
+    """(C, validation accuracy of every C in grid): the probe fitted on codes[keep] and scored on codes[held]
+    (the validation split) for each C; the best, the smallest C among equals (the most regularised)."""
+    scores = [probe_accuracy(codes[keep], labels[keep], codes[held], labels[held], C=c) for c in grid]
+    best = max(scores)
+    return min(c for c, s in zip(grid, scores) if s == best), scores
+
+
+def validated_probe(
+    train_codes: np.ndarray,
+    train_y: np.ndarray,
+    test_codes: np.ndarray,
+    test_y: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    grid: Sequence[float] = PROBE_C_GRID,
+) -> dict:
+    """The probe with its C chosen on the validation split, then refitted on all train codes (validation
+    included) with that C and scored once on the test codes. `validation` = (kept, held) indices into the train
+    codes, or None: then C is sklearn's default 1 and nothing is chosen.
+    Returns {"accuracy", "C", "grid", "validation_accuracy" (one per grid point, or None)}."""
+    labels = np.asarray(train_y)
+    if validation is not None:
+        keep, held = validation
+        if len(np.unique(labels[keep])) < 2 or len(held) == 0:
+            validation = None  # nothing to fit or to score on: no choice to make
+    if validation is None:
+        C, scores, grid = DEFAULT_PROBE_C, None, [DEFAULT_PROBE_C]
+    else:
+        C, scores = choose_probe_c(train_codes, labels, *validation, grid=grid)
+    accuracy = probe_accuracy(train_codes, labels, test_codes, test_y, C=C)
+    return {"accuracy": accuracy, "C": C, "grid": list(grid), "validation_accuracy": scores}
 
 
 TSNE_ITERATIONS = 500  # sklearn's default is 1000: the map is settled by 500, at half the cost
