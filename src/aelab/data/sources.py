@@ -494,6 +494,8 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     listed, empty_classes = {}, []
     for split, folder in splits.items():
         files, classes, skipped, empty = _list_split(folder)
+        if not files:
+            raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         if empty:  # not a class of the data: say so, rather than let a typo'd or unfilled folder vanish
             empty_classes += [os.path.relpath(d, root) for d in empty]
             warnings.warn(
@@ -501,8 +503,6 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
                 f"{', '.join(os.path.basename(d) for d in empty[:5])}",
                 stacklevel=2,
             )
-        if not files:
-            raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         if len(files) > MAX_IMAGES:
             raise DataError(f"{folder}: {len(files)} images, more than the {MAX_IMAGES} aelab loads")
         listed[split] = (files, classes, skipped)
