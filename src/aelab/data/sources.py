@@ -166,12 +166,14 @@ VAL_MAX_IMAGES = 500  # ... or 500 of them, whichever is fewer
 MIN_TRAIN_FOR_VALIDATION = 20  # below this, the default carves none (it would leave a split of one image)
 
 
-def default_val_fraction(n_train: int, fraction: float = VAL_FRACTION) -> float:
-    """`fraction` of n_train images, or VAL_MAX_IMAGES of them if that is fewer; 0 for fewer than
-    MIN_TRAIN_FOR_VALIDATION images."""
-    if n_train < MIN_TRAIN_FOR_VALIDATION:
-        return 0.0
-    return min(fraction, VAL_MAX_IMAGES / n_train)
+def capped_val_fraction(n_train: int, fraction: float = VAL_FRACTION) -> float:
+    """`fraction` of n_train images, or VAL_MAX_IMAGES of them if that is fewer (the protocol's 10% or 500)."""
+    return min(fraction, VAL_MAX_IMAGES / max(1, n_train))
+
+
+def default_val_fraction(n_train: int) -> float:
+    """What `aelab train` carves when not told: the capped 10%, or none below MIN_TRAIN_FOR_VALIDATION images."""
+    return 0.0 if n_train < MIN_TRAIN_FOR_VALIDATION else capped_val_fraction(n_train)
 
 
 def validation_split(train_labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import report, runs
+from ..data.sources import capped_val_fraction
 from ..evaluate import first_of_each_class
 from ..metrics.codes import encode_all, reconstruct_all, validated_probe
 from ..metrics.reconstruction import linear_decoder_sse, sse_per_image
@@ -34,7 +35,6 @@ from .common import (
     train_or_resume,
     train_split_size,
     val_fraction_field,
-    val_fraction_for,
 )
 
 ROW_KEY = "code"
@@ -127,7 +127,7 @@ def run_one(settings: Settings) -> Path:
             train_limit=settings.train_limit,
             epochs=epochs,
             seed=settings.seed,
-            val_fraction=val_fraction_for(n_train, settings.val_fraction),
+            val_fraction=capped_val_fraction(n_train, settings.val_fraction),
             early_stopping=settings.patience,
             out=str(out / name),
         )

@@ -6,7 +6,7 @@ from dataclasses import field
 from pathlib import Path
 
 from .. import data as datamod
-from ..data.sources import VAL_FRACTION, VAL_MAX_IMAGES
+from ..data.sources import VAL_MAX_IMAGES
 from ..errors import DataError
 from ..options import fraction, opt, positive_int
 from ..train import TrainConfig, train
@@ -43,12 +43,6 @@ def patience_field(default: int):
         default=default,
         metadata=opt("stop after this many epochs without a better validation loss", parse=positive_int),
     )
-
-
-def val_fraction_for(n_train: int, fraction: float = VAL_FRACTION) -> float:
-    """`fraction` of the train images, or VAL_MAX_IMAGES of them if that is fewer (the protocol's default: 10% or
-    500 images, whichever is smaller)."""
-    return min(fraction, VAL_MAX_IMAGES / max(1, n_train))
 
 
 def train_or_resume(cfg: TrainConfig, progress: bool = True, log=print) -> Path:

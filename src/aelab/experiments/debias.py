@@ -22,7 +22,7 @@ import torch
 from .. import data as datamod
 from .. import report, runs
 from ..data.colored import make_colored_mnist
-from ..data.sources import validation_split
+from ..data.sources import capped_val_fraction, validation_split
 from ..metrics.codes import encode_all, tsne_2d
 from ..metrics.ranking import auroc, class_metrics, mean_curves
 from ..options import fraction, int_list, opt, positive_int, seed_value
@@ -35,7 +35,6 @@ from .common import (
     seeds_field,
     train_or_resume,
     val_fraction_field,
-    val_fraction_for,
 )
 
 COLOUR_LABEL_USE = (
@@ -162,7 +161,7 @@ def run_one(settings: Settings) -> Path:
     )
     y, conf = digits.numpy(), conflicting.numpy()
     # the validation images: their colour labels choose k; the other train images are the detection's test
-    keep, held, split_note = validation_split(y, val_fraction_for(len(y), settings.val_fraction))
+    keep, held, split_note = validation_split(y, capped_val_fraction(len(y), settings.val_fraction))
 
     # 1. the autoencoder, trained by the common trainer on the same images (no labels of any kind)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import data as datamod
 from .. import report, runs
-from ..data.sources import validation_split
+from ..data.sources import capped_val_fraction, validation_split
 from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..metrics.codes import encode_all, reconstruct_all, tsne_2d, validated_probe
@@ -41,7 +41,6 @@ from .common import (
     train_or_resume,
     train_split_size,
     val_fraction_field,
-    val_fraction_for,
 )
 
 PAPER = {"deep AE": 3.00, "logistic PCA": 8.01, "PCA": 13.87}
@@ -145,7 +144,7 @@ def run_one(settings: Settings) -> Path:
     grid = list(settings.weight_decay or WEIGHT_DECAY_GRID[1 if settings.quick else 0])
     progress = not settings.no_progress
     n_train = train_split_size(settings.dataset, settings.data_dir, settings.train_limit)
-    val_fraction = val_fraction_for(n_train, settings.val_fraction)
+    val_fraction = capped_val_fraction(n_train, settings.val_fraction)
 
     # 1. selection on the validation split: each init's weight cost; each run keeps its best validation epoch
     sweeps, chosen_runs = {}, {}
