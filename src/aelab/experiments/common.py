@@ -45,6 +45,26 @@ def patience_field(default: int):
     )
 
 
+def device_field():
+    """--device: where every training inside the experiment runs (RBM pretraining included)."""
+    return field(default="cpu", metadata=opt("cpu, cuda or cuda:N: every training inside the experiment runs there"))
+
+
+def amp_field():
+    return field(default=False, metadata=opt("bf16 autocast for every training inside the experiment (CUDA only)"))
+
+
+def preflight(settings) -> None:
+    """Refuse a bad --device and missing or wrong data with one line, before any training starts: the device
+    is resolved and an IDX dataset's files are found (or fetched) and verified now."""
+    from ..train import resolve_device
+
+    resolve_device(getattr(settings, "device", "cpu"))
+    dataset = getattr(settings, "dataset", None)
+    if isinstance(dataset, str) and dataset in datamod.IDX_DATASETS:
+        datamod.fetch(dataset, getattr(settings, "data_dir", None), quiet=False)
+
+
 def train_or_resume(cfg: TrainConfig, progress: bool = True, log=print) -> Path:
     """Train cfg into cfg.out, continuing from its checkpoint when an interrupted experiment left one."""
     resume = (Path(cfg.out) / "checkpoint.safetensors").exists()
