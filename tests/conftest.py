@@ -76,3 +76,34 @@ def tiny_demo(monkeypatch):
         monkeypatch.setattr(common, "train", tiny)
 
     return install
+
+
+@pytest.fixture
+def idx_mnist(tmp_path, monkeypatch):
+    """A small stand-in for the full MNIST: 400 train and 100 test digits (from the embedded mnist5k) written
+    as the four official IDX file names, gzip-compressed, in one flat folder (as ../shared/data/mnist-idx/);
+    the `mnist` dataset's checksums are swapped for theirs. Returns the folder (pass it as --data-dir)."""
+    import gzip
+    import hashlib
+    import struct
+
+    import numpy as np
+
+    from aelab import data
+    from aelab.data.datasets import IdxDataset, IdxFile
+
+    folder = tmp_path / "mnist-idx"
+    folder.mkdir()
+    official = data.IDX_DATASETS["mnist"]
+    files = {}
+    for split, n in (("train", 400), ("test", 100)):
+        x, y = data.load("mnist5k", split)
+        images = (x[:n, 0].numpy() * 255).round().astype(np.uint8)
+        for kind, arr in (("images", images), ("labels", y[:n].numpy().astype(np.uint8))):
+            raw = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape) + arr.tobytes()
+            blob = gzip.compress(raw)
+            name = official.files[f"{split}_{kind}"].name
+            (folder / name).write_bytes(blob)
+            files[f"{split}_{kind}"] = IdxFile(name, hashlib.md5(blob).hexdigest())
+    monkeypatch.setitem(data.IDX_DATASETS, "mnist", IdxDataset("mnist", official.mirrors, files, 400, 100))
+    return folder

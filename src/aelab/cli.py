@@ -44,7 +44,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=S, help="default 20")
     p.add_argument("--batch-size", type=positive_int, default=S, help="default 128")
     p.add_argument("--lr", type=positive_float, default=S, help="default 1e-3")
-    p.add_argument("--optimizer", default=S, choices=["adam", "lbfgs"])
+    p.add_argument(
+        "--optimizer",
+        default=S,
+        choices=["adam", "lbfgs", "cg"],
+        help="adam (default), lbfgs, or cg: Polak-Ribière conjugate gradients with three line searches per batch "
+        "(Hinton & Salakhutdinov's fine-tuner; --lr is not used)",
+    )
     p.add_argument("--seed", type=seed_value, default=S, help="default 0")
     p.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--amp", action="store_true", default=S, help="bf16 autocast on CUDA (no-op on CPU)")

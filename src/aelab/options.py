@@ -86,6 +86,21 @@ def float_list(text: str) -> list[float]:
     return values
 
 
+def word_list(choices) -> Callable[[str], list[str]]:
+    """A parser of comma-separated words, each one of `choices`, without repeats, in the order given."""
+
+    def parse(text: str) -> list[str]:
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        bad = [w for w in words if w not in choices]
+        if not words or bad or len(set(words)) != len(words):
+            raise argparse.ArgumentTypeError(
+                f"expected distinct comma-separated words from {', '.join(choices)}, got {text!r}"
+            )
+        return words
+
+    return parse
+
+
 def positive_float_list(text: str) -> list[float]:
     """Comma-separated positive finite numbers (a grid of weight decays or noise levels)."""
     values = float_list(text)
@@ -143,7 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser, settings_cls: type) -> None:
     for f in dataclasses.fields(settings_cls):
         meta = f.metadata
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = argparse.SUPPRESS if meta.get("hidden") else meta.get("help") or None
+        # argparse formats help with %: a literal "95% interval" must reach it as "95%% interval"
+        help_text = argparse.SUPPRESS if meta.get("hidden") else (meta.get("help") or "").replace("%", "%%") or None
         if hints[f.name] is bool:
             parser.add_argument(_flag(f.name), action="store_true", default=default, help=help_text)
             continue

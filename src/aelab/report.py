@@ -92,6 +92,24 @@ def curve_panels(names, units: dict[str, str] | None = None) -> dict[str, list[s
     return panels
 
 
+def plot_side_by_side(
+    panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: str | Path, label: str = "label"
+) -> Path:
+    """2-D points of the same items in several panels (e.g. PCA's first two components beside a 2-D code),
+    coloured by class: the layout of Hinton & Salakhutdinov's Fig. 3."""
+    import matplotlib.pyplot as plt
+
+    classes = int(labels.max()) + 1 if len(labels) else 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for ax, (title, pts) in zip(axes[0], panels):
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=labels, cmap="tab10", s=4, vmin=-0.5, vmax=classes - 0.5)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(classes), label=label)
+    return save_png(fig, path)
+
+
 def plot_curves(
     histories: dict[str, list[dict]],
     path: str | Path,

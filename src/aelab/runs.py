@@ -387,6 +387,16 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 # ---------------------------------------------------------------- the files of a run folder
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def package_versions() -> dict[str, str]:
     import numpy
     import safetensors

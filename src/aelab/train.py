@@ -38,7 +38,11 @@ from . import data as datamod
 from . import models, runs, tracking
 from .data.sources import default_val_fraction, validation_split
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .optim import ConjugateGradient
 from .options import MAX_COUNT, MAX_SEED
+
+OPTIMIZERS = ("adam", "lbfgs", "cg")
+CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
 @dataclass
@@ -58,12 +62,15 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
-    optimizer: str = "adam"  # adam | lbfgs
+    optimizer: str = "adam"  # adam | lbfgs | cg (Polak-Ribière conjugate gradients, 3 line searches a batch; no lr)
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
     compile: bool = False  # torch.compile the loss (forward + backward): a speed knob, the maths is unchanged
     out: str = "runs/run"
+    # a .safetensors of this model's weights (e.g. a pretrain() folder's model.safetensors) to start from, in
+    # place of the model's own pretraining; shape-checked, its SHA-256 recorded in config.json
+    init_weights: str | None = None
     eval_batch_size: int = 1000
     tensorboard: bool = True  # RUN/tb, when the optional tensorboard package is installed
     mlflow: str | None = None  # an MLflow tracking URI (sqlite:///mlflow.db, a folder, http://...): log there too
@@ -99,6 +106,11 @@ class TrainConfig:
             raise ConfigError(f"--seed must be an integer in [0, 2^63), got {self.seed!r}")
         if not str(self.out).strip():
             raise ConfigError("--out must name a folder")
+        if self.init_weights is not None:
+            if not (isinstance(self.init_weights, str) and self.init_weights.endswith(".safetensors")):
+                raise ConfigError(f"init_weights must name a .safetensors file, got {self.init_weights!r}")
+            if not Path(self.init_weights).is_file():
+                raise ConfigError(f"init_weights: no file {self.init_weights}")
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
         if isinstance(self.dataset, datamod.Data):
@@ -116,8 +128,8 @@ class TrainConfig:
             raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
-        if self.optimizer not in ("adam", "lbfgs"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from adam, lbfgs")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.model not in models.names():
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(models.names())}")
         resolve_device(self.device)
@@ -279,6 +291,8 @@ def load_data(
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "cg":  # Hinton & Salakhutdinov's fine-tuner: three line searches per mini-batch
+        return ConjugateGradient(model.parameters(), line_searches=3)
     if cfg.optimizer == "lbfgs":
         return torch.optim.LBFGS(
             model.parameters(), lr=cfg.lr, max_iter=3, history_size=10, line_search_fn="strong_wolfe"
@@ -381,7 +395,7 @@ def train_one_epoch(
             return loss
 
         runs.fault_point("step")
-        if cfg.optimizer == "lbfgs":
+        if cfg.optimizer in CLOSURE_OPTIMIZERS:
             # the line search compares objective values: every rank must see the same one, the global
             # batch mean (the gradients already are, through DDP), or the ranks' steps diverge
             def global_closure() -> torch.Tensor:
@@ -445,6 +459,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         "n_test": len(test_x),
         "world_size": world,
     }
+    if cfg.init_weights:
+        config["init_weights_sha256"] = runs.file_sha256(cfg.init_weights)
     start_epoch, history = 0, []
     run = RunWriter(out, model, opt, history, enabled=rank == 0)
     if resume:
@@ -473,7 +489,14 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     run.open(config, resume)
     say = log if (progress and rank == 0) else None
 
-    # 2. model-specific pretraining (the deep AE's RBM stack), once, checkpointed as epoch 0
+    # 2. the starting weights: another run's (init_weights), or the model's own pretraining (the deep AE's RBM
+    # stack), once, checkpointed as epoch 0
+    if cfg.init_weights and not run.pretrained:
+        tensors, _ = runs.read_safetensors(cfg.init_weights)
+        runs.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, Path(cfg.init_weights))
+        run.pretrained = True
+        history.append({"epoch": 0, "phase": "init_weights", "time_s": 0.0})
+        run.checkpoint(0)
     if model.needs_pretraining and not run.pretrained:
         t0 = time.perf_counter()
         bar_label = (out.name or str(out)) if progress and rank == 0 else None  # its bar is labelled by the run
@@ -574,4 +597,44 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         import torch.distributed as dist
 
         dist.barrier()
+    return out
+
+
+def pretrain(cfg: TrainConfig, progress: bool = True, log=print) -> Path:
+    """Only the model's pretraining (the deep AE's RBM stack), on the train split that `train(cfg)` would use
+    (its validation split carved off first), into cfg.out: model.safetensors, model.json and pretrain.json
+    (the settings and the time). Several fine-tuning runs can then start from the same pretrained weights
+    (TrainConfig.init_weights = OUT/model.safetensors) instead of each pretraining again. A folder whose
+    pretrain.json matches is kept as it is."""
+    cfg.validate()
+    out = Path(cfg.out)
+    wanted = json.loads(json.dumps({k: v for k, v in cfg.to_json().items() if k not in ("out", "device", "epochs")}))
+    done = out / "pretrain.json"
+    if done.is_file() and (out / "model.safetensors").is_file():
+        if runs.read_json(done).get("settings") == wanted:
+            return out
+        raise ConfigError(f"{out} holds a pretraining with other settings; choose another folder or remove it")
+    device = resolve_device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    with runs.RunLock(out):
+        torch.manual_seed(cfg.seed)
+        train_x, _, _, data_info = load_data(cfg, device, progress)
+        options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
+        model = models.create(cfg.model, **options).to(device)
+        if not model.needs_pretraining:
+            raise ConfigError(f"model {cfg.model!r} with these options has no pretraining")
+        t0 = time.perf_counter()
+        model.pretrain(train_x, seed=cfg.seed, log=log if progress else None, progress=out.name if progress else None)
+        runs.save_model(out, model)
+        runs.write_json(
+            done,
+            {
+                "settings": wanted,
+                "n_train": len(train_x),
+                "data_info": data_info,
+                "time_s": time.perf_counter() - t0,
+                "device": str(device),
+                "versions": runs.package_versions(),
+            },
+        )
     return out

@@ -273,7 +273,7 @@ def fetch(
             return Path()  # nothing to download
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
     ds = IDX_DATASETS[name]
-    folder = data_dir(root) / name
+    folder = dataset_folder(name, root)
     bases = [check_url(b) for b in (mirrors or ds.mirrors)]
     for key, spec in ds.files.items():
         path = folder / spec.name
@@ -318,10 +318,22 @@ def fetch(
     return folder
 
 
+def dataset_folder(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where the files of IDX dataset `name` are: ROOT/NAME/, or ROOT itself when ROOT holds all of them and
+    ROOT/NAME/ does not (a folder of the four files, such as ../shared/data/mnist-idx/). A download goes to
+    ROOT/NAME/."""
+    root_path = data_dir(root)
+    nested = root_path / name
+    files = [f.name for f in IDX_DATASETS[name].files.values()]
+    if not nested.is_dir() and all((root_path / f).is_file() for f in files):
+        return root_path
+    return nested
+
+
 def available_offline(name: str, root: str | os.PathLike | None = None) -> bool:
     if name in EMBEDDED or name in DERIVED:
         return True
-    folder = data_dir(root) / name
+    folder = dataset_folder(name, root)
     return all((folder / f.name).exists() for f in IDX_DATASETS[name].files.values())
 
 

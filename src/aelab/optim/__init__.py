@@ -1,0 +1,5 @@
+"""Optimizers that are not in torch.optim."""
+
+from .cg import ConjugateGradient
+
+__all__ = ["ConjugateGradient"]
