@@ -7,7 +7,7 @@ Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020).
       -> the colour labels grade each score within each digit class: AUROC, AP, precision/recall at
          k = the number of conflicting images of the class
       -> results.json, report.html/md (tables, ROC and precision-recall curves, t-SNE of the codes by digit and by
-         colour, top-ranked images)
+         colour, top-ranked images; written by debias_report.py)
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ NeurIPS 2020).
       test: the mnist5k test split coloured with every colour equally often per digit (and the official 10k MNIST
         test set the same way, when --data-dir holds its IDX files)
     -> results.json (every metric as mean / std / ci95 / values / n_seeds), report.html / report.md, figures
+
+The methods run on one (ratio, seed) cell are in debias_classifier_cell.py, the summary over seeds and the report
+in debias_classifier_report.py; the methods themselves are aelab.debias. --device / --amp: every model trains
+there (random draws stay on CPU generators, so a seed gives the same data order on any device).
 """
 
 from __future__ import annotations
