@@ -153,7 +153,7 @@ def test_synthesis_shape_and_range():
         (["--aligned-ratio", "x"], "(0, 1)"),
         (["--aligned-ratio", "0.999"], "no bias-conflicting sample"),
         (["--seeds", "0"], "positive integer"),
-        (["--device", "tpu"], "unknown device"),
+        (["--device", "tpu", "--aligned-ratio", "0.9"], "unknown device"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):

@@ -211,7 +211,7 @@ def run_one(settings: Settings) -> Path:
 
 
 def _score(settings: Settings, used: dict, images, digits, ae, k: int, timings: dict, features: dict) -> dict:
-    """Every method of debias_scores on one image set, with this run's settings (images and digits only)."""
+    """Every method of aelab.debias.scores on one image set, with this run's settings (images and digits only)."""
     return detection.score_samples(
         images,
         digits,
