@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aelab import debias as bias
 from aelab.data import load
 from aelab.data.colored import make_colored_mnist
-from aelab.experiments import debias_scores as bias
 from aelab.metrics import ranking
 
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from aelab import debias as dm
 from aelab.cli import main
 from aelab.data.colored import make_colored_mnist
 from aelab.experiments import debias_classifier as dc
-from aelab.experiments import debias_methods as dm
+from aelab.experiments import debias_classifier_cell as cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(train_limit=300, epochs=2, ae_epochs=1, no_progress=True)
@@ -18,7 +19,7 @@ TINY = dict(train_limit=300, epochs=2, ae_epochs=1, no_progress=True)
 @pytest.fixture(scope="module")
 def tiny_splits():
     s = dc.Settings(out="unused", **TINY)
-    return s, dc.load_splits(s, 0.9, 0)
+    return s, cell.load_splits(s, 0.9, 0)
 
 
 def test_unbiased_test_set_is_colour_uniform(tiny_splits):
@@ -60,9 +61,9 @@ def test_scrambled_colour_labels_leave_every_label_free_model_identical(tiny_spl
     s, splits = tiny_splits
     scrambled = _scrambled(splits)
     assert not torch.equal(scrambled["train"]["colours"], splits["train"]["colours"])
-    a, b = dc.run_cell(s, 0.9, 0, splits), dc.run_cell(s, 0.9, 0, scrambled)
-    assert set(a["fit"]["models"]) == set(dc.LABEL_FREE)
-    for name in dc.LABEL_FREE:
+    a, b = cell.run_cell(s, 0.9, 0, splits), cell.run_cell(s, 0.9, 0, scrambled)
+    assert set(a["fit"]["models"]) == set(cell.LABEL_FREE)
+    for name in cell.LABEL_FREE:
         assert _same_state(a["fit"]["models"][name], b["fit"]["models"][name]), name
     for name in a["fit"]["aes"]:
         assert _same_state(a["fit"]["aes"][name], b["fit"]["aes"][name]), name
@@ -152,6 +153,7 @@ def test_synthesis_shape_and_range():
         (["--aligned-ratio", "x"], "(0, 1)"),
         (["--aligned-ratio", "0.999"], "no bias-conflicting sample"),
         (["--seeds", "0"], "positive integer"),
+        (["--device", "tpu", "--aligned-ratio", "0.9"], "unknown device"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):

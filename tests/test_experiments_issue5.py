@@ -10,7 +10,7 @@ import torch
 from aelab.cli import main
 from aelab.data import load
 from aelab.data.colored import make_colored_mnist
-from aelab.experiments import debias_scores as bias
+from aelab.debias import scores as bias
 from aelab.metrics import ranking
 
 

@@ -13,7 +13,6 @@ import torch
 from aelab import evaluate as evaluate_module
 from aelab import report, runs
 from aelab.cli import main
-from aelab.experiments import debias
 from aelab.metrics import codes as codes_module
 from aelab.metrics import ranking
 from aelab.metrics.codes import interpolation_rows, traversal_rows, tsne_2d
@@ -212,7 +211,7 @@ def test_debias_roc_pr_curves_and_their_areas(tmp_path):
         assert np.trapezoid(c["tpr"], c["fpr"]) == pytest.approx(methods[name]["mean"]["auroc"], abs=2e-3)
         assert np.mean(c["precision"][1:]) == pytest.approx(methods[name]["mean"]["average_precision"], abs=2e-3)
 
-    figures = debias.roc_pr_figures(scores, digits, conflicting, methods, "good", tmp_path / "figures")
+    figures = report.detection_curve_figures(scores, digits, conflicting, methods, "good", tmp_path / "figures")
     assert [p.name for _, p in figures] == ["roc_pr.png", "roc_pr_best.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for _, p in figures)
     html = report.write_report(tmp_path, "debias", [], figures).read_text()

@@ -37,6 +37,34 @@ def test_no_experiment_imports_the_cli():
     assert offenders == []
 
 
+EXPERIMENT_MAX_LINES = 300  # an experiment is a recipe; methods, metrics and drawing live in the library
+IMPORTS_EXPERIMENTS = re.compile(
+    r"^\s*(from\s+(aelab|\.\.)\.?experiments\b|import\s+aelab\.experiments\b|from\s+(aelab|\.\.)\s+import\s+.*\bexperiments\b)",
+    re.MULTILINE,
+)
+
+
+def test_every_experiment_file_is_under_300_lines():
+    lengths = {p.name: len(p.read_text().splitlines()) for p in (SRC / "experiments").glob("*.py")}
+    assert len(lengths) > 5
+    too_long = {name: n for name, n in lengths.items() if name != "hinton2006.py" and n >= EXPERIMENT_MAX_LINES}
+    assert too_long == {}
+
+
+def test_the_debias_library_imports_no_experiment():
+    files = sorted((SRC / "debias").glob("*.py"))
+    assert {"__init__.py", "gce.py", "lff.py", "jtt.py", "scores.py", "synthesis.py"} <= {p.name for p in files}
+    offenders = [p.name for p in files if IMPORTS_EXPERIMENTS.search(p.read_text())]
+    assert offenders == []
+    # the pattern does see the three spellings of such an import
+    for line in (
+        "from ..experiments import common",
+        "from aelab.experiments.debias import run",
+        "from .. import experiments",
+    ):
+        assert IMPORTS_EXPERIMENTS.search(line), line
+
+
 def test_every_registered_model_follows_the_interface():
     for name in models.names():
         cls = models.model_class(name)

@@ -310,6 +310,9 @@ def cmd_experiment(args) -> int:
         settings.validate()
     if not str(settings.out).strip():
         raise AelabError("--out must name a folder")
+    from .experiments.common import preflight
+
+    preflight(settings)  # a bad --device or missing data: one line, before the output folder is made
     with RunLock(settings.out):  # the experiment's own files; each of its runs locks its own folder too
         path = module.run(settings)
     print(f"report: {path}")

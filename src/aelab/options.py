@@ -117,6 +117,23 @@ def fraction_list(text: str) -> list[float]:
     return values
 
 
+def ratio_list(text: str) -> list[float]:
+    """Comma-separated aligned ratios, each in (0, 1)."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected ratios like 0.98,0.99, got {text!r}")
+    values = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            v = float("nan")
+        if not 0 < v < 1:
+            raise argparse.ArgumentTypeError(f"an aligned ratio must be a number in (0, 1), got {p.strip()!r}")
+        values.append(v)
+    return values
+
+
 def int_list(text: str) -> list[int]:
     """Layer sizes like 256,64 or 784-1000-500. A minus sign is never read as a separator: -64-16 is refused."""
     if not re.fullmatch(r"\s*\d+\s*([,-]\s*\d+\s*)*", text):

@@ -252,6 +252,115 @@ def plot_intervals(points: dict[str, dict], label: str, path: str | Path) -> Pat
     return save_png(fig, path)
 
 
+def plot_series_intervals(
+    x_labels: Sequence[str],
+    series: dict[str, list[dict]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    scale: float = 1.0,
+    dashed: Sequence[str] = (),
+) -> Path:
+    """One line per name over the x positions: each point a mean with its 95% interval (aelab.metrics.intervals.
+    summarize's dict; no whisker without one), multiplied by `scale`; the names in `dashed` drawn dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, stats in series.items():
+        mean = np.array([x["mean"] for x in stats])
+        err = np.array([[x["mean"] - lo, hi - x["mean"]] for x in stats for lo, hi in [x["ci95"] or [x["mean"]] * 2]]).T
+        ax.errorbar(
+            range(len(x_labels)),
+            scale * mean,
+            yerr=scale * err,
+            capsize=3,
+            marker="o",
+            linestyle="--" if name in dashed else "-",
+            label=name,
+        )
+    ax.set_xticks(range(len(x_labels)), list(x_labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save_png(fig, path)
+
+
+def plot_palette_scatter(points: np.ndarray, rgb: np.ndarray, ringed: np.ndarray, path: str | Path, title: str) -> Path:
+    """Like plot_scatter, but each point drawn in its own RGB colour (rgb: (N, 3) in [0, 1]) on a dark ground,
+    the points of `ringed` (a boolean mask) circled in white."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.set_facecolor("0.2")  # the colours may include light grey
+    ax.scatter(points[:, 0], points[:, 1], c=rgb, s=4)
+    ax.scatter(points[ringed, 0], points[ringed, 1], s=40, facecolors="none", edgecolors="white", linewidths=0.8)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return save_png(fig, path)
+
+
+def plot_top_scored(
+    images: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+    positive: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    per_class: int = 10,
+) -> Path:
+    """One row per class: its `per_class` highest-scored images (stable order on ties), the row labelled
+    "class: positives among them/shown"."""
+    rows, labels = [], []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        top = idx[np.argsort(-scores[idx], kind="stable")[:per_class]]
+        rows.append(images[top])
+        labels.append(f"{c}: {int(positive[top].sum())}/{len(top)}")
+    return plot_image_rows(rows, labels, path, title)
+
+
+def detection_curve_figures(
+    scores: dict[str, np.ndarray], classes: np.ndarray, positive: np.ndarray, graded: dict, best: str, fig_dir: Path
+) -> list[tuple[str, Path]]:
+    """ROC and precision-recall curves of a detection graded within each class (aelab.metrics.ranking.
+    class_metrics's `graded[name]`): every method's curves averaged over the classes, then the best method's
+    curve in each class."""
+    from .metrics.ranking import mean_curves
+
+    positive_rate = float(np.mean([positive[classes == c].mean() for c in np.unique(classes)]))
+    curves = {
+        name: {
+            **mean_curves(s, classes, positive),
+            "auroc": graded[name]["mean"]["auroc"],
+            "average_precision": graded[name]["mean"]["average_precision"],
+        }
+        for name, s in scores.items()
+    }
+    per_class = {}
+    for row in graded[best]["per_class"]:
+        m = classes == row["class"]
+        if 0 < row["n_conflicting"] < row["n"]:
+            per_class[f"digit {row['class']}"] = {
+                **mean_curves(scores[best][m], classes[m], positive[m]),
+                "auroc": row["auroc"],
+                "average_precision": row["average_precision"],
+            }
+    figures = [
+        (
+            "ROC and precision-recall curves of each method, averaged over the digit classes (vertically: the mean "
+            "true positive rate at each false positive rate, the mean precision at each recall); dotted: chance",
+            plot_roc_pr(curves, fig_dir / "roc_pr.png", "every method, mean over digit classes", positive_rate),
+        )
+    ]
+    if per_class:
+        figures.append(
+            (
+                f"ROC and precision-recall curves of the best method ({best}) in each digit class",
+                plot_roc_pr(per_class, fig_dir / "roc_pr_best.png", f"{best}, per digit class"),
+            )
+        )
+    return figures
+
+
 def plot_bit_usage(f: np.ndarray, path: str | Path) -> Path:
     """Histogram of f_j, the fraction of train images with bit j on."""
     fig, ax = plt.subplots(figsize=(5, 3.5))

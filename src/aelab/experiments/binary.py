@@ -27,9 +27,12 @@ from ..options import opt, positive_int, seed_value
 from ..train import TrainConfig
 from . import multiseed
 from .common import (
+    amp_field,
+    device_field,
     jobs_field,
     kept_epoch,
     patience_field,
+    preflight,
     seeds_field,
     splits_of,
     train_or_resume,
@@ -88,6 +91,8 @@ class Settings:
     seeds: int = seeds_field()
     jobs: int = jobs_field()
     quick: bool = field(default=False, metadata=opt("3 epochs (about 2 minutes)"))
+    device: str = device_field()
+    amp: bool = amp_field()
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
 
@@ -105,6 +110,7 @@ def run(settings: Settings) -> Path:
     """Every seed's run_one into OUT/seed-<s>/, then the rows over seeds (aelab.experiments.multiseed)."""
     import sys
 
+    preflight(settings)
     return multiseed.run(sys.modules[__name__], settings)
 
 
@@ -129,6 +135,8 @@ def run_one(settings: Settings) -> Path:
             seed=settings.seed,
             val_fraction=capped_val_fraction(n_train, settings.val_fraction),
             early_stopping=settings.patience,
+            device=settings.device,
+            amp=settings.amp,
             out=str(out / name),
         )
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)

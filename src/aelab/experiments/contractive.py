@@ -35,20 +35,11 @@ from .. import report, runs
 from ..errors import DataError
 from ..evaluate import evaluate
 from ..metrics.codes import choose_probe_c, encode_all
-from ..metrics.intervals import format_interval, paired_difference, summarize
+from ..metrics.intervals import format_interval
 from ..options import float_list, fraction, fraction_list, opt, positive_float_list, positive_int, seed_value
 from ..train import TrainConfig
-from .common import OFFICIAL_TEST, official_test_status, train_or_resume
+from .common import OFFICIAL_TEST, amp_field, device_field, official_test_status, preflight, train_or_resume
 
-# Rifai et al. 2011, Table 1 (MNIST, 1000 hidden units, then supervised fine-tuning of the whole network)
-RIFAI_TABLE_1 = [
-    {"model": "CAE", "test error %": 1.14, "mean ‖J‖_F": 0.73e-4},
-    {"model": "DAE-g", "test error %": 1.18},
-    {"model": "RBM-binary", "test error %": 1.30},
-    {"model": "DAE-b", "test error %": 1.57},
-    {"model": "AE+wd", "test error %": 1.68},
-    {"model": "AE", "test error %": 1.78, "mean ‖J‖_F": 17.5e-4},
-]
 # the grid of each family's setting: (full run, --quick); each is overridden by its flag
 GRIDS = {
     "AE+wd": ((1e-4, 1e-3, 1e-2), (1e-3,)),
@@ -108,6 +99,8 @@ class Settings:
         default=False,
         metadata=opt("8 epochs, one- or two-point grids, no t-SNE figures (a few minutes on 2 cores)"),
     )
+    device: str = device_field()
+    amp: bool = amp_field()
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
     train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests
 
@@ -172,6 +165,8 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
         seed=seed,
         train_limit=settings.train_limit,
         val_fraction=settings.val_fraction,
+        device=settings.device,
+        amp=settings.amp,
         out=str(run_dir),
     )
     train_or_resume(cfg, progress=not settings.no_progress)
@@ -235,56 +230,11 @@ def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: 
     return result, other["metrics"]
 
 
-def summarize_metrics(per_seed: list[dict]) -> dict:
-    """{metric: summarize(its values over seeds)} for every metric of METRICS that every seed has."""
-    out = {}
-    for key, _, bounds in METRICS:
-        values = [m.get(key) for m in per_seed]
-        if all(isinstance(v, (int, float)) for v in values):
-            out[key] = summarize(values, bounded=bounds)
-    return out
-
-
-def difference_verdict(diff: dict, a: str, b: str) -> str:
-    """The paired difference in words: whether its interval excludes 0, and which way."""
-    if diff["ci95"] is None:
-        return f"{a} − {b} probe accuracy: {diff['mean']:+.4f} (1 seed, no interval)"
-    lo, hi = diff["ci95"]
-    text = f"{a} − {b} probe accuracy: {format_interval(diff, 4)}"
-    if lo > 0 or hi < 0:
-        return f"{text}; the interval excludes 0: {a if lo > 0 else b} is better"
-    return f"{text}; the interval includes 0: no difference shown"
-
-
-def paired_differences(rows: list[dict]) -> list[dict]:
-    """CAE − DAE-g and CAE − AE probe accuracy over the same seeds, on each test set that was scored."""
-    by_model = {r["model"]: r for r in rows}
-    differences = []
-    for a, b in PAIRS:
-        for split, key in [("test", "metrics"), ("official MNIST test", "official_test_metrics")]:
-            if by_model[a][key] is None:
-                continue
-            values_a = by_model[a][key]["probe_accuracy"]["values"]
-            values_b = by_model[b][key]["probe_accuracy"]["values"]
-            diff = paired_difference(values_a, values_b, bounded=(0.0, 1.0))
-            excludes = None if diff["ci95"] is None else bool(diff["ci95"][0] > 0 or diff["ci95"][1] < 0)
-            differences.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "metric": "probe_accuracy",
-                    "split": split,
-                    "difference": diff,
-                    "excludes_zero": excludes,
-                    "verdict": f"{difference_verdict(diff, a, b)} ({split})",
-                }
-            )
-    return differences
-
-
 def run(settings: Settings) -> Path:
+    from . import contractive_report
+
+    preflight(settings)
     started = time.perf_counter()
-    out = Path(settings.out)
     epochs = epochs_of(settings)
     seeds = list(range(settings.seed, settings.seed + settings.seeds))
     sweeps = select_settings(settings)
@@ -315,148 +265,26 @@ def run(settings: Settings) -> Path:
             "value": chosen,
             "seeds": seeds,
             "runs": [str(r) for r in run_dirs],
-            "metrics": summarize_metrics(test_metrics),
-            "official_test_metrics": summarize_metrics(official_metrics) if official else None,
+            "metrics": contractive_report.summarize_metrics(test_metrics),
+            "official_test_metrics": contractive_report.summarize_metrics(official_metrics) if official else None,
             "train_s": sum(h.get("train_time_s", 0.0) for r in run_dirs for h in runs.read_history(r)),
         }
         rows.append(row)
         print(f"{family.name} {row['setting']}: probe acc {format_interval(row['metrics']['probe_accuracy'], 4)}")
 
-    differences = paired_differences(rows)
-    splits = {
-        "n_train": config["n_train"],
-        "n_val": config["n_val"],
-        "n_test": config["n_test"],
-        "validation": (config.get("data_info") or {}).get("validation"),
-        "official_test": {"available": official, "n_test": 10_000 if official else None, "note": official_note},
-    }
-    notes = notes_text(settings, epochs, seeds, splits, raw_probe) + [official_note, contraction_summary(rows)]
-    notes += [d["verdict"] for d in differences]
-    sweep_plot = {
-        name: {
-            "option": s["option"],
-            "grid": s["grid"],
-            "scores": s["val_probe_accuracy"],
-            "chosen_index": s["chosen_index"],
-            "ylabel": "validation probe accuracy",
-        }
-        for name, s in sweeps.items()
-        if s["option"]
-    }
-    figures = [
-        (
-            "Validation probe accuracy of every grid point (first seed); the circled point is the chosen setting",
-            report.plot_validation_sweeps(sweep_plot, out / "validation_sweeps.png"),
-        ),
-        (
-            "Singular values of J_f(x), mean over test points (first seed; sorted, log scale; below ~1e-8 of the "
-            "largest they are at the resolution of the float64 Gram eigenvalues, i.e. zero)",
-            report.plot_spectra(spectra, out / "jacobian_spectra.png"),
-        ),
-        (
-            "Loss per epoch of the chosen settings, first seed (train solid, test dashed; each model's own objective)",
-            report.plot_curves(histories, out / "loss.png", units=units),
-        ),
-    ]
-    runs.write_json(
-        out / "results.json",
-        {
-            "selection_split": "validation",
-            "selection_criterion": "probe accuracy on the validation split (logistic regression fitted on the "
-            "codes of the train split minus validation), first seed; the test split chooses nothing",
-            "splits": splits,
-            "grids": {name: s["grid"] for name, s in sweeps.items()},
-            "chosen": {name: s["chosen"] for name, s in sweeps.items()},
-            "validation_scores": {name: s["val_probe_accuracy"] for name, s in sweeps.items()},
-            "sweeps": sweeps,
-            "seeds": seeds,
-            "rows": rows,
-            "paired_differences": differences,
-            "reference_rifai2011_table1": RIFAI_TABLE_1,
-            "raw_pixel_probe_accuracy": raw_probe,
-            "epochs": epochs,
-            "data": data,
-            "notes": notes,
-            "wall_time_s": time.perf_counter() - started,
-        },
+    return contractive_report.write(
+        settings,
+        started=started,
+        epochs=epochs,
+        seeds=seeds,
+        sweeps=sweeps,
+        rows=rows,
+        config=config,
+        official=official,
+        official_note=official_note,
+        raw_probe=raw_probe,
+        data=data,
+        histories=histories,
+        units=units,
+        spectra=spectra,
     )
-    return report.write_report(
-        out,
-        "Contractive vs denoising vs plain autoencoders (Rifai et al. 2011, Table 1 in small)",
-        [
-            (f"Chosen settings, scored on the test split, seeds {seeds} (mean ± std [95% interval])", table_rows(rows)),
-            ("Selection: validation probe accuracy of every grid point (first seed)", sweep_rows(sweeps)),
-            ("Rifai et al. 2011, Table 1 (MNIST, 1000 units, supervised fine-tuning; as published)", RIFAI_TABLE_1),
-        ],
-        figures,
-        notes,
-    )
-
-
-def table_rows(rows: list[dict]) -> list[dict]:
-    """The report's view of the rows: one formatted interval per metric."""
-    digits = {"probe_accuracy": 4, "recon_sse": 2, "jacobian_fro_mean": 2, "saturation": 3}
-    table = []
-    for row in rows:
-        line = {"model": row["model"], "chosen": row["setting"]}
-        for key, column, _ in METRICS:
-            if key in row["metrics"]:
-                line[column] = format_interval(row["metrics"][key], digits[key])
-        if row["official_test_metrics"] is not None:
-            line["probe acc, MNIST 10k"] = format_interval(row["official_test_metrics"]["probe_accuracy"], 4)
-            line["recon SSE, MNIST 10k"] = format_interval(row["official_test_metrics"]["recon_sse"], 2)
-        table.append(line)
-    return table
-
-
-def sweep_rows(sweeps: dict[str, dict]) -> list[dict]:
-    return [
-        {"model": name, "setting": setting, "val probe acc": score, "chosen": "✓" if i == s["chosen_index"] else ""}
-        for name, s in sweeps.items()
-        for i, (setting, score) in enumerate(zip(s["settings"], s["val_probe_accuracy"]))
-    ]
-
-
-def contraction_summary(rows: list[dict]) -> str:
-    """One sentence on what the table shows: how much each model contracts relative to the plain AE."""
-    jac = {r["model"]: r["metrics"]["jacobian_fro_mean"]["mean"] for r in rows}
-    sat = {r["model"]: r["metrics"].get("saturation", {}).get("mean") for r in rows}
-    parts = [f"{m} {jac['AE'] / jac[m]:.2g}x (SAT {_pct(sat[m])})" for m in jac if m != "AE"]
-    return (
-        f"Contraction here, AE's mean ‖J‖_F divided by each model's (means over seeds; AE SAT {_pct(sat['AE'])}): "
-        + ", ".join(parts)
-        + ". Rifai et al.'s table gives 24x for the CAE, and (their SAT column, not copied "
-        "here) a CAE with far more saturated units than the AE."
-    )
-
-
-def _pct(value) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, float) else "n/a"
-
-
-def notes_text(settings: Settings, epochs: int, seeds: list[int], splits: dict, raw_probe: float | None) -> list[str]:
-    raw = "n/a" if raw_probe is None else f"{raw_probe:.4f}"
-    return [
-        f"Data: {settings.dataset}; {splits['n_train']} train images after carving {splits['n_val']} validation "
-        f"images ({splits['validation']}), {splits['n_test']} test images. Every model: encoder h = sigmoid(W x + b) "
-        f"with {settings.hidden} units (the code), untied sigmoid decoder, cross-entropy summed over pixels, Adam "
-        f"lr 1e-3, batch 128, {epochs} epochs, trained on the train images minus validation.",
-        "Selection: for each family the grid of its setting is trained with the first seed "
-        f"({settings.seed}), and the setting with the highest validation probe accuracy (logistic regression "
-        "fitted on the codes of the train-minus-validation images, scored on the validation codes) is chosen. "
-        "The test split is then scored once per chosen setting and seed; it chose nothing.",
-        f"Seeds: the chosen setting of every family is trained with seeds {seeds} (the first seed's run is the "
-        "grid's own). Each cell: mean ± sample std [95% interval of the mean] (Student t, clipped to [0, 1] for "
-        "accuracies and SAT), or '1 seed, no interval'.",
-        "Test metrics: probe = logistic regression on standardised frozen codes of the whole train split "
-        "(validation included), scored on the test codes; mean ‖J‖_F over all test points, exact (closed form "
-        "for one sigmoid layer); SAT = fraction of (test point, unit) pairs with activation within 0.05 of 0 or 1 "
-        "(Rifai's definition); recon SSE = squared error summed over pixels per test image (clean input for the "
-        f"DAEs). Raw-pixel probe for reference: {raw}.",
-        "How this differs from Rifai et al. 2011: they train on 50,000 MNIST digits (with a 10,000-digit "
-        "validation set) and then fine-tune the whole network with labels; we train on a few thousand digits for "
-        f"{epochs} epochs and score a linear probe on frozen codes, so our error rates are several times theirs "
-        "and only the ranking is comparable. Their ‖J‖_F numbers are of order 1e-4, orders of magnitude below any "
-        "784-1000 sigmoid encoder's Frobenius norm here; we do not know their normalisation, so compare ratios "
-        "(AE / CAE: 17.5 / 0.73 = 24x in their table), not values.",
-    ]

@@ -20,9 +20,12 @@ from ..train import TrainConfig
 from . import multiseed
 from .common import (
     OFFICIAL_TEST,
+    amp_field,
+    device_field,
     jobs_field,
     kept_epoch,
     official_test_status,
+    preflight,
     seeds_field,
     splits_of,
     train_or_resume,
@@ -66,12 +69,15 @@ class Settings:
     seeds: int = seeds_field()
     jobs: int = jobs_field()
     quick: bool = field(default=False, metadata=opt("3 epochs on 1,000 images (smoke test)"))
+    device: str = device_field()
+    amp: bool = amp_field()
     figures: bool = field(default=True, metadata=opt(hidden=True))  # multiseed: t-SNE maps for the first seed only
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
 
 def run(settings: Settings) -> Path:
     """Every seed's run_one into OUT/seed-<s>/, then the rows over seeds (aelab.experiments.multiseed)."""
+    preflight(settings)
     return multiseed.run(sys.modules[__name__], settings)
 
 
@@ -109,6 +115,8 @@ def run_one(settings: Settings) -> Path:
             early_stopping=settings.early_stopping,
             seed=settings.seed,
             train_limit=limit,
+            device=settings.device,
+            amp=settings.amp,
             out=str(out / name),
         )
         run_dir = train_or_resume(cfg, progress=progress)

@@ -1,4 +1,4 @@
-"""Finding bias-conflicting samples without bias labels, and the metrics that score such a search.
+"""Detection scores: finding bias-conflicting samples without bias labels.
 
 Setting (ColoredMNIST, `aelab.data.colored`): in every digit class most training images carry the class
 colour ("bias-aligned"), a few carry another colour ("bias-conflicting"). Every scoring function here
@@ -16,8 +16,8 @@ Scoring methods
                            of their colour in it (kNN outlier score, Ramaswamy, Rastogi & Shim 2000). Used on
                            the autoencoder's codes and on the biased classifier's log-probabilities.
     Gaussian code NLL      -log N(z; mu_y, Sigma_y + eps I), one Gaussian per digit fitted on its codes.
-    biased classifier      Learning from Failure (Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020): an MLP trained
-                           on the digit labels with the Generalized Cross Entropy
+    biased classifier      Learning from Failure (Nam, Cha, Ahn, Lee & Shin, NeurIPS 2020;
+                           aelab.debias.biased): an MLP trained on the digit labels with the Generalized Cross Entropy
                                GCE(p, y) = (1 - p_y^q) / q,   q in (0, 1]   (Zhang & Sabuncu 2018)
                            whose gradient is p_y^q times the CE gradient, so it weights the samples the
                            model already fits (the easy, colour-aligned majority) and ignores the rest:
@@ -40,7 +40,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .biased import biased_log_probabilities
+from .device import device_of
 
 
 # ---------------------------------------------------------------- scores from a representation
@@ -127,92 +129,12 @@ def pca_residual_scores(images, digits, n_components: int = 20) -> np.ndarray:
 def reconstruction_error_scores(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Per-image sum of squared errors of an autoencoder (aelab model interface: encode / decode)."""
     model.eval()
-    out = [(model.decode(model.encode(xb)) - xb).pow(2).flatten(1).sum(1) for xb in images.split(batch_size)]
-    return torch.cat(out).double().numpy()
-
-
-# ---------------------------------------------------------------- the biased classifier (LfF)
-def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7) -> torch.Tensor:
-    """Per-sample Generalized Cross Entropy (1 - p_y^q) / q with p = softmax(logits) (Zhang & Sabuncu 2018).
-
-    q -> 0 gives the cross-entropy -log p_y; q = 1 gives the MAE-like 1 - p_y. The gradient is
-    dGCE/dlogits = p_y^q (softmax(logits) - onehot(y)), i.e. p_y^q times the CE gradient.
-    """
-    if not 0 < q <= 1:
-        raise ValueError(f"q must be in (0, 1], got {q}")
-    log_p_y = F.log_softmax(logits, dim=1).gather(1, targets.long().reshape(-1, 1)).squeeze(1)
-    return (1 - torch.exp(q * log_p_y)) / q
-
-
-class MLPClassifier(nn.Module):
-    """LfF's ColoredMNIST classifier: flatten -> [Linear(·, 100) ReLU] x 3 -> Linear(100, n_classes)."""
-
-    def __init__(self, n_inputs: int, n_classes: int = 10, hidden: Sequence[int] = (100, 100, 100)):
-        super().__init__()
-        from ..models.ae import mlp
-
-        self.net = mlp([n_inputs, *hidden, n_classes], "relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
-
-
-def train_biased_classifier(
-    images: torch.Tensor,
-    digits: torch.Tensor,
-    epochs: int = 3,
-    q: float = 0.7,
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    seed: int = 0,
-    hidden: Sequence[int] = (100, 100, 100),
-    on_epoch_end=None,
-) -> MLPClassifier:
-    """Train an MLP on the digit labels with the GCE loss for a few epochs (Adam): a deliberately biased model.
-    `on_epoch_end(model)` is called after every epoch (the model in eval mode)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    n_classes = int(digits.max()) + 1
-    model = MLPClassifier(images[0].numel(), n_classes, hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(images), generator=gen).split(batch_size):
-            loss = gce_loss(model(images[idx]), digits[idx], q).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.eval()
-        if on_epoch_end is not None:
-            on_epoch_end(model)
-    return model
-
-
-@torch.no_grad()
-def log_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
-    """log softmax(model(x)) as a float64 array (N, n_classes)."""
-    model.eval()
-    return torch.cat([F.log_softmax(model(xb), dim=1) for xb in images.split(batch_size)]).double().numpy()
-
-
-def biased_log_probabilities(
-    images: torch.Tensor, digits: torch.Tensor, n_models: int = 5, epochs: int = 3, seed: int = 0, **train_options
-) -> np.ndarray:
-    """Mean log p(. | x) of n_models GCE-biased MLPs (seeds seed, seed+1, ...), each read at the end of every one
-    of its `epochs` epochs: an ensemble of n_models * epochs snapshots, in the spirit of LfF's moving average
-    of each sample's loss. Averaging removes the luck of one initialisation (a single 3-epoch model scored
-    mean AUROC 0.958-0.975 on mnist5k at ratio 0.95, depending on the seeds; five scored 0.976-0.982)."""
-    snapshots: list[np.ndarray] = []
-    for i in range(n_models):
-        train_biased_classifier(
-            images,
-            digits,
-            epochs=epochs,
-            seed=seed + i,
-            on_epoch_end=lambda m: snapshots.append(log_probabilities(m, images)),
-            **train_options,
-        )
-    return np.mean(snapshots, axis=0)
+    device = device_of(model)
+    out = []
+    for xb in images.split(batch_size):
+        xb = xb.to(device)
+        out.append((model.decode(model.encode(xb)) - xb).pow(2).flatten(1).sum(1))
+    return torch.cat(out).double().cpu().numpy()
 
 
 def cross_entropy_scores(log_probs: np.ndarray, digits) -> np.ndarray:
@@ -245,6 +167,8 @@ def score_samples(
     pca_components: int = 20,
     timings: dict | None = None,
     representations: dict | None = None,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
 ) -> dict[str, np.ndarray]:
     """Score every training sample by every method of `METHODS` (higher = more likely bias-conflicting).
 
@@ -254,6 +178,8 @@ def score_samples(
     the seconds each method took (shared work, such as encoding or training the biased MLPs, is charged to
     the first method that needs it). `representations`, if given, receives the features the kNN scores use:
     "ae_codes" (with an autoencoder) and "gce_log_probs", so that other k can be scored without training again.
+    `device` / `amp`: where the biased MLPs train (bf16 autocast there with amp on CUDA); the scores are the same
+    CPU arrays either way.
     """
     digits = torch.as_tensor(digits).long()
     y = digits.numpy()
@@ -272,12 +198,14 @@ def score_samples(
         from ..metrics.codes import encode_all
 
         record("ae_recon", reconstruction_error_scores(ae_model, images))
-        codes = encode_all(ae_model, images).double().numpy()
+        codes = encode_all(ae_model, images.to(device_of(ae_model))).double().cpu().numpy()
         if representations is not None:
             representations["ae_codes"] = codes
         record("ae_knn", knn_distance_scores(codes, y, k))
         record("ae_gauss", gaussian_nll_scores(codes, y))
-    log_probs = biased_log_probabilities(images, digits, n_models=n_models, epochs=gce_epochs, q=q, seed=seed)
+    log_probs = biased_log_probabilities(
+        images, digits, n_models=n_models, epochs=gce_epochs, q=q, seed=seed, device=device, amp=amp
+    )
     if representations is not None:
         representations["gce_log_probs"] = log_probs
     record("gce_ce", cross_entropy_scores(log_probs, y))
@@ -285,3 +213,22 @@ def score_samples(
     record("rank_avg(gce_ce,gce_knn)", rank_average([scores["gce_ce"], scores["gce_knn"]], y))
     record("pca_baseline", pca_residual_scores(images, y, pca_components))
     return scores
+
+
+def choose_k(
+    features: np.ndarray, digits: np.ndarray, conflicting: np.ndarray, held: np.ndarray, ks, default_k: int = 5
+) -> dict:
+    """The k of a kNN score chosen on the validation images `held`: the highest AUROC of the within-class ranks
+    pooled over them (the smallest k of equals). Without a conflicting (or an aligned) image among them nothing
+    can be chosen and default_k is kept. Returns {"grid", "validation_auroc", "chosen_k", "scores" (of the
+    chosen k, every image)}."""
+    from ..metrics.ranking import auroc
+
+    scores = {k: knn_distance_scores(features, digits, k) for k in ks}
+    crit = [auroc(within_class_ranks(scores[k], digits)[held], conflicting[held]) for k in ks]
+    if all(np.isnan(c) for c in crit):
+        chosen = default_k
+        scores.setdefault(chosen, knn_distance_scores(features, digits, chosen))
+    else:
+        chosen = ks[max(range(len(ks)), key=lambda i: (np.nan_to_num(crit[i], nan=-1.0), -i))]
+    return {"grid": list(ks), "validation_auroc": crit, "chosen_k": chosen, "scores": scores[chosen]}
