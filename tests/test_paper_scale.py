@@ -69,26 +69,40 @@ def test_hinton2006_refuses_missing_idx_data_before_training(tmp_path, capsys):
 
 
 TINY_ON_MNIST = {
-    "hinton2006": ["--layers", "784-16-2", "--epochs", "2", "--cg-epochs", "1", "--pretrain-epochs", "1",
+    "hinton2006": ["--dataset", "mnist", "--layers", "784-16-2", "--epochs", "2", "--cg-epochs", "1", "--pretrain-epochs", "1",
                    "--train-limit", "200", "--logistic-pca-iter", "5", "--weight-decay", "0"],
-    "binary": ["--epochs", "1", "--bits", "8", "--train-limit", "200"],
-    "contractive": ["--epochs", "1", "--hidden", "8", "--train-limit", "200", "--quick"],
+    "binary": ["--dataset", "mnist", "--epochs", "1", "--bits", "8", "--train-limit", "200"],
+    "contractive": ["--dataset", "mnist", "--epochs", "1", "--hidden", "8", "--train-limit", "200", "--quick"],
+    "demo": ["--dataset", "mnist", "--epochs", "1"],
+    "debias": ["--dataset-source", "mnist", "--ae-epochs", "1", "--n-models", "1", "--gce-epochs", "1",
+               "--train-limit", "300", "--tsne-points", "30", "--quick"],
+    "debias-classifier": ["--dataset-source", "mnist", "--seeds", "1", "--epochs", "1", "--ae-epochs", "1",
+                          "--train-limit", "300", "--aligned-ratio", "0.9"],
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", sorted(TINY_ON_MNIST))
-def test_every_experiment_runs_end_to_end_on_idx_mnist(experiment, idx_mnist, tmp_path):
+def test_every_experiment_runs_end_to_end_on_idx_mnist(experiment, idx_mnist, tmp_path, tiny_demo):
+    if experiment == "demo":
+        tiny_demo()
     out = tmp_path / "exp"
-    argv = ["experiment", experiment, "--dataset", "mnist", "--data-dir", str(idx_mnist), "--out", str(out)]
+    argv = ["experiment", experiment, "--data-dir", str(idx_mnist), "--out", str(out)]
     assert main([*argv, *TINY_ON_MNIST[experiment], "--no-progress"]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["splits"]["test"] == 100  # the fixture's test split, not mnist5k's nor the 10k set
+    text = (out / "results.json").read_text()
+    assert "mnist5k" not in text  # nothing fell back to the embedded digits
+    splits = json.loads(text)["splits"]
+    if experiment == "debias":  # transductive: it grades the train images it scored (300, minus 30 validation)
+        assert (splits["train"], splits["test"]) == (300, 270)
+    elif experiment == "debias-classifier":  # the fixture's test digits, coloured colour-uniformly
+        assert splits["test"].endswith("mnist10k_test")
+    else:  # the fixture's test split: 100 images, not mnist5k's 1,000 nor the real 10k
+        assert splits.get("test", splits.get("n_test")) == 100
 
 
 def test_hinton2006_rows_on_idx_mnist(idx_mnist, tmp_path):
     """The paper's rows; the RBM stack is pretrained once and both fine-tuners start from it."""
     out = tmp_path / "h"
-    argv = ["experiment", "hinton2006", "--dataset", "mnist", "--data-dir", str(idx_mnist), "--out", str(out)]
+    argv = ["experiment", "hinton2006", "--data-dir", str(idx_mnist), "--out", str(out)]
     assert main([*argv, *TINY_ON_MNIST["hinton2006"], "--no-progress"]) == 0
     seed = json.loads((out / "seed-0" / "results.json").read_text())
     assert [r["method"] for r in seed["tables"]["test split"]] == [

@@ -9,8 +9,6 @@ unbiased test sets      the dataset's test split (and the official MNIST 10k tes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -50,7 +48,7 @@ def classifier_splits(
 
     from .. import data as datamod
 
-    images, digits, colours, _ = load_biased_train_split(source, aligned_ratio, seed, None, train_limit)
+    images, digits, colours, _ = load_biased_train_split(source, aligned_ratio, seed, data_dir, train_limit)
     idx_tr, idx_val = train_test_split(
         np.arange(len(digits)), test_size=val_fraction, stratify=digits.numpy(), random_state=seed % 2**32
     )
@@ -60,21 +58,15 @@ def classifier_splits(
         "val": {"images": images[idx_val], "digits": digits[idx_val], "colours": colours[idx_val]},
         "test": {},
     }
-    gray, d = datamod.load(source, "test")
+    gray, d = datamod.load(source, "test", data_dir)
     t = unbiased_test_split(gray, d, seed)
-    out["test"]["mnist5k_test" if source == "mnist5k" else f"{source}_test"] = {
+    out["test"][{"mnist5k": "mnist5k_test", "mnist": "mnist10k_test"}.get(source, f"{source}_test")] = {
         "images": t["images"],
         "digits": t["labels"],
         "colours": t["color_labels"],
     }
-    if data_dir is not None:
-        from .idx import read_idx
-
-        for key in ("test_images", "test_labels"):  # the official files, checked by MD5 like any download
-            spec = datamod.IDX_DATASETS["mnist"].files[key]
-            datamod.verify(Path(data_dir) / spec.name, spec)
-        g = torch.from_numpy(read_idx(Path(data_dir) / "t10k-images-idx3-ubyte.gz", 3).astype(np.float32) / 255)
-        lab = torch.from_numpy(read_idx(Path(data_dir) / "t10k-labels-idx1-ubyte.gz", 1).astype(np.int64))
-        t = unbiased_test_split(g[:, None], lab, seed)
+    if data_dir is not None and source != "mnist":  # with source mnist, its test split is the official set
+        g, lab, _ = datamod.load_test_split("mnist", data_dir)  # the official files, MD5-verified
+        t = unbiased_test_split(g, lab, seed)
         out["test"]["mnist10k_test"] = {"images": t["images"], "digits": t["labels"], "colours": t["color_labels"]}
     return out

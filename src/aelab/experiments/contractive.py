@@ -93,7 +93,10 @@ class Settings:
     )
     data_dir: str | None = field(
         default=None,
-        metadata=opt("folder holding the official MNIST t10k files: each chosen model is also scored on them"),
+        metadata=opt(
+            "folder of the IDX files (DIR/NAME/ or DIR itself); when it holds the official MNIST t10k files, each "
+            "chosen model is also scored on them"
+        ),
     )
     quick: bool = field(
         default=False,
@@ -161,6 +164,7 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
         model=family.model,
         model_options=options,
         dataset=settings.dataset,
+        data_dir=settings.data_dir,
         epochs=epochs_of(settings),
         seed=seed,
         train_limit=settings.train_limit,
@@ -173,13 +177,13 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
     return run_dir
 
 
-def validation_probe_accuracy(run_dir: str | Path) -> float:
+def validation_probe_accuracy(run_dir: str | Path, data_dir: str | None = None) -> float:
     """Probe accuracy of a run's codes on its validation split, at the probe's best C on it (the setting and the
     probe's C are chosen together): logistic regression fitted on the codes of the train split minus
     validation, scored on the validation codes. The split is carved as train.py carves it
     (aelab.runs.validation_indices); the test split is never looked at."""
     config = runs.read_config(run_dir)
-    train_x, train_y, _, _ = runs.run_data(config)  # the run's train split, after train_limit
+    train_x, train_y, _, _ = runs.run_data(config, data_dir)  # the run's train split, after train_limit
     validation = runs.validation_indices(config, train_y.numpy())
     if validation is None:
         raise DataError(f"{run_dir} was trained without a validation split (val_fraction 0)")
@@ -202,7 +206,7 @@ def select_settings(settings: Settings) -> dict[str, dict]:
             # numpy's BLAS at 1 thread: the probe's LogisticRegression took 48 s at 2 threads vs 1.3 s at 1
             # on this shared 2-core machine (OpenBLAS threads stall behind torch's spinning OpenMP workers)
             with threadpool_limits(limits=1, user_api="blas"):
-                scores.append(validation_probe_accuracy(run_dir))
+                scores.append(validation_probe_accuracy(run_dir, settings.data_dir))
             run_dirs.append(str(run_dir))
             print(f"{family.name} {family.describe(value)}: validation probe acc {scores[-1]:.4f}")
         best = max(range(len(scores)), key=lambda i: (scores[i], -i))
@@ -223,7 +227,7 @@ def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: 
     """(eval.json's result on the run's test split, the metrics on the official test set or None)."""
     progress = not settings.no_progress
     with threadpool_limits(limits=1, user_api="blas"):  # see select_settings
-        result = evaluate(run_dir, figures=figures, tsne_points=1000, progress=progress)
+        result = evaluate(run_dir, figures=figures, tsne_points=1000, data_dir=settings.data_dir, progress=progress)
         if not official:
             return result, None
         other = evaluate(run_dir, test_dataset=OFFICIAL_TEST, data_dir=settings.data_dir, progress=progress)

@@ -67,7 +67,10 @@ class Settings:
         ),
     )
     dataset_source: str = field(
-        default="mnist5k", metadata=options.opt("grayscale digits to colour", choices=("mnist5k", "digits"))
+        default="mnist5k",
+        metadata=options.opt(
+            "grayscale digits to colour (mnist: the full MNIST from --data-dir)", choices=("mnist5k", "digits", "mnist")
+        ),
     )
     train_limit: int | None = field(
         default=None,
@@ -105,7 +108,7 @@ class Settings:
         for r in self.ratios:
             if not 0 < r < 1:
                 raise ConfigError(f"aligned ratio {r} is outside (0, 1)")
-        _, digits = datamod.load(self.dataset_source, "train")
+        _, digits = datamod.load(self.dataset_source, "train", self.data_dir)
         digits = digits[: self.train_limit] if self.train_limit else digits
         counts = torch.bincount(digits).tolist()
         for r in self.ratios:
@@ -115,8 +118,8 @@ class Settings:
                     f"aligned ratio {r} leaves digit {empty[0]} ({counts[empty[0]]} training images) "
                     f"with no bias-conflicting sample"
                 )
-        if self.data_dir is not None and not (Path(self.data_dir) / "t10k-images-idx3-ubyte.gz").exists():
-            raise ConfigError(f"--data-dir {self.data_dir} has no t10k-images-idx3-ubyte.gz")
+        if self.data_dir is not None:
+            datamod.load_test_split("mnist", self.data_dir)  # the official t10k files, here or in DIR/mnist/
 
 
 def run(settings: Settings) -> Path:
