@@ -48,14 +48,33 @@ def test_pretrained_model_before_finetuning_is_the_stack_up_down_pass(tmp_path):
 def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     out = tmp_path / "h"
     argv = ["experiment", "hinton2006", "--dataset", "digits", "--layers", "64-32-16-2", "--epochs", "2"]
-    argv += ["--pretrain-epochs", "1", "--train-limit", "300", "--seeds", "2", "--out", str(out), "--no-progress"]
+    argv += [
+        "--pretrain-epochs",
+        "1",
+        "--train-limit",
+        "300",
+        "--seeds",
+        "2",
+        "--logistic-pca-iter",
+        "50",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["selection_split"] == "validation" and results["seeds"] == [0, 1]
     assert (results["splits"]["train"], results["splits"]["validation"], results["splits"]["test"]) == (270, 30, 360)
     rows = results["tables"]["test split"]
     methods = [r["method"] for r in rows]
-    assert methods == ["raw pixels", "PCA (2-D)", "deep AE, random init", "deep AE, RBM-pretrained"]
+    assert methods == [
+        "raw pixels",
+        "PCA (2-D)",
+        "logistic PCA (2-D)",
+        "deep AE, random init",
+        "deep AE, RBM-pretrained, CG",
+        "deep AE, RBM-pretrained, Adam",
+    ]
     assert list(results["tables"]) == ["test split"]  # no official test set for 8x8 digits
     per_seed = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
     # PCA's recon_sse, recomputed independently with numpy's SVD on the same splits (train + validation)
@@ -69,7 +88,7 @@ def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     pca_sse = ((proj - xte) ** 2).sum(1).mean().item()
     assert abs(rows[1]["metrics"]["recon_sse"]["mean"] - pca_sse) < 1e-3
     for i, seed_result in enumerate(per_seed):
-        for name in ("deep AE, random init", "deep AE, RBM-pretrained"):
+        for name in ("deep AE, random init", "deep AE, RBM-pretrained, CG", "deep AE, RBM-pretrained, Adam"):
             sweep = seed_result["sweeps"][name]
             # the chosen weight cost has the lowest validation recon_sse (the first of equals)
             assert sweep["chosen_index"] == min(range(len(sweep["scores"])), key=lambda j: (sweep["scores"][j], j))
@@ -78,9 +97,10 @@ def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
             assert row["metrics"]["recon_sse"]["values"][i] == seed_row["recon_sse"]
             assert row["chosen_per_seed"]["weight cost (chosen)"][i] == sweep["grid"][sweep["chosen_index"]]
             assert seed_row["ratio to PCA"] == pytest.approx(seed_row["recon_sse"] / pca_sse, rel=1e-4)
-    (diff,) = results["paired_differences"]
+    diff = results["paired_differences"][1]
+    assert (diff["a"], diff["b"]) == ("deep AE, RBM-pretrained, Adam", "deep AE, random init")
     values = lambda name: next(r for r in rows if r["method"] == name)["metrics"]["recon_sse"]["values"]
-    expected = [a - b for a, b in zip(values("deep AE, RBM-pretrained"), values("deep AE, random init"))]
+    expected = [a - b for a, b in zip(values("deep AE, RBM-pretrained, Adam"), values("deep AE, random init"))]
     assert diff["difference"]["values"] == pytest.approx(expected)
     assert (out / "seed-0" / "fig3.png").exists() and (out / "report.html").exists()
     assert (out / "seed-0" / "map-raw-pixels.png").exists() and not (out / "seed-1" / "map-raw-pixels.png").exists()

@@ -19,7 +19,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .. import data as datamod
-from .. import report, runs
+from .. import runs
 from ..data.sources import capped_val_fraction, validation_split
 from ..errors import ConfigError
 from ..evaluate import evaluate
@@ -29,7 +29,7 @@ from ..models.deep_ae import LAYER_PRESETS
 from ..models.logistic_pca import LogisticPCA
 from ..options import float_list, int_list, opt, positive_int, seed_value, word_list
 from ..train import TrainConfig, pretrain
-from . import hinton2006_figures, multiseed
+from . import hinton2006_report, multiseed
 from .common import (
     OFFICIAL_TEST,
     amp_field,
@@ -157,8 +157,7 @@ def run_one(settings: Settings) -> Path:
     out = Path(settings.out)
     layers_option, sizes = _layers(settings.layers)
     code = sizes[-1]
-    epochs = settings.epochs or (15 if settings.quick else 80)
-    pretrain_epochs = settings.pretrain_epochs or (5 if settings.quick else 50)
+    epochs, cg_epochs, pretrain_epochs = hinton2006_report.budget(settings)
     grid = list(settings.weight_decay or WEIGHT_DECAY_GRID[1 if settings.quick else 0])
     progress = not settings.no_progress
     n_train = train_split_size(settings.dataset, settings.data_dir, settings.train_limit)
@@ -192,7 +191,7 @@ def run_one(settings: Settings) -> Path:
             cfg = TrainConfig(
                 **common,
                 model_options={**model_options, "init": init, "weight_decay": wd},
-                epochs=settings.cg_epochs or epochs if optimizer == "cg" else epochs,
+                epochs=cg_epochs if optimizer == "cg" else epochs,
                 batch_size=settings.cg_batch_size if optimizer == "cg" else (settings.batch_size or 100),
                 lr=1e-3,
                 optimizer=optimizer,
@@ -245,99 +244,52 @@ def run_one(settings: Settings) -> Path:
                 for label, f in chosen_runs.items()
             }
             xe, ye = x_eval.flatten(1).numpy(), y_eval.numpy()
-            pca_sse = scored[RANDOM]["pca_sse"]
-            lpca_codes = lpca.transform(xe)
+            pca_sse, lpca_codes = scored[RANDOM]["pca_sse"], lpca.transform(xe)
             lpca_sse = float(sse_per_image(xe, lpca.inverse_transform(lpca_codes).cpu().numpy()).mean())
-            probe = lambda tr, te: validated_probe(tr, y_tr, te, ye, val)["accuracy"]  # noqa: E731
+            baselines = [  # (name, train codes, test codes, recon_sse)
+                (f"PCA ({code}-D)", pca.transform(x_tr), pca.transform(xe), pca_sse),
+                (f"logistic PCA ({code}-D)", lpca.train_codes_.cpu().numpy(), lpca_codes.cpu().numpy(), lpca_sse),
+            ]
             rows = [
                 {
                     "method": "raw pixels",
                     "code size": xe.shape[1],
                     "probe accuracy": scored[RANDOM]["raw_probe_accuracy"],
-                },
-                {
-                    "method": f"PCA ({code}-D)",
-                    "code size": code,
-                    "recon_sse": pca_sse,
-                    "ratio to PCA": 1.0,
-                    "probe accuracy": probe(pca.transform(x_tr), pca.transform(xe)),
-                },
-                {
-                    "method": f"logistic PCA ({code}-D)",
-                    "code size": code,
-                    "recon_sse": lpca_sse,
-                    "ratio to PCA": lpca_sse / pca_sse,
-                    "probe accuracy": probe(lpca.train_codes_.cpu().numpy(), lpca_codes.cpu().numpy()),
-                },
+                }
             ]
-            for label, m in scored.items():
+            for name, c_tr, c_te, sse in baselines:
+                probe = validated_probe(c_tr, y_tr, c_te, ye, val)["accuracy"]
                 rows.append(
                     {
-                        "method": label,
+                        "method": name,
                         "code size": code,
-                        "recon_sse": m["recon_sse"],
-                        "ratio to PCA": m["sse_ratio_to_pca"],
-                        "probe accuracy": m["probe_accuracy"],
-                        "weight cost (chosen)": sweeps[label]["grid"][sweeps[label]["chosen_index"]],
-                        "epoch kept": kept_epoch(chosen_runs[label]),
+                        "recon_sse": sse,
+                        "ratio to PCA": sse / pca_sse,
+                        "probe accuracy": probe,
                     }
                 )
+            for label, m in scored.items():
+                wd = sweeps[label]["grid"][sweeps[label]["chosen_index"]]
+                rows.append(
+                    {"method": label, "code size": code, "recon_sse": m["recon_sse"], "ratio to PCA": m["sse_ratio_to_pca"],
+                     "probe accuracy": m["probe_accuracy"], "weight cost (chosen)": wd, "epoch kept": kept_epoch(chosen_runs[label])}
+                )  # fmt: skip
             tables[table] = rows
 
-    figures = hinton2006_figures.figures(settings, out, chosen_runs, sweeps, pca, lpca, test_x, test_y, x_tr, code)
+    figures = hinton2006_report.figures(settings, out, chosen_runs, sweeps, pca, lpca, test_x, test_y, x_tr, code)
     splits = {**splits_of(config), "official_test": {"available": official, "note": official_note}}
-    pre = runs.read_json(stack / "pretrain.json")
-    notes = [
-        f"Data: {config['dataset']}: {splits['train']} train images, {splits['validation']} validation images "
-        f"carved from train (stratified, seed 0), {splits['test']} test images. The RBMs and autoencoders trained "
-        "on train only; the validation split chose each run's epoch (the best validation loss, patience "
-        f"{settings.patience}) and each row's weight cost (the lowest validation recon_sse); PCA, logistic PCA and "
-        "the logistic probes were fitted on train + validation, the probes' C chosen on validation (each probe "
-        "fitted on train minus validation); the test split was scored once.",
-        official_note,
-        f"Architecture {'-'.join(map(str, sizes))}, logistic units, linear code layer. RBM pretraining (once, "
-        f"shared by the fine-tuners): CD-1, {pretrain_epochs} epochs per layer, Hinton's settings (lr 0.1, weight "
-        "cost 2e-4, momentum 0.5 then 0.9, batch 100; a linear top layer with lr 0.001), "
-        f"{pre['time_s']:.0f} s. Fine-tuning on the cross-entropy loss plus the weight cost chosen from {grid}: "
-        f"conjugate gradients (Polak-Ribière, 3 line searches per batch of {settings.cg_batch_size}) for at most "
-        f"{settings.cg_epochs or epochs} epochs; Adam (lr 1e-3, batch {settings.batch_size or 100}) for at most "
-        f"{epochs} epochs. The random-init row is fine-tuned by Adam. Logistic PCA: {code} components, "
-        f"L-BFGS ({settings.logistic_pca_iter} iterations) on the Bernoulli likelihood of the grey levels.",
-        "How this differs from the paper: it trained on all 60,000 training digits (no validation split, no "
-        "early stopping), 50 RBM epochs per layer, 200 epochs of conjugate gradients, and reported one run; here "
-        f"{splits['train']} training digits, at most {settings.cg_epochs or epochs} CG epochs with the epoch and "
-        "weight cost chosen on validation, and Adam as a second fine-tuner. Its numbers (full MNIST, 30-D): deep "
-        "AE 3.00, logistic PCA 8.01, PCA 13.87 (recon_sse).",
-    ]
-    title = "Hinton & Salakhutdinov (2006): deep autoencoders vs PCA and logistic PCA"
+    notes = hinton2006_report.notes(
+        settings, config, splits, official_note, sizes, grid, runs.read_json(stack / "pretrain.json")
+    )
     results = {
-        "experiment": "hinton2006",
-        "title": title,
-        "selection_split": "validation",
-        "selection": "per row, the weight cost with the lowest validation recon_sse; per run, the epoch with the "
-        "lowest validation loss",
         "splits": splits,
         "tables": tables,
-        "table_order": list(tables),
         "sweeps": sweeps,
-        "figures": [[caption, str(Path(path).relative_to(out))] for caption, path in figures],
-        "notes_for_summary": notes,
-        "paper_recon_sse": PAPER,
         "layers": sizes,
-        "epochs": {"adam": epochs, "cg": settings.cg_epochs or epochs, "rbm_per_layer": pretrain_epochs},
-        "fine_tuners": settings.fine_tuners,
-        "device": settings.device,
+        "epochs": {"adam": epochs, "cg": cg_epochs, "rbm_per_layer": pretrain_epochs},
         "wall_time_s_per_row": walls,
         "data": {"dataset": config["dataset"], "fit_split": "train", "score_split": "test"},
         "runs": {label: str(path.relative_to(out)) for label, path in chosen_runs.items()},
         "wall_time_s": time.perf_counter() - started,
     }
-    runs.write_json(out / "results.json", results)
-    return report.write_report(
-        out,
-        title,
-        [(f"{code}-D codes, {name}", rows) for name, rows in tables.items()]
-        + [("Selection on the validation split", hinton2006_figures.sweep_rows(sweeps))],
-        figures,
-        notes,
-    )
+    return hinton2006_report.write(settings, out, results, figures, notes)
