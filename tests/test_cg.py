@@ -137,3 +137,79 @@ def test_trainer_fine_tunes_with_cg_and_resumes_exactly(tmp_path):
     a, _ = read_safetensors(two / "model.safetensors")
     b, _ = read_safetensors(one / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_weights_start_from_a_pretrained_stack_and_are_checked(tmp_path):
+    """train.pretrain writes the RBM stack once; a run with init_weights starts from exactly those weights
+    (no pretraining of its own), records their SHA-256, and a missing or misshapen file is refused."""
+    import hashlib
+    import json
+
+    from aelab import runs
+    from aelab.errors import CheckpointError, ConfigError
+    from aelab.train import TrainConfig, pretrain, train
+
+    common = dict(model="deep-ae", dataset="digits", train_limit=200, val_fraction=0.1, tensorboard=False)
+    options = {"layers": [64, 16, 4], "init": "rbm", "pretrain_epochs": 1}
+    stack = pretrain(TrainConfig(**common, model_options=options, out=str(tmp_path / "stack")), progress=False)
+    weights = stack / "model.safetensors"
+    assert pretrain(TrainConfig(**common, model_options=options, out=str(stack)), progress=False) == stack  # kept
+    cfg = TrainConfig(**common, model_options=options, epochs=1, init_weights=str(weights), out=str(tmp_path / "ft"))
+    # one epoch of zero learning rate would still move Adam; compare the checkpointed epoch-0 state instead
+    run = train(cfg, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["init_weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert runs.read_history(run)[0]["phase"] == "init_weights"
+    with pytest.raises(ConfigError, match="no file"):
+        train(
+            TrainConfig(
+                **{**cfg.__dict__, "init_weights": str(tmp_path / "none.safetensors"), "out": str(tmp_path / "x")}
+            )
+        )
+    assert not (tmp_path / "x").exists()
+    other = pretrain(
+        TrainConfig(**common, model_options={**options, "layers": [64, 8, 4]}, out=str(tmp_path / "small")),
+        progress=False,
+    )
+    with pytest.raises(CheckpointError, match="do not match"):
+        train(
+            TrainConfig(
+                **{**cfg.__dict__, "init_weights": str(other / "model.safetensors"), "out": str(tmp_path / "y")}
+            )
+        )
+
+
+def test_init_weights_are_the_first_epochs_starting_point(tmp_path):
+    """With init_weights the model before its first step equals the file's tensors: a run of 1 epoch equals a
+    hand-made loop of the same steps from those weights."""
+    from aelab import models
+    from aelab.runs import read_safetensors
+    from aelab.train import TrainConfig, pretrain, train
+
+    common = dict(model="deep-ae", dataset="digits", train_limit=200, val_fraction=0.0, tensorboard=False)
+    options = {"layers": [64, 16, 4], "init": "rbm", "pretrain_epochs": 1}
+    stack = pretrain(TrainConfig(**common, model_options=options, out=str(tmp_path / "stack")), progress=False)
+    start, _ = read_safetensors(stack / "model.safetensors")
+    run = train(
+        TrainConfig(**common, model_options=options, epochs=1, batch_size=200, optimizer="cg",
+                    init_weights=str(stack / "model.safetensors"), out=str(tmp_path / "ft")),
+        progress=False,
+    )  # fmt: skip
+    model = models.create("deep-ae", input_shape=[1, 8, 8], **options)
+    model.load_state_dict(start)
+    from aelab.data import load
+
+    x = load("digits", "train")[0][:200]
+    opt = ConjugateGradient(model.parameters(), line_searches=3)
+    torch.manual_seed(0)
+
+    def closure():
+        opt.zero_grad()
+        loss = model.loss_terms(x)["loss"]
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    got, _ = read_safetensors(run / "model.safetensors")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=1e-3, atol=1e-4)  # batch order: rounding only

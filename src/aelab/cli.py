@@ -155,6 +155,7 @@ def train_config_from_args(args):
     if "config" in given:
         saved = _saved_settings(Path(args.config))
         saved.pop("mlflow", None)  # a re-run is a new run: it logs where this command says, not where that one did
+        saved.pop("init_weights", None)  # an untrusted file names no weights file to read (a resume reads none)
     elif given.get("resume") and "seeds" in given:
         from .seeds import first_run_config
 

@@ -109,8 +109,7 @@ class TrainConfig:
         if self.init_weights is not None:
             if not (isinstance(self.init_weights, str) and self.init_weights.endswith(".safetensors")):
                 raise ConfigError(f"init_weights must name a .safetensors file, got {self.init_weights!r}")
-            if not Path(self.init_weights).is_file():
-                raise ConfigError(f"init_weights: no file {self.init_weights}")
+
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
         if isinstance(self.dataset, datamod.Data):
@@ -422,6 +421,8 @@ def train_one_epoch(
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
     """Train `cfg.model` on `cfg.dataset`; return the run folder. Rank 0 holds the folder's lock throughout."""
     cfg.validate()
+    if cfg.init_weights and not resume and not Path(cfg.init_weights).is_file():  # before the folder is made
+        raise ConfigError(f"init_weights: no file {cfg.init_weights}")
     rank, world, device = setup_distributed(resolve_device(cfg.device))
     if cfg.amp and device.type != "cuda":
         warnings.warn("--amp (bf16 autocast) only applies on CUDA; training in float32 on CPU")
@@ -491,7 +492,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
 
     # 2. the starting weights: another run's (init_weights), or the model's own pretraining (the deep AE's RBM
     # stack), once, checkpointed as epoch 0
-    if cfg.init_weights and not run.pretrained:
+    if cfg.init_weights and not run.pretrained:  # a resume has them in its checkpoint already: not read again
+        if not Path(cfg.init_weights).is_file():
+            raise ConfigError(f"init_weights: no file {cfg.init_weights}")
         tensors, _ = runs.read_safetensors(cfg.init_weights)
         runs.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, Path(cfg.init_weights))
         run.pretrained = True
