@@ -99,8 +99,13 @@ def splits_of(config: dict) -> dict:
 OFFICIAL_TEST = "mnist"  # the 10k official MNIST test set, scored when --data-dir holds its t10k files
 
 
-def official_test_status(data_dir: str | None, input_shape: tuple[int, ...]) -> tuple[bool, str]:
-    """(whether the official MNIST test set can be scored, what the report says about it)."""
+def official_test_status(
+    data_dir: str | None, input_shape: tuple[int, ...], dataset: str | None = None
+) -> tuple[bool, str]:
+    """(whether the official MNIST test set can be scored as a second test set, what the report says about it).
+    Not for a run on `mnist` itself: its test split is that set already."""
+    if dataset == OFFICIAL_TEST:
+        return False, "The test split is the official MNIST test set (10,000 images)."
     if not data_dir:
         return False, "Official MNIST test set: not available (no --data-dir given); only the dataset's test split."
     try:

@@ -245,7 +245,9 @@ def run(settings: Settings) -> Path:
 
     first_run = Path(sweeps["AE"]["runs"][0])
     config = runs.read_config(first_run)
-    official, official_note = official_test_status(settings.data_dir, tuple(runs.load_model(first_run).input_shape))
+    official, official_note = official_test_status(
+        settings.data_dir, tuple(runs.load_model(first_run).input_shape), settings.dataset
+    )
     rows, histories, units, spectra = [], {}, {}, {}
     raw_probe, data = None, None
     for family in families(settings):

@@ -123,7 +123,7 @@ def run_one(settings: Settings) -> Path:
         config = runs.read_config(run_dir)
         if official is None:
             official, official_note = official_test_status(
-                settings.data_dir, tuple(config["model_options"]["input_shape"])
+                settings.data_dir, tuple(config["model_options"]["input_shape"]), settings.dataset
             )
         tsne = (1000 if settings.quick else 2000) if settings.figures else 0
         result = evaluate(run_dir, tsne_points=tsne, figures=True, data_dir=settings.data_dir, progress=progress)

@@ -218,9 +218,7 @@ def run_one(settings: Settings) -> Path:
     # 3. PCA and logistic PCA fitted on the train split (train + validation, as evaluate's PCA)
     config = runs.read_config(chosen_runs[RANDOM])
     train_x, train_y, test_x, test_y = runs.run_data(config, settings.data_dir)
-    official, official_note = official_test_status(settings.data_dir, tuple(train_x.shape[1:]))
-    if official and settings.dataset == OFFICIAL_TEST:  # the test split is the official set already
-        official, official_note = False, "The test split is the official MNIST test set (10,000 images)."
+    official, official_note = official_test_status(settings.data_dir, tuple(train_x.shape[1:]), settings.dataset)
     test_sets = {"test split": (test_x, test_y)}
     if official:
         x_off, y_off, _ = datamod.load_test_split(OFFICIAL_TEST, settings.data_dir)
