@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from aelab import runs
 from aelab.cli import main
-from aelab.seeds import metric_bounds, seeds_markdown
+from aelab.metrics.intervals import metric_bounds
+from aelab.seeds import seeds_markdown
 from aelab.train import TrainConfig, train
 
 TINY = ["--dataset", "digits", "--train-limit", "120", "--hidden", "8", "--latent", "2", "--batch-size", "40"]

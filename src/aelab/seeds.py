@@ -22,13 +22,11 @@ from . import data as datamod
 from . import runs
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .metrics.intervals import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, summarize
+from .metrics.intervals import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, metric_bounds, summarize
 from .options import MAX_SEED
 from .train import TrainConfig, dist_info, train
 
 MAX_SEEDS = 1000
-# metrics in [0, 1] by construction: their intervals may use the bootstrap and are clipped to [0, 1]
-UNIT_INTERVAL_METRICS = ("saturation", "code_saturation", "bit_balance", "bit_entropy_mean")
 # numbers eval.json records that the configuration fixes, the same for every seed: not summarised
 SETTINGS_NOT_METRICS = ("code_dim", "iwae_k", "spectrum_points", "bits_per_image")
 INTERVALS_TEXT = (
@@ -40,11 +38,6 @@ INTERVALS_TEXT = (
 
 def run_folder(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
-
-
-def metric_bounds(name: str) -> tuple[float, float] | None:
-    """(0, 1) for accuracies and fractions, None for unbounded metrics (errors, losses, norms, counts)."""
-    return (0.0, 1.0) if name.endswith("accuracy") or name in UNIT_INTERVAL_METRICS else None
 
 
 def first_run_config(out: str | Path) -> Path | None:

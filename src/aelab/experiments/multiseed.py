@@ -30,19 +30,14 @@ from types import ModuleType
 
 from .. import report, runs
 from ..errors import ConfigError
-from ..metrics.intervals import format_interval, paired_difference, summarize
+from ..metrics.intervals import format_interval, metric_bounds, paired_difference, summarize
 from ..options import MAX_SEED
 from ..seeds import INTERVALS_TEXT
 
 MAX_JOBS = 64
 
 
-def bounds_of(column: str) -> tuple[float, float] | None:
-    """(0, 1) for accuracies, AUROC, AP, precision/recall and fractions; None for errors, ratios and times."""
-    name = column.lower()
-    bounded = ("acc", "auroc", "ap", "precision", "recall", "p@", "map", "fraction", "sat")
-    words = name.replace("(", " ").replace(")", " ").replace(",", " ").split()
-    return (0.0, 1.0) if any(w.startswith(b) or w == b for w in words for b in bounded) else None
+bounds_of = metric_bounds  # one rule for every table: aelab.metrics.intervals.metric_bounds
 
 
 def seed_folder(out: str | Path, seed: int) -> Path:

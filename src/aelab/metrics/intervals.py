@@ -22,6 +22,7 @@ seed-to-seed variation both share cancels, so its interval is narrower than comp
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,29 @@ import scipy.stats
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_MIN_N = 10  # bounded metrics with at least this many values get the bootstrap interval
 SINGLE_SEED = "single seed: no interval"
+# metrics in [0, 1] by construction whose names say nothing of it
+UNIT_INTERVAL_METRICS = ("saturation", "code_saturation", "bit_balance", "bit_entropy_mean")
+_BOUNDED_PREFIXES = ("acc", "auroc", "auprc", "precision", "recall", "fraction", "saturation")
+_BOUNDED_WORDS = ("ap", "map", "auc")
+
+
+def metric_bounds(name: str) -> tuple[float, float] | None:
+    """(0, 1) for a metric in the unit interval, whatever its spelling: accuracies (`probe_accuracy`, `probe
+    accuracy`, `acc`), AUROC, AP and mAP, precision and recall (`precision@10`, `p@10`), fractions and
+    saturations; None for errors, losses, ratios, sizes and times, and for anything in percent (`accuracy (%)`
+    lies in [0, 100]). The words of a name are split at anything but letters, digits and '@' (so
+    `probe_accuracy` is `probe`, `accuracy`)."""
+    lowered = name.lower()
+    if lowered in UNIT_INTERVAL_METRICS:
+        return (0.0, 1.0)
+    if "%" in lowered or "percent" in lowered:
+        return None
+    words = [w for w in re.split(r"[^a-z0-9@]+", lowered) if w]
+    bounded = any(
+        w.startswith(_BOUNDED_PREFIXES) or w in _BOUNDED_WORDS or re.fullmatch(r"(p|ap|map|precision|recall)@\d+", w)
+        for w in words
+    )
+    return (0.0, 1.0) if bounded else None
 
 
 def _as_values(values: Sequence[float], what: str) -> np.ndarray:
