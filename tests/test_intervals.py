@@ -71,3 +71,37 @@ def test_paired_difference_is_the_summary_of_the_differences():
     assert paired == summarize(many_a - many_b, bounded=(-1, 1)) and paired["method"].startswith("percentile")
     with pytest.raises(ValueError, match="one value per seed"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_the_bootstrap_starts_at_exactly_ten_values():
+    accuracies = list(np.random.default_rng(1).uniform(0.8, 0.9, size=10))
+    assert summarize(accuracies[:9], bounded=(0, 1))["method"].startswith("Student t")
+    assert summarize(accuracies, bounded=(0, 1))["method"].startswith("percentile bootstrap")
+
+
+def test_clipping_at_the_lower_bound_too():
+    values = [0.0, 0.0, 0.01]
+    free, clipped = summarize(values), summarize(values, bounded=(0.0, 1.0))
+    assert free["ci95"][0] < 0.0 and clipped["ci95"] == [0.0, free["ci95"][1]]
+
+
+def test_a_non_default_confidence_is_honoured_by_every_method():
+    values = [1.0, 2.0, 4.0, 3.0, 5.0]
+    lo, hi = scipy.stats.t.interval(0.80, df=4, loc=3.0, scale=np.std(values, ddof=1) / math.sqrt(5))
+    assert summarize(values, confidence=0.80)["ci95"] == pytest.approx([lo, hi], rel=1e-12)
+    accuracies = np.random.default_rng(2).uniform(0.5, 0.9, size=15)
+    s80 = summarize(accuracies, bounded=(0, 1), confidence=0.80)
+    resamples = np.random.default_rng(7).choice(accuracies, size=(20_000, 15), replace=True).mean(1)
+    assert s80["ci95"] == pytest.approx(np.percentile(resamples, [10, 90]), abs=3e-3)
+    assert s80["confidence"] == 0.80
+    clipped = summarize([0.99, 1.0, 1.0], bounded=(0, 1), confidence=0.80)
+    lo, _ = scipy.stats.t.interval(
+        0.80, df=2, loc=np.mean([0.99, 1, 1]), scale=np.std([0.99, 1, 1], ddof=1) / math.sqrt(3)
+    )
+    assert clipped["ci95"] == pytest.approx([lo, 1.0], rel=1e-12)
+
+
+def test_a_bootstrap_interval_stays_inside_the_bounds():
+    near_one = [1.0] * 9 + [0.98, 0.99, 1.0]
+    s = summarize(near_one, bounded=(0.0, 1.0))
+    assert s["method"].startswith("percentile bootstrap") and 0.0 <= s["ci95"][0] <= s["ci95"][1] <= 1.0
