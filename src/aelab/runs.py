@@ -359,13 +359,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(
             f"{path}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})"
         )
-    if version >= 2 or "checksums" in header:
-        sums = parse_json(header.get("checksums", "null"), f"{path} (checksums)")
-        if not isinstance(sums, dict) or set(sums) != set(tensors):
-            raise CheckpointError(f"{path}: tensor checksums missing or incomplete")
-        bad = [k for k, t in tensors.items() if tensor_checksum(t) != sums[k]]
-        if bad:
-            raise CheckpointError(f"{path}: corrupt: tensor {bad[0]} does not match its checksum")
+    # every file aelab writes carries a checksum per tensor: a file without them (or with its version entry
+    # removed as well) is refused, never loaded unverified
+    sums = parse_json(header.get("checksums", "null"), f"{path} (checksums)")
+    if not isinstance(sums, dict) or set(sums) != set(tensors):
+        raise CheckpointError(f"{path}: tensor checksums missing or incomplete (not written by aelab, or edited)")
+    bad = [k for k, t in tensors.items() if tensor_checksum(t) != sums[k]]
+    if bad:
+        raise CheckpointError(f"{path}: corrupt: tensor {bad[0]} does not match its checksum")
     return tensors, header
 
 

@@ -1,0 +1,58 @@
+"""The run folder's integrity checks: a weights file stripped of its checksums is refused, temp files of dead
+writers are cleaned (the same pid included), a live writer's are kept."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from aelab import runs
+from aelab.errors import CheckpointError
+
+
+def _rewrite_header(path, drop: tuple[str, ...]):
+    """Rewrite a safetensors file with some metadata entries removed (what an edit by another tool does)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        meta = json.loads(f.read(n)).get("__metadata__", {})
+    tensors = load_file(path)
+    save_file(tensors, path, metadata={k: v for k, v in meta.items() if k not in drop})
+
+
+@pytest.mark.parametrize("drop", [("checksums",), ("checksums", "format_version")])
+def test_weights_without_their_checksums_are_refused(tmp_path, drop):
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "w.safetensors"
+    runs.atomic_write_bytes(path, runs._safetensors_bytes(model.state_dict(), {"format_version": "2"}))
+    tensors, _ = runs.read_safetensors(path)  # intact: loads
+    assert torch.equal(tensors["weight"], model.weight.detach())
+    _rewrite_header(path, drop)
+    with pytest.raises(CheckpointError, match="checksums missing"):
+        runs.read_safetensors(path)
+
+
+def test_a_tensor_edited_under_its_checksum_is_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    state = {"w": torch.arange(6.0)}
+    runs.atomic_write_bytes(path, runs._safetensors_bytes(state, {"format_version": "2"}))
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        meta = json.loads(f.read(n))["__metadata__"]
+    save_file({"w": torch.arange(6.0) + 1}, path, metadata=meta)  # same header, other values
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        runs.read_safetensors(path)
+
+
+def test_temp_files_of_dead_writers_and_of_this_pid_are_removed_a_live_writers_kept(tmp_path):
+    mine = tmp_path / f".model.safetensors.tmp-{os.getpid()}-aaaa0000"  # a dead process that had this pid
+    live = tmp_path / ".config.json.tmp-1-bbbb1111"  # pid 1 is alive
+    dead_pid = 2**22 + 12345  # above pid_max on Linux: no such process
+    dead = tmp_path / f".metrics.jsonl.tmp-{dead_pid}-cccc2222"
+    user = tmp_path / ".draft.tmp"  # not ours
+    for p in (mine, live, dead, user):
+        p.write_text("x")
+    runs.remove_stale_temp_files(tmp_path)
+    assert not mine.exists() and not dead.exists()
+    assert live.exists() and user.exists()
