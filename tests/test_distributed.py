@@ -17,6 +17,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_twice(worker, make_args, nprocs: int = 2) -> int:
+    """Start `nprocs` spawned workers with make_args(port, attempt); if one dies by a signal or a gloo
+    connection error (seen once under load: a worker's SIGABRT while the code was unchanged), retry once with a
+    fresh port and attempt = 1 (make_args gives that attempt its own output folder). A worker that raises the
+    same error twice fails the test. Returns the attempt that succeeded."""
+    import warnings
+
+    for attempt in (0, 1):
+        try:
+            mp.start_processes(worker, args=make_args(_free_port(), attempt), nprocs=nprocs, start_method="spawn")
+            return attempt
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
+            infrastructure = isinstance(e, mp.ProcessExitedException) or "gloo" in str(e).lower()
+            if attempt == 1 or not infrastructure:
+                raise
+            warnings.warn(f"a spawned worker failed ({' '.join(str(e).split())[:200]}); retrying once")
+    raise AssertionError("unreachable")
+
+
 def _worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
@@ -48,15 +67,9 @@ def _cfg(out, **kw):
 @pytest.mark.parametrize("train_limit", [250, 237])  # 237: the last batch splits unevenly across ranks
 def test_two_process_gloo_equals_one_process(tmp_path, train_limit):
     one = train(_cfg(tmp_path / "one", train_limit=train_limit), progress=False)
-    port = _free_port()
-    mp.start_processes(
-        _worker,
-        args=(2, port, _cfg(tmp_path / "two", train_limit=train_limit)),
-        nprocs=2,
-        start_method="spawn",
-        join=True,
-    )
-    w1, w2 = load_file(one / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    attempt = spawn_twice(_worker, lambda port, a: (2, port, _cfg(tmp_path / f"two-{a}", train_limit=train_limit)))
+    two = tmp_path / f"two-{attempt}"
+    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert set(w1) == set(w2)
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
@@ -64,11 +77,11 @@ def test_two_process_gloo_equals_one_process(tmp_path, train_limit):
     import json
 
     m1 = [json.loads(l) for l in (one / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(m1, m2):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(a["train_loss"])
         assert abs(a["test_loss"] - b["test_loss"]) < 1e-4 * abs(a["test_loss"])
-    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
 
 
 def _rbm_worker(rank: int, world: int, port: int, data: torch.Tensor, same_data: bool, out: str) -> None:
@@ -106,32 +119,34 @@ def test_rbm_cd_statistics_are_all_reduced(tmp_path):
     single = RBM(64, 16, generator=torch.Generator().manual_seed(0))
     single.fit(data, epochs=2, batch_size=50, generator=torch.Generator().manual_seed(1), monitor_size=0)
     # identical data and seeds on both ranks: the averaged statistics are the single-process ones
-    mp.start_processes(_rbm_worker, args=(2, _free_port(), data, True, str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn_twice(_rbm_worker, lambda port, a: (2, port, data, True, str(tmp_path)))  # rank files are overwritten
     for rank in range(2):
         w = load_file(tmp_path / f"rank{rank}.safetensors")
         for k, v in single.state_dict().items():
             torch.testing.assert_close(w[k], v, rtol=1e-5, atol=1e-6)
     # different shards: the ranks still end with the same weights (the updates were averaged)
-    mp.start_processes(_rbm_worker, args=(2, _free_port(), data, False, str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn_twice(_rbm_worker, lambda port, a: (2, port, data, False, str(tmp_path)))
     w0, w1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert not torch.allclose(w0["weight"], single.weight)
 
 
 def test_deep_ae_pretraining_under_two_processes(tmp_path):
-    cfg = TrainConfig(
-        model="deep-ae",
-        model_options={"layers": [64, 32, 4], "init": "rbm", "pretrain_epochs": 1},
-        dataset="digits",
-        train_limit=200,
-        epochs=1,
-        batch_size=50,
-        out=str(tmp_path / "two"),
-    )
-    mp.start_processes(_worker, args=(2, _free_port(), cfg), nprocs=2, start_method="spawn", join=True)
+    def cfg(attempt: int) -> TrainConfig:
+        return TrainConfig(
+            model="deep-ae",
+            model_options={"layers": [64, 32, 4], "init": "rbm", "pretrain_epochs": 1},
+            dataset="digits",
+            train_limit=200,
+            epochs=1,
+            batch_size=50,
+            out=str(tmp_path / f"two-{attempt}"),
+        )
+
+    attempt = spawn_twice(_worker, lambda port, a: (2, port, cfg(a)))
     import json
 
-    history = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(l) for l in (tmp_path / f"two-{attempt}" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["phase"] == "pretrain" and history[-1]["epoch"] == 1
 
 
