@@ -213,3 +213,23 @@ def test_init_weights_are_the_first_epochs_starting_point(tmp_path):
     got, _ = read_safetensors(run / "model.safetensors")
     for k, v in model.state_dict().items():
         torch.testing.assert_close(got[k], v, rtol=1e-3, atol=1e-4)  # batch order: rounding only
+
+
+def test_a_shared_pretraining_gives_the_same_run_as_pretraining_inside_it(tmp_path):
+    """hinton2006 pretrains the RBM stack once (train.pretrain) and starts each fine-tuner from it: the result is
+    bit-identical to a run that pretrains inside itself (the earlier protocol), so its numbers carry over."""
+    from aelab.runs import read_safetensors
+    from aelab.train import TrainConfig, pretrain, train
+
+    common = dict(model="deep-ae", dataset="digits", train_limit=200, val_fraction=0.1, seed=3, tensorboard=False)
+    options = {"layers": [64, 16, 4], "init": "rbm", "pretrain_epochs": 1}
+    inside = train(TrainConfig(**common, model_options=options, epochs=2, out=str(tmp_path / "inside")), progress=False)
+    stack = pretrain(TrainConfig(**common, model_options=options, out=str(tmp_path / "stack")), progress=False)
+    shared = train(
+        TrainConfig(**common, model_options=options, epochs=2, init_weights=str(stack / "model.safetensors"),
+                    out=str(tmp_path / "shared")),
+        progress=False,
+    )  # fmt: skip
+    a, _ = read_safetensors(inside / "model.safetensors")
+    b, _ = read_safetensors(shared / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
