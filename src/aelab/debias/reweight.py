@@ -26,7 +26,7 @@ def top_fraction_flags(scores: np.ndarray, digits: np.ndarray, rho: float) -> np
     flags = np.zeros(len(scores), dtype=bool)
     for c in np.unique(digits):
         idx = np.flatnonzero(digits == c)
-        k = max(1, int(np.ceil(rho * len(idx))))
+        k = max(1, int(np.ceil(round(rho * len(idx), 9))))  # round: 0.07 * 100 = 7.000000000000001
         flags[idx[np.argsort(-scores[idx], kind="stable")[:k]]] = True
     return flags
 
