@@ -56,3 +56,27 @@ def test_temp_files_of_dead_writers_and_of_this_pid_are_removed_a_live_writers_k
     runs.remove_stale_temp_files(tmp_path)
     assert not mine.exists() and not dead.exists()
     assert live.exists() and user.exists()
+
+
+def test_reading_weights_reserves_no_more_than_the_file_under_a_memory_limit(tmp_path):
+    """Issue 24: read(16 GiB + 1) reserved the cap up front; under `ulimit -v` a valid run folder failed to
+    load. In a child process limited to 3 GiB of address space, a small weights file must load."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "w.safetensors"
+    runs.atomic_write_bytes(path, runs._safetensors_bytes({"w": torch.arange(10.0)}, {"format_version": "2"}))
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+        "from aelab import runs; t, _ = runs.read_safetensors(sys.argv[1]); print(t['w'].sum().item())"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "45.0", r.stderr[-500:]
+
+
+def test_a_file_larger_than_its_cap_is_refused_unread(tmp_path):
+    big = tmp_path / "config.json"
+    big.write_bytes(b" " * 101)
+    with pytest.raises(CheckpointError, match="more than the 100"):
+        runs.read_bytes(big, 100)
+    assert runs.read_bytes(big, 101) == b" " * 101

@@ -142,9 +142,14 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as f:
-            return f.read(max_bytes + 1)[: max_bytes + 1]
+            # as many bytes as the file has (one more shows it grew since the stat), never the cap itself:
+            # read(n) reserves n bytes, and a 16 GiB reservation fails where memory is limited
+            data = f.read(min(st.st_size, max_bytes) + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    if len(data) > max_bytes:
+        raise CheckpointError(f"{path}: more than the {max_bytes} bytes expected of it")
+    return data
 
 
 def _depth(obj: Any) -> int:
