@@ -135,10 +135,11 @@ def _flip_a_bit(path: Path) -> None:
 
 
 def _retype_weights(run: Path, dtype) -> None:
-    from safetensors.torch import save_file
-
+    """Weights of another dtype with valid checksums (as an editor that recomputes them writes): the dtype
+    check must refuse them. (Without checksums they are refused earlier: test_run_integrity.)"""
     state = runs.read_safetensors(run / "model.safetensors")[0]
-    save_file({k: v.to(dtype) for k, v in state.items()}, str(run / "model.safetensors"))
+    data = runs._safetensors_bytes({k: v.to(dtype) for k, v in state.items()}, {"format_version": "2"})
+    runs.atomic_write_bytes(run / "model.safetensors", data)
 
 
 HOSTILE = {
