@@ -235,10 +235,17 @@ def compare(
     evals = []
     for run_dir, name in zip(dirs, names):
         if (run_dir / "eval.json").exists() or (run_dir / "eval.json").is_symlink():
-            evals.append(_read_eval(run_dir))
-            stale = _older(run_dir / "eval.json", run_dir / "model.safetensors")
-            if stale:
-                notes.append(f"{name}: eval.json is older than model.safetensors; run aelab evaluate {name} again")
+            saved = _read_eval(run_dir)
+            if saved.get("scored") == runs.weights_record(run_dir):
+                evals.append(saved)
+            else:  # scored other weights (a resume trained on since), or does not say which: never shown as current
+                scored = saved.get("scored") if isinstance(saved.get("scored"), dict) else {}
+                evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
+                notes.append(
+                    f"{name}: evaluated again (its eval.json scored "
+                    + (f"the weights of epoch {scored['epoch']}" if "epoch" in scored else "unrecorded weights")
+                    + f", the run now holds those of epoch {evals[-1]['scored']['epoch']})"
+                )
         else:
             evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
             notes.append(f"{name}: evaluated now (it had no eval.json)")
@@ -299,10 +306,3 @@ def compare(
         )
     files = {"csv": out / "comparison.csv", "md": out / "comparison.md", "html": html_path}
     return {"rows": rows, "notes": notes, "files": files}
-
-
-def _older(a: Path, b: Path) -> bool:
-    try:
-        return os.lstat(a).st_mtime_ns < os.lstat(b).st_mtime_ns
-    except OSError:
-        return False

@@ -143,6 +143,7 @@ def _evaluate(
     test_dataset=None,
     log_mlflow: bool = False,
 ) -> dict:
+    scored = runs.weights_record(run_dir)  # which weights these numbers are about (read before loading them)
     model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
     config = runs.read_config(run_dir)
     train_x, train_y, test_x, test_y = runs.run_data(config, data_dir, data)
@@ -238,6 +239,7 @@ def _evaluate(
     name = type(model).name
     result = {
         "run": str(run_dir),
+        "scored": scored,
         "model": name,
         "metrics": metrics,
         "data": {

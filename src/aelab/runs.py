@@ -403,6 +403,45 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_record(run_dir: str | os.PathLike) -> dict:
+    """What an evaluation scored: the SHA-256 of model.safetensors and the epochs trained (metrics.jsonl). A
+    derived file (eval.json, a report) is current only while the weights still have this hash."""
+    run_dir = Path(run_dir)
+    regular_file(run_dir / "model.safetensors")
+    epochs = [h.get("epoch") for h in read_history(run_dir) if "train_loss" in h]
+    epochs = [e for e in epochs if isinstance(e, int) and not isinstance(e, bool)]
+    return {"model_sha256": file_sha256(run_dir / "model.safetensors"), "epoch": max(epochs, default=0)}
+
+
+STALE_NOTE = "STALE: the run trained on after this evaluation; run `aelab evaluate` again"
+
+
+def mark_evaluation_stale(run_dir: str | os.PathLike) -> None:
+    """A resume trains the weights on: eval.json and the report say they are stale (compare re-evaluates a run
+    whose eval.json scored other weights in any case). An unreadable eval.json is left as it is."""
+    run_dir = Path(run_dir)
+    try:
+        result = read_json(run_dir / "eval.json")
+    except CheckpointError:
+        return
+    if isinstance(result, dict) and result.get("stale") != STALE_NOTE:
+        write_json(run_dir / "eval.json", {"stale": STALE_NOTE, **result})
+    for name, banner in (("report.md", f"> **{STALE_NOTE}**\n\n"), ("report.html", f"<p><b>{STALE_NOTE}</b></p>")):
+        try:
+            text = read_bytes(run_dir / name, MAX_JSON_BYTES).decode("utf-8")
+        except (CheckpointError, UnicodeDecodeError):
+            continue
+        if STALE_NOTE in text:
+            continue
+        if name == "report.html" and "<body>" in text:
+            text = text.replace("<body>", "<body>" + banner, 1)
+        elif name == "report.md":
+            text = banner + text
+        else:
+            continue
+        atomic_write_text(run_dir / name, text)
+
+
 def package_versions() -> dict[str, str]:
     import numpy
     import safetensors

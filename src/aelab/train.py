@@ -405,6 +405,7 @@ class RunWriter:
         runs.write_json(self.out / "config.json", config)
         if resume:  # a kill may have come between the checkpoint and the files derived from it
             self._write_derived_files()
+            runs.mark_evaluation_stale(self.out)
 
     def _write_derived_files(self) -> None:
         # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
