@@ -71,7 +71,7 @@ def test_compare_two_runs_writes_csv_md_html_and_evaluates_a_run_without_eval_js
     html = (out / "comparison.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # test-loss curves + one reconstruction mosaic
     assert str(ae) in html and str(vae) in html and "train_limit differs" in html
-    assert "figures/test_loss.png" in (out / "comparison.md").read_text()
+    assert "figures/loss.png" in (out / "comparison.md").read_text()
 
 
 def test_runs_on_different_data_are_refused_unless_allowed(tiny_runs, tmp_path, capsys):

@@ -41,3 +41,14 @@ def test_a_current_eval_json_is_used_as_it_is(tmp_path):
     assert main(["compare", str(run), str(other), "--out", str(tmp_path / "cmp")]) == 0
     assert (run / "eval.json").read_bytes() == before  # not evaluated again
     assert "evaluated again" not in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_the_epoch_line_shows_the_validation_loss_that_chooses(tmp_path):
+    """Issue 23 item 4: the split that chooses is in view, the test loss stays a reported column after it."""
+    from aelab.train import TrainConfig, train
+
+    lines = []
+    cfg = TrainConfig(dataset="digits", train_limit=200, epochs=1, out=str(tmp_path / "r"), tensorboard=False)
+    train(cfg, progress=True, log=lines.append)
+    (line,) = [text for text in lines if "epoch 1/1" in text]
+    assert line.index("train_loss") < line.index("val_loss") < line.index("test_loss")

@@ -291,11 +291,14 @@ def compare(
         fig_dir = runs.subfolder(out, "figures")
         runs.remove_stale_temp_files(fig_dir)
         figures = []
-        if curves:
+        if curves:  # the validation loss chooses (solid); the test loss is only reported (dashed)
             path = report.plot_curves(
-                curves, fig_dir / "test_loss.png", keys=("test_loss",), title="test loss per epoch", units=units
+                curves, fig_dir / "loss.png", keys=("val_loss", "test_loss"), title="loss per epoch", units=units
             )
-            figures.append(("Test loss per epoch (one panel per loss unit)", path))
+            figures.append(
+                ("Validation loss (dotted: the split that chooses) and test loss (dashed) per epoch, one panel per "
+                 "loss unit", path)
+            )  # fmt: skip
         for k, (group, images, labels) in enumerate(mosaics):
             path = report.plot_image_rows(images, labels, fig_dir / f"reconstructions-{k + 1}.png")
             data = data_label(configs[group[0]])

@@ -653,7 +653,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             with tqdm.external_write_mode():
                 say(
                     f"{out.name or out} epoch {epoch + 1}/{cfg.epochs}: "
-                    f"train_loss {train_loss:.5g} test_loss {record['test_loss']:.5g}"
+                    f"train_loss {train_loss:.5g}"
+                    + (f" val_loss {record['val_loss']:.5g}" if "val_loss" in record else "")
+                    + f" test_loss {record['test_loss']:.5g}"
                 )
 
     # 4. finish
