@@ -527,3 +527,38 @@ def test_review_regressions(tmp_path, digits, capsys):
         capsys, main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r2")]), "--compile"
     )
     one_line_exit_2(capsys, main(["evaluate", str(first), "--test-dataset", ""]), "--test-dataset")
+
+
+def test_class_names_reach_eval_json_and_the_figures(tmp_path, digits, monkeypatch):
+    """Issue 23 item 3: a folder of cats/dogs/birds shows those names (t-SNE colour bar, interpolation labels,
+    eval.json), one colour per class: three colours for three classes, not ten."""
+    from aelab import report
+
+    x, y = digits
+    keep = y < 3
+    names = np.array(["cats", "dogs", "birds"])
+    root = tmp_path / "pets"
+    for i, (img, label) in enumerate(zip(x[keep][:150], y[keep][:150])):
+        folder = root / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"{i:04d}.png")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(root), *CLI_TINY, "--out", str(out)]) == 0
+    seen = {}
+    real_scatter, real_rows = report.plot_scatter, report.plot_image_rows
+    monkeypatch.setattr(report, "plot_scatter", lambda *a, **k: seen.setdefault("scatter", k) and real_scatter(*a, **k))
+    monkeypatch.setattr(
+        report, "plot_image_rows", lambda rows, labels, path, *a: seen.setdefault(Path(path).stem, labels)
+        and real_rows(rows, labels, path, *a)
+    )  # fmt: skip
+    result = evaluate(out, tsne_points=60, progress=False)
+    assert result["data"]["class_names"] == ["birds", "cats", "dogs"]  # sorted: label i is names[i]
+    assert seen["scatter"]["class_names"] == ["birds", "cats", "dogs"]
+    assert all("→" in t and t.split("→")[0] in ("birds", "cats", "dogs") for t in seen["interpolation"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    path = report.plot_scatter(
+        np.zeros((3, 2)), np.array([0, 1, 2]), tmp_path / "s.png", "t", class_names=["a", "b", "c"]
+    )
+    assert path.exists()

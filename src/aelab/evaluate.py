@@ -252,6 +252,7 @@ def _evaluate(
             "n_test": len(test_x),
             "sha256": (config.get("data_info") or {}).get("sha256"),
             "labeled": labeled,
+            "class_names": class_names(config, test_y.tolist()),
         },
         "protocol": {
             "pca": "fitted on train images, scored on test",
@@ -351,12 +352,26 @@ def iwae_mean(model, x: torch.Tensor, k: int, seed: int, progress: str | None = 
     return total / len(x)
 
 
+def class_names(config: dict, labels) -> list[str] | None:
+    """The class names of a run's data (a folder's class folders, sorted: label i is names[i]), or None for
+    numbered classes. config.json is untrusted: names are used only when they are a list of strings that covers
+    every label."""
+    info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
+    names = info.get("classes")
+    if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+        return None
+    labels = [int(y) for y in labels if int(y) >= 0]
+    return [c[:40] for c in names] if not labels or max(labels) < len(names) else None
+
+
 def _figures(
     model, history, config, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed, kl_per_dimension, progress
 ) -> list:
     figs = []
     name = type(model).name
     shown = first_of_each_class(test_y, 16, seed)
+    names = class_names(config, test_y)
+    label = (lambda y: names[int(y)]) if names else (lambda y: str(int(y)))  # noqa: E731
     figs.append(
         (
             "Test images (top) and reconstructions (bottom)",
@@ -390,7 +405,9 @@ def _figures(
         figs.append(
             (
                 f"t-SNE of {n} test codes, coloured by label",
-                report.plot_scatter(emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes"),
+                report.plot_scatter(
+                    emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes", class_names=names
+                ),
             )
         )
     if kl_per_dimension is not None:
@@ -434,7 +451,7 @@ def _figures(
                 "between their codes in between",
                 report.plot_image_rows(
                     list(rows.numpy()),
-                    [f"{int(test_y[a])}→{int(test_y[b])}" for a, b in pairs],
+                    [f"{label(test_y[a])}→{label(test_y[b])}" for a, b in pairs],
                     fig_dir / "interpolation.png",
                 ),
             )

@@ -57,11 +57,22 @@ def plot_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str
 
 
 def plot_scatter(
-    points: np.ndarray, colours: np.ndarray, path: str | Path, title: str, colour_name: str = "label"
+    points: np.ndarray,
+    colours: np.ndarray,
+    path: str | Path,
+    title: str,
+    colour_name: str = "label",
+    class_names: Sequence[str] | None = None,
 ) -> Path:
+    """2-D points coloured by class, one colour per class (as many as there are classes, not always ten), the
+    colour bar labelled with the class names when given (a folder's class folders), else the numbers."""
+    n = len(class_names) if class_names else max(int(np.max(colours)) + 1 if len(colours) else 1, 1)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20", n)
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
-    fig.colorbar(sc, ax=ax, ticks=range(10), label=colour_name)
+    sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap=cmap, s=4, vmin=-0.5, vmax=n - 0.5)
+    bar = fig.colorbar(sc, ax=ax, ticks=range(n), label=colour_name)
+    if class_names:
+        bar.ax.set_yticklabels([str(c) for c in class_names])
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
