@@ -53,3 +53,24 @@ def test_the_multiseed_probe_accuracy_interval_is_clipped_at_1():
     assert summarize(values, bounded=None)["ci95"][1] > 1.0  # what it was
     per_seed = [{"probe_accuracy": v, "recon_sse": 10.0 + v} for v in values]
     assert summarize_metrics(per_seed)["probe_accuracy"]["ci95"][1] == 1.0
+
+
+def test_every_eval_json_metric_is_classified(tmp_path):
+    """`aelab train --seeds N` summarises eval.json's metrics by this rule: every name evaluate writes for the AE,
+    the VAE and the binary AE is listed here with its answer (a new metric must be added to one of the sets)."""
+    from aelab.evaluate import evaluate
+    from aelab.train import TrainConfig, train
+
+    bounded = {"probe_accuracy", "raw_probe_accuracy", "saturation", "code_saturation", "bit_balance",
+               "bit_entropy_mean", "precision@10", "precision@100", "mAP"}  # fmt: skip
+    seen = set()
+    for model, options in (("ae", {"hidden": [8], "latent": 2}), ("vae", {"hidden": [8], "latent": 2}),
+                           ("binary", {"bits": 8})):  # fmt: skip
+        cfg = TrainConfig(model=model, model_options=options, dataset="digits", train_limit=120, epochs=1,
+                          out=str(tmp_path / model), tensorboard=False)  # fmt: skip
+        metrics = evaluate(train(cfg, progress=False), figures=False, iwae_k=2, progress=False)["metrics"]
+        numeric = {k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        seen |= numeric
+    wrong = {k for k in seen if (metric_bounds(k) == UNIT) != (k in bounded)}
+    assert not wrong, wrong
+    assert {"probe_accuracy", "raw_probe_accuracy"} <= seen
