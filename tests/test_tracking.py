@@ -92,7 +92,9 @@ def test_progress_prints_one_line_per_epoch(tmp_path, capsys):
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if " epoch " in line]
     expected = [
-        f"myrun epoch {r['epoch']}/2: train_loss {r['train_loss']:.5g} test_loss {r['test_loss']:.5g}"
+        f"myrun epoch {r['epoch']}/2: train_loss {r['train_loss']:.5g}"
+        + (f" val_loss {r['val_loss']:.5g}" if "val_loss" in r else "")
+        + f" test_loss {r['test_loss']:.5g}"
         for r in epoch_records(out)
     ]
     assert lines == expected
