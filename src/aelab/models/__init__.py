@@ -32,6 +32,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
         "Hinton & Salakhutdinov (2006) deep AE 784-1000-500-250-30; init=rbm pretrains a stack of RBMs",
     ),
     "vae": ("vae", "VAE", "variational AE: log-variance encoder, reparameterisation, analytic KL, IWAE NLL"),
+    "iwae": ("iwae", "IWAE", "importance weighted AE (Burda 2016): the VAE's networks trained on the k-sample bound"),
 }
 
 

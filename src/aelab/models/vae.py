@@ -156,11 +156,15 @@ class VAE(Autoencoder):
         out = []
         for xb in x.split(batch_size):
             mu, logvar = self.posterior(xb)
-            xb = xb.flatten(1)
             eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent)
-            log_px_z = -self.neg_log_likelihood(xb, self.decoder_logits(z))
-            log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
-            log_qz_x = gaussian_log_prob(z, mu, logvar)
-            out.append(torch.logsumexp(log_px_z + log_pz - log_qz_x, dim=0) - math.log(k))
+            log_w = self.log_weights(xb, mu, logvar, eps)
+            out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         return torch.cat(out)
+
+    def log_weights(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) at z_i = mu + exp(logvar / 2) eps_i: (k, B) for
+        eps (k, B, latent). The importance weights of the IWAE bound and of the test log-likelihood."""
+        z = mu + torch.exp(0.5 * logvar) * eps
+        log_px_z = -self.neg_log_likelihood(x.flatten(1), self.decoder_logits(z))
+        log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+        return log_px_z + log_pz - gaussian_log_prob(z, mu, logvar)
