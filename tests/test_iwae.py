@@ -83,3 +83,29 @@ def test_bad_options_are_refused():
     with pytest.raises(ConfigError, match="beta"):
         models.create("iwae", input_shape=(1, 2, 3), beta=2.0)
     assert kl_to_standard_normal(torch.zeros(1, 2), torch.zeros(1, 2)).item() == 0.0
+
+
+def test_kl_warmup_weights_the_kl_in_the_loss_only(tmp_path):
+    """beta * min(1, (epoch + 1) / kl_warmup) weights the KL in the loss; the reported ELBO is the beta = 1 bound."""
+    vae = models.create("vae", input_shape=(1, 2, 3), hidden=[5], latent=2, beta=2.0, kl_warmup=4)
+    x = torch.rand(6, 1, 2, 3).round()
+    for epoch, weight in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
+        vae.start_epoch(epoch)
+        torch.manual_seed(0)
+        t = vae.loss_terms(x)
+        torch.testing.assert_close(t["loss"], t["recon"] + 2.0 * weight * t["kl"])
+        torch.testing.assert_close(t["elbo"], -(t["recon"] + t["kl"]))
+    assert "kl_warmup" not in models.create("vae", input_shape=(1, 2, 3)).options  # old model.json unchanged
+    # through the trainer: the schedule follows the epoch, so a resumed run equals a whole one
+    from aelab.runs import read_safetensors
+    from aelab.train import TrainConfig, train
+
+    common = dict(model="vae", model_options={"hidden": [8], "latent": 2, "kl_warmup": 3}, dataset="digits",
+                  train_limit=120, val_fraction=0.0, tensorboard=False)  # fmt: skip
+    whole = train(TrainConfig(**common, epochs=3, out=str(tmp_path / "whole")), progress=False)
+    part = train(TrainConfig(**common, epochs=1, out=str(tmp_path / "part")), progress=False)
+    train(TrainConfig(**common, epochs=3, out=str(part)), resume=True, progress=False)
+    a, b = read_safetensors(whole / "model.safetensors")[0], read_safetensors(part / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Exception, match="kl_warmup"):
+        models.create("iwae", input_shape=(1, 2, 3), kl_warmup=2)

@@ -614,6 +614,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stopping and history_stopped(history, cfg.early_stopping):
             break  # a resumed run that had already stopped early
+        if hasattr(model, "start_epoch"):  # a schedule inside the loss (the VAE's KL warm-up): set from the epoch
+            model.start_epoch(epoch)  # alone, so that a resume replays it
         t0 = time.perf_counter()
         train_loss, steps = train_one_epoch(step_model, opt, train_x, cfg, epoch, rank, world, autocast, bar)
         train_time = time.perf_counter() - t0

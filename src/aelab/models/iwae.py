@@ -39,7 +39,10 @@ class IWAE(VAE):
         k: int = 5,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        kl_warmup: int = 0,
     ):
+        if kl_warmup:
+            raise ValueError("kl_warmup weights the VAE's KL term; the IWAE bound has no separate KL (use model vae)")
         if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_K):
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if beta != 1.0:

@@ -63,10 +63,15 @@ class VAE(Autoencoder):
         beta: float = 1.0,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        kl_warmup: int = 0,
     ):
         super().__init__()
         hidden = [int(h) for h in hidden]
         check_positive_sizes(latent=latent, hidden=hidden)
+        if not (isinstance(kl_warmup, int) and not isinstance(kl_warmup, bool) and 0 <= kl_warmup <= 10**6):
+            raise ValueError(f"kl_warmup must be a number of epochs in [0, 1e6], got {kl_warmup!r}")
+        if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta < math.inf):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         if likelihood not in ("bce", "gaussian"):
             raise ValueError(f"unknown likelihood {likelihood!r}; choose from bce, gaussian")
         if obs_std <= 0:
@@ -79,6 +84,9 @@ class VAE(Autoencoder):
             obs_std=obs_std,
             beta=beta,
         )
+        if kl_warmup:  # recorded only when used: model.json of runs without it stays as it was
+            self.options["kl_warmup"] = kl_warmup
+        self.kl_weight = 1.0  # the warm-up's share of beta in the loss this epoch (start_epoch sets it)
         self.input_shape = tuple(input_shape)
         self.latent = latent
         d = math.prod(self.input_shape)
@@ -123,7 +131,15 @@ class VAE(Autoencoder):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         recon = self.neg_log_likelihood(x.flatten(1), self.decoder_logits(z)).mean()
         kl = kl_to_standard_normal(mu, logvar).mean()
-        return {"loss": recon + self.options["beta"] * kl, "elbo": -(recon + kl), "recon": recon, "kl": kl}
+        # beta (and the warm-up) weight the KL in the loss only; the reported ELBO stays the beta = 1 bound
+        loss = recon + self.options["beta"] * self.kl_weight * kl
+        return {"loss": loss, "elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+    def start_epoch(self, epoch: int) -> None:
+        """KL warm-up (Sønderby et al. 2016; Bowman et al. 2016): the KL's weight in the loss rises linearly,
+        (epoch + 1) / kl_warmup for the first kl_warmup epochs (counted from 0), then stays at 1."""
+        warmup = self.options.get("kl_warmup", 0)
+        self.kl_weight = min(1.0, (epoch + 1) / warmup) if warmup else 1.0
 
     @torch.no_grad()
     def kl_per_dimension(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
