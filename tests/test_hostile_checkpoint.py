@@ -100,3 +100,35 @@ def test_malformed_lbfgs_and_cg_states_are_refused(trained, tmp_path, capsys, op
     _edit_optimizer_state(run, edit)
     code, err = _resume(run, capsys, optimizer)
     assert code == 2 and "optimizer state does not fit" in err, err
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda o: o["state"][0]["old_dirs"].extend([torch.zeros_like(o["state"][0]["d"]) for _ in range(2)]),  # 3, 1 ro
+        lambda o: o["state"].update({0: {"n_iter": 5}}),  # a partial state
+        lambda o: o["state"][0].update(al=[None]),  # al shorter than history_size
+    ],
+)
+def test_lbfgs_entries_that_do_not_fit_together_are_refused(trained, tmp_path, capsys, edit):
+    run = _copy(trained, "lbfgs", tmp_path)
+    _edit_optimizer_state(run, edit)
+    code, err = _resume(run, capsys, "lbfgs")
+    assert code == 2 and "optimizer state does not fit" in err, err
+
+
+def test_a_resume_needs_no_init_weights_file_any_more(tmp_path):
+    """The checkpoint holds the weights a run started from: its init_weights file may be gone at resume."""
+    import json
+
+    from aelab.train import TrainConfig, pretrain, train
+
+    common = dict(model="deep-ae", dataset="digits", train_limit=120, val_fraction=0.1, tensorboard=False)
+    options = {"layers": [64, 8, 2], "init": "rbm", "pretrain_epochs": 1}
+    stack = pretrain(TrainConfig(**common, model_options=options, out=str(tmp_path / "stack")), progress=False)
+    cfg = dict(**common, model_options=options, init_weights=str(stack / "model.safetensors"), out=str(tmp_path / "r"))
+    run = train(TrainConfig(**cfg, epochs=1), progress=False)
+    sha = json.loads((run / "config.json").read_text())["init_weights_sha256"]
+    (stack / "model.safetensors").unlink()
+    train(TrainConfig(**cfg, epochs=2), resume=True, progress=False)
+    assert json.loads((run / "config.json").read_text())["init_weights_sha256"] == sha

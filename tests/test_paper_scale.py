@@ -125,3 +125,17 @@ def test_hinton2006_rows_on_idx_mnist(idx_mnist, tmp_path):
             json.loads((out / "seed-0" / run / "metrics.jsonl").read_text().splitlines()[0])["phase"] == "init_weights"
         )
     assert json.loads((out / "seed-0" / "deep-ae-rbm-cg-wd0" / "config.json").read_text())["optimizer"] == "cg"
+
+
+def test_a_flat_folder_of_another_datasets_files_is_never_taken_nor_touched(idx_mnist, tmp_path, capsys):
+    """MNIST, Fashion-MNIST and KMNIST share their file names: a flat MNIST folder is not Fashion-MNIST's, and
+    asking for Fashion-MNIST there (even with --force) downloads into DIR/fashion-mnist/, never over MNIST."""
+    from aelab.data import datasets
+
+    before = {f.name: f.read_bytes() for f in idx_mnist.iterdir()}
+    assert datasets.dataset_folder("mnist", idx_mnist) == idx_mnist
+    assert datasets.dataset_folder("fashion-mnist", idx_mnist) == idx_mnist / "fashion-mnist"
+    assert not datasets.available_offline("fashion-mnist", idx_mnist)
+    code = main(["data", "fetch", "fashion-mnist", "--data-dir", str(idx_mnist), "--force", "--deadline", "5"])
+    assert code == 2  # no network here
+    assert {f.name: f.read_bytes() for f in idx_mnist.iterdir() if f.is_file()} == before

@@ -80,3 +80,9 @@ def test_a_file_larger_than_its_cap_is_refused_unread(tmp_path):
     with pytest.raises(CheckpointError, match="more than the 100"):
         runs.read_bytes(big, 100)
     assert runs.read_bytes(big, 101) == b" " * 101
+
+
+def test_a_file_of_the_format_before_checksums_still_loads(tmp_path):
+    path = tmp_path / "old.safetensors"
+    save_file({"w": torch.arange(3.0)}, path, metadata={"format_version": "1"})
+    assert torch.equal(runs.read_safetensors(path)[0]["w"], torch.arange(3.0))

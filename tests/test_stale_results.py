@@ -52,3 +52,18 @@ def test_the_epoch_line_shows_the_validation_loss_that_chooses(tmp_path):
     train(cfg, progress=True, log=lines.append)
     (line,) = [text for text in lines if "epoch 1/1" in text]
     assert line.index("train_loss") < line.index("val_loss") < line.index("test_loss")
+
+
+def test_an_eval_json_from_before_the_record_is_used_and_a_finished_resume_marks_nothing(tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    for out, seed in ((run, "0"), (other, "1")):
+        assert main([*TRAIN, "--epochs", "1", "--seed", seed, "--out", str(out)]) == 0
+        assert main(["evaluate", str(out), "--no-figures"]) == 0
+    legacy = json.loads((run / "eval.json").read_text())
+    legacy.pop("scored")  # as eval.json was written before this session
+    (run / "eval.json").write_text(json.dumps(legacy))
+    before = (run / "eval.json").read_bytes()
+    assert main([*TRAIN, "--epochs", "1", "--out", str(run), "--resume"]) == 0  # nothing left to train
+    assert (run / "eval.json").read_bytes() == before  # not marked stale: the weights did not change
+    assert main(["compare", str(run), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    assert (run / "eval.json").read_bytes() == before  # used as it is, not evaluated again

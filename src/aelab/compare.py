@@ -236,15 +236,25 @@ def compare(
     for run_dir, name in zip(dirs, names):
         if (run_dir / "eval.json").exists() or (run_dir / "eval.json").is_symlink():
             saved = _read_eval(run_dir)
-            if saved.get("scored") == runs.weights_record(run_dir):
+            scored = saved.get("scored")
+            if scored is None:  # written before eval.json recorded its weights: used, with what can be said
                 evals.append(saved)
-            else:  # scored other weights (a resume trained on since), or does not say which: never shown as current
-                scored = saved.get("scored") if isinstance(saved.get("scored"), dict) else {}
-                evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
+                if _older(run_dir / "eval.json", run_dir / "model.safetensors"):
+                    notes.append(f"{name}: eval.json is older than model.safetensors; run aelab evaluate {name} again")
+            elif scored == runs.weights_record(run_dir):
+                evals.append(saved)
+            else:  # it scored other weights (a resume trained on since): never shown as current
+                try:
+                    evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
+                except AelabError as e:
+                    raise ConfigError(
+                        f"{name}: eval.json scored other weights than the run holds now, and it cannot be evaluated "
+                        f"again here ({e}); run aelab evaluate {name} with what it needs, then compare"
+                    ) from None
+                epoch = scored.get("epoch") if isinstance(scored, dict) else None
                 notes.append(
-                    f"{name}: evaluated again (its eval.json scored "
-                    + (f"the weights of epoch {scored['epoch']}" if "epoch" in scored else "unrecorded weights")
-                    + f", the run now holds those of epoch {evals[-1]['scored']['epoch']})"
+                    f"{name}: evaluated again (its eval.json scored the weights of epoch {epoch}; the run now holds "
+                    f"those of epoch {evals[-1]['scored']['epoch']})"
                 )
         else:
             evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
@@ -309,3 +319,10 @@ def compare(
         )
     files = {"csv": out / "comparison.csv", "md": out / "comparison.md", "html": html_path}
     return {"rows": rows, "notes": notes, "files": files}
+
+
+def _older(a: Path, b: Path) -> bool:
+    try:
+        return os.lstat(a).st_mtime_ns < os.lstat(b).st_mtime_ns
+    except OSError:
+        return False

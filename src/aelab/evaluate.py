@@ -252,7 +252,7 @@ def _evaluate(
             "n_test": len(test_x),
             "sha256": (config.get("data_info") or {}).get("sha256"),
             "labeled": labeled,
-            "class_names": class_names(config, test_y.tolist()),
+            "class_names": class_names(config, test_y.tolist()) if test_dataset is None else None,
         },
         "protocol": {
             "pca": "fitted on train images, scored on test",

@@ -142,13 +142,18 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as f:
-            # as many bytes as the file has (one more shows it grew since the stat), never the cap itself:
-            # read(n) reserves n bytes, and a 16 GiB reservation fails where memory is limited
-            data = f.read(min(st.st_size, max_bytes) + 1)
+            st = os.fstat(f.fileno())  # the file opened, not the path stat'ed (a rename may come between)
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{path}: not a regular file")
+            if st.st_size > max_bytes:
+                raise CheckpointError(f"{path}: {st.st_size} bytes, more than the {max_bytes} expected of it")
+            # as many bytes as the file has, never the cap itself: read(n) reserves n bytes, and a 16 GiB
+            # reservation fails where memory is limited; one byte more shows that it grew while read
+            data = f.read(st.st_size + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
-    if len(data) > max_bytes:
-        raise CheckpointError(f"{path}: more than the {max_bytes} bytes expected of it")
+    if len(data) != st.st_size:
+        raise CheckpointError(f"{path}: changed while it was read; try again")
     return data
 
 
@@ -364,8 +369,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(
             f"{path}: written by a newer aelab (format {version}, this one reads <= {FORMAT_VERSION})"
         )
-    # every file aelab writes carries a checksum per tensor: a file without them (or with its version entry
-    # removed as well) is refused, never loaded unverified
+    # every file aelab writes carries a checksum per tensor (format 2 on); only a file that says it is of the
+    # format before checksums (1) loads without them: one stripped of its checksums and its version is refused
+    if "checksums" not in header and header.get("format_version") == "1":
+        return tensors, header
     sums = parse_json(header.get("checksums", "null"), f"{path} (checksums)")
     if not isinstance(sums, dict) or set(sums) != set(tensors):
         raise CheckpointError(f"{path}: tensor checksums missing or incomplete (not written by aelab, or edited)")

@@ -42,6 +42,8 @@ from .optim import ConjugateGradient
 from .options import MAX_COUNT, MAX_SEED
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
+# what torch.optim.LBFGS keeps after a step (besides "al"): a resumed state must have all of them
+LBFGS_KEYS = {"func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss"}
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -328,6 +330,14 @@ def checked_optimizer_state(opt: torch.optim.Optimizer, saved: Any, path: Path, 
         for i, entry in state.items():
             if i != 0 or not isinstance(entry, dict):
                 raise bad("L-BFGS keeps its state under the first parameter only")
+            # the entries must fit together as LBFGS.step leaves them, or the next step indexes past a list
+            if entry and set(entry) - {"al"} != LBFGS_KEYS:
+                raise bad(f"L-BFGS state needs exactly {', '.join(sorted(LBFGS_KEYS))} (and al)")
+            pairs = [entry.get(k) for k in ("old_dirs", "old_stps", "ro")]
+            if entry and not (all(isinstance(v, list) for v in pairs) and len({len(v) for v in pairs}) == 1):
+                raise bad("old_dirs, old_stps and ro must be lists of one length")
+            if "al" in entry and not (isinstance(entry["al"], list) and len(entry["al"]) == history):
+                raise bad(f"al must hold history_size = {history} entries")
             for key, value in entry.items():
                 if key in ("func_evals", "n_iter"):
                     if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= max_steps * 25):
@@ -405,7 +415,6 @@ class RunWriter:
         runs.write_json(self.out / "config.json", config)
         if resume:  # a kill may have come between the checkpoint and the files derived from it
             self._write_derived_files()
-            runs.mark_evaluation_stale(self.out)
 
     def _write_derived_files(self) -> None:
         # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
@@ -532,8 +541,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         "n_test": len(test_x),
         "world_size": world,
     }
-    if cfg.init_weights:
-        config["init_weights_sha256"] = runs.file_sha256(cfg.init_weights)
+    if cfg.init_weights:  # a resume keeps the record of the run's start: the file may be gone by now
+        old = runs.read_config(out) if resume else {}
+        config["init_weights_sha256"] = old.get("init_weights_sha256") or runs.file_sha256(cfg.init_weights)
     start_epoch, history = 0, []
     run = RunWriter(out, model, opt, history, enabled=rank == 0)
     if resume:
@@ -614,6 +624,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stopping and history_stopped(history, cfg.early_stopping):
             break  # a resumed run that had already stopped early
+        if resume and epoch == start_epoch and rank == 0:  # the weights change now: older results are stale
+            runs.mark_evaluation_stale(out)
         if hasattr(model, "start_epoch"):  # a schedule inside the loss (the VAE's KL warm-up): set from the epoch
             model.start_epoch(epoch)  # alone, so that a resume replays it
         t0 = time.perf_counter()

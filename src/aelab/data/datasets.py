@@ -177,7 +177,7 @@ def _one_line(e: BaseException) -> str:
 def verify(path: Path, spec: IdxFile) -> None:
     """Accept the official .gz MD5, or the MD5 of the uncompressed bytes (for recompressed mirrors)."""
     st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns, spec.gz_md5, spec.raw_md5)  # verified against this spec
     if _VERIFIED.get(key):
         return
     data = path.read_bytes()
@@ -319,15 +319,22 @@ def fetch(
 
 
 def dataset_folder(name: str, root: str | os.PathLike | None = None) -> Path:
-    """Where the files of IDX dataset `name` are: ROOT/NAME/, or ROOT itself when ROOT holds all of them and
-    ROOT/NAME/ does not (a folder of the four files, such as ../shared/data/mnist-idx/). A download goes to
-    ROOT/NAME/."""
+    """Where the files of IDX dataset `name` are: ROOT/NAME/, or ROOT itself when ROOT holds all of them,
+    verified as this dataset's, and ROOT/NAME/ does not exist (a folder of the four files, such as
+    ../shared/data/mnist-idx/). Anything else, a download included, goes to ROOT/NAME/."""
     root_path = data_dir(root)
     nested = root_path / name
-    files = [f.name for f in IDX_DATASETS[name].files.values()]
-    if not nested.is_dir() and all((root_path / f).is_file() for f in files):
-        return root_path
-    return nested
+    specs = list(IDX_DATASETS[name].files.values())
+    if nested.is_dir() or not all((root_path / f.name).is_file() for f in specs):
+        return nested
+    # MNIST, Fashion-MNIST and KMNIST share their file names: ROOT holds this dataset only if its files are
+    # this dataset's (MD5-verified, cached), else its files are another's and are never touched
+    try:
+        for spec in specs:
+            verify(root_path / spec.name, spec)
+    except DataError:
+        return nested
+    return root_path
 
 
 def available_offline(name: str, root: str | os.PathLike | None = None) -> bool:
