@@ -269,6 +269,10 @@ def _nan_on_rank1_worker(rank: int, world: int, port: int, out: str, at_call: in
         )
     with open(f"{out}.rank{rank}", "w") as f:
         f.write(f"{code}\n{err.getvalue().strip()}")
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a group left to the interpreter's exit can abort there once the peer is gone
+        dist.destroy_process_group()
 
 
 def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
@@ -281,12 +285,23 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     import time
 
     deadline = time.time() + 180
-    while not ctx.join(timeout=5):
+    files = [tmp_path / f"run.rank{r}" for r in range(2)]
+    while True:
+        try:
+            if ctx.join(timeout=5):
+                break
+        except mp.ProcessExitedException as e:  # a worker killed by a signal at its exit, after its result
+            if not all(f.exists() for f in files):
+                raise
+            import warnings
+
+            warnings.warn(f"a worker ended by a signal after writing its result ({e}); its result is checked")
+            break
         if time.time() > deadline:
             for p in ctx.processes:
                 p.kill()
             pytest.fail("a rank hung after the other saw a NaN loss")
-    results = [(tmp_path / f"run.rank{r}").read_text().split("\n", 1) for r in range(2)]
+    results = [f.read_text().split("\n", 1) for f in files]
     assert [code for code, _ in results] == ["1", "1"]
     assert results[0][1] == results[1][1] and "NaN" in results[0][1]
     assert "epoch 2 (step 1)" in results[0][1]  # call 7 = epoch 2, step 1 (6 steps per epoch)
