@@ -132,3 +132,21 @@ def test_a_resume_needs_no_init_weights_file_any_more(tmp_path):
     (stack / "model.safetensors").unlink()
     train(TrainConfig(**cfg, epochs=2), resume=True, progress=False)
     assert json.loads((run / "config.json").read_text())["init_weights_sha256"] == sha
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--dataset", "digits", "--epochs", "1_0", "--out", "{out}"], "positive integer"),
+        (["train", "--dataset", "digits", "--seed", " 3", "--out", "{out}"], "integer seed"),
+        (["train", "--dataset", "digits", "--option", "weight_decay=-1", "--out", "{out}"], "non-negative"),
+        (["experiment", "debias-classifier", "--threads", "100000", "--out", "{out}"], "at most 1024 threads"),
+    ],
+)
+def test_values_that_were_silently_accepted_are_one_line(tmp_path, capsys, argv, needle):
+    """Issue 24: `--epochs 1_0` trained 10 epochs, weight_decay=-1 trained the AE to grow its weights,
+    debias-classifier took up to 10^7 threads."""
+    code = main([a.format(out=tmp_path / "r") for a in argv] + ["--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()

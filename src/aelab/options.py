@@ -23,12 +23,20 @@ from typing import Any
 
 MAX_SEED = 2**63  # seeds live in [0, 2^63): what torch.manual_seed and numpy's generators accept
 MAX_COUNT = 10**7  # epochs, batch sizes, image counts, iterations: far beyond any run here, far below overflow
+MAX_THREADS = 1024  # torch and BLAS thread pools: far above any machine here, far below an exhausted process table
 MAX_SIZE = 10**6  # one layer's width or a code's size; what fits in memory is checked from the options too
+
+
+def _plain_int(text) -> int:
+    """int() of decimal digits only: Python's int() also takes "1_0" (10) and surrounding spaces."""
+    if isinstance(text, str) and not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError(text)
+    return int(text)
 
 
 def positive_int(text: str) -> int:
     try:
-        value = int(text)
+        value = _plain_int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if not 0 < value <= MAX_COUNT:
@@ -38,7 +46,7 @@ def positive_int(text: str) -> int:
 
 def seed_value(text: str) -> int:
     try:
-        value = int(text)
+        value = _plain_int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
     if not 0 <= value < MAX_SEED:
@@ -84,6 +92,14 @@ def float_list(text: str) -> list[float]:
     if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
         raise argparse.ArgumentTypeError(f"expected non-negative finite numbers, got {text!r}")
     return values
+
+
+def thread_count(text: str) -> int:
+    """A number of CPU threads: 1 .. MAX_THREADS."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS} threads, got {value}")
+    return value
 
 
 def word_list(choices) -> Callable[[str], list[str]]:

@@ -85,7 +85,7 @@ class Settings:
         metadata=options.opt(
             "torch CPU threads (default 1: these small MLPs gain little from more, and on a shared machine a parallel "
             "region waits for descheduled workers: measured 0.21 s vs 5.3 s per epoch)",
-            parse=options.positive_int,
+            parse=options.thread_count,
         ),
     )
     device: str = device_field()

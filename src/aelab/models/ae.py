@@ -98,6 +98,10 @@ class AE(Autoencoder):
             raise ValueError(f"unknown loss {loss!r}; choose from bce, mse")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
+        if not (isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+        if not math.isfinite(weight_decay):
+            raise ValueError(f"weight_decay must be finite, got {weight_decay!r}")
         self.options = dict(
             input_shape=list(input_shape),
             hidden=hidden,
