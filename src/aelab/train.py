@@ -42,8 +42,6 @@ from .optim import ConjugateGradient
 from .options import MAX_COUNT, MAX_SEED
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
-# what torch.optim.LBFGS keeps after a step (besides "al"): a resumed state must have all of them
-LBFGS_KEYS = {"func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss"}
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -291,85 +289,6 @@ def load_data(
     return train_x.to(device), val_x, data.test_x.to(device), info
 
 
-def checked_optimizer_state(opt: torch.optim.Optimizer, saved: Any, path: Path, epochs_done: int) -> dict:
-    """The optimizer state of an untrusted checkpoint, checked before it reaches the optimizer (or a fused
-    kernel, which checks nothing: an Adam moment smaller than its parameter crashed the process): the keys,
-    shapes, dtypes and finite values each optimizer keeps, a step count within what the epochs done allow; the
-    hyper-parameters come from this run's config (the optimizer as built), never from the file."""
-    bad = lambda why: CheckpointError(f"{path}: optimizer state does not fit ({why})")  # noqa: E731
-    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
-        raise bad("no state")
-    params = [p for group in opt.param_groups for p in group["params"]]
-    state = saved["state"]
-    if not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(params) for k in state):
-        raise bad("unknown parameter index")
-
-    def tensor(value, shape, dtype, what: str, non_negative: bool = False) -> torch.Tensor:
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape) or value.dtype != dtype:
-            raise bad(f"{what}: expected a {dtype} tensor of shape {tuple(shape)}")
-        if not torch.isfinite(value).all() or (non_negative and (value < 0).any()):
-            raise bad(f"{what}: non-finite or negative values")
-        return value
-
-    max_steps = MAX_COUNT * max(1, epochs_done)  # batches per epoch are at most MAX_COUNT
-    if isinstance(opt, torch.optim.Adam):
-        for i, entry in state.items():
-            p = params[i]
-            if not isinstance(entry, dict) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
-                raise bad(f"parameter {i}: expected step, exp_avg, exp_avg_sq")
-            step = entry["step"]
-            if not (isinstance(step, torch.Tensor) and step.numel() == 1 and step.dtype.is_floating_point):
-                raise bad(f"parameter {i}: step is not a number")
-            if not (torch.isfinite(step).all() and float(step) == int(float(step)) and 1 <= float(step) <= max_steps):
-                raise bad(f"parameter {i}: step {float(step)!r} is not a count of steps")
-            tensor(entry["exp_avg"], p.shape, p.dtype, f"parameter {i} exp_avg")
-            tensor(entry["exp_avg_sq"], p.shape, p.dtype, f"parameter {i} exp_avg_sq", non_negative=True)
-    elif isinstance(opt, torch.optim.LBFGS):
-        n = sum(p.numel() for p in params)
-        history = opt.param_groups[0]["history_size"]
-        for i, entry in state.items():
-            if i != 0 or not isinstance(entry, dict):
-                raise bad("L-BFGS keeps its state under the first parameter only")
-            # the entries must fit together as LBFGS.step leaves them, or the next step indexes past a list
-            if entry and set(entry) - {"al"} != LBFGS_KEYS:
-                raise bad(f"L-BFGS state needs exactly {', '.join(sorted(LBFGS_KEYS))} (and al)")
-            pairs = [entry.get(k) for k in ("old_dirs", "old_stps", "ro")]
-            if entry and not (all(isinstance(v, list) for v in pairs) and len({len(v) for v in pairs}) == 1):
-                raise bad("old_dirs, old_stps and ro must be lists of one length")
-            if "al" in entry and not (isinstance(entry["al"], list) and len(entry["al"]) == history):
-                raise bad(f"al must hold history_size = {history} entries")
-            for key, value in entry.items():
-                if key in ("func_evals", "n_iter"):
-                    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= max_steps * 25):
-                        raise bad(f"{key} is not a count")
-                elif key in ("d", "prev_flat_grad"):
-                    tensor(value, (n,), params[0].dtype, key)
-                elif key in ("old_dirs", "old_stps"):
-                    if not isinstance(value, list) or len(value) > history:
-                        raise bad(f"{key}: more than {history} entries")
-                    for v in value:
-                        tensor(v, (n,), params[0].dtype, key)
-                elif key in ("ro", "al"):
-                    if not isinstance(value, list) or len(value) > history:
-                        raise bad(f"{key}: more than {history} entries")
-                    for v in value:
-                        if v is not None and not (
-                            isinstance(v, torch.Tensor) and v.numel() == 1 and torch.isfinite(v).all()
-                        ):
-                            raise bad(f"{key}: not finite numbers")
-                elif key in ("t", "H_diag", "prev_loss"):
-                    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-                    is_scalar = isinstance(value, torch.Tensor) and value.numel() == 1
-                    if not ((is_number and math.isfinite(value)) or (is_scalar and torch.isfinite(value).all())):
-                        raise bad(f"{key} is not a finite number")
-                else:
-                    raise bad(f"unknown L-BFGS entry {key!r}")
-    elif state:  # ConjugateGradient keeps no state between steps
-        raise bad(f"{type(opt).__name__} keeps no state")
-    # the groups as this run's config built them: the file sets no learning rate
-    return {"state": state, "param_groups": opt.state_dict()["param_groups"]}
-
-
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "cg":  # Hinton & Salakhutdinov's fine-tuner: three line searches per mini-batch
         return ConjugateGradient(model.parameters(), line_searches=3)
@@ -558,7 +477,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
             raise CheckpointError(f"{ckpt_path}: no model or optimizer state")
         runs.load_weights(model, state["model"], ckpt_path)
-        opt.load_state_dict(checked_optimizer_state(opt, state["optimizer"], ckpt_path, start_epoch))
+        opt.load_state_dict(runs.checked_optimizer_state(opt, state["optimizer"], ckpt_path, start_epoch))
         history.extend(old_history)
         run.resumes += 1
         if cfg.early_stopping and isinstance(state.get("best_model"), dict):
