@@ -27,6 +27,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The train flags. Defaults are not filled in here: a flag not given comes from --config, from the run
     folder on --resume, or from TrainConfig's defaults (train_config_from_args)."""
     from . import models
+    from .presets import PRESETS
     from .tracking import DEFAULT_MLFLOW_URI
 
     S = argparse.SUPPRESS
@@ -50,6 +51,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=["adam", "lbfgs", "cg"],
         help="adam (default), lbfgs, or cg: Polak-Ribière conjugate gradients with three line searches per batch "
         "(Hinton & Salakhutdinov's fine-tuner; --lr is not used)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default=S,
+        choices=["constant", "burda"],
+        help="constant (default), or burda: --lr times 10^(-i/7) for 3^i epochs, i = 0, 1, ... (Burda et al. 2016)",
+    )
+    p.add_argument("--adam-eps", type=positive_float, default=S, help="Adam's epsilon (default 1e-8)")
+    p.add_argument(
+        "--preset",
+        default=S,
+        choices=sorted(PRESETS),
+        help="a paper's settings, under the flags given: burda2016 = 784-200-200-50 tanh, Bernoulli, batch 20, "
+        "Adam lr 1e-3 eps 1e-4, the burda lr schedule (Burda et al. 2016, Section 5; for --model vae or iwae)",
     )
     p.add_argument("--seed", type=seed_value, default=S, help="default 0")
     p.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default cpu)")
@@ -164,6 +179,16 @@ def train_config_from_args(args):
     elif given.get("resume") and (Path(args.out) / "config.json").exists():
         saved = _saved_settings(Path(args.out) / "config.json")
     settings = {**saved}
+    preset_options: dict = {}
+    if "preset" in given:  # a paper's settings: over a saved config's, under the flags given
+        from .presets import PRESETS
+
+        preset = PRESETS[given["preset"]]
+        model = given.get("model", saved.get("model", "ae"))
+        if model not in preset["models"]:
+            raise ConfigError(f"--preset {given['preset']} is for --model {' or '.join(preset['models'])}, not {model}")
+        settings.update(preset["settings"])
+        preset_options = dict(preset["model_options"])
     for key in (
         "model",
         "dataset",
@@ -174,6 +199,8 @@ def train_config_from_args(args):
         "epochs",
         "batch_size",
         "lr",
+        "lr_schedule",
+        "adam_eps",
         "optimizer",
         "seed",
         "device",
@@ -188,6 +215,7 @@ def train_config_from_args(args):
     # a different model (dataset) than the saved one does not inherit the saved one's options
     model_options = dict(saved.get("model_options", {})) if settings.get("model") == saved.get("model") else {}
     dataset_options = dict(saved.get("dataset_options", {})) if settings.get("dataset") == saved.get("dataset") else {}
+    model_options.update(preset_options)
     model_options.update(dict(given.get("option", [])))
     for flag in ("latent", "hidden", "loss"):
         if flag in given:

@@ -42,6 +42,7 @@ from .optim import ConjugateGradient
 from .options import MAX_COUNT, MAX_SEED
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
+LR_SCHEDULES = ("constant", "burda")
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -63,6 +64,10 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | lbfgs | cg (Polak-Ribière conjugate gradients, 3 line searches a batch; no lr)
+    # constant, or "burda": lr * 10^(-i/7) for 3^i epochs, i = 0, 1, ... (Burda et al. 2016, Section 5; their
+    # code rounds each rate to two digits, github.com/yburda/iwae experiments.py)
+    lr_schedule: str = "constant"
+    adam_eps: float = 1e-8  # Adam's epsilon; Burda et al. use 1e-4
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
@@ -127,6 +132,12 @@ class TrainConfig:
             raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        if not (
+            isinstance(self.adam_eps, (int, float)) and not isinstance(self.adam_eps, bool) and 0 < self.adam_eps <= 1
+        ):
+            raise ConfigError(f"--adam-eps must be a number in (0, 1], got {self.adam_eps!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.model not in models.names():
@@ -277,8 +288,14 @@ def load_data(
     and the data's info record (source, sizes, classes, split, content hash) for config.json."""
     data = datamod.get(cfg.dataset, cfg.dataset_options, cfg.data_dir, progress=progress)
     train_x, train_y = data.train_x, data.train_y
+    if dynamic_binarization(cfg):  # the grey levels, redrawn each epoch (binarize_epoch); validation and test
+        options = {k: v for k, v in cfg.dataset_options.items() if k != "binarize"}  # keep their fixed draws
+        gray = datamod.load(cfg.dataset, "train", cfg.data_dir, **options)[0]
+    else:
+        gray = None
     if cfg.train_limit:
         train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
+        gray = None if gray is None else gray[: cfg.train_limit]
     val_x = None
     info = dict(data.info)
     fraction = default_val_fraction(len(train_y)) if cfg.val_fraction is None else cfg.val_fraction
@@ -286,7 +303,21 @@ def load_data(
     if fraction:
         keep, held, info["validation"] = validation_split(train_y.numpy(), fraction)
         train_x, val_x = train_x[torch.from_numpy(keep)], train_x[torch.from_numpy(held)].to(device)
+        gray = None if gray is None else gray[torch.from_numpy(keep)]
+    if gray is not None:
+        train_x = gray
     return train_x.to(device), val_x, data.test_x.to(device), info
+
+
+def dynamic_binarization(cfg: TrainConfig) -> bool:
+    """Whether the run trains on a fresh Bernoulli draw of its train images each epoch (binarize=dynamic)."""
+    return not isinstance(cfg.dataset, datamod.Data) and cfg.dataset_options.get("binarize") == "dynamic"
+
+
+def binarize_epoch(gray: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """The train images of one epoch under dynamic binarisation: Bernoulli(grey level) per pixel, drawn on the
+    CPU from (run seed, epoch) alone, so a resumed run replays the draw and a GPU run sees the same images."""
+    return datamod.binarize(gray, epoch_seed(seed, epoch, 4))
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -297,7 +328,24 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
             model.parameters(), lr=cfg.lr, max_iter=3, history_size=10, line_search_fn="strong_wolfe"
         )
     # the fused kernel updates all parameters in one pass; on CPU the default is one tensor at a time
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage i of epoch `epoch` (counted from 0) in Burda et al.'s schedule: stage i lasts 3^i epochs, so
+    stages end after 1, 4, 13, 40, 121, 364, 1093, 3280 epochs."""
+    stage, end = 0, 1
+    while epoch >= end:
+        stage += 1
+        end += 3**stage
+    return stage
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (from 0): a function of the epoch alone, so a resume replays it."""
+    if cfg.lr_schedule == "burda":
+        return cfg.lr * 10 ** (-burda_stage(epoch) / 7)
+    return cfg.lr
 
 
 class RunWriter:
@@ -375,6 +423,8 @@ def train_one_epoch(
     """One pass over a fresh permutation of train_x; returns (mean train loss per image, steps taken).
 
     Stops early (the loss is then non-finite) when the loss of any rank is NaN or inf at a check."""
+    if dynamic_binarization(cfg):
+        train_x = binarize_epoch(train_x, cfg.seed, epoch)
     n = len(train_x)
     device = train_x.device
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))).to(device)
@@ -547,6 +597,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             runs.mark_evaluation_stale(out)
         if hasattr(model, "start_epoch"):  # a schedule inside the loss (the VAE's KL warm-up): set from the epoch
             model.start_epoch(epoch)  # alone, so that a resume replays it
+        if cfg.lr_schedule != "constant":
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, epoch)
         t0 = time.perf_counter()
         train_loss, steps = train_one_epoch(step_model, opt, train_x, cfg, epoch, rank, world, autocast, bar)
         train_time = time.perf_counter() - t0
@@ -568,6 +621,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             "train_time_s": train_time,
             "train_samples_per_s": len(train_x) / train_time,
             "resumes": run.resumes,
+            **({"lr": learning_rate(cfg, epoch)} if cfg.lr_schedule != "constant" else {}),
         }
         if val_x is not None:  # the split that chooses; the test loss above is only reported
             val_terms = evaluate_loss(model, val_x, cfg.eval_batch_size, epoch_seed(cfg.seed, epoch, 3), rank, world)

@@ -12,16 +12,30 @@ import torch
 
 from ..errors import DataError
 from . import datasets
-from .datasets import EMBEDDED, IDX_DATASETS, available_offline, check_options, data_dir, fetch, load, names, verify
+from .datasets import (
+    BINARIZE,
+    EMBEDDED,
+    IDX_DATASETS,
+    available_offline,
+    binarize,
+    check_options,
+    data_dir,
+    fetch,
+    load,
+    names,
+    verify,
+)
 from .idx import read_idx
 from .sources import Data, content_hash, from_arrays, from_dataset, from_path
 
 __all__ = [
+    "BINARIZE",
     "Data",
     "DataError",
     "EMBEDDED",
     "IDX_DATASETS",
     "available_offline",
+    "binarize",
     "check_options",
     "content_hash",
     "data_dir",

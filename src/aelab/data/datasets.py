@@ -358,8 +358,25 @@ def _idx_arrays(name: str, split: str, root, download: bool = True) -> tuple[np.
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+# binarize=static|dynamic (grey-level sets): images drawn as Bernoulli(pixel intensity) (Salakhutdinov & Murray
+# 2008; Burda et al. 2016 train on dynamic draws). The test split, and the train split as every reader other than
+# the trainer sees it, are drawn ONCE with fixed seeds, the same for every run; with "dynamic" the trainer draws a
+# fresh copy of the train images each epoch (aelab.train.binarize_epoch), seeded by (run seed, epoch)
+BINARIZE = ("static", "dynamic")
+BINARIZE_SEEDS = {"train": 20080101, "test": 20080102}  # fixed: every run sees the same static draws
+_BINARIZE_OPTION = ("static or dynamic", lambda v: v in BINARIZE)
+
+
+def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Bernoulli(images) as float32 0/1, drawn on the CPU with a generator seeded by `seed` (so the draw does not
+    depend on the device the images live on)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images.detach().cpu().float().clamp(0, 1), generator=gen).to(images.device)
+
+
 # the options each dataset takes, with their checks; every other key is an error, never ignored
 DATASET_OPTIONS: dict[str, dict[str, tuple[str, object]]] = {
+    **{name: {"binarize": _BINARIZE_OPTION} for name in (*EMBEDDED, *IDX_DATASETS)},
     "colored-mnist": {
         "aligned_ratio": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
         "seed": (
@@ -422,6 +439,11 @@ def load(
     check_options(name, options)
     key = (name, split, str(data_dir), tuple(sorted(options.items())))
     if key in _CACHE:
+        return _CACHE[key]
+    if "binarize" in options:  # the same fixed draw for static and dynamic (the trainer redraws the latter)
+        rest = {k: v for k, v in options.items() if k != "binarize"}
+        gray, labels = load(name, split, data_dir, download, **rest)
+        _CACHE[key] = (binarize(gray, BINARIZE_SEEDS[split]), labels)
         return _CACHE[key]
     if name == "mnist5k":
         images, labels = _stratified_split(*_mnist5k_arrays(), n_test=1000, split=split)

@@ -19,6 +19,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "hinton2006",
         "raw pixels vs PCA vs deep AE (random init) vs RBM-pretrained deep AE (Hinton & Salakhutdinov 2006)",
     ),
+    "vae-family": (
+        "vae_family",
+        "VAE vs IWAE k=5 vs IWAE k=50 on dynamically binarised MNIST, test NLL (k=5000) beside Burda et al. 2016",
+    ),
     "contractive": (
         "contractive",
         "AE, AE+wd, DAE and CAE with one 784-1000 sigmoid layer (Rifai et al. 2011 Table 1)",

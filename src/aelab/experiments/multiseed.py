@@ -11,8 +11,8 @@ the variation of the selection too. An experiment takes part by writing, in its 
     "tables": {table name: [row, ...]}   rows of numbers (None where a number does not apply),
     "splits": {...}                      the train / validation / test splits and their sizes,
     "figures": [[caption, path relative to its out folder], ...]
-and by declaring ROW_KEY (the column naming a row), PAIRS [(row a, row b, column), ...] for paired differences
-over seeds and PLOT_COLUMNS (the columns drawn with their intervals).
+and by declaring ROW_KEY (the column naming a row), PAIRS [(row a, row b, column), ...] (or a function of the
+summarised tables returning them) for paired differences over seeds and PLOT_COLUMNS (the columns drawn with their intervals).
 
 Seeds run in `jobs` processes at once, each with this process's torch threads // jobs threads; a seed's numbers
 depend on its seed and its thread count only, not on which process ran it or what ran beside it. A killed run resumes: a seed whose results.json is there and
@@ -168,7 +168,8 @@ def summarize_seeds(module: ModuleType, per_seed: list[dict], seeds: list[int]) 
             rows.append({key: label, "metrics": metrics, "fixed": fixed, "chosen_per_seed": chosen})
         tables[table] = rows
     differences = []
-    for a, b, column in getattr(module, "PAIRS", []):
+    pairs = getattr(module, "PAIRS", [])
+    for a, b, column in pairs(tables) if callable(pairs) else pairs:
         for table, rows in tables.items():
             by_label = {r[key]: r for r in rows}
             if (

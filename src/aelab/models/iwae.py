@@ -40,6 +40,7 @@ class IWAE(VAE):
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         kl_warmup: int = 0,
+        activation: str = "relu",
     ):
         if kl_warmup:
             raise ValueError("kl_warmup weights the VAE's KL term; the IWAE bound has no separate KL (use model vae)")
@@ -47,7 +48,9 @@ class IWAE(VAE):
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if beta != 1.0:
             raise ValueError("beta weights the VAE's KL term; the IWAE bound has no separate KL (use model vae)")
-        super().__init__(input_shape, hidden, latent, likelihood, obs_std, beta, encoder, decoder)
+        super().__init__(
+            input_shape, hidden, latent, likelihood, obs_std, beta, encoder, decoder, activation=activation
+        )
         self.options["k"] = k
 
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

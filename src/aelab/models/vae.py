@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ae import check_positive_sizes, mlp
+from .ae import ACTIVATIONS, check_positive_sizes, mlp
 from .base import Autoencoder
 
 LOG_2PI = math.log(2 * math.pi)
@@ -64,6 +64,7 @@ class VAE(Autoencoder):
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         kl_warmup: int = 0,
+        activation: str = "relu",
     ):
         super().__init__()
         hidden = [int(h) for h in hidden]
@@ -72,6 +73,8 @@ class VAE(Autoencoder):
             raise ValueError(f"kl_warmup must be a number of epochs in [0, 1e6], got {kl_warmup!r}")
         if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta < math.inf):
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
         if likelihood not in ("bce", "gaussian"):
             raise ValueError(f"unknown likelihood {likelihood!r}; choose from bce, gaussian")
         if obs_std <= 0:
@@ -86,12 +89,14 @@ class VAE(Autoencoder):
         )
         if kl_warmup:  # recorded only when used: model.json of runs without it stays as it was
             self.options["kl_warmup"] = kl_warmup
+        if activation != "relu":  # likewise (Burda et al. 2016 use tanh)
+            self.options["activation"] = activation
         self.kl_weight = 1.0  # the warm-up's share of beta in the loss this epoch (start_epoch sets it)
         self.input_shape = tuple(input_shape)
         self.latent = latent
         d = math.prod(self.input_shape)
-        self.encoder = mlp([d, *hidden, 2 * latent], "relu")  # outputs (mu, logvar)
-        self.decoder = mlp([latent, *reversed(hidden), d], "relu")  # outputs logits / means before sigmoid
+        self.encoder = mlp([d, *hidden, 2 * latent], activation)  # outputs (mu, logvar)
+        self.decoder = mlp([latent, *reversed(hidden), d], activation)  # outputs logits / means before sigmoid
         if encoder is not None or decoder is not None:
             self.latent = self.install_custom_modules(encoder, decoder)
 
@@ -172,7 +177,9 @@ class VAE(Autoencoder):
         out = []
         for xb in x.split(batch_size):
             mu, logvar = self.posterior(xb)
-            eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            # drawn where the generator lives (the CPU's, for numbers that do not depend on the device), then moved
+            where = generator.device if generator is not None else mu.device
+            eps = torch.randn(k, *mu.shape, generator=generator, device=where, dtype=mu.dtype).to(mu.device)
             log_w = self.log_weights(xb, mu, logvar, eps)
             out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         return torch.cat(out)
