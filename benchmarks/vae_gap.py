@@ -14,6 +14,7 @@ mean over the batch, no scheduler, plain Adam); what differs, and is measured he
   aelab-no-epoch-eval   aelab's trainer without its end-of-epoch test and validation loss passes
   bare-aelab-streams    the bare loop below, but with aelab's random streams: each epoch's permutation from its
                         own generator seeded by (seed, epoch), and torch.manual_seed((seed, epoch)) before it
+  bare-hashed-streams   bare-aelab-streams with each (seed, epoch, stream) seed passed through splitmix64 first
   bare-loop             aelab's VAE in a plain loop written the way pythae's trainer runs: a DataLoader shuffling
                         with the global generator, torch.manual_seed(seed) after the model is built, one stream
                         for everything (no per-epoch reseeding), default Adam
@@ -74,7 +75,23 @@ def train_aelab(
     return load_model(run)
 
 
-def train_bare(train_x: torch.Tensor, epochs: int, seed: int, aelab_streams: bool = False):
+def splitmix64(z: int) -> int:
+    """A well-mixed 64-bit function of z (Steele et al. 2014): seeds that differ in a few bits become unrelated."""
+    z = (z + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+def train_bare(
+    train_x: torch.Tensor,
+    epochs: int,
+    seed: int,
+    aelab_streams: bool = False,
+    perm: bool = False,
+    reseed: bool = False,
+    hashed: bool = False,
+):
     """aelab's VAE in a loop shaped like pythae's trainer (see the module docstring)."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -86,14 +103,18 @@ def train_bare(train_x: torch.Tensor, epochs: int, seed: int, aelab_streams: boo
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(train_x), batch_size=128, shuffle=True)
     for epoch in range(epochs):
-        if aelab_streams:
-            from aelab.train import epoch_seed
+        from aelab.train import epoch_seed as linear_seed
 
-            perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
-            torch.manual_seed(epoch_seed(seed, epoch, 1))
-            batches = [(train_x[idx],) for idx in perm.split(128)]
+        def epoch_seed(seed, epoch, stream):
+            return splitmix64(linear_seed(seed, epoch, stream)) if hashed else linear_seed(seed, epoch, stream)
+
+        if aelab_streams or perm:  # the permutation from its own generator, seeded by (seed, epoch)
+            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
+            batches = [(train_x[idx],) for idx in order.split(128)]
         else:
             batches = loader
+        if aelab_streams or reseed:  # the model's noise from torch.manual_seed((seed, epoch))
+            torch.manual_seed(epoch_seed(seed, epoch, 1))
         for (xb,) in batches:
             loss = model.loss(xb)
             opt.zero_grad()
@@ -108,6 +129,10 @@ PAIRS = [
     ("aelab", "bare-aelab-streams"),
     ("aelab", "bare-loop"),
     ("bare-loop", "pythae"),
+    ("bare-aelab-permutation", "bare-loop"),
+    ("bare-aelab-reseed", "bare-loop"),
+    ("bare-hashed-streams", "bare-loop"),
+    ("bare-aelab-streams", "bare-hashed-streams"),
 ]
 
 
@@ -117,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--json", default=None)
+    p.add_argument("--variants", default=None, help="comma-separated subset of the variants (default all)")
     args = p.parse_args(argv)
     from aelab import data, models
     from aelab.metrics.intervals import paired_difference, summarize
@@ -126,25 +152,28 @@ def main(argv: list[str] | None = None) -> dict:
     test_x, _ = data.load("mnist5k", "test")
     tmp = Path(tempfile.mkdtemp(prefix="aelab-vae-gap-"))
     t_start, load_start = time.perf_counter(), load_average()
-    nll: dict[str, list[float]] = {
-        "aelab": [],
-        "aelab-no-epoch-eval": [],
-        "bare-aelab-streams": [],
-        "bare-loop": [],
-        "pythae": [],
-    }
-    for seed in range(args.seeds):
-        nll["aelab"].append(iwae_nll(train_aelab(args.epochs, seed, tmp / f"a{seed}", False), test_x, args.k, seed))
-        nll["aelab-no-epoch-eval"].append(
-            iwae_nll(train_aelab(args.epochs, seed, tmp / f"e{seed}", epoch_eval=False), test_x, args.k, seed)
-        )
-        nll["bare-aelab-streams"].append(
-            iwae_nll(train_bare(train_x, args.epochs, seed, aelab_streams=True), test_x, args.k, seed)
-        )
-        nll["bare-loop"].append(iwae_nll(train_bare(train_x, args.epochs, seed), test_x, args.k, seed))
+
+    def pythae(seed: int):
         enc, dec, _ = train_pythae(train_x, args.epochs, seed, tmp)
-        wrapped = models.create("vae", encoder=PairEncoder(enc), decoder=dec).eval()
-        nll["pythae"].append(iwae_nll(wrapped, test_x, args.k, seed))
+        return models.create("vae", encoder=PairEncoder(enc), decoder=dec).eval()
+
+    variants = {
+        "aelab": lambda seed: train_aelab(args.epochs, seed, tmp / f"a{seed}"),
+        "aelab-sigmoid-bce": lambda seed: train_aelab(args.epochs, seed, tmp / f"s{seed}", sigmoid=True),
+        "aelab-foreach-adam": lambda seed: train_aelab(args.epochs, seed, tmp / f"f{seed}", foreach=True),
+        "aelab-no-epoch-eval": lambda seed: train_aelab(args.epochs, seed, tmp / f"e{seed}", epoch_eval=False),
+        "bare-aelab-streams": lambda seed: train_bare(train_x, args.epochs, seed, aelab_streams=True),
+        "bare-aelab-permutation": lambda seed: train_bare(train_x, args.epochs, seed, perm=True),
+        "bare-aelab-reseed": lambda seed: train_bare(train_x, args.epochs, seed, reseed=True),
+        "bare-hashed-streams": lambda seed: train_bare(train_x, args.epochs, seed, aelab_streams=True, hashed=True),
+        "bare-loop": lambda seed: train_bare(train_x, args.epochs, seed),
+        "pythae": pythae,
+    }
+    chosen = args.variants.split(",") if args.variants else list(variants)
+    nll: dict[str, list[float]] = {name: [] for name in chosen}
+    for seed in range(args.seeds):
+        for name in chosen:
+            nll[name].append(iwae_nll(variants[name](seed), test_x, args.k, seed))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in nll.items()), file=sys.stderr, flush=True)
     result = {
         "protocol": __doc__.split("\n\n")[2],
@@ -152,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": args.epochs,
         "seeds": list(range(args.seeds)),
         "nll": {k: summarize(v) for k, v in nll.items()},
-        "paired": {f"{a} - {b}": paired_difference(nll[a], nll[b]) for a, b in PAIRS},
+        "paired": {f"{a} - {b}": paired_difference(nll[a], nll[b]) for a, b in PAIRS if a in nll and b in nll},
         "wall_s": time.perf_counter() - t_start,
         "load_average": [load_start, load_average()],
         "machine": machine(),

@@ -142,6 +142,27 @@ def _retype_weights(run: Path, dtype) -> None:
     runs.atomic_write_bytes(run / "model.safetensors", data)
 
 
+def _checkpoint_meta(run: Path, **changes) -> None:
+    state, meta = runs.load_state(run / "checkpoint.safetensors")
+    meta.update(changes)
+    runs.save_state(run / "checkpoint.safetensors", state, meta)  # with fresh checksums, as an editor would
+
+
+def _checkpoint_epoch(run: Path, epoch: int) -> None:
+    _checkpoint_meta(run, epoch=epoch)
+
+
+def _huge_npy(folder: Path) -> str:
+    """A 100-byte .npy whose header claims 10^12 float32 values."""
+    import numpy as np
+
+    path = folder / "huge.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+        f.write(b"\0" * 16)
+    return str(path)
+
+
 HOSTILE = {
     "model.json is a list": (lambda r: _write(r / "model.json", "[]"), ["evaluate"], "model name"),
     "format_version is text": (lambda r: _set_json(r / "model.json", format_version="abc"), ["evaluate"], "integer"),
@@ -193,6 +214,63 @@ HOSTILE = {
         lambda r: (r / "figures").symlink_to(r.parent / "outside", target_is_directory=True),
         ["evaluate"],
         "symlink",
+    ),
+    # issue 24, round two
+    "a 5000-digit integer in config.json": (
+        lambda r: _write(
+            r / "config.json", (r / "config.json").read_text().replace('"seed": 0', '"seed": ' + "9" * 5000)
+        ),
+        ["evaluate"],
+        "not valid JSON",
+    ),
+    "a 5000-digit integer in model.json": (
+        lambda r: _write(
+            r / "model.json", (r / "model.json").read_text().replace('"latent": 2', '"latent": ' + "9" * 5000)
+        ),
+        ["evaluate"],
+        "not valid JSON",
+    ),
+    "a 5000-digit epoch in metrics.jsonl": (
+        lambda r: _write(r / "metrics.jsonl", '{"epoch": ' + "1" * 5000 + "}\n"),
+        ["evaluate"],
+        "not valid JSON",
+    ),
+    "an epoch of 1e400 in metrics.jsonl": (
+        lambda r: _write(r / "metrics.jsonl", '{"epoch": 1e400}\n'),
+        ["evaluate"],
+        "integer 'epoch'",
+    ),
+    "a loss that is text in metrics.jsonl": (
+        lambda r: _write(r / "metrics.jsonl", '{"epoch": 1, "train_loss": "abc"}\n'),
+        ["evaluate"],
+        "not a number",
+    ),
+    "epochs going backwards in metrics.jsonl": (
+        lambda r: _write(r / "metrics.jsonl", '{"epoch": 2}\n{"epoch": 1}\n'),
+        ["evaluate"],
+        "must increase",
+    ),
+    "200,000 hidden layers in model.json": (
+        lambda r: _set_json(r / "model.json", options={"input_shape": [1, 8, 8], "hidden": [1] * 200000}),
+        ["evaluate"],
+        "at most 100",
+    ),
+    "a checkpoint at epoch 0 holding epoch 1": (lambda r: _checkpoint_epoch(r, 0), ["resume"], "its history ends"),
+    "a checkpoint whose history is text": (lambda r: _checkpoint_meta(r, history="abc"), ["resume"], "history"),
+    "the dataset is /dev/zero": (
+        lambda r: _set_json(r / "config.json", dataset="/dev/zero"),
+        ["evaluate"],
+        "not a regular",
+    ),
+    "the dataset is a FIFO": (
+        lambda r: (os.mkfifo(r.parent / "fifo.npy"), _set_json(r / "config.json", dataset=str(r.parent / "fifo.npy"))),
+        ["evaluate"],
+        "not a regular",
+    ),
+    "the dataset claims a huge array": (
+        lambda r: _set_json(r / "config.json", dataset=_huge_npy(r.parent)),
+        ["evaluate"],
+        "are stored",
     ),
     "pickle as checkpoint": (
         lambda r: (r / "checkpoint.safetensors").write_bytes(b"\x80\x04\x95" + b"\x00" * 40),

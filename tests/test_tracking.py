@@ -242,3 +242,78 @@ def test_evaluate_never_follows_a_tracking_file_unasked(tmp_path, capsys):
     assert main(["evaluate", str(out), "--no-figures", "--no-progress"]) == 0
     assert not store.exists() and (out / "eval.json").exists()
     assert "records an MLflow run" in capsys.readouterr().err
+
+
+needs_mlflow_ui = pytest.mark.skipif(
+    importlib.util.find_spec("flask") is None or importlib.util.find_spec("mlflow") is None,
+    reason="MLflow's UI is not installed (the mlflow-ui extra; CI installs it through the test extra)",
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_mlflow_ui
+def test_the_readmes_mlflow_ui_command_serves_a_logged_run_over_http(tmp_path):
+    """README: `aelab train ... --mlflow`, then `mlflow ui --backend-store-uri sqlite:///mlflow.db` in the same
+    folder. A real server on 127.0.0.1 must read the run back (REST API) and serve the UI's page."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["train", "--dataset", "digits", "--train-limit", "64", "--epochs", "2", "--latent", "3",
+                     "--out", "run", "--no-progress", "--no-tensorboard", "--mlflow"]) == 0  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    run_id = run_id_of(tmp_path / "run")
+    port = _free_port()
+    mlflow_cli = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db"]
+    server = subprocess.Popen(
+        [*mlflow_cli, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its workers are killed with it
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the MLflow server did not start in 180 s"
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=30) as r:
+            run = json.loads(r.read())["run"]
+        assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "run"
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert params["model"] == "ae" and params["model_options.latent"] == "3"
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        history = epoch_records(tmp_path / "run")
+        assert metrics["test_loss"] == pytest.approx(history[-1]["test_loss"])
+        with urllib.request.urlopen(f"{base}/", timeout=30) as r:
+            page = r.read().decode()
+        assert r.status == 200 and "<title>MLflow</title>" in page  # the UI itself, not only the REST API
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

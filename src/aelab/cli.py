@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
+import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 from . import options
-from .errors import AelabError, TrainingDiverged
+from .errors import AelabError, ConfigError, TrainingDiverged
 from .options import int_list, key_value, positive_float, positive_int, seed_value
 
 
@@ -97,6 +101,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="any other model option, e.g. --option weight_decay=1e-4 (JSON values)",
     )
     p.add_argument("--dataset-option", type=key_value, action="append", default=S, metavar="KEY=VALUE")
+    add_network_arguments(p, S)
     p.add_argument(
         "--config",
         default=S,
@@ -136,6 +141,45 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"channels\": 32}}', got {text!r}")
+    return value
+
+
+def add_network_arguments(p: argparse.ArgumentParser, default) -> None:
+    """--encoder/--decoder pkg.module:Class and their JSON keyword options (aelab.models.imports)."""
+    for role in ("encoder", "decoder"):
+        p.add_argument(
+            f"--{role}",
+            default=default,
+            metavar="PKG.MODULE:CLASS",
+            help=f"your own {role}, a torch.nn.Module class imported by name (its folder on PYTHONPATH); "
+            "model.json records it, so evaluate and compare need no flag later",
+        )
+        p.add_argument(
+            f"--{role}-kwargs", type=json_object, default=default, metavar="JSON", help=f"the {role}'s keyword options"
+        )
+
+
+def network_specs(given: dict) -> dict:
+    """{role: {"import": ..., "kwargs": ...}} of the --encoder/--decoder flags given (checked, not imported)."""
+    from .errors import ConfigError
+    from .models.imports import module_spec
+
+    specs = {}
+    for role in ("encoder", "decoder"):
+        if given.get(role) is not None:
+            specs[role] = module_spec(given[role], given.get(f"{role}_kwargs"))
+        elif given.get(f"{role}_kwargs") is not None:
+            raise ConfigError(f"--{role}-kwargs needs --{role}")
+    return specs
+
+
 # settings a saved config.json never sets when it is re-run: where things go and run are the caller's choice
 _NOT_FROM_SAVED_CONFIG = ("out", "data_dir", "device")
 
@@ -169,7 +213,6 @@ def train_config_from_args(args):
     saved: dict = {}
     if "config" in given:
         saved = _saved_settings(Path(args.config))
-        saved.pop("mlflow", None)  # a re-run is a new run: it logs where this command says, not where that one did
         saved.pop("init_weights", None)  # an untrusted file names no weights file to read (a resume reads none)
     elif given.get("resume") and "seeds" in given:
         from .seeds import first_run_config
@@ -178,6 +221,13 @@ def train_config_from_args(args):
         saved = _saved_settings(first) if first is not None else {}
     elif given.get("resume") and (Path(args.out) / "config.json").exists():
         saved = _saved_settings(Path(args.out) / "config.json")
+    recorded_mlflow = saved.pop("mlflow", None)  # an untrusted file names no store or server to contact:
+    if recorded_mlflow and "mlflow" not in given and given.get("resume"):  # only the command line does
+        print(
+            f"aelab: note: this run logged to MLflow at {recorded_mlflow}; pass --mlflow URI to go on logging "
+            "there (a run folder's config.json is never followed to a store or server)",
+            file=sys.stderr,
+        )
     settings = {**saved}
     preset_options: dict = {}
     if "preset" in given:  # a paper's settings: over a saved config's, under the flags given
@@ -217,6 +267,7 @@ def train_config_from_args(args):
     dataset_options = dict(saved.get("dataset_options", {})) if settings.get("dataset") == saved.get("dataset") else {}
     model_options.update(preset_options)
     model_options.update(dict(given.get("option", [])))
+    model_options.update(network_specs(given))
     for flag in ("latent", "hidden", "loss"):
         if flag in given:
             model_options[flag] = given[flag]
@@ -247,11 +298,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_folder_argument(path: str) -> str:
+    if not str(path).strip():
+        raise ConfigError("expected a run folder, got an empty name")
+    return path
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
+    from .models.imports import build
 
+    networks = {role: build(role, spec) for role, spec in network_specs(vars(args)).items()}
     result = evaluate(
-        args.run_dir,
+        _run_folder_argument(args.run_dir),
+        **networks,
         iwae_k=args.iwae_k,
         tsne_points=args.tsne_points,
         figures=not args.no_figures,
@@ -273,7 +333,7 @@ def cmd_compare(args) -> int:
     from .compare import compare
 
     result = compare(
-        args.runs,
+        [_run_folder_argument(r) for r in args.runs],
         args.out,
         data_dir=args.data_dir,
         iwae_k=args.iwae_k,
@@ -342,10 +402,28 @@ def cmd_experiment(args) -> int:
     from .experiments.common import preflight
 
     preflight(settings)  # a bad --device or missing data: one line, before the output folder is made
-    with RunLock(settings.out):  # the experiment's own files; each of its runs locks its own folder too
-        path = module.run(settings)
+    out = Path(settings.out)
+    existed = out.exists()
+    try:
+        with RunLock(settings.out):  # the experiment's own files; each of its runs locks its own folder too
+            path = module.run(settings)
+    except AelabError:
+        if not existed:
+            _remove_if_untouched(out)
+        raise
     print(f"report: {path}")
     return 0
+
+
+def _remove_if_untouched(out: Path) -> None:
+    """After a refusal: remove the output folder this command made, when it holds nothing but the lock and the
+    seeds' settings (no training had started); anything else in it is work, and is kept."""
+    import shutil
+
+    scaffolding = {".lock", "seed_settings.json"}
+    files = [f for f in out.rglob("*") if not f.is_dir()]
+    if all(f.name in scaffolding for f in files):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
@@ -381,6 +459,7 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
         help="also log the evaluation to the MLflow run that RUN/tracking.json records (only for run folders you "
         "trust: the file names the store it is sent to)",
     )
+    add_network_arguments(p, None)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="compare runs: comparison.csv, .md and .html with curves and reconstructions")
@@ -400,8 +479,10 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--mirror", default=None, help="base URL to download from instead of the official mirrors")
     p.add_argument("--force", action="store_true", help="download again the files whose checksum is wrong")
-    p.add_argument("--deadline", type=positive_float, default=600.0, help="seconds for one file's whole download")
-    p.add_argument("--stall-timeout", type=positive_float, default=30.0, help="seconds without a byte before giving up")
+    p.add_argument("--deadline", type=options.seconds, default=600.0, help="seconds for one file's whole download")
+    p.add_argument(
+        "--stall-timeout", type=options.seconds, default=30.0, help="seconds without a byte before giving up"
+    )
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("experiment", help="run a paper's experiment end to end")
@@ -455,11 +536,18 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse's own errors (exit 2) and --help/--version (exit 0)
         return int(e.code or 0)
+    # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C: the finally blocks remove partial downloads
+    # and temp files and release the run folder's lock
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _terminated)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.showwarning = _show_warning
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.flush()  # a write error of buffered output (a full disk, a closed pipe) is reported here
+            return status
     except AelabError as e:
         print(f"aelab: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -469,7 +557,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aelab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `aelab models | head`: the reader left; nothing more can be written there
+        _silence_stdout()
+        print("aelab: error: the output was closed before everything was written (broken pipe)", file=sys.stderr)
+        return 2
+
     except Exception as e:  # a bug, not bad input: one line and exit 1 (AELAB_DEBUG=1 shows the traceback)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not a bug
+            _silence_stdout()
+            where = e.filename or "the output"
+            print(f"aelab: error: cannot write {where}: {os.strerror(e.errno).lower()}", file=sys.stderr)
+            return 2
         if os.environ.get("AELAB_DEBUG"):
             raise
         print(
@@ -480,6 +578,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _leave_process_group()
+        if previous_sigterm is not None:  # main() called from Python (tests): the caller's handler again
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of an unwritable stdout fails silently."""
+    try:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open until the process exits)
+    except OSError:
+        pass
 
 
 def _leave_process_group() -> None:

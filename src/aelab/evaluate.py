@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import sys
 import time
@@ -163,6 +164,8 @@ def _evaluate(
             f"{run_dir}/config.json names data of shape {tuple(test_x.shape[1:])}, but the model "
             f"in model.json takes {tuple(model.input_shape)}"
         )
+    if model.has_likelihood:  # before any work: k samples of every image in a batch must fit in memory
+        iwae_batch_size(iwae_k, math.prod(model.input_shape))
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     history, fig_dir = [], None
@@ -339,16 +342,35 @@ def _evaluate(
     return result
 
 
+IWAE_TENSOR_BYTES = 2 * 2**30  # the (k, images, pixels) logits of one IWAE step: at most this much
+
+
+def iwae_batch_size(k: int, pixels: int) -> int:
+    """Images per IWAE step: IWAE_BATCH, or fewer so that their k x pixels float32 logits stay under
+    IWAE_TENSOR_BYTES. Refuses (one line, with the GiB needed) a k whose samples of ONE image cannot fit: the
+    step holds about four tensors of that size."""
+    from .models import available_memory_bytes
+
+    per_image = k * pixels * 4
+    need, have = 4 * per_image, available_memory_bytes()
+    if need > have:
+        raise ConfigError(
+            f"--iwae-k {k}: the samples of one image need about {need / 2**30:.3g} GiB; "
+            f"{have / 2**30:.3g} GiB of memory is available (the test NLL needs no more than a few thousand)"
+        )
+    return max(1, min(IWAE_BATCH, IWAE_TENSOR_BYTES // per_image))
+
+
 def iwae_mean(model, x: torch.Tensor, k: int, seed: int, progress: str | None = None) -> float:
-    """Mean IWAE estimate of log p(x) in nats over the images x, IWAE_BATCH images at a time (one generator
+    """Mean IWAE estimate of log p(x) in nats over the images x, iwae_batch_size images at a time (one generator
     throughout: the same estimate per image as one call on all of x). `progress` labels a tqdm bar; None for none."""
     gen = torch.Generator().manual_seed(seed)
-    batches = x.split(IWAE_BATCH)
+    batches = x.split(iwae_batch_size(k, math.prod(x.shape[1:])))
     total = 0.0
     for xb in tqdm(
         batches, desc=f"{progress}: IWAE k={k}", unit="batch", file=sys.stderr, disable=progress is None, leave=False
     ):
-        total += float(model.iwae_log_likelihood(xb, k=k, batch_size=IWAE_BATCH, generator=gen).double().sum())
+        total += float(model.iwae_log_likelihood(xb, k=k, batch_size=len(xb), generator=gen).double().sum())
     return total / len(x)
 
 

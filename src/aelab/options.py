@@ -117,6 +117,16 @@ def word_list(choices) -> Callable[[str], list[str]]:
     return parse
 
 
+MAX_SECONDS = 7 * 86400  # a timeout longer than a week is a slip (and 1e308 does not fit the OS's timers)
+
+
+def seconds(text: str) -> float:
+    value = positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS} seconds (a week), got {text}")
+    return value
+
+
 def positive_float_list(text: str) -> list[float]:
     """Comma-separated positive finite numbers (a grid of weight decays or noise levels)."""
     values = float_list(text)

@@ -169,11 +169,20 @@ def _depth(obj: Any) -> int:
     return depth
 
 
+def _bounded_int(text: str) -> int:
+    """JSON integers of a run folder: at most 19 digits (|n| < 10^19 covers every size, seed and count aelab
+    writes); a longer one is refused before Python converts it (the conversion of huge ones is slow, and over
+    4,300 digits an error)."""
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
 def parse_json(text: bytes | str, where: str) -> Any:
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{where}: not valid JSON ({e})") from None
+        obj = json.loads(text, parse_int=_bounded_int)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError, as are huge integers
+        raise CheckpointError(f"{where}: not valid JSON ({' '.join(str(e).split())[:200]})") from None
     except RecursionError:
         raise CheckpointError(f"{where}: JSON nested too deep") from None
     if _depth(obj) > MAX_JSON_DEPTH:
@@ -350,10 +359,13 @@ def _refuse_non_safetensors(path: Path, data: bytes) -> None:
     raise CheckpointError(f"{path}: not a safetensors file")
 
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, header metadata) of a safetensors file, every tensor checked against its stored checksum."""
+def read_safetensors(
+    path: str | os.PathLike, max_bytes: int = MAX_TENSOR_FILE_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, header metadata) of a safetensors file, every tensor checked against its stored checksum. A file
+    larger than max_bytes (e.g. more than the model it should hold) is refused unread."""
     path = Path(path)
-    data = read_bytes(path, MAX_TENSOR_FILE_BYTES)
+    data = read_bytes(path, max_bytes)
     _refuse_non_safetensors(path, data)
     try:
         tensors = st_load_bytes(data)
@@ -384,10 +396,22 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, header
 
 
-def load_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+def expected_bytes(model: nn.Module, copies: int = 1) -> int:
+    """The most bytes a safetensors file of `copies` copies of the model's weights can take (plus a header):
+    anything larger holds something else, and is refused before it is read; so is a file that cannot fit in
+    the memory available."""
+    from .models import available_memory_bytes
+
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return min(copies * weights + (64 << 20), available_memory_bytes(), MAX_TENSOR_FILE_BYTES)
+
+
+def load_state(
+    path: str | os.PathLike, max_bytes: int = MAX_TENSOR_FILE_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(nested state, meta) saved by save_state."""
     path = Path(path)
-    tensors, header = read_safetensors(path)
+    tensors, header = read_safetensors(path, max_bytes)
     if "skeleton" not in header:
         return dict(tensors), {}
     skeleton = parse_json(header["skeleton"], f"{path} (structure)")
@@ -528,9 +552,29 @@ def read_history(run_dir: str | os.PathLike) -> list[dict]:
         return []
     lines = read_bytes(path, MAX_JSON_BYTES).decode(errors="replace").splitlines()
     history = [parse_json(line, f"{path}, line {i}") for i, line in enumerate(lines, 1) if line.strip()]
-    if not all(isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history):
-        raise CheckpointError(f"{path}: every line must be an object with an integer 'epoch'")
+    check_history(history, str(path))
     return history
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_history(history: Any, where: str) -> None:
+    """The per-epoch records (metrics.jsonl, a checkpoint's history) as the readers use them: objects with an
+    integer epoch in [0, 10^9], epochs increasing, and every loss, time and rate a number."""
+    if not isinstance(history, list) or not all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), int) and not isinstance(h["epoch"], bool) for h in history
+    ):
+        raise CheckpointError(f"{where}: every record must be an object with an integer 'epoch'")
+    epochs = [h["epoch"] for h in history]
+    if any(not 0 <= e <= 10**9 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise CheckpointError(f"{where}: the epochs must increase, each in [0, 1e9]")
+    for h in history:
+        for key, value in h.items():
+            measured = "loss" in key or key.endswith(("_s", "_per_s")) or key.startswith(("train_", "val_", "test_"))
+            if measured and not (value is None or _is_number(value)):
+                raise CheckpointError(f"{where}: epoch {h['epoch']}: {key} is not a number ({str(value)[:40]!r})")
 
 
 def save_model(
@@ -559,6 +603,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     if expected != found:
         diff = sorted(set(expected.items()) ^ set(found.items()), key=str)[:3]
         raise CheckpointError(f"{path}: weights do not match the architecture in model.json (e.g. {diff})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # training never saves them (a NaN loss stops it first): the file was damaged or edited
+        raise CheckpointError(f"{path}: weights with NaN or inf values ({', '.join(bad[:3])})")
     model.load_state_dict(state)
 
 
@@ -687,18 +734,20 @@ def load_model(
     for role, module in given.items():
         recorded = options.get(role)
         if module is not None:
-            if not (isinstance(recorded, str) and recorded.startswith(models.CUSTOM_PREFIX)):
+            if not (isinstance(recorded, str) and recorded.startswith(models.CUSTOM_PREFIX)) and not isinstance(
+                recorded, dict
+            ):
                 raise CheckpointError(f"{where}: this model has the built-in {role}; do not pass {role}=")
             options[role] = module
     try:  # the options are untrusted: any failure to build from them is the file's fault, not a bug
-        if encoder is None and decoder is None:
+        if not any(r in options for r in models.USER_MODULES):  # user networks are built only once
             models.check_memory(spec["name"], options, training=False)  # sizes checked before allocation
         model = models.create(spec["name"], **options)
     except AelabError as e:
         raise CheckpointError(f"{where}: cannot build the model ({e})") from None
     except Exception as e:
         raise CheckpointError(f"{where}: cannot build the model ({type(e).__name__}: {e})") from None
-    state, _ = load_state(run_dir / "model.safetensors")
+    state, _ = load_state(run_dir / "model.safetensors", expected_bytes(model))
     load_weights(model, state, run_dir / "model.safetensors")
     return model.to(device).eval()
 

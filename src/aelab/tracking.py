@@ -41,6 +41,15 @@ def check_mlflow(uri: Any) -> None:
     """ConfigError before anything runs: a usable URI string and the mlflow package installed."""
     if not isinstance(uri, str) or not uri.strip() or any(c.isspace() or ord(c) < 32 for c in uri):
         raise ConfigError(f"--mlflow must be a tracking URI such as {DEFAULT_MLFLOW_URI} or a folder, got {uri!r}")
+    try:  # `--mlflow 5`: a number is a slip (a value meant for another flag), not a store to create
+        float(uri)
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(
+            f"--mlflow {uri}: a number is not a tracking URI; give a URI ({DEFAULT_MLFLOW_URI}, http://host:5000) "
+            "or a folder such as mlruns (or --mlflow alone)"
+        )
     if importlib.util.find_spec("mlflow") is None:
         raise ConfigError("--mlflow needs the mlflow package: pip install 'aelab[mlflow]'")
 

@@ -130,6 +130,11 @@ class TrainConfig:
             datamod.check_options(name, self.dataset_options)
         else:
             raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
+        for role in models.USER_MODULES:  # a network named by import path: importable and buildable, before
+            if isinstance(self.model_options.get(role), dict):  # the run folder is made
+                from .models.imports import build
+
+                build(role, self.model_options[role])
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -271,10 +276,10 @@ def _check_checkpoint_meta(meta: dict, path: Path) -> tuple[int, list[dict], boo
     epoch, history = meta.get("epoch"), meta.get("history")
     if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
         raise CheckpointError(f"{path}: no valid 'epoch' in its metadata")
-    if not (
-        isinstance(history, list) and all(isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history)
-    ):
-        raise CheckpointError(f"{path}: no valid 'history' in its metadata")
+    runs.check_history(history, f"{path}: its history")
+    trained = [h["epoch"] for h in history if "train_loss" in h]
+    if trained and trained[-1] != epoch:  # the history must end at the checkpoint's epoch, or epochs repeat
+        raise CheckpointError(f"{path}: says epoch {epoch} but its history ends at epoch {trained[-1]}")
     resumes = meta.get("resumes", 0)
     if not isinstance(resumes, int):
         raise CheckpointError(f"{path}: 'resumes' is not an integer")
@@ -494,7 +499,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     torch.manual_seed(cfg.seed)
     train_x, val_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
     options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
-    if not any(isinstance(v, nn.Module) for v in options.values()):  # user modules are already built
+    if not any(k in options for k in models.USER_MODULES):  # user networks: built once, by create()
         models.check_memory(cfg.model, options, training=True)  # before anything is allocated
     model = models.create(cfg.model, **options).to(device)
     opt = make_optimizer(cfg, model)
@@ -517,7 +522,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     run = RunWriter(out, model, opt, history, enabled=rank == 0)
     if resume:
         _check_resume_config(runs.read_config(out), config)
-        state, meta = runs.load_state(ckpt_path)
+        state, meta = runs.load_state(ckpt_path, runs.expected_bytes(model, copies=5))  # weights, Adam's 2, best
         start_epoch, old_history, run.pretrained, run.resumes = _check_checkpoint_meta(meta, ckpt_path)
         if cfg.epochs < start_epoch:  # config.json must always describe the weights beside it
             raise ConfigError(

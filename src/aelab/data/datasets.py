@@ -6,11 +6,14 @@ per-sample Dataset/DataLoader would only add Python overhead.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import importlib.util
 import os
+import signal
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -23,7 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .idx import read_idx, read_raw
+from ._files import remove_dead_writers_files
+from .idx import read_idx, read_raw, regular_file_size
 
 SPLITS = ("train", "test")
 SPLIT_SEED = 0  # the fixed seed of mnist5k's and digits' stratified train/test split
@@ -176,6 +180,7 @@ def _one_line(e: BaseException) -> str:
 
 def verify(path: Path, spec: IdxFile) -> None:
     """Accept the official .gz MD5, or the MD5 of the uncompressed bytes (for recompressed mirrors)."""
+    regular_file_size(str(path))  # not a FIFO, a device or a huge file: it could be read forever
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns, spec.gz_md5, spec.raw_md5)  # verified against this spec
     if _VERIFIED.get(key):
@@ -215,13 +220,18 @@ def _download(
     A gzip stream is decompressed on the fly (only to hash it) and refused as soon as it grows past
     max_raw_bytes; the download is abandoned when no byte comes for stall_s or it takes over deadline_s."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_files(dest.parent, ".part")  # what a killed download left
     part = dest.parent / f".{dest.name}.{os.getpid()}.part"
     start = time.monotonic()
     gz_md5, raw_md5 = hashlib.md5(), hashlib.md5()
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     raw_size, is_gzip = 0, None
     try:
-        with open(part, "wb") as out, urllib.request.urlopen(url, timeout=stall_s) as response:
+        with (
+            open(part, "wb") as out,
+            _deadline(deadline_s, url),
+            urllib.request.urlopen(url, timeout=stall_s) as response,
+        ):
             read = getattr(response, "read1", response.read)  # read1: whatever has arrived, so the clock is seen
             while True:
                 if time.monotonic() - start > deadline_s:
@@ -254,6 +264,27 @@ def _download(
         part.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float, url: str):
+    """The whole download, response headers included, within `seconds`: a server that sends its headers a
+    byte at a time never trips the socket's per-read timeout. SIGALRM (main thread only; elsewhere the
+    body's own clock still holds)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise DataError(f"{url}: download took longer than {seconds:g} s; stopped")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def fetch(
     name: str,
     root: str | os.PathLike | None = None,
@@ -281,7 +312,9 @@ def fetch(
             try:
                 verify(path, spec)
                 continue
-            except DataError:
+            except DataError as e:
+                if "checksum mismatch" not in str(e):  # not a wrong file but a dangerous one: say why
+                    raise
                 if not force:
                     raise DataError(
                         f"{path}: checksum mismatch (not the official file); run `aelab data fetch {name} --force` "

@@ -6,9 +6,9 @@ dimensions n, then n big-endian int32 sizes, then the data in C order.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
+import stat
 import zlib
 
 import numpy as np
@@ -47,20 +47,50 @@ def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_raw(path: str | os.PathLike) -> bytes:
-    """The file's bytes, gunzipped when it is gzip (by magic bytes, not by name)."""
-    path = os.fspath(path)
+MAX_RAW_BYTES = 1 << 30  # an IDX file, as stored or decompressed (the MNIST-like sets' largest is 47 MB)
+
+
+def regular_file_size(path: str, max_bytes: int | None = None) -> int:
+    """The size of a regular file no larger than max_bytes; a FIFO, a device (a link to /dev/zero), a folder or
+    a larger file is refused before it is read (it could be read forever, or hang)."""
+    max_bytes = MAX_RAW_BYTES if max_bytes is None else max_bytes
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        st = os.stat(path)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip stream ({e})") from None
-    return raw
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file")
+    if st.st_size > max_bytes:
+        raise DataError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} an IDX file may have")
+    return st.st_size
+
+
+def read_raw(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The file's bytes, gunzipped when it is gzip (by magic bytes, not by name); both bounded by max_bytes
+    (a gzip bomb is refused once its output passes the bound, not after)."""
+    path = os.fspath(path)
+    max_bytes = MAX_RAW_BYTES if max_bytes is None else max_bytes
+    regular_file_size(path, max_bytes)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    out, rest = [], raw
+    try:
+        while rest[:2] == b"\x1f\x8b":  # gzip members, one after another
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out.append(inflate.decompress(rest, max_bytes + 1 - sum(map(len, out))))
+            if sum(map(len, out)) > max_bytes or inflate.unconsumed_tail:
+                raise DataError(f"{path}: decompresses to more than {max_bytes:,} bytes")
+            if not inflate.eof:
+                raise DataError(f"{path}: corrupt or truncated gzip stream (it ends early)")
+            rest = inflate.unused_data
+    except zlib.error as e:
+        raise DataError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+    return b"".join(out)
 
 
 def read_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.ndarray:

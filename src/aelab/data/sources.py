@@ -38,12 +38,16 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ._files import remove_dead_writers_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 GRAY_MODES = ("1", "L", "LA", "La")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")  # 16-bit grey: scaled to 8 bits (v / 257, rounded), the cache's unit
 FORMAT = 1  # of the folder cache; bump when decoding changes
 MAX_IMAGES = 10**7
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image file, checked from its header before it is decoded
+MAX_IMAGE_FILE_BYTES = 256 << 20
+MAX_FOLDER_DEPTH = 4  # levels below a class folder that are searched for images
 
 
 @dataclass
@@ -329,6 +333,7 @@ def from_path(
         raise DataError(f"{path}: not a regular file or folder")
     if path.suffix.lower() not in (".npz", ".npy"):
         raise DataError(f"{path}: expected a folder of images, a .npz or a .npy file")
+    _check_array_file(path)  # sizes from the headers, before anything is decompressed or allocated
     try:
         loaded = np.load(path, allow_pickle=False)  # object arrays would need pickle: refused
     except (ValueError, OSError, EOFError) as e:
@@ -360,6 +365,56 @@ def from_path(
     return data
 
 
+def _array_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy header, without reading the data."""
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _, dtype = read(f)
+    return tuple(shape), dtype
+
+
+def _check_array_file(path: Path) -> None:
+    """Refuse an .npy/.npz whose arrays cannot be read as they claim, before any is decompressed or allocated:
+    every member's header must describe an array whose bytes are there (not truncated, not more than a zip
+    member holds), of a plain dtype, and all of them, as float32 too, must fit in memory."""
+    import zipfile
+
+    from ..models import available_memory_bytes
+
+    def check(shape, dtype, stored: int, where: str) -> int:
+        if dtype.hasobject:
+            raise DataError(f"{where}: cannot read object arrays (they would need pickle)")
+        if any(n < 0 for n in shape):
+            raise DataError(f"{where}: a negative size in its shape {shape}")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > stored:
+            raise DataError(f"{where}: its header claims {shape} {dtype} ({nbytes:,} bytes) but {stored:,} are stored")
+        return int(np.prod(shape, dtype=object)) * (dtype.itemsize + 4)  # as stored and as float32
+
+    need = 0
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                shape, dtype = _array_header(f)
+                need += check(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), str(path))
+        else:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    with zf.open(info) as f:
+                        shape, dtype = _array_header(f)
+                        header = f.tell()
+                    need += check(shape, dtype, info.file_size - header, f"{path}, {info.filename}")
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read it as {path.suffix} ({' '.join(str(e).split())[:200]})") from None
+    have = available_memory_bytes()
+    if need > have:
+        raise DataError(f"{path}: its arrays need about {need / 2**30:.3g} GiB; {have / 2**30:.3g} GiB is available")
+
+
 def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str], list[str]]:
     """(image files, class name of each file or None when flat, skipped files, class folders without an image)
     of one split folder.
@@ -382,7 +437,9 @@ def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str], l
     for d in dirs:
         before = len(files)
         name = os.path.basename(d)
-        for dirpath, dirnames, filenames in os.walk(d):
+        for dirpath, dirnames, filenames in os.walk(d):  # symlinked folders are not followed
+            if dirpath.count(os.sep) - d.count(os.sep) >= MAX_FOLDER_DEPTH:
+                dirnames.clear()  # deeper is not a dataset's layout (a path such as / would be walked whole)
             dirnames.sort()
             for f in sorted(filenames):
                 path = os.path.join(dirpath, f)
@@ -414,14 +471,45 @@ def _decode(path: str, image_size) -> np.ndarray:
 
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_IMAGE_FILE_BYTES:
+                raise DataError(f"{path}: a file over {MAX_IMAGE_FILE_BYTES >> 20} MB is not read as one image")
             data = f.read()
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # the header only: nothing is decoded yet
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: {im.size[0]}x{im.size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} aelab decodes "
+                    "per image; shrink it first"
+                )
             im = pil_8bit(im, path)
             if image_size is not None and im.size != (image_size[1], image_size[0]):
                 im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
             return np.asarray(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read this image ({' '.join(str(e).split())})") from None
+
+
+def _check_decode_memory(files: list[str], image_size) -> None:
+    """Refuse, before decoding anything, a folder whose images cannot fit in memory: N images of the size
+    --image-size gives (or the first image's, read from its header) take N x 3 x H x W bytes decoded and four
+    times that as float32."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..models import available_memory_bytes
+
+    if image_size is not None:
+        h, w = image_size
+    else:
+        try:
+            with Image.open(files[0]) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return  # _decode says what is wrong with it
+    need, have = len(files) * 3 * h * w * 5, available_memory_bytes()
+    if need > have:
+        raise DataError(
+            f"{len(files)} images of {h}x{w} pixels need about {need / 2**30:.3g} GiB decoded; "
+            f"{have / 2**30:.3g} GiB of memory is available (pass a smaller --image-size)"
+        )
 
 
 def _decode_all(files: list[str], image_size, progress: bool, desc: str) -> np.ndarray:
@@ -431,6 +519,7 @@ def _decode_all(files: list[str], image_size, progress: bool, desc: str) -> np.n
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), desc=desc, unit="img", mininterval=0.5, file=sys.stderr)
+    _check_decode_memory(files, image_size)
     images: list[np.ndarray] = []
     first = None
     blocks = [files[i : i + 512] for i in range(0, len(files), 512)]  # one task per block: futures cost too
@@ -571,6 +660,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_writers_files(path.parent, ".tmp")  # what a killed load left
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)

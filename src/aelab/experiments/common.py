@@ -61,6 +61,8 @@ def preflight(settings) -> None:
 
     resolve_device(getattr(settings, "device", "cpu"))
     dataset = getattr(settings, "dataset", None)
+    if isinstance(dataset, str) and not dataset.strip():  # '' would be the current folder
+        raise DataError("--dataset needs a dataset name or a path, got an empty one")
     if isinstance(dataset, str) and dataset in datamod.IDX_DATASETS:
         datamod.fetch(dataset, getattr(settings, "data_dir", None), quiet=False)
 

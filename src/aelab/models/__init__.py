@@ -52,17 +52,35 @@ def model_class(name: str) -> type:
 
 
 def available_memory_bytes() -> int:
-    """MemAvailable of /proc/meminfo (Linux), else the physical memory."""
+    """MemAvailable of /proc/meminfo (Linux), else the physical memory; under an address-space limit
+    (`ulimit -v`), no more than what that limit leaves this process."""
+    import os
+    import resource
+
+    have = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if have is None:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        used = 0
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmSize:"):
+                        used = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+        have = min(have, max(0, limit - used))
+    return have
 
 
 def check_memory(name: str, options: dict, training: bool = True) -> int:
@@ -94,6 +112,7 @@ def custom_name(module) -> str:
     return name(module)
 
 
+MAX_LAYERS = 100  # hidden layers of an MLP: more is a typo or a hostile model.json (building them takes minutes)
 MAX_SIZE = 10**6  # as aelab.options.MAX_SIZE: one layer's width, a code's size, an image side
 
 
@@ -121,8 +140,12 @@ def _check_option_type(model: str, key: str, value, param: inspect.Parameter) ->
     if "None" in hint or default is None:
         allowed.append(("null", value is None))
     if "Sequence" in hint or isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple)) and all(_is_int(v) and 0 < v <= MAX_SIZE for v in value)
-        allowed.append((f"a list of positive integer sizes up to {MAX_SIZE}", ok))
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) <= MAX_LAYERS
+            and all(_is_int(v) and 0 < v <= MAX_SIZE for v in value)
+        )
+        allowed.append((f"a list of at most {MAX_LAYERS} positive integer sizes up to {MAX_SIZE}", ok))
     if hint.startswith("int") or "| int" in hint or (_is_int(default) and not hint):
         allowed.append(("an integer", _is_int(value) and abs(value) <= 10**9))  # before math on it overflows
     if "float" in hint or isinstance(default, float):
@@ -145,6 +168,11 @@ def create(name: str, **options):
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; it takes {', '.join(sorted(params))}")
+    for key in USER_MODULES:  # a network named by import path (the CLI, model.json): built here
+        from .imports import build, is_spec
+
+        if is_spec(options.get(key)) or isinstance(options.get(key), dict):
+            options = {**options, key: build(key, options[key])}
     for key, value in options.items():
         _check_option_type(name, key, value, params[key])
     try:

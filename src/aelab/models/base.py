@@ -97,7 +97,8 @@ class Autoencoder(nn.Module):
             if not isinstance(module, nn.Module):
                 raise ValueError(f"{role} must be a torch.nn.Module, got {type(module).__name__}")
             setattr(self, role, module)
-            self.options[role] = custom_name(module)
+            # named by import path (models.imports): recorded so, and rebuilt from model.json with no flags
+            self.options[role] = getattr(module, "_aelab_import_spec", None) or custom_name(module)
         if encoder is not None:
             self.flatten_input = False
             self.has_mlp_encoder = False  # the contraction diagnostics assume encoder(x.flatten(1))
