@@ -2,6 +2,7 @@
 checked without rerunning anything:
 
     python benchmarks/paper_tables.py [results/hinton2006-mnist.json] [results/colored-mnist-lff.json]
+                                      [results/vae-family-mnist.json]
 """
 
 from __future__ import annotations
@@ -60,12 +61,44 @@ def lff_table(path: Path) -> str:
     return f"unbiased accuracy (%) on {test}\n\n" + "\n".join(lines)
 
 
+def _interval(cell) -> str:
+    if not isinstance(cell, dict):
+        return "—" if cell is None else f"{cell:.2f}"
+    ci = cell.get("ci95")
+    return f"{cell['mean']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def vae_family_table(path: Path) -> str:
+    """Test NLL per model (mean [95% interval] over seeds), the paired differences, the curve's points."""
+    doc = json.loads(path.read_text())
+    paper, pythae = doc.get("paper_nll", {}), doc.get("pythae_nll", {})
+    lines = [
+        "| model | test NLL (nats) | test ELBO | active units | passes | paper (3,280 passes) | pythae |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["tables"]["nll"]:
+        m, fixed, label = row["metrics"], row.get("fixed", {}), row["model"]
+        lines.append(
+            f"| {label} | {_interval(m['test NLL'])} | {_interval(m['test ELBO'])} | "
+            f"{_interval(m['active units'])} | {fixed.get('passes', '—')} | {paper.get(label, '—')} | "
+            f"{pythae.get(label, '—')} |"
+        )
+    for d in doc.get("paired_differences", []):
+        lines.append(f"\n{d['a']} − {d['b']} (paired by seed): {_interval(d['difference'])} nats")
+    curve = ["\n| model, passes | test NLL |", "|---|---|"]
+    for row in doc["tables"].get("nll_by_passes", []):
+        curve.append(f"| {row['model']} | {_interval(row['metrics']['test NLL'])} |")
+    return "\n".join(lines + curve)
+
+
 if __name__ == "__main__":
     args = [Path(a) for a in sys.argv[1:]] or [
         Path("results/hinton2006-mnist.json"),
         Path("results/colored-mnist-lff.json"),
+        Path("results/vae-family-mnist.json"),
     ]
     for p in args:
         print(f"## {p}\n")
-        print(hinton_table(p) if "hinton" in p.name else lff_table(p))
+        table = vae_family_table if "vae-family" in p.name else hinton_table if "hinton" in p.name else lff_table
+        print(table(p))
         print()

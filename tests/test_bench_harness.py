@@ -115,3 +115,21 @@ def test_interleaved_rounds_rotate_and_drop_warmup():
     assert calls == ["a", "b", "mm", "b", "mm", "a", "mm", "a", "b", "a", "b", "mm"]
     # warm-up round (calls 1-3) dropped; index i is round i for every contender
     assert out == {"a": [6.0, 8.0, 10.0], "b": [104.0, 109.0, 111.0], "mm": [1005.0, 1007.0, 1012.0]}
+
+
+def test_the_gpu_benchmark_runs_on_a_cpu_as_a_smoke_test(tmp_path):
+    """benchmarks/gpu.py --device cpu --quick: every row measured (finite rates), the ratios formed."""
+    import json
+
+    import gpu
+
+    result = gpu.main(
+        ["--device", "cpu", "--quick", "--json", str(tmp_path / "gpu.json"), "--out", str(tmp_path / "g.md")]
+    )
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert saved["quick"] and set(saved["rates"]) >= {"bare_small", "aelab_small_e2e", "wide_auto_e2e"}
+    assert all(r > 0 for r in result["rates"].values())
+    for key in ("aelab_train_step_vs_bare", "wide_auto_e2e_vs_train_step", "wide_every_epoch_e2e_vs_train_step"):
+        assert saved[key]["rounds"] == 2
+    assert set(saved["rbm"]) == {"100", "1000"}
+    assert "| row |" in (tmp_path / "g.md").read_text()

@@ -17,7 +17,7 @@ from aelab import runs
 
 ARGS = [
     "train", "--model", "vae", "--dataset", "digits", "--train-limit", "300", "--epochs", "4", "--batch-size", "64",
-    "--hidden", "32", "--latent", "4", "--no-progress",
+    "--hidden", "32", "--latent", "4", "--no-progress", "--checkpoint-every", "0",
 ]  # fmt: skip
 EPOCHS, STEPS_PER_EPOCH = 4, 5  # ceil(300 / 64)
 WRITES_PER_EPOCH = 4  # checkpoint, model.safetensors, model.json, metrics.jsonl
@@ -122,3 +122,31 @@ def test_kill_train_and_evaluate_then_resume(reference, tmp_path, trial):
     m_ref = json.loads((reference / "eval.json").read_text())["metrics"]
     m_got = json.loads((out / "eval.json").read_text())["metrics"]
     assert m_ref == m_got
+
+
+def test_checkpoint_every_a_sigterm_writes_the_last_epoch_and_a_kill_between_checkpoints_resumes_exactly(
+    reference, tmp_path
+):
+    """--checkpoint-every 3600: no checkpoint between the first epoch and the end. A SIGTERM in epoch 3 writes
+    the snapshot of epoch 2 (exit 143); a SIGKILL in epoch 4 of the continuation loses only epochs 3-4, and the
+    next --resume continues from epoch 2 and ends bit-identical to the uninterrupted run."""
+    out = tmp_path / "run"
+    sparse = [a for a in ARGS if a != "0" or ARGS[ARGS.index(a) - 1] != "--checkpoint-every"]
+    sparse = [*sparse[: sparse.index("--checkpoint-every")], "--checkpoint-every", "3600"]
+    r = aelab(*sparse, "--out", str(out),
+              env_extra={"AELAB_FAULT_KILL_AT_STEP": str(2 * STEPS_PER_EPOCH + 2), "AELAB_FAULT_SIGNAL": "TERM"})  # fmt: skip
+    assert r.returncode == 128 + 15, r.stderr
+    assert checkpoint_epoch(out) == 2  # the first epoch's checkpoint, then epoch 2's snapshot on SIGTERM
+    assert [h["epoch"] for h in runs.read_history(out)] == [1, 2]
+    check_every_file_parses(out)
+    r = aelab(*sparse, "--out", str(out), "--resume",
+              env_extra={"AELAB_FAULT_KILL_AT_STEP": str(STEPS_PER_EPOCH + 3)})  # fmt: skip
+    assert r.returncode == -9, r.stderr
+    assert checkpoint_epoch(out) == 2  # epoch 3 finished, but its checkpoint was not due: lost with the kill
+    r = aelab(*sparse, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    ref, got = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert strip(runs.read_history(reference)) == strip(runs.read_history(out))
+    # the killed continuation left no checkpoint, so no trace: epochs 3-4 come from the one after the SIGTERM
+    assert [h["resumes"] for h in runs.read_history(out)] == [0, 0, 1, 1]

@@ -72,7 +72,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=seed_value, default=S, help="default 0")
     p.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--amp", action="store_true", default=S, help="bf16 autocast on CUDA (no-op on CPU)")
+    p.add_argument("--amp", action="store_true", default=S, help="the same as --precision bf16")
+    p.add_argument(
+        "--precision",
+        default=S,
+        choices=["fp32", "tf32", "bf16"],
+        help="fp32 (default); tf32: float32 matmuls on tensor cores; bf16: autocast (CUDA only; fp32 on a CPU)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=options.checkpoint_seconds,
+        default=S,
+        metavar="SECONDS",
+        help="at most one checkpoint per SECONDS (0: every epoch); default: automatic, every epoch unless "
+        "writing one takes over a tenth of the time (a large model with short epochs); always at the end and "
+        "on SIGTERM/Ctrl-C",
+    )
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the loss (no gain on CPU)")
     p.add_argument("--latent", type=positive_int, default=S, help="code size")
     p.add_argument("--hidden", type=int_list, default=S, help="hidden sizes, e.g. 256,64")
@@ -255,6 +270,8 @@ def train_config_from_args(args):
         "seed",
         "device",
         "amp",
+        "precision",
+        "checkpoint_every",
         "compile",
         "out",
         "tensorboard",

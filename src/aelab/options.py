@@ -127,6 +127,16 @@ def seconds(text: str) -> float:
     return value
 
 
+def checkpoint_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (0 <= value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"must be seconds in [0, {MAX_SECONDS}], got {text}")
+    return value
+
+
 def positive_float_list(text: str) -> list[float]:
     """Comma-separated positive finite numbers (a grid of weight decays or noise levels)."""
     values = float_list(text)

@@ -56,7 +56,8 @@ def fault_point(kind: str) -> None:
     if _fault_counts[kind] == int(target):
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        # AELAB_FAULT_SIGNAL=TERM: a polite stop (a scheduler's preemption) instead of SIGKILL
+        os.kill(os.getpid(), signal.SIGTERM if os.environ.get("AELAB_FAULT_SIGNAL") == "TERM" else signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- atomic files

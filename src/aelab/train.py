@@ -43,6 +43,8 @@ from .options import MAX_COUNT, MAX_SEED
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
 LR_SCHEDULES = ("constant", "burda")
+PRECISIONS = ("fp32", "tf32", "bf16")
+AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MAX_S = 10, 600.0
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -76,6 +78,12 @@ class TrainConfig:
     # a .safetensors of this model's weights (e.g. a pretrain() folder's model.safetensors) to start from, in
     # place of the model's own pretraining; shape-checked, its SHA-256 recorded in config.json
     init_weights: str | None = None
+    # seconds between checkpoints (0: every epoch); None: automatic, every epoch unless writing one took more
+    # than a tenth of the time since the last (a large model with short epochs), then at most every ten times
+    # its cost (and at least every 10 minutes). The last epoch, an early stop and SIGTERM/Ctrl-C always write one.
+    checkpoint_every: float | None = None
+    # fp32 | tf32 (float32 matmuls on tensor cores, CUDA) | bf16 (autocast, CUDA); amp=True means bf16
+    precision: str = "fp32"
     eval_batch_size: int = 1000
     tensorboard: bool = True  # RUN/tb, when the optional tensorboard package is installed
     mlflow: str | None = None  # an MLflow tracking URI (sqlite:///mlflow.db, a folder, http://...): log there too
@@ -137,6 +145,14 @@ class TrainConfig:
                 build(role, self.model_options[role])
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
+        if self.checkpoint_every is not None and not (
+            isinstance(self.checkpoint_every, (int, float))
+            and not isinstance(self.checkpoint_every, bool)
+            and 0 <= self.checkpoint_every <= 7 * 86400
+        ):
+            raise ConfigError(f"--checkpoint-every must be seconds in [0, a week], got {self.checkpoint_every!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         if not (
@@ -261,7 +277,8 @@ def history_stopped(history: list[dict], patience: int) -> bool:
 
 def _check_resume_config(old: dict, new: dict) -> None:
     # old run folders resume too; tracking is where the run is logged, not what it computes
-    ignore = {"epochs", "out", "device", "versions", "compile", "format_version", "tensorboard", "mlflow"}
+    ignore = {"epochs", "out", "device", "versions", "compile", "format_version", "tensorboard", "mlflow",
+              "checkpoint_every"}  # fmt: skip
     if "data_info" not in old:  # written before data_info existed
         ignore.add("data_info")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -336,6 +353,50 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
 
 
+def precision(cfg: TrainConfig) -> str:
+    """The run's matmul precision: --precision, with --amp as the alias of bf16."""
+    return "bf16" if cfg.amp else cfg.precision
+
+
+@contextlib.contextmanager
+def float32_matmul(name: str):
+    """tf32: float32 matmuls and convolutions on tensor cores (10-bit mantissa products, float32 accumulation)
+    while training; restored after. No effect on a CPU."""
+    if name != "tf32":
+        yield
+        return
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+
+class CheckpointCadence:
+    """When to write a checkpoint at the end of an epoch. `every` seconds since the last one (0: every epoch);
+    None: automatic, when the time since the last is at least AUTO_CHECKPOINT_FACTOR times what writing it
+    took (so checkpoints take at most about a tenth of the run), and at least every AUTO_CHECKPOINT_MAX_S."""
+
+    def __init__(self, every: float | None):
+        self.every, self.cost, self.last = every, 0.0, time.monotonic()
+
+    def due(self) -> bool:
+        since = time.monotonic() - self.last
+        if self.every is None:
+            return since >= min(AUTO_CHECKPOINT_MAX_S, AUTO_CHECKPOINT_FACTOR * self.cost)
+        return since >= self.every
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+
+    def done(self) -> None:
+        self.last = time.monotonic()
+        self.cost = self.last - self._t0
+
+
 def burda_stage(epoch: int) -> int:
     """The stage i of epoch `epoch` (counted from 0) in Burda et al.'s schedule: stage i lasts 3^i epochs, so
     stages end after 1, 4, 13, 40, 121, 364, 1093, 3280 epochs."""
@@ -366,6 +427,8 @@ class RunWriter:
         # checkpoint (so a resume keeps them too) and written as model.safetensors
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = 0
+        self.written_epoch = 0  # the epoch checkpoint.safetensors holds
+        self.pending: tuple | None = None  # a finished epoch whose checkpoint was skipped (snapshot)
 
     def load_best_check(self, model: nn.Module, path: Path) -> None:
         """The checkpoint's best weights must fit the model (the file is untrusted)."""
@@ -396,22 +459,49 @@ class RunWriter:
     def checkpoint(self, epoch: int) -> None:
         if not self.enabled:
             return
+        self._write(
+            epoch, self.model.state_dict(), self.opt.state_dict(), self.history, self.best_state, self.best_epoch
+        )
+        self.written_epoch, self.pending = epoch, None
+
+    def _write(self, epoch, model_state, opt_state, history, best_state, best_epoch) -> None:
         runs.save_state(
             self.out / "checkpoint.safetensors",
             {
-                "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                **({"best_model": self.best_state} if self.best_state is not None else {}),
+                "model": model_state,
+                "optimizer": opt_state,
+                **({"best_model": best_state} if best_state is not None else {}),
             },
             meta={
                 "epoch": epoch,
-                "history": self.history,
+                "history": history,
                 "pretrained": self.pretrained,
                 "resumes": self.resumes,
-                "best_epoch": self.best_epoch,
+                "best_epoch": best_epoch,
             },
         )
-        self._write_derived_files()
+        runs.save_model(
+            self.out, self.model, durable=False, state=best_state if best_state is not None else model_state
+        )
+        runs.write_history(self.out, history, durable=False)
+
+    def snapshot(self, epoch: int) -> None:
+        """The state at the end of `epoch`, kept in memory (clones on the device: far cheaper than a checkpoint)
+        when its checkpoint is skipped, and written if the run is stopped (SIGTERM, Ctrl-C) before the next."""
+        if not self.enabled:
+            return
+        import copy
+
+        model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        best = None if self.best_state is None else dict(self.best_state)  # replaced, never modified in place
+        self.pending = (epoch, model_state, copy.deepcopy(self.opt.state_dict()), list(self.history), best,
+                        self.best_epoch)  # fmt: skip
+
+    def write_pending(self) -> None:
+        """On an interruption: the last finished epoch's snapshot, if newer than the last checkpoint."""
+        if self.enabled and self.pending is not None and self.pending[0] > self.written_epoch:
+            self._write(*self.pending)
+            self.written_epoch, self.pending = self.pending[0], None
 
 
 def train_one_epoch(
@@ -435,6 +525,8 @@ def train_one_epoch(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))).to(device)
     torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))  # the model's own noise (VAE eps, DAE corruption)
     running = torch.zeros((), dtype=torch.float64, device=device)  # this rank's share of sum(loss * batch)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    host_reads = device.type == "cpu"
     batches = perm.split(cfg.batch_size)
     for step, idx in enumerate(batches):
         local = idx.tensor_split(world)[rank]
@@ -461,13 +553,16 @@ def train_one_epoch(
             loss = closure()
             opt.step()
             running += loss.detach() * len(local)
+        # no host synchronisation inside the loop on a GPU: .item() would wait for every queued kernel. The
+        # non-finite check is a flag kept on the device, read every 50 steps on the CPU (where reading is
+        # free) and once at the end of the epoch on a GPU (a diverged epoch then runs to its end)
+        nonfinite |= ~torch.isfinite(loss.detach())
         if bar is not None:
             bar.update(1)
-            if step % 20 == 0 or step == len(batches) - 1:
+            if host_reads and (step % 20 == 0 or step == len(batches) - 1):
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
-        if step % 50 == 0:  # a host sync; all-reduced so that every rank breaks at the same step
-            bad = all_reduce_sum((~torch.isfinite(loss.detach())).to(torch.float64), world)
-            if bad.item() > 0:
+        if (host_reads and step % 50 == 0) or step == len(batches) - 1:  # all-reduced: every rank stops together
+            if all_reduce_sum(nonfinite.to(torch.float64), world).item() > 0:
                 return float("nan"), step + 1
     return float(all_reduce_sum(running, world)) / n, len(batches)
 
@@ -479,8 +574,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     if cfg.init_weights and not resume and not Path(cfg.init_weights).is_file():  # before the folder is made
         raise ConfigError(f"init_weights: no file {cfg.init_weights}")
     rank, world, device = setup_distributed(resolve_device(cfg.device))
-    if cfg.amp and device.type != "cuda":
-        warnings.warn("--amp (bf16 autocast) only applies on CUDA; training in float32 on CPU")
+    if precision(cfg) != "fp32" and device.type != "cuda":
+        warnings.warn(f"--precision {precision(cfg)} only applies on CUDA; training in float32 on CPU")
     with runs.RunLock(cfg.out) if rank == 0 else contextlib.nullcontext():
         return _train(cfg, resume, progress, log, rank, world, device)
 
@@ -506,6 +601,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     config = {
         **cfg.to_json(),
         "mlflow": tracking.redact_uri(cfg.mlflow),
+        "precision": precision(cfg),  # --amp resolved to bf16
         "model_options": model.options,
         "data_info": data_info,
         "format_version": runs.FORMAT_VERSION,
@@ -535,6 +631,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         opt.load_state_dict(runs.checked_optimizer_state(opt, state["optimizer"], ckpt_path, start_epoch))
         history.extend(old_history)
         run.resumes += 1
+        run.written_epoch = start_epoch
         if cfg.early_stopping and isinstance(state.get("best_model"), dict):
             run.best_state = {k: v.to(device) for k, v in state["best_model"].items()}
             run.load_best_check(model, ckpt_path)
@@ -594,7 +691,35 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             mininterval=0.5,
             file=sys.stderr,
         )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision(cfg) == "bf16" and device.type == "cuda")
+    cadence = CheckpointCadence(cfg.checkpoint_every)
+    try:
+        with float32_matmul(precision(cfg)):
+            _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, resume, train_x, val_x, test_x,
+                    rank, world, autocast, bar, say, cadence, out, ckpt_path)  # fmt: skip
+    except BaseException:  # SIGTERM (SystemExit), Ctrl-C, a NaN: the last finished epoch is not lost
+        run.write_pending()
+        raise
+
+    # 4. finish
+    if bar is not None:
+        bar.close()
+    images = None
+    if tracker.tb is not None:
+        with torch.no_grad():
+            model.eval()
+            images = model(test_x[:16]).clamp(0, 1).cpu()
+    tracker.finish(images, cfg.epochs)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return out
+
+
+def _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, resume, train_x, val_x, test_x,
+            rank, world, autocast, bar, say, cadence, out, ckpt_path) -> None:  # fmt: skip
+    """The epoch loop of train(): train, score the test (and validation) split, record, checkpoint."""
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stopping and history_stopped(history, cfg.early_stopping):
             break  # a resumed run that had already stopped early
@@ -637,7 +762,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
                     run.keep_best(epoch + 1)
                 record["best_epoch"] = run.best_epoch
         history.append(record)
-        run.checkpoint(epoch + 1)
+        last = epoch + 1 == cfg.epochs or bool(cfg.early_stopping and history_stopped(history, cfg.early_stopping))
+        if last or cadence.due():
+            cadence.start()
+            run.checkpoint(epoch + 1)
+            cadence.done()
+        else:
+            run.snapshot(epoch + 1)
         tracker.log_epoch(record)
         if say is not None:  # one line per epoch, written around the bar so it does not garble it
             from tqdm import tqdm
@@ -649,21 +780,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
                     + (f" val_loss {record['val_loss']:.5g}" if "val_loss" in record else "")
                     + f" test_loss {record['test_loss']:.5g}"
                 )
-
-    # 4. finish
-    if bar is not None:
-        bar.close()
-    images = None
-    if tracker.tb is not None:
-        with torch.no_grad():
-            model.eval()
-            images = model(test_x[:16]).clamp(0, 1).cpu()
-    tracker.finish(images, cfg.epochs)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return out
 
 
 def pretrain(cfg: TrainConfig, progress: bool = True, log=print) -> Path:
