@@ -144,8 +144,10 @@ def _evaluate(
     test_dataset=None,
     log_mlflow: bool = False,
 ) -> dict:
-    scored = runs.weights_record(run_dir)  # which weights these numbers are about (read before loading them)
+    # the file is read bounded by the model model.json describes, then hashed: the lock held by the caller
+    # keeps any writer out in between, so the hash is of the weights loaded
     model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
+    scored = runs.weights_record(run_dir)  # which weights these numbers are about
     config = runs.read_config(run_dir)
     train_x, train_y, test_x, test_y = runs.run_data(config, data_dir, data)
     test_source, eval_name = "test", "eval.json"

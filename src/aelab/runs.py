@@ -438,8 +438,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 def weights_record(run_dir: str | os.PathLike) -> dict:
     """What an evaluation scored: the SHA-256 of model.safetensors and the epochs trained (metrics.jsonl). A
     derived file (eval.json, a report) is current only while the weights still have this hash."""
+    from .models import available_memory_bytes
+
     run_dir = Path(run_dir)
-    regular_file(run_dir / "model.safetensors")
+    size, have = regular_file(run_dir / "model.safetensors").st_size, available_memory_bytes()
+    if size > min(have, MAX_TENSOR_FILE_BYTES):  # weights that could never be loaded are not hashed either
+        raise CheckpointError(
+            f"{run_dir}/model.safetensors: {size / 2**30:.3g} GiB, more than the {have / 2**30:.3g} GiB of memory "
+            "available to load it"
+        )
     epochs = [h.get("epoch") for h in read_history(run_dir) if "train_loss" in h]
     epochs = [e for e in epochs if isinstance(e, int) and not isinstance(e, bool)]
     return {"model_sha256": file_sha256(run_dir / "model.safetensors"), "epoch": max(epochs, default=0)}
