@@ -15,6 +15,7 @@ mean over the batch, no scheduler, plain Adam); what differs, and is measured he
   bare-aelab-streams    the bare loop below, but with aelab's random streams: each epoch's permutation from its
                         own generator seeded by (seed, epoch), and torch.manual_seed((seed, epoch)) before it
   bare-hashed-streams   bare-aelab-streams with each (seed, epoch, stream) seed passed through splitmix64 first
+  bare-decoupled        bare-loop re-seeded with seed + 7777 (not seed) after the model is built
   bare-loop             aelab's VAE in a plain loop written the way pythae's trainer runs: a DataLoader shuffling
                         with the global generator, torch.manual_seed(seed) after the model is built, one stream
                         for everything (no per-epoch reseeding), default Adam
@@ -91,6 +92,7 @@ def train_bare(
     perm: bool = False,
     reseed: bool = False,
     hashed: bool = False,
+    decoupled: bool = False,
 ):
     """aelab's VAE in a loop shaped like pythae's trainer (see the module docstring)."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -99,7 +101,9 @@ def train_bare(
 
     torch.manual_seed(seed)
     model = models.create("vae", input_shape=(1, 28, 28), likelihood="bce")
-    torch.manual_seed(seed)
+    # pythae re-seeds with the same seed after building the model: the first batches' noise and order then come
+    # from the very numbers that drew the first layer's weights. decoupled: another seed there
+    torch.manual_seed(seed + 7777 if decoupled else seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(train_x), batch_size=128, shuffle=True)
     for epoch in range(epochs):
@@ -133,12 +137,15 @@ PAIRS = [
     ("bare-aelab-reseed", "bare-loop"),
     ("bare-hashed-streams", "bare-loop"),
     ("bare-aelab-streams", "bare-hashed-streams"),
+    ("bare-decoupled", "bare-loop"),
+    ("aelab", "bare-decoupled"),
 ]
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--json", default=None)
@@ -167,11 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
         "bare-aelab-reseed": lambda seed: train_bare(train_x, args.epochs, seed, reseed=True),
         "bare-hashed-streams": lambda seed: train_bare(train_x, args.epochs, seed, aelab_streams=True, hashed=True),
         "bare-loop": lambda seed: train_bare(train_x, args.epochs, seed),
+        "bare-decoupled": lambda seed: train_bare(train_x, args.epochs, seed, decoupled=True),
         "pythae": pythae,
     }
     chosen = args.variants.split(",") if args.variants else list(variants)
     nll: dict[str, list[float]] = {name: [] for name in chosen}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in chosen:
             nll[name].append(iwae_nll(variants[name](seed), test_x, args.k, seed))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in nll.items()), file=sys.stderr, flush=True)
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         "protocol": __doc__.split("\n\n")[2],
         "k": args.k,
         "epochs": args.epochs,
-        "seeds": list(range(args.seeds)),
+        "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "nll": {k: summarize(v) for k, v in nll.items()},
         "paired": {f"{a} - {b}": paired_difference(nll[a], nll[b]) for a, b in PAIRS if a in nll and b in nll},
         "wall_s": time.perf_counter() - t_start,

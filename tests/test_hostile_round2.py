@@ -395,3 +395,52 @@ def test_nan_weights_are_refused(fuzz_run, tmp_path, capsys):
     state[first] = torch.full_like(state[first], float("nan"))
     runs.atomic_write_bytes(run / "model.safetensors", runs._safetensors_bytes(state, {"format_version": "2"}))
     one_line_exit_2(capsys, main(["evaluate", str(run), "--no-figures", "--no-progress"]), "NaN or inf")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--config", "a" * 300, "--out", "x"], "file name too long"),
+        (["evaluate", "a" * 300], "file name too long"),
+        (["train", "--dataset", "mnist", "--data-dir", "/tmp/" + "a" * 300, "--out", "x"], "file name too long"),
+        (
+            [
+                "experiment",
+                "hinton2006",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/tmp/" + "a" * 300,
+                "--quick",
+                "--out",
+                "x",
+            ],
+            "file name too long",
+        ),  # fmt: skip
+        (["data", "fetch", "mnist", "--mirror", "http://[::1", "--data-dir", "d"], "not a download URL"),
+        (["data", "fetch", "mnist", "--stall-timeout", "1e308", "--data-dir", "d"], "at most"),
+    ],
+)
+def test_names_and_urls_no_system_accepts_are_one_line(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    one_line_exit_2(capsys, main(argv), needle)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_config_whose_data_info_is_a_list_is_one_line(fuzz_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fuzz_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data_info"] = [1]
+    (run / "config.json").write_text(json.dumps(config))
+    one_line_exit_2(capsys, main(["evaluate", str(run), "--no-figures", "--no-progress"]), "data_info")
+
+
+def test_resume_of_a_folder_killed_before_its_config_starts_from_scratch(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("")  # what a kill between the lock and config.json leaves
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
+    assert (out / "checkpoint.safetensors").is_file()

@@ -580,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     except Exception as e:  # a bug, not bad input: one line and exit 1 (AELAB_DEBUG=1 shows the traceback)
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a name no file system takes: bad input
+            name = str(e.filename or "")
+            print(f"aelab: error: file name too long: {name[:60]}{'...' if len(name) > 60 else ''}", file=sys.stderr)
+            return 2
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not a bug
             _silence_stdout()
             where = e.filename or "the output"

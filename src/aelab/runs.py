@@ -521,6 +521,14 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "format_version": (int,),
 }
 _POSITIVE = ("train_limit", "epochs", "batch_size", "eval_batch_size")
+OPTIONAL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "data_info": (dict,),
+    "n_train": (int,),
+    "n_val": (int,),
+    "n_test": (int,),
+    "val_fraction": (int, float, _NONE),
+    "mlflow": (str, _NONE),
+}
 
 
 def check_config(config: Any, where: str) -> dict:
@@ -535,6 +543,9 @@ def check_config(config: Any, where: str) -> dict:
             raise CheckpointError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
         if key in _POSITIVE and value is not None and value < 1:
             raise CheckpointError(f"{where}: {key!r} must be >= 1, got {value}")
+    for key, types in OPTIONAL_CONFIG_TYPES.items():  # absent in older run folders; when present, typed
+        if key in config and not isinstance(config[key], types):
+            raise CheckpointError(f"{where}: {key!r} has the wrong type ({type(config[key]).__name__})")
     if not 0 <= config["seed"] < 2**63:
         raise CheckpointError(f"{where}: 'seed' out of range")
     if config["format_version"] > FORMAT_VERSION:

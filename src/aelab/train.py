@@ -586,9 +586,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     if not resume and ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not ckpt_path.exists():
-        if not (out / "config.json").exists():
+        leftovers = (
+            [p for p in out.iterdir() if p.name != ".lock" and not p.name.startswith(".")] if out.is_dir() else []
+        )
+        if not (out / "config.json").exists() and leftovers:
             raise CheckpointError(f"--resume: no checkpoint.safetensors in {out}")
-        resume = False  # the run was stopped before its first checkpoint: start it again from scratch
+        # stopped before its first checkpoint (even before config.json: only the lock is there): from scratch
+        resume = False
 
     # 1. data, model, optimizer, and the state to resume from
     torch.manual_seed(cfg.seed)

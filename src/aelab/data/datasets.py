@@ -201,7 +201,11 @@ def verify(path: Path, spec: IdxFile) -> None:
 
 def check_url(base: str) -> str:
     """A mirror's base URL: https, http or file, with a host for the first two."""
-    parsed = urllib.parse.urlparse(base)
+    try:
+        parsed = urllib.parse.urlparse(base)
+        parsed.port  # noqa: B018 (parsing the port is what refuses "http://[::1" and "http://h:99999")
+    except ValueError as e:
+        raise DataError(f"not a download URL: {base!r} ({e})") from None
     if parsed.scheme not in URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc):
         raise DataError(f"not a download URL: {base!r} (expected https://HOST/PATH/, http://... or file:///PATH/)")
     return base
