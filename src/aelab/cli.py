@@ -85,7 +85,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=S,
         metavar="SECONDS",
         help="at most one checkpoint per SECONDS (0: every epoch); default: automatic, every epoch unless "
-        "writing one takes over a tenth of the time (a large model with short epochs); always at the end and "
+        "writing one takes over a twentieth of the time (a large model with short epochs); always at the end and "
         "on SIGTERM/Ctrl-C",
     )
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the loss (no gain on CPU)")

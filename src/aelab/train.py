@@ -44,7 +44,7 @@ from .options import MAX_COUNT, MAX_SEED
 OPTIMIZERS = ("adam", "lbfgs", "cg")
 LR_SCHEDULES = ("constant", "burda")
 PRECISIONS = ("fp32", "tf32", "bf16")
-AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MAX_S = 10, 600.0
+AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MAX_S = 20, 600.0
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -79,8 +79,8 @@ class TrainConfig:
     # place of the model's own pretraining; shape-checked, its SHA-256 recorded in config.json
     init_weights: str | None = None
     # seconds between checkpoints (0: every epoch); None: automatic, every epoch unless writing one took more
-    # than a tenth of the time since the last (a large model with short epochs), then at most every ten times
-    # its cost (and at least every 10 minutes). The last epoch, an early stop and SIGTERM/Ctrl-C always write one.
+    # than a twentieth of the time since the last (a large model with short epochs), then at most every twenty
+    # times its cost (and at least every 10 minutes). The last epoch, an early stop and SIGTERM/Ctrl-C always write one.
     checkpoint_every: float | None = None
     # fp32 | tf32 (float32 matmuls on tensor cores, CUDA) | bf16 (autocast, CUDA); amp=True means bf16
     precision: str = "fp32"
@@ -378,7 +378,7 @@ def float32_matmul(name: str):
 class CheckpointCadence:
     """When to write a checkpoint at the end of an epoch. `every` seconds since the last one (0: every epoch);
     None: automatic, when the time since the last is at least AUTO_CHECKPOINT_FACTOR times what writing it
-    took (so checkpoints take at most about a tenth of the run), and at least every AUTO_CHECKPOINT_MAX_S."""
+    took (so checkpoints take at most about a twentieth of the run), and at least every AUTO_CHECKPOINT_MAX_S."""
 
     def __init__(self, every: float | None):
         self.every, self.cost, self.last = every, 0.0, time.monotonic()
