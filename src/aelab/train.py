@@ -573,6 +573,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     cfg.validate()
     if cfg.init_weights and not resume and not Path(cfg.init_weights).is_file():  # before the folder is made
         raise ConfigError(f"init_weights: no file {cfg.init_weights}")
+    if resume and not Path(cfg.out).exists():  # before the lock makes the folder: a typo'd name, nothing to continue
+        raise CheckpointError(f"--resume: no checkpoint.safetensors in {cfg.out} (the folder does not exist)")
     rank, world, device = setup_distributed(resolve_device(cfg.device))
     if precision(cfg) != "fp32" and device.type != "cuda":
         warnings.warn(f"--precision {precision(cfg)} only applies on CUDA; training in float32 on CPU")
