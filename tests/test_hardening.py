@@ -257,6 +257,7 @@ HOSTILE = {
     ),
     "a checkpoint at epoch 0 holding epoch 1": (lambda r: _checkpoint_epoch(r, 0), ["resume"], "its history ends"),
     "a checkpoint whose history is text": (lambda r: _checkpoint_meta(r, history="abc"), ["resume"], "history"),
+    "a checkpoint past any --epochs": (lambda r: _checkpoint_meta(r, epoch=10**8), ["resume"], "no valid 'epoch'"),
     "the dataset is /dev/zero": (
         lambda r: _set_json(r / "config.json", dataset="/dev/zero"),
         ["evaluate"],

@@ -291,8 +291,9 @@ def _check_resume_config(old: dict, new: dict) -> None:
 def _check_checkpoint_meta(meta: dict, path: Path) -> tuple[int, list[dict], bool, int]:
     """(epoch, history, pretrained, resumes) of a checkpoint, schema-checked: the file is untrusted."""
     epoch, history = meta.get("epoch"), meta.get("history")
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-        raise CheckpointError(f"{path}: no valid 'epoch' in its metadata")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= MAX_COUNT):
+        # above MAX_COUNT no --epochs could continue it: the "pass --epochs N" advice would name a refused value
+        raise CheckpointError(f"{path}: no valid 'epoch' in its metadata (an integer in [0, {MAX_COUNT}])")
     runs.check_history(history, f"{path}: its history")
     trained = [h["epoch"] for h in history if "train_loss" in h]
     if trained and trained[-1] != epoch:  # the history must end at the checkpoint's epoch, or epochs repeat
