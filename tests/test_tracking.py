@@ -130,6 +130,7 @@ def test_tensorboard_hparams_and_no_tensorboard(tmp_path):
     hparams = start.session_start_info.hparams
     assert hparams["model"].string_value == "ae" and hparams["model_options.latent"].number_value == 3
     assert [e.step for e in events.Scalars("test_loss")] == [1, 2]
+    assert (on / "tb" / "loss_train").is_dir() and (on / "tb" / "loss_test").is_dir()  # overlaid under "loss"
     off = train(tiny(tmp_path / "off", tensorboard=False), progress=False)
     assert not (off / "tb").exists()
 
@@ -317,3 +318,14 @@ def test_the_readmes_mlflow_ui_command_serves_a_logged_run_over_http(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_tensorboard_asked_for_but_not_installed_is_said_once_and_recorded_as_off(tmp_path, capsys, monkeypatch):
+    """Issue 23, item 9: config.json records what happened (tensorboard: false), and one line says why."""
+    monkeypatch.setattr(tracking, "tensorboard_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--train-limit", "64", "--epochs", "2", "--latent", "3",
+                 "--out", str(out)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard logging is off") == 1 and "not installed" in err
+    assert json.loads((out / "config.json").read_text())["tensorboard"] is False and not (out / "tb").exists()

@@ -180,3 +180,9 @@ def test_the_experiment_on_an_idx_stand_in(idx_mnist, tmp_path):
     summary = json.loads((out / "results.json").read_text())
     assert [(d["a"], d["b"]) for d in summary["paired_differences"]] == [("IWAE k=3", "VAE")]
     assert main([*argv[:4], "--models", "vae,gan", "--out", str(tmp_path / "bad")]) == 2
+    # issue 23, item 8: a one-seed report gives plain numbers first, no interval wording, no interval plots
+    text = (out / "report.md").read_text()
+    assert "(1 seed, no interval)" not in text and "over 1 seed" not in text
+    assert text.index("## nll") < text.index("One seed (0)")
+    assert f"| {rows['VAE']['test NLL']:.2f} |" in text  # the number itself, in its cell
+    assert not list(out.glob("intervals-*.png"))

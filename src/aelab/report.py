@@ -473,20 +473,29 @@ def write_report(
     notes: Sequence[str] = (),
     config: dict | None = None,
     name: str = "report",
+    numbers_first: bool = False,
 ) -> Path:
-    """Write out_dir/{name}.html (PNGs embedded as base64) and out_dir/{name}.md; return the HTML path."""
+    """Write out_dir/{name}.html (PNGs embedded as base64) and out_dir/{name}.md; return the HTML path.
+    numbers_first: the tables before the notes (a one-seed report: the numbers are what is read first)."""
     out_dir = Path(out_dir)
     md = [f"# {md_escape(title)}", ""]
     h = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     ]
-    for note in notes:
-        md += [md_escape(note), ""]
-        h.append(f"<p>{html.escape(note)}</p>")
+
+    def write_notes() -> None:
+        for note in notes:
+            md.extend([md_escape(note), ""])
+            h.append(f"<p>{html.escape(note)}</p>")
+
+    if not numbers_first:
+        write_notes()
     for caption, rows in tables:
         md += [f"## {md_escape(caption)}", "", markdown_table(rows), ""]
         h.append(f"<h2>{html.escape(caption)}</h2>{html_table(rows)}")
+    if numbers_first:
+        write_notes()
     if figures:
         h.append("<div class='figures'>")
     for caption, path in figures:

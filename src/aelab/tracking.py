@@ -54,6 +54,11 @@ def check_mlflow(uri: Any) -> None:
         raise ConfigError("--mlflow needs the mlflow package: pip install 'aelab[mlflow]'")
 
 
+def tensorboard_available() -> bool:
+    """Whether RUN/tb can be written: the optional tensorboard package is installed."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def resolve_uri(uri: str) -> str:
     """The URI with local paths made absolute, so that a resume or evaluate started from another folder
     reaches the same store: a plain path becomes a file: URI; sqlite:///relative.db becomes absolute."""
@@ -270,11 +275,18 @@ class Tracker:
         _log_metrics(self.client, self.run_id, {k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
 
     def log_epoch(self, record: dict) -> None:
-        """One metrics.jsonl record: every number but the epoch, at step = epoch."""
+        """One metrics.jsonl record: every number but the epoch, at step = epoch; and the train, validation and
+        test losses together under "loss" (one chart, three curves overlaid)."""
         if self.tb is not None:
             for k, v in record.items():
                 if k != "epoch" and _number(v):
                     self.tb.add_scalar(k, v, record["epoch"])
+            losses = {
+                split: record[f"{split}_loss"]
+                for split in ("train", "val", "test")
+                if _number(record.get(f"{split}_loss"))
+            }
+            self.tb.add_scalars("loss", losses, record["epoch"])
         self._mlflow("logging an epoch", lambda: self._log_mlflow_epoch(record))
 
     def finish(self, images=None, step: int = 0, status: str = "FINISHED") -> None:

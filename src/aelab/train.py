@@ -609,6 +609,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         **cfg.to_json(),
         "mlflow": tracking.redact_uri(cfg.mlflow),
         "precision": precision(cfg),  # --amp resolved to bf16
+        # what happens, not what was asked: asked for without the package installed, TensorBoard is off
+        "tensorboard": cfg.tensorboard and tracking.tensorboard_available(),
         "model_options": model.options,
         "data_info": data_info,
         "format_version": runs.FORMAT_VERSION,
@@ -684,7 +686,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    tracker = tracking.Tracker(out, cfg.tensorboard, cfg.mlflow, enabled=rank == 0)
+    if cfg.tensorboard and not config["tensorboard"] and rank == 0 and say is not None:
+        print("aelab: note: TensorBoard logging is off: the tensorboard package is not installed "
+              "(pip install -e '.[tensorboard]'); config.json says tensorboard: false", file=sys.stderr)  # fmt: skip
+    tracker = tracking.Tracker(out, config["tensorboard"], cfg.mlflow, enabled=rank == 0)
     tracker.start(config, resume, history)
     bar = None
     if progress and rank == 0:

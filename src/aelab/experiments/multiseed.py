@@ -231,15 +231,15 @@ def write_seed_report(module: ModuleType, out: Path, summary: dict, first: dict)
         view = []
         for row in rows:
             line = {key: row[key], **row["fixed"]}
-            for column, s in row["metrics"].items():
-                line[column] = format_interval(s, _digits(s))
+            for column, s in row["metrics"].items():  # one seed: the plain number
+                line[column] = format_interval(s, _digits(s)) if n > 1 else f"{s['mean']:.{_digits(s)}f}"
             for column, values in row["chosen_per_seed"].items():
                 line[f"{column}, per seed"] = ", ".join(
                     "—" if v is None else f"{v:g}" if _number(v) else str(v) for v in values
                 )
             view.append(line)
-        tables.append((f"{table} (mean ± std [95% interval] over {n} seed{'s' if n > 1 else ''})", view))
-        for column in getattr(module, "PLOT_COLUMNS", []):
+        tables.append((f"{table} (mean ± std [95% interval] over {n} seeds)" if n > 1 else table, view))
+        for column in getattr(module, "PLOT_COLUMNS", []) if n > 1 else []:  # one seed: no interval to draw
             points = {r[key]: r["metrics"][column] for r in rows if column in r["metrics"]}
             if points:
                 slug = "".join(ch if ch.isalnum() else "-" for ch in f"{table}-{column}".lower())
@@ -260,6 +260,10 @@ def write_seed_report(module: ModuleType, out: Path, summary: dict, first: dict)
         summary["intervals"],
         f"Wall time {summary['wall_time_s']:.0f} s.",
     ]
-    if n == 1:
-        notes.insert(0, "One seed: no row has an interval (run with --seeds N for intervals over seeds).")
-    return report.write_report(out, first.get("title", module.__name__), tables, figures, notes)
+    if n == 1:  # the numbers first; nothing about intervals there are none of
+        notes = [
+            f"One seed ({summary['seeds'][0]}): plain numbers, no intervals (run with --seeds N for intervals).",
+            *(first.get("notes_for_summary") or []),
+            f"Wall time {summary['wall_time_s']:.0f} s.",
+        ]
+    return report.write_report(out, first.get("title", module.__name__), tables, figures, notes, numbers_first=n == 1)
