@@ -562,3 +562,20 @@ def test_class_names_reach_eval_json_and_the_figures(tmp_path, digits, monkeypat
         np.zeros((3, 2)), np.array([0, 1, 2]), tmp_path / "s.png", "t", class_names=["a", "b", "c"]
     )
     assert path.exists()
+
+
+def test_one_image_size_number_is_a_square(tmp_path):
+    """Issue 23, item 10: `--image-size 32` is 32x32, not an error."""
+    from PIL import Image
+
+    from aelab.cli import main
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        Image.new("L", (10, 7), i * 20).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(tmp_path / "imgs"), "--image-size", "6", "--epochs", "1",
+                 "--no-progress", "--no-tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset_options"]["image_size"] == [6, 6] and config["model_options"]["input_shape"] == [1, 6, 6]

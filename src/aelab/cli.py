@@ -42,7 +42,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="a dataset name (see aelab data list; default mnist5k), or a path: a folder of images "
         "(class subfolders give labels; optional train/ and test/), a .npz (x, y, x_test, y_test) or a .npy",
     )
-    p.add_argument("--image-size", type=int_list, default=S, metavar="H,W", help="resize a folder's images")
+    p.add_argument(
+        "--image-size", type=int_list, default=S, metavar="H,W", help="resize a folder's images (one number: a square)"
+    )
     p.add_argument(
         "--data-dir", default=S, help="folder of downloaded datasets (default $AELAB_DATA or ~/.cache/aelab)"
     )
@@ -290,7 +292,8 @@ def train_config_from_args(args):
             model_options[flag] = given[flag]
     dataset_options.update(dict(given.get("dataset_option", [])))
     if "image_size" in given:
-        dataset_options["image_size"] = given["image_size"]
+        size = given["image_size"]
+        dataset_options["image_size"] = size * 2 if len(size) == 1 else size  # --image-size 32: 32x32
     settings.update(model_options=model_options, dataset_options=dataset_options)
     return TrainConfig(**settings)
 
