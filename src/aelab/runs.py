@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
+from .data._files import pid_alive as _pid_alive
 from .errors import AelabError, CheckpointError, ConfigError, DataError, StorageError
 from .options import MAX_COUNT
 
@@ -64,16 +65,6 @@ def fault_point(kind: str) -> None:
 def _temp_name(path: Path) -> Path:
     """.NAME.tmp-PID-TOKEN beside `path`: the pid says whose leftover it is (see remove_stale_temp_files)."""
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> None:

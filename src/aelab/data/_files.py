@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -29,5 +30,5 @@ def remove_dead_writers_files(folder: Path, suffix: str) -> None:
             pid = int(p.name[: -len(suffix)].rsplit(".", 1)[1])
         except (ValueError, IndexError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid) and p.is_file() and not p.is_symlink():
+        if pid != os.getpid() and not pid_alive(pid) and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)

@@ -51,35 +51,30 @@ def model_class(name: str) -> type:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
+def _proc_kib(path: str, key: str) -> int | None:
+    """The `key:` line of a /proc file (meminfo, self/status) in bytes, or None where there is none."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available_memory_bytes() -> int:
     """MemAvailable of /proc/meminfo (Linux), else the physical memory; under an address-space limit
     (`ulimit -v`), no more than what that limit leaves this process."""
     import os
     import resource
 
-    have = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    have = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
+    have = _proc_kib("/proc/meminfo", "MemAvailable")
     if have is None:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     if limit != resource.RLIM_INFINITY:
-        used = 0
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmSize:"):
-                        used = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
-        have = min(have, max(0, limit - used))
+        have = min(have, max(0, limit - (_proc_kib("/proc/self/status", "VmSize") or 0)))
     return have
 
 
