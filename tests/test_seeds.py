@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from aelab import runs
 from aelab.cli import main
 from aelab.metrics.intervals import metric_bounds
-from aelab.seeds import seeds_markdown
+from aelab.seeds import format_choices, write_seeds_report
 from aelab.train import TrainConfig, train
 
 TINY = ["--dataset", "digits", "--train-limit", "120", "--hidden", "8", "--latent", "2", "--batch-size", "40"]
@@ -34,6 +34,12 @@ def test_seeds_train_summarize_and_resume_after_a_kill(tmp_path):
     assert summary["note"] == "no setting was chosen: one configuration, 3 seeds"
     md = (out / "seeds.md").read_text()
     assert "| metric | mean ± std | 95% interval | n |" in md and "| recon_sse |" in md
+    # the probe's C is chosen on the validation split per seed: listed in seed order, never given a mean
+    chosen_c = [runs.read_json(f / "eval.json")["metrics"]["probe_C"] for f in folders]
+    assert "probe_C" not in summary["metrics"] and summary["choices"]["probe_C"] == chosen_c
+    assert "| probe_C |" in md and f"| {', '.join(f'{c:g}' for c in chosen_c)} |" in md
+    html = (out / "seeds.html").read_text()
+    assert "<title>ae on digits, 3 seeds</title>" in html and "probe_C" in html and "recon_sse" in html
 
     # a kill during seed 8's second epoch: seed 7 finished, seed 8 holds a one-epoch checkpoint, seed 9 never began
     kept = folders[0] / "model.safetensors"
@@ -83,7 +89,7 @@ def test_seeds_refuse_a_single_run_folder(tmp_path, capsys):
     assert "holds a single run" in capsys.readouterr().err
 
 
-def test_markdown_of_one_seed_and_metric_bounds():
+def test_markdown_of_one_seed_and_metric_bounds(tmp_path):
     summary = {
         "config": {"model": "ae", "dataset": "digits"},
         "seeds": [3],
@@ -92,6 +98,12 @@ def test_markdown_of_one_seed_and_metric_bounds():
         "intervals": "(how)",
         "metrics": {"recon_sse": {"mean": 11.5, "std": 0.0, "ci95": None, "n_seeds": 1}},
     }
-    assert "| recon_sse | 11.50 ± 0.00 | none (1 seed) | 1 |" in seeds_markdown(summary)
+    write_seeds_report(tmp_path, summary)
+    assert "| recon_sse | 11.50 ± 0.00 | none (1 seed) | 1 |" in (tmp_path / "seeds.md").read_text()
     assert metric_bounds("probe_accuracy") == (0.0, 1.0) and metric_bounds("saturation") == (0.0, 1.0)
     assert metric_bounds("recon_sse") is None
+
+
+def test_choices_are_counted_most_often_first():
+    assert format_choices([0.1, 1.0, 0.1, 10.0]) == "0.1 (×2), 1 (×1), 10 (×1)"
+    assert format_choices([1.0, None]) == "1 (×1), — (×1)"

@@ -1,11 +1,22 @@
-"""Compare finished runs side by side: `aelab compare RUN [RUN ...] --out DIR`.
+"""Compare finished runs and seed groups side by side: `aelab compare RUN_OR_SEEDS [...] --out DIR`.
 
-    DIR/comparison.csv    one row per run: its model, data, options and every metric of its eval.json
-    DIR/comparison.md     the same table and notes, the figures linked
-    DIR/comparison.html   self-contained (PNGs embedded): the table, the test-loss curves (one panel per loss
-                          unit, so nats and squared errors never share an axis) and the same test images
-                          reconstructed by every run
+A RUN is a run folder (config.json); a seed group is the OUT of `aelab train --seeds N` (seed-<s>/ run folders).
+
+    DIR/comparison.csv    one row per run folder (each seed of a group too, with its group and seed): its
+                          model, data, options and every metric of its eval.json
+    DIR/comparison.json   the same rows, each group's mean and 95% interval per metric, the paired differences
+    DIR/comparison.md     one column per run or group: plain numbers for a run, mean [95% interval] for a group,
+                          the settings chosen on validation data (the probe's C) listed per seed, never averaged;
+                          then the paired differences of groups trained with the same seeds; the figures linked
+    DIR/comparison.html   self-contained (PNGs embedded): the same tables, the validation- and test-loss curves
+                          (a group: the mean over its seeds; one panel per loss unit, so nats and squared errors
+                          never share an axis) and the same test images reconstructed by every run (a group: its
+                          first seed)
     DIR/figures/          those PNGs
+
+Paired differences: two groups trained with the same seeds share the seed's part of the variation (the data
+order, the initial weights when the models match), so B - A is summarised over the seeds as one sample
+(aelab.metrics.intervals.paired_difference); its interval is narrower than the two groups' intervals suggest.
 
 Runs are compared on the same data only: equal `dataset` and `dataset_options` in config.json and, when both
 runs recorded `data_info.sha256` (a hash of the loaded arrays), equal hashes (the names may then differ).
@@ -27,8 +38,12 @@ from typing import Any
 
 from . import report, runs
 from .errors import AelabError, CheckpointError, ConfigError
+from .metrics.intervals import metric_bounds, paired_difference
 
 N_IMAGES = 10  # test images in the reconstruction mosaic: the first of each class
+MAX_GROUP_RUNS = 1000  # seed-<s>/ folders read from one seed group (train --seeds makes at most 1000)
+# numbers in a run's loss unit (report.loss_unit): the table names the unit, one row per unit
+LOSS_METRICS = ("test_loss", "test_recon")
 
 
 # ---------------------------------------------------------------- data identity
@@ -72,6 +87,41 @@ def data_groups(configs: list[dict]) -> list[list[int]]:
         else:
             groups.append([i])
     return groups
+
+
+# ---------------------------------------------------------------- what was given: runs and seed groups
+def seed_folders(folder: Path) -> list[tuple[int, Path]]:
+    """(seed, run folder) of a `--seeds` OUT, in seed order: its seed-<s>/ subfolders that hold a config.json.
+    [] for anything else (a run folder has its own config.json and is never a group)."""
+    if (folder / "config.json").exists() or (folder / "config.json").is_symlink():
+        return []
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            number = entry.name.removeprefix("seed-")
+            if entry.name.startswith("seed-") and number.isdigit() and len(number) <= 19 and entry.is_dir():
+                if (Path(entry.path) / "config.json").exists():
+                    found.append((int(number), Path(entry.path)))
+                    if len(found) > MAX_GROUP_RUNS:
+                        raise ConfigError(f"{folder}: more than {MAX_GROUP_RUNS} seed-<s> run folders")
+    return sorted(found)
+
+
+def _members(dirs: list[Path], names: list[str]) -> list[dict]:
+    """One entry per folder given: {"name", "dirs", "seeds"} (seeds None for a single run)."""
+    entries = []
+    for folder, name in zip(dirs, names):
+        found = seed_folders(folder)
+        if found:
+            entries.append({"name": name, "dirs": [d for _, d in found], "seeds": [s for s, _ in found]})
+        else:
+            if not (folder / "config.json").exists():  # neither a run nor a seed group
+                raise CheckpointError(
+                    f"{folder / 'config.json'}: missing ({name} is neither a run folder nor a --seeds folder "
+                    "with seed-<s>/ run folders)"
+                )
+            entries.append({"name": name, "dirs": [folder], "seeds": None})
+    return entries
 
 
 # ---------------------------------------------------------------- reading the runs
@@ -190,7 +240,162 @@ def _reconstructions(run_dirs: list[Path], names: list[str], config: dict, data_
     return rows, labels, notes
 
 
+# ---------------------------------------------------------------- groups: means, intervals, paired differences
+def _cell(summary: dict) -> str:
+    """A group's metric in one cell: 'mean [lo, hi]' (seeds' decimals), the plain number for one seed."""
+    from .seeds import _decimals
+
+    d = _decimals(summary)
+    if summary["ci95"] is None:
+        return f"{summary['mean']:.{d}f}"
+    lo, hi = summary["ci95"]
+    return f"{summary['mean']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def group_summary(evals: list[dict]) -> dict:
+    """{"metrics": {name: summarize(values over the seeds)}, "choices": {name: [value per seed]}} of one group."""
+    from .seeds import chosen_settings, summarize_metrics
+
+    per_seed = [e["metrics"] for e in evals]
+    return {"metrics": summarize_metrics(per_seed), "choices": chosen_settings(per_seed)}
+
+
+def paired_differences(evals_a: list[dict], evals_b: list[dict]) -> dict:
+    """B - A per metric over the seeds both groups share (same seeds, same order): {name: summary}. Metrics
+    that either side lacks, or that are not numbers at every seed, are left out."""
+    from .seeds import CHOSEN_SETTINGS, SETTINGS_NOT_METRICS
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    out = {}
+    for key in evals_a[0]["metrics"]:
+        if key in SETTINGS_NOT_METRICS + CHOSEN_SETTINGS:
+            continue
+        va = [e["metrics"].get(key) for e in evals_a]
+        vb = [e["metrics"].get(key) for e in evals_b]
+        if all(map(number, va + vb)):
+            out[key] = paired_difference(vb, va, bounded=metric_bounds(key))
+    return out
+
+
+def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[list[dict]], epochs) -> list[dict]:
+    """The table of comparison.md/.html: one row per run or group (a transposed table: one column each), the
+    columns every run has a value for, the data hash cut to 12 characters (the CSV has it whole), losses named
+    with their unit, a group's numbers as mean [95% interval] and its chosen settings listed per seed."""
+    from .seeds import CHOSEN_SETTINGS, format_choices
+
+    rows = []
+    for entry, cfgs, evs, eps in zip(entries, configs, evals, epochs):
+        config = cfgs[0]
+        base = table_rows([entry["name"]], [config], [evs[0]], [eps[0]])[0]
+        row = {"run": entry["name"], "seeds": ", ".join(map(str, entry["seeds"])) if entry["seeds"] else None}
+        for key, value in base.items():
+            if key == "run" or key in evs[0]["metrics"] or key.startswith("metric."):
+                continue
+            row[key] = value
+        if row.get("data_sha256"):
+            row["data_sha256"] = row["data_sha256"][:12]
+        if entry["seeds"]:
+            epoch_set = sorted({e if e is not None else c["epochs"] for e, c in zip(eps, cfgs)})
+            row["epochs"] = ", ".join(map(str, epoch_set))
+        unit = report.loss_unit(config)
+        if entry["seeds"] is None:
+            metrics = {k: v for k, v in evs[0]["metrics"].items()}
+        else:
+            summary = group_summary(evs)
+            metrics = {k: _cell(v) for k, v in summary["metrics"].items()}
+            metrics.update({k: format_choices(v) for k, v in summary["choices"].items()})
+            for key, value in evs[0]["metrics"].items():  # settings and words (a method's name): when all agree
+                if key not in metrics and all(_canonical(e["metrics"].get(key)) == _canonical(value) for e in evs):
+                    metrics[key] = value
+        for key, value in metrics.items():
+            label = f"{key} [{unit}]" if key in LOSS_METRICS else key
+            if key in CHOSEN_SETTINGS:
+                label += " (chosen on validation)"
+            row[label] = _scalar(value)
+        rows.append(row)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]  # never a row blank for all
+    return [{c: r.get(c) for c in columns} for r in rows]
+
+
+def paired_tables(entries: list[dict], evals: list[list[dict]]) -> tuple[list[tuple[str, list[dict]]], list, list]:
+    """(tables, results, notes): B - A for every two groups with the same seeds (at least two)."""
+    groups = [i for i, e in enumerate(entries) if e["seeds"]]
+    tables, results, notes = [], [], []
+    for x, i in enumerate(groups):
+        for j in groups[x + 1 :]:
+            a, b = entries[i], entries[j]
+            if a["seeds"] != b["seeds"]:
+                notes.append(
+                    f"{a['name']} and {b['name']} were trained with different seeds ({', '.join(map(str, a['seeds']))} "
+                    f"against {', '.join(map(str, b['seeds']))}): no paired differences; compare their intervals"
+                )
+                continue
+            if len(a["seeds"]) < 2:
+                continue
+            diffs = paired_differences(evals[i], evals[j])
+            results.append({"a": a["name"], "b": b["name"], "seeds": a["seeds"], "metrics": diffs})
+            rows = [
+                {"metric": k, f"{b['name']} − {a['name']}": _cell(v), "n": v["n_seeds"],
+                 "0 in the interval": "yes" if v["ci95"][0] <= 0 <= v["ci95"][1] else "no"}
+                for k, v in diffs.items()
+            ]  # fmt: skip
+            caption = f"Paired differences over seeds {', '.join(map(str, a['seeds']))}: {b['name']} − {a['name']}"
+            tables.append((caption, rows))
+    return tables, results, notes
+
+
+def _mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The mean over seeds of each loss at the epochs every seed has: a group's curve."""
+    if not curves or not all(curves):
+        return []
+    by_epoch = [{h["epoch"]: h for h in c} for c in curves]
+    shared = sorted(set.intersection(*(set(b) for b in by_epoch)))
+    out = []
+    for epoch in shared:
+        point = {"epoch": epoch}
+        for key in ("train_loss", "val_loss", "test_loss"):
+            values = [b[epoch].get(key) for b in by_epoch]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                point[key] = sum(values) / len(values)
+        out.append(point)
+    return out
+
+
 # ---------------------------------------------------------------- the comparison
+def _current_eval(run_dir: Path, name: str, iwae_k: int, data_dir, notes: list[str]) -> dict:
+    """The run's eval.json when it scored the weights the run holds now; else the run evaluated again (and a
+    note). An eval.json that scored other weights is never shown as current."""
+    from .evaluate import evaluate
+
+    if not ((run_dir / "eval.json").exists() or (run_dir / "eval.json").is_symlink()):
+        notes.append(f"{name}: evaluated now (it had no eval.json)")
+        return evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir)
+    saved = _read_eval(run_dir)
+    scored = saved.get("scored")
+    if scored is None:  # written before eval.json recorded its weights: used, with what can be said
+        if _older(run_dir / "eval.json", run_dir / "model.safetensors"):
+            notes.append(f"{name}: eval.json is older than model.safetensors; run aelab evaluate {name} again")
+        return saved
+    if scored == runs.weights_record(run_dir):
+        return saved
+    try:  # it scored other weights (a resume trained on since)
+        result = evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir)
+    except AelabError as e:
+        raise ConfigError(
+            f"{name}: eval.json scored other weights than the run holds now, and it cannot be evaluated "
+            f"again here ({e}); run aelab evaluate {name} with what it needs, then compare"
+        ) from None
+    epoch = scored.get("epoch") if isinstance(scored, dict) else None
+    notes.append(
+        f"{name}: evaluated again (its eval.json scored the weights of epoch {epoch}; the run now holds "
+        f"those of epoch {result['scored']['epoch']})"
+    )
+    return result
+
+
 def compare(
     run_dirs: list[str | os.PathLike],
     out: str | os.PathLike,
@@ -198,30 +403,35 @@ def compare(
     iwae_k: int = 100,
     allow_different_data: bool = False,
 ) -> dict:
-    """Compare runs into `out` (comparison.csv, .md, .html, figures/); return {"rows", "notes", "files"}.
+    """Compare runs and seed groups into `out` (comparison.csv, .json, .md, .html, figures/); return
+    {"rows", "table", "groups", "paired", "notes", "files"}.
 
-    Runs on different data are refused unless allow_different_data. The same run given twice, an `out` that is
-    one of the runs, a missing or broken run folder: AelabError before anything is written. Runs without
-    eval.json are evaluated first (evaluate(run, write=True, data_dir=..., iwae_k=...))."""
-    from .evaluate import evaluate
-
+    Each of run_dirs is a run folder or a `--seeds` folder (its seed-<s>/ runs form a group). Runs on different
+    data are refused unless allow_different_data. The same run given twice, an `out` that is one of the runs,
+    a missing or broken run folder: AelabError before anything is written. Runs without eval.json, or whose
+    eval.json scored other weights, are evaluated first (evaluate(run, write=True, data_dir=..., iwae_k=...))."""
     if not str(out).strip():
         raise ConfigError("--out must name a folder")
     if not run_dirs:
         raise ConfigError("compare needs at least one run folder")
     out = Path(out)
-    dirs = [Path(r) for r in run_dirs]
-    names = [str(r) for r in run_dirs]
+    given = [Path(r) for r in run_dirs]
+    given_names = [str(r) for r in run_dirs]
+    for folder in given:
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise CheckpointError(f"run folder {folder} {what}")
+    entries = _members(given, given_names)
+    # every run folder, a group's seeds as name/seed-<s>
+    dirs = [d for e in entries for d in e["dirs"]]
+    names = [e["name"] if e["seeds"] is None else f"{e['name']}/{d.name}" for e in entries for d in e["dirs"]]
     seen: dict[Path, str] = {}
     for run_dir, name in zip(dirs, names):
-        if not run_dir.is_dir():
-            what = "is not a folder" if run_dir.exists() else "does not exist"
-            raise CheckpointError(f"run folder {run_dir} {what}")
         real = run_dir.resolve()
         if real in seen:
             raise ConfigError(f"run {name} is given twice (also as {seen[real]}); name each run once")
         seen[real] = name
-    if out.resolve() in seen:
+    if out.resolve() in seen or out.resolve() in {g.resolve() for g in given}:
         raise ConfigError(f"--out {out} is one of the runs compared; choose another folder")
 
     configs = [runs.read_config(d) for d in dirs]
@@ -231,52 +441,58 @@ def compare(
         raise ConfigError(f"the runs use different data ({which}); pass --allow-different-data to compare them anyway")
     histories = [runs.read_history(d) for d in dirs]
 
-    notes = []
-    evals = []
-    for run_dir, name in zip(dirs, names):
-        if (run_dir / "eval.json").exists() or (run_dir / "eval.json").is_symlink():
-            saved = _read_eval(run_dir)
-            scored = saved.get("scored")
-            if scored is None:  # written before eval.json recorded its weights: used, with what can be said
-                evals.append(saved)
-                if _older(run_dir / "eval.json", run_dir / "model.safetensors"):
-                    notes.append(f"{name}: eval.json is older than model.safetensors; run aelab evaluate {name} again")
-            elif scored == runs.weights_record(run_dir):
-                evals.append(saved)
-            else:  # it scored other weights (a resume trained on since): never shown as current
-                try:
-                    evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
-                except AelabError as e:
-                    raise ConfigError(
-                        f"{name}: eval.json scored other weights than the run holds now, and it cannot be evaluated "
-                        f"again here ({e}); run aelab evaluate {name} with what it needs, then compare"
-                    ) from None
-                epoch = scored.get("epoch") if isinstance(scored, dict) else None
-                notes.append(
-                    f"{name}: evaluated again (its eval.json scored the weights of epoch {epoch}; the run now holds "
-                    f"those of epoch {evals[-1]['scored']['epoch']})"
-                )
-        else:
-            evals.append(evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir))
-            notes.append(f"{name}: evaluated now (it had no eval.json)")
+    notes: list[str] = []
+    evals = [_current_eval(run_dir, name, iwae_k, data_dir, notes) for run_dir, name in zip(dirs, names)]
     epochs = [_trained_epochs(h) for h in histories]
     for name, config, n in zip(names, configs, epochs):
         if n is not None and n < config["epochs"]:
             notes.append(f"{name}: trained {n} of its {config['epochs']} epochs")
     rows = table_rows(names, configs, evals, epochs)
+    member = [k for k, e in enumerate(entries) for _ in e["dirs"]]  # entry index of each run folder
+    for row, k, config in zip(rows, member, configs):  # the CSV's group and seed columns
+        row["group"] = entries[k]["name"] if entries[k]["seeds"] else None
+        row["seed"] = config["seed"]
+    by_entry = lambda values: [[v for v, k in zip(values, member) if k == i] for i in range(len(entries))]  # noqa: E731
+    entry_configs, entry_evals, entry_epochs = by_entry(configs), by_entry(evals), by_entry(epochs)
+    for entry, cfgs in zip(entries, entry_configs):
+        if entry["seeds"]:
+            differ = sorted(
+                {k for c in cfgs for k in ("model", "model_options", "epochs", "lr", "batch_size")
+                 if _canonical(c.get(k)) != _canonical(cfgs[0].get(k))}
+            )  # fmt: skip
+            if differ:
+                notes.append(
+                    f"{entry['name']}: its seeds were trained with different settings ({', '.join(differ)}); "
+                    "the group's columns show the first seed's"
+                )
+    table = display_rows(entries, entry_configs, entry_evals, entry_epochs)
+    group_results = {
+        e["name"]: {"seeds": e["seeds"], "runs": [d.name for d in e["dirs"]], **group_summary(evs)}
+        for e, evs in zip(entries, entry_evals)
+        if e["seeds"]
+    }
+    pair_tables, pair_results, pair_notes = paired_tables(entries, entry_evals)
+    notes += pair_notes
 
     # everything read and computed before `out` is touched: bad input leaves nothing behind
+    shown = [(e["dirs"][0], e["name"] if e["seeds"] is None else f"{e['name']} (seed {e['seeds'][0]})")
+             for e in entries]  # fmt: skip
+    shown_configs = [c[0] for c in entry_configs]
     mosaics = []
-    for group in groups:
+    for group in data_groups(shown_configs):
         images, labels, group_notes = _reconstructions(
-            [dirs[i] for i in group], [names[i] for i in group], configs[group[0]], data_dir
+            [shown[i][0] for i in group], [shown[i][1] for i in group], shown_configs[group[0]], data_dir
         )
         notes += group_notes
         if len(images) > 1:
             mosaics.append((group, images, labels))
-    curves = {name: _curve(history) for name, history in zip(names, histories)}
-    units = {name: report.loss_unit(config) for name, config in zip(names, configs) if curves[name]}
-    curves = {name: curve for name, curve in curves.items() if curve}
+    curves, units = {}, {}
+    for entry, cfgs in zip(entries, entry_configs):
+        member_curves = [_curve(histories[dirs.index(d)]) for d in entry["dirs"]]
+        label = entry["name"] if entry["seeds"] is None else f"{entry['name']} (mean of {len(entry['seeds'])} seeds)"
+        curve = member_curves[0] if entry["seeds"] is None else _mean_curve(member_curves)
+        if curve:
+            curves[label], units[label] = curve, report.loss_unit(cfgs[0])
 
     data_note = (
         f"Data: {data_label(configs[0])} for every run."
@@ -293,6 +509,15 @@ def compare(
         data_note,
         "Metrics from each run's eval.json (fitted on the train split, scored on the test split). Blank: the "
         "run's model has no such metric.",
+        *(
+            [
+                "A seed group's cell is the mean over its seeds and, in brackets, the 95% interval of that mean "
+                "(Student t; see comparison.json for each method); a setting chosen on the validation split is "
+                "listed with how often each value was chosen."
+            ]
+            if group_results
+            else []
+        ),  # fmt: skip
         *notes,
     ]
 
@@ -301,7 +526,7 @@ def compare(
         fig_dir = runs.subfolder(out, "figures")
         runs.remove_stale_temp_files(fig_dir)
         figures = []
-        if curves:  # the validation loss chooses (solid); the test loss is only reported (dashed)
+        if curves:  # the validation loss chooses (dotted); the test loss is only reported (dashed)
             path = report.plot_curves(
                 curves, fig_dir / "loss.png", keys=("val_loss", "test_loss"), title="loss per epoch", units=units
             )
@@ -311,14 +536,26 @@ def compare(
             )  # fmt: skip
         for k, (group, images, labels) in enumerate(mosaics):
             path = report.plot_image_rows(images, labels, fig_dir / f"reconstructions-{k + 1}.png")
-            data = data_label(configs[group[0]])
+            data = data_label(shown_configs[group[0]])
             figures.append((f"The same test images of {data} (top row) reconstructed by each run", path))
         runs.atomic_write_text(out / "comparison.csv", csv_text(rows))
-        html_path = report.write_report(
-            out, "aelab comparison", [("Runs and test metrics", rows)], figures, notes, name="comparison"
+        runs.write_json(
+            out / "comparison.json",
+            {"rows": rows, "groups": group_results, "paired": pair_results, "notes": notes},
         )
-    files = {"csv": out / "comparison.csv", "md": out / "comparison.md", "html": html_path}
-    return {"rows": rows, "notes": notes, "files": files}
+        html_path = report.write_report(
+            out,
+            "aelab comparison",
+            [("Runs and test metrics", table), *pair_tables],
+            figures,
+            notes,
+            name="comparison",
+            numbers_first=True,
+        )
+    files = {"csv": out / "comparison.csv", "json": out / "comparison.json", "md": out / "comparison.md",
+             "html": html_path}  # fmt: skip
+    return {"rows": rows, "table": table, "groups": group_results, "paired": pair_results, "notes": notes,
+            "files": files}  # fmt: skip
 
 
 def _older(a: Path, b: Path) -> bool:

@@ -2,8 +2,12 @@
 
     OUT/seed-<s>/    a complete run folder for each seed s = seed, seed+1, ..., seed+N-1 (trained, evaluated)
     OUT/seeds.json   {"runs", "seeds", "metrics": {name: aelab.metrics.intervals.summarize(values over seeds)},
-                     "note", "intervals", "config", "data_sha256"}
-    OUT/seeds.md     metric | mean ± std | 95% interval | n
+                     "choices": {name: [value per seed]}, "note", "intervals", "config", "data_sha256"}
+    OUT/seeds.md     metric | mean ± std | 95% interval | n; then the settings chosen per seed
+    OUT/seeds.html   the same, for a browser
+
+A setting that evaluate chooses on the validation split (the probe's C) is a choice, not a measurement: its
+mean over seeds means nothing (the mean of C = 0.1, 1, 10 is no C anyone chose), so it is listed per seed.
 
 The seeds change everything a seed decides (initial weights, batch order, the models' own noise); the data and
 its split stay the same. No setting is chosen among the runs, so the intervals are not made optimistic by a
@@ -29,6 +33,8 @@ from .train import TrainConfig, dist_info, train
 MAX_SEEDS = 1000
 # numbers eval.json records that the configuration fixes, the same for every seed: not summarised
 SETTINGS_NOT_METRICS = ("code_dim", "iwae_k", "spectrum_points", "bits_per_image")
+# settings evaluate chooses on the validation split, per seed: listed, never averaged
+CHOSEN_SETTINGS = ("probe_C", "raw_probe_C")
 INTERVALS_TEXT = (
     "95% intervals of the mean over seeds: Student t, mean ± t_{0.975, n-1} · std / √n (clipped to [0, 1] for "
     f"accuracies and fractions); a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed 0) instead for "
@@ -90,10 +96,31 @@ def summarize_metrics(per_seed: list[dict]) -> dict[str, dict]:
     names = [
         k
         for k in per_seed[0]
-        if k not in SETTINGS_NOT_METRICS
+        if k not in SETTINGS_NOT_METRICS + CHOSEN_SETTINGS
         and all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool) for m in per_seed)
     ]
     return {k: summarize([m[k] for m in per_seed], bounded=metric_bounds(k)) for k in names}
+
+
+def chosen_settings(per_seed: list[dict]) -> dict[str, list]:
+    """The settings chosen on validation data, one value per seed in seed order (None where a run has none)."""
+    return {k: [m.get(k) for m in per_seed] for k in CHOSEN_SETTINGS if any(k in m for m in per_seed)}
+
+
+def format_choices(values: list) -> str:
+    """'0.1 (×2), 1 (×1)': each value chosen, how often, most often first (ties: the smaller value first)."""
+    counts: dict = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+
+    def order(item):
+        value, n = item
+        return (-n, (0, value) if isinstance(value, (int, float)) else (1, str(value)))
+
+    return ", ".join(
+        f"{'—' if v is None else format(v, 'g') if isinstance(v, float) else v} (×{n})"
+        for v, n in sorted(counts.items(), key=order)
+    )
 
 
 def train_seeds(cfg: TrainConfig, n_seeds: int, resume: bool = False, progress: bool = True, log=print) -> Path:
@@ -139,13 +166,14 @@ def train_seeds(cfg: TrainConfig, n_seeds: int, resume: bool = False, progress: 
             "seeds": seeds,
             "n_seeds": n_seeds,
             "metrics": summarize_metrics(per_seed),
+            "choices": chosen_settings(per_seed),
             "note": f"no setting was chosen: one configuration, {n_seeds} seed{'s' if n_seeds > 1 else ''}",
             "intervals": INTERVALS_TEXT,
             "config": {k: v for k, v in cfg.to_json().items() if k not in ("out", "seed")},
             "data_sha256": hashes.pop(),
         }
         runs.write_json(out / "seeds.json", summary)
-        runs.atomic_write_text(out / "seeds.md", seeds_markdown(summary))
+        write_seeds_report(out, summary)
     return out
 
 
@@ -157,20 +185,41 @@ def _decimals(summary: dict) -> int:
     return min(10, max(0, figures - 1 - math.floor(math.log10(scale))))
 
 
-def seeds_markdown(summary: dict) -> str:
-    """seeds.md: one table row per metric, metric | mean ± std | 95% interval | n."""
-    config, seeds = summary["config"], summary["seeds"]
-    lines = [
-        f"# {config['model']} on {config['dataset']}, {len(seeds)} seeds",
-        "",
-        f"Seeds {', '.join(map(str, seeds))}; run folders {', '.join(summary['runs'])}. "
-        f"{summary['note'][0].upper()}{summary['note'][1:]}.",
-        "",
-        "| metric | mean ± std | 95% interval | n |",
-        "|---|---|---|---|",
-    ]
+def metric_rows(summary: dict) -> list[dict]:
+    """One row per metric: metric | mean ± std | 95% interval | n."""
+    rows = []
     for name, s in summary["metrics"].items():
         d = _decimals(s)
         interval = "none (1 seed)" if s["ci95"] is None else f"[{s['ci95'][0]:.{d}f}, {s['ci95'][1]:.{d}f}]"
-        lines.append(f"| {name} | {s['mean']:.{d}f} ± {s['std']:.{d}f} | {interval} | {s['n_seeds']} |")
-    return "\n".join([*lines, "", summary["intervals"], ""])
+        rows.append(
+            {"metric": name, "mean ± std": f"{s['mean']:.{d}f} ± {s['std']:.{d}f}", "95% interval": interval,
+             "n": s["n_seeds"]}
+        )  # fmt: skip
+    return rows
+
+
+def choice_rows(summary: dict) -> list[dict]:
+    """One row per chosen setting: the value each seed chose (in seed order) and how often each was chosen."""
+    return [
+        {"setting": name, "per seed": ", ".join("—" if v is None else f"{v:g}" for v in values),
+         "chosen": format_choices(values)}
+        for name, values in (summary.get("choices") or {}).items()
+    ]  # fmt: skip
+
+
+def write_seeds_report(out: Path, summary: dict) -> Path:
+    """OUT/seeds.md and OUT/seeds.html: the metrics over the seeds, then the settings chosen per seed."""
+    from .report import write_report
+
+    config, seeds = summary["config"], summary["seeds"]
+    tables = [("Metrics over the seeds (test split)", metric_rows(summary))]
+    if choice_rows(summary):
+        tables.append(("Settings chosen on the validation split, per seed (choices: listed, not averaged)",
+                       choice_rows(summary)))  # fmt: skip
+    notes = [
+        f"Seeds {', '.join(map(str, seeds))}; run folders {', '.join(summary['runs'])}. "
+        f"{summary['note'][0].upper()}{summary['note'][1:]}.",
+        summary["intervals"],
+    ]
+    title = f"{config['model']} on {config['dataset']}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    return write_report(out, title, tables, [], notes, name="seeds", numbers_first=True)
