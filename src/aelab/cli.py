@@ -132,7 +132,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=S,
         help="continue the run in --out from its last checkpoint; its settings come from its config.json",
     )
-    p.add_argument("--no-progress", action="store_true", default=S)
+    p.add_argument(
+        "--no-progress", action="store_true", default=S, help="no progress bars (the one line per epoch is kept)"
+    )
+    p.add_argument("--quiet", action="store_true", default=S, help="no progress bars and no epoch lines")
     p.add_argument(
         "--seeds",
         type=positive_int,
@@ -300,20 +303,32 @@ def train_config_from_args(args):
 
 def cmd_train(args) -> int:
     from . import runs
+    from .metrics.convergence import still_falling_warning
     from .train import dist_info, train
 
     cfg = train_config_from_args(args)
+    quiet = getattr(args, "quiet", False)
+    bars, lines = not (quiet or getattr(args, "no_progress", False)), not quiet
     if "seeds" in vars(args):
         from .metrics.intervals import format_interval
-        from .seeds import train_seeds
+        from .seeds import format_choices, train_seeds
 
-        out = train_seeds(cfg, args.seeds, getattr(args, "resume", False), not getattr(args, "no_progress", False))
-        for name, summary in runs.read_json(out / "seeds.json")["metrics"].items():
-            print(f"{name:>24}: {format_interval(summary, 4)}")
+        out = train_seeds(cfg, args.seeds, getattr(args, "resume", False), bars, lines)
+        summary = runs.read_json(out / "seeds.json")
+        for name, values in summary["metrics"].items():
+            print(f"{name:>24}: {format_interval(values, 4)}")
+        for name, values in summary.get("choices", {}).items():
+            print(f"{name:>24}: chosen per seed {format_choices(values)}")
+        for run in summary["runs"]:
+            for warning in runs.read_json(out / run / "eval.json").get("warnings", []):
+                print(f"aelab: warning: {out / run}: {warning}", file=sys.stderr)
         print(f"seeds summary: {out / 'seeds.md'}")
         return 0
-    out = train(cfg, resume=getattr(args, "resume", False), progress=not getattr(args, "no_progress", False))
+    out = train(cfg, resume=getattr(args, "resume", False), progress=bars, epoch_lines=lines)
     if dist_info()[0] == 0:
+        warning = still_falling_warning(runs.read_history(out), str(out))
+        if warning:
+            print(f"aelab: warning: {warning}", file=sys.stderr)
         print(f"run folder: {out}")
     return 0
 
@@ -342,6 +357,8 @@ def cmd_evaluate(args) -> int:
     )
     for k, v in result["metrics"].items():
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    for warning in result.get("warnings", []):
+        print(f"aelab: warning: {warning}", file=sys.stderr)
     if args.test_dataset is None:
         print(f"report: {Path(args.run_dir) / 'report.html'}")
     else:

@@ -443,6 +443,9 @@ def compare(
 
     notes: list[str] = []
     evals = [_current_eval(run_dir, name, iwae_k, data_dir, notes) for run_dir, name in zip(dirs, names)]
+    for name, result in zip(names, evals):  # eval.json is untrusted: strings only, one line each, bounded
+        found = result.get("warnings") if isinstance(result.get("warnings"), list) else []
+        notes += [f"{name}: warning: {' '.join(w.split())[:600]}" for w in found[:10] if isinstance(w, str)]
     epochs = [_trained_epochs(h) for h in histories]
     for name, config, n in zip(names, configs, epochs):
         if n is not None and n < config["epochs"]:

@@ -47,6 +47,7 @@ from .metrics.codes import (
     validated_probe,
 )
 from .metrics.contraction import contraction_diagnostics
+from .metrics.convergence import still_falling_warning, worse_than_pca_warning
 from .metrics.reconstruction import pca_reconstruction_sse, sse_per_image
 from .metrics.retrieval import code_statistics
 from .train import evaluate_loss
@@ -170,11 +171,11 @@ def _evaluate(
         iwae_batch_size(iwae_k, math.prod(model.input_shape))
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    history, fig_dir = [], None
+    fig_dir = None
+    history = runs.read_history(run_dir)  # the curves, and whether the loss was still falling at the end
     if write:  # the rest of the run folder is read before the work starts, so bad input stays one line (no bars)
         runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
         if figures:
-            history = runs.read_history(run_dir)
             fig_dir = runs.subfolder(run_dir, "figures")
             runs.remove_stale_temp_files(fig_dir)
     label = run_dir.resolve().name  # bars say which run, when several are evaluated one after another
@@ -242,6 +243,14 @@ def _evaluate(
     if hasattr(model, "penalty_used"):  # the CAE: closed-form or exact Jacobian penalty
         metrics["penalty_used"] = model.penalty_used
     name = type(model).name
+    warnings = [
+        w
+        for w in (
+            still_falling_warning(history, str(run_dir)),
+            worse_than_pca_warning(metrics, bool(model.binary_code), math.prod(model.input_shape)),
+        )
+        if w is not None
+    ]
     result = {
         "run": str(run_dir),
         "scored": scored,
@@ -271,6 +280,7 @@ def _evaluate(
             "tsne": f"{min(tsne_points, len(test_x))} test codes" if tsne_points else "not drawn",
         },
         "eval_time_s": time.perf_counter() - t0,
+        "warnings": warnings,  # signs of an undertrained run (aelab.metrics.convergence)
     }
     if spectrum is not None:
         result["jacobian_mean_singular_values"] = spectrum
@@ -321,7 +331,8 @@ def _evaluate(
         f"aelab run: {name} on {config['dataset']}",
         [("Test metrics (fitted on train, scored on test)", [{"model": name, **metrics}])],
         figs,
-        notes=[f"Data: {config['dataset']}, {len(train_x)} train / {len(test_x)} test images."]
+        notes=[f"Warning: {w[0].upper()}{w[1:]}." for w in warnings]
+        + [data_sentence(config, len(train_x), len(test_x))]
         + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
     )
@@ -374,6 +385,19 @@ def iwae_mean(model, x: torch.Tensor, k: int, seed: int, progress: str | None = 
     ):
         total += float(model.iwae_log_likelihood(xb, k=k, batch_size=len(xb), generator=gen).double().sum())
     return total / len(x)
+
+
+def data_sentence(config: dict, n_train: int, n_test: int) -> str:
+    """The report's data line: the train split, how much of it trained the model and how much was the
+    validation split, the test split."""
+    n_val = config.get("n_val") if isinstance(config.get("n_val"), int) else 0
+    split = (
+        f" ({n_train - n_val} trained the model, {n_val} held out as the validation split; PCA and the probes "
+        f"are fitted on all {n_train})"
+        if 0 < n_val < n_train
+        else ""
+    )
+    return f"Data: {config['dataset']}, {n_train} train images{split} / {n_test} test images."
 
 
 def class_names(config: dict, labels) -> list[str] | None:

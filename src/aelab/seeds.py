@@ -123,7 +123,14 @@ def format_choices(values: list) -> str:
     )
 
 
-def train_seeds(cfg: TrainConfig, n_seeds: int, resume: bool = False, progress: bool = True, log=print) -> Path:
+def train_seeds(
+    cfg: TrainConfig,
+    n_seeds: int,
+    resume: bool = False,
+    progress: bool = True,
+    epoch_lines: bool | None = None,
+    log=print,
+) -> Path:
     """Train and evaluate cfg once per seed s = cfg.seed, ..., cfg.seed + n_seeds - 1 into OUT/seed-<s>/, then
     write OUT/seeds.json and OUT/seeds.md (mean, sample std and 95% interval of every metric over the seeds).
 
@@ -151,10 +158,10 @@ def train_seeds(cfg: TrainConfig, n_seeds: int, resume: bool = False, progress: 
             run_cfg = dataclasses.replace(cfg, seed=seed, out=str(run))
             if resume and _finished(run, cfg.epochs):
                 _check_same_settings(run, run_cfg)
-                if progress:
+                if progress or epoch_lines:
                     log(f"{run}: trained and evaluated already, kept")
             else:
-                train(run_cfg, resume=resume and (run / "config.json").exists(), progress=progress, log=log)
+                train(run_cfg, resume and (run / "config.json").exists(), progress, log, epoch_lines)
                 evaluate(run, write=True, figures=False, data_dir=cfg.data_dir, data=data, progress=progress)
             metrics, sha256 = _read_metrics(run)
             per_seed.append(metrics)

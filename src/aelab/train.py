@@ -569,8 +569,11 @@ def train_one_epoch(
 
 
 # ---------------------------------------------------------------- the trainer
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
-    """Train `cfg.model` on `cfg.dataset`; return the run folder. Rank 0 holds the folder's lock throughout."""
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool | None = None
+) -> Path:
+    """Train `cfg.model` on `cfg.dataset`; return the run folder. Rank 0 holds the folder's lock throughout.
+    progress: tqdm bars on stderr; epoch_lines: one `log` line per epoch (None: as progress)."""
     cfg.validate()
     if cfg.init_weights and not resume and not Path(cfg.init_weights).is_file():  # before the folder is made
         raise ConfigError(f"init_weights: no file {cfg.init_weights}")
@@ -580,10 +583,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     if precision(cfg) != "fp32" and device.type != "cuda":
         warnings.warn(f"--precision {precision(cfg)} only applies on CUDA; training in float32 on CPU")
     with runs.RunLock(cfg.out) if rank == 0 else contextlib.nullcontext():
-        return _train(cfg, resume, progress, log, rank, world, device)
+        return _train(cfg, resume, progress, log if (progress if epoch_lines is None else epoch_lines) else None,
+                      rank, world, device)  # fmt: skip
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world: int, device: torch.device) -> Path:
+    """train()'s work; `log` None: no epoch lines."""
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.safetensors"
     if not resume and ckpt_path.exists():
@@ -647,7 +652,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             run.best_epoch = meta.get("best_epoch") if isinstance(meta.get("best_epoch"), int) else 0
     config["versions"] = runs.package_versions()
     run.open(config, resume)
-    say = log if (progress and rank == 0) else None
+    say = log if rank == 0 else None
 
     # 2. the starting weights: another run's (init_weights), or the model's own pretraining (the deep AE's RBM
     # stack), once, checkpointed as epoch 0
@@ -682,11 +687,14 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     step_model: nn.Module = _LossModule(model)
     if cfg.compile:  # static shapes: one graph for the full batches, one for the last, shorter one
         step_model = torch.compile(step_model, dynamic=False)
+        if progress or say is not None:
+            print("aelab: note: --compile: the first steps of the first epoch compile the model, which can take "
+                  "minutes (most on a CPU); the later epochs run the compiled graph", file=sys.stderr)  # fmt: skip
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.tensorboard and not config["tensorboard"] and rank == 0 and say is not None:
+    if cfg.tensorboard and not config["tensorboard"] and rank == 0 and progress:  # with the bars: once
         print("aelab: note: TensorBoard logging is off: the tensorboard package is not installed "
               "(pip install -e '.[tensorboard]'); config.json says tensorboard: false", file=sys.stderr)  # fmt: skip
     tracker = tracking.Tracker(out, config["tensorboard"], cfg.mlflow, enabled=rank == 0)
