@@ -236,3 +236,25 @@ def test_rbm_pretraining_bar_is_labelled_by_run(tmp_path, capsys):
     assert "4/4" in err  # two layers of two epochs
     train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "quiet")}), progress=False)
     assert "RBM" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["R&D < 5 & a<b", "<script>alert(1)</script>", "&amp; &#96; &lt;", "C:\\dir\\file", "a\\|b", "x|y", "co`de",
+     "p@10 > 3", "&", "<!-- x -->", "a\\`b`"],
+)  # fmt: skip
+def test_a_markdown_table_cell_renders_as_the_text_itself(text):
+    """report.md is read in a terminal and in a viewer: a CommonMark renderer (markdown-it, raw HTML on, as
+    viewers do) must show exactly the text in a table cell, and the raw cell keeps a plain & and > as they are
+    (no '&amp;' in a terminal)."""
+    import html as html_mod
+
+    from markdown_it import MarkdownIt
+
+    md = "| h |\n|---|\n| " + report.md_escape(text) + " |\n"
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
+    cell = re.search(r"<td>(.*)</td>", rendered, re.S).group(1)
+    assert "<" not in cell.replace("<code>", "").replace("</code>", "")  # no tag of the text's own reaches the page
+    assert html_mod.unescape(cell) == text
+    if not re.search(r"&#?[A-Za-z0-9]+;", text):
+        assert "&amp;" not in report.md_escape(text)

@@ -354,6 +354,7 @@ def cmd_evaluate(args) -> int:
         progress=not args.no_progress,
         test_dataset=args.test_dataset,
         log_mlflow=args.mlflow,
+        device=args.device,
     )
     for k, v in result["metrics"].items():
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
@@ -483,6 +484,12 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N: where the codes, reconstructions, test loss and IWAE bound are computed "
+        "(default cpu; the IWAE samples are drawn on the CPU, so its numbers do not depend on the device)",
+    )
     p.add_argument(
         "--test-dataset",
         default=None,

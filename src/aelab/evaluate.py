@@ -99,6 +99,7 @@ def evaluate(
     progress: bool = False,
     test_dataset: str | Path | None = None,
     log_mlflow: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
@@ -110,7 +111,13 @@ def evaluate(
     instead (a second test set: PCA and probes are still fitted on the run's own train split); with write=True
     it writes eval-test-NAME.json only, and leaves eval.json, the report and figures alone. log_mlflow=True (with
     write=True) also logs eval.json's numbers and the report to the MLflow run recorded in RUN/tracking.json: opt-in,
-    because a run folder from elsewhere could name any store there."""
+    because a run folder from elsewhere could name any store there. `device` ("cpu", "cuda", "cuda:N") runs the
+    network passes over whole splits there (codes, reconstructions, the test loss, the IWAE bound, whose samples
+    are drawn on the CPU so that its numbers do not depend on the device); the diagnostics and figures run on
+    the CPU."""
+    from .train import resolve_device
+
+    device = resolve_device(device)  # an unknown or absent device: one line, before any work
     run_dir = Path(run_dir)
     with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
         return _evaluate(
@@ -127,6 +134,7 @@ def evaluate(
             progress,
             test_dataset,
             log_mlflow,
+            device,
         )
 
 
@@ -144,6 +152,7 @@ def _evaluate(
     progress: bool,
     test_dataset=None,
     log_mlflow: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict:
     # the file is read bounded by the model model.json describes, then hashed: the lock held by the caller
     # keeps any writer out in between, so the hash is of the weights loaded
@@ -189,9 +198,10 @@ def _evaluate(
     )
 
     bar.set_postfix_str("codes, PCA, probes")
-    train_codes = encode_all(model, train_x).cpu().numpy()
-    test_codes = encode_all(model, test_x).cpu().numpy()
-    test_hat = reconstruct_all(model, test_x).cpu().numpy()
+    model.to(device)  # the passes over whole splits on `device`; the rest below on the CPU
+    train_codes = encode_all(model, train_x.to(device)).cpu().numpy()
+    test_codes = encode_all(model, test_x.to(device)).cpu().numpy()
+    test_hat = reconstruct_all(model, test_x.to(device)).cpu().numpy()
     x_tr, x_te = train_x.numpy(), test_x.numpy()
     sse = sse_per_image(x_te, test_hat)
     code_dim = test_codes.shape[1]
@@ -215,14 +225,15 @@ def _evaluate(
     metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     bar.update()
     bar.set_postfix_str("test loss")
-    for k, v in evaluate_loss(model, test_x, 500, seed).items():
+    for k, v in evaluate_loss(model, test_x.to(device), 500, seed).items():
         metrics[f"test_{k}"] = v
     bar.update()
     if model.has_likelihood:
         bar.set_postfix_str("IWAE")
-        metrics["nll_nats"] = -iwae_mean(model, test_x, iwae_k, seed, label if progress else None)
+        metrics["nll_nats"] = -iwae_mean(model, test_x.to(device), iwae_k, seed, label if progress else None)
         metrics["iwae_k"] = iwae_k
         bar.update()
+    model.cpu()
     kl_per_dimension = None
     if model.has_posterior_kl:
         bar.set_postfix_str("KL per dimension")

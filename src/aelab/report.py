@@ -7,6 +7,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -394,9 +395,15 @@ def _fmt(v: Any) -> str:
 
 
 def md_escape(text: str) -> str:
-    """Text for report.md: HTML escaped as in report.html (a Markdown viewer renders raw HTML), one line,
-    and no character that would end a table cell or a code fence."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|").replace("`", "&#96;")
+    """Text for report.md: one line; a `<` that would open an HTML tag and an `&` that would start an entity
+    escaped (a Markdown viewer renders raw HTML), every other character as it is, so that `R&D`, `a < b` and
+    `p@10` read the same in a terminal as in a viewer; `|` and backticks backslash-escaped (a table cell, a code
+    span)."""
+    text = " ".join(str(text).split())
+    text = re.sub(r"\\(?=[!-/:-@\[-`{-~])", r"\\\\", text)  # a backslash that would escape what follows
+    text = re.sub(r"&(?=#?[A-Za-z0-9]+;)", "&amp;", text)
+    text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    return text.replace("|", "\\|").replace("`", "\\`")
 
 
 MAX_TABLE_COLUMNS = 8  # wider tables are transposed or split, so that a report never scrolls sideways
@@ -512,7 +519,8 @@ def write_report(
         h.append("</div>")
     if config is not None:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
-        md += ["## Configuration", "", "```json", html.escape(text, quote=False).replace("`", "&#96;"), "```", ""]
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+        md += ["## Configuration", "", f"{fence}json", text, fence, ""]  # literal in a fence: nothing to escape
         h.append(f"<h2>Configuration</h2><pre>{html.escape(text)}</pre>")
     h.append("</body></html>")
     runs.atomic_write_text(out_dir / f"{name}.md", "\n".join(md))

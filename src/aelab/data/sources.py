@@ -17,8 +17,8 @@ count) raise DataError naming the file; nothing is silently dropped: files that 
 counted in `info["skipped_files"]`, and a class folder without an image is named in
 `info["empty_class_folders"]` and warned about (it is not a class).
 
-Decoded image folders are cached as .npz (uint8, no pickle) in the data folder, keyed by a hash of
-the files' bytes: a second load reads the files only to hash them.
+Decoded image folders are cached as .npz (uint8, no pickle) in aelab's data folder (datasets.data_dir():
+<data dir>/folders/<key>.npz, never inside the image folder), keyed by a hash of the files' bytes: a second load reads the files only to hash them.
 """
 
 from __future__ import annotations
