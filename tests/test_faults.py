@@ -150,3 +150,52 @@ def test_checkpoint_every_a_sigterm_writes_the_last_epoch_and_a_kill_between_che
     assert strip(runs.read_history(reference)) == strip(runs.read_history(out))
     # the killed continuation left no checkpoint, so no trace: epochs 3-4 come from the one after the SIGTERM
     assert [h["resumes"] for h in runs.read_history(out)] == [0, 0, 1, 1]
+
+
+def test_the_automatic_checkpoint_cadence(monkeypatch):
+    """At most one a minute; no sooner than 20 times the last one's cost; at least one every 10 minutes;
+    `--checkpoint-every S`: every S seconds (0: every epoch). A fake clock stands in for time.monotonic."""
+    from aelab import train as trainer
+
+    now = [1000.0]
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: now[0])
+
+    def epochs_written(every, epoch_s, write_s, n):
+        cadence, written = trainer.CheckpointCadence(every), []
+        for epoch in range(1, n + 1):
+            now[0] += epoch_s
+            if cadence.due():
+                cadence.start()
+                now[0] += write_s
+                cadence.done()
+                written.append(epoch)
+        return written
+
+    assert epochs_written(None, 1.0, 0.1, 130) == [60, 120]  # short epochs, cheap writes: one a minute
+    assert epochs_written(None, 1.0, 10.0, 500) == [60, 260, 460]  # 20 x 10 s of cost between checkpoints
+    assert epochs_written(None, 1.0, 100.0, 1400) == [60, 660, 1260]  # capped at 10 minutes
+    assert epochs_written(0, 1.0, 5.0, 4) == [1, 2, 3, 4]
+    assert epochs_written(30, 10.0, 0.0, 10) == [3, 6, 9]
+
+
+def test_a_snapshot_is_a_copy_and_the_next_one_reuses_its_memory():
+    from aelab.train import copy_into
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    first = copy_into({"model": model.state_dict(), "opt": opt.state_dict()})
+    kept = {k: v.clone() for k, v in first["model"].items()}
+    moments = first["opt"]["state"][0]["exp_avg"].clone()
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()  # the live state moves on; the copy must not
+    assert all(torch.equal(first["model"][k], kept[k]) for k in kept)
+    assert torch.equal(first["opt"]["state"][0]["exp_avg"], moments)
+    pointers = [v.data_ptr() for v in first["model"].values()]
+    second = copy_into({"model": model.state_dict(), "opt": opt.state_dict()}, first)
+    assert [v.data_ptr() for v in second["model"].values()] == pointers  # no new memory
+    assert all(torch.equal(second["model"][k], v) for k, v in model.state_dict().items())
+    assert torch.equal(second["opt"]["state"][0]["exp_avg_sq"], opt.state_dict()["state"][0]["exp_avg_sq"])
+    assert second["opt"]["param_groups"] == opt.state_dict()["param_groups"]
+    assert all(v.data_ptr() != p.data_ptr() for v, p in zip(second["model"].values(), model.parameters()))

@@ -86,9 +86,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=options.checkpoint_seconds,
         default=S,
         metavar="SECONDS",
-        help="at most one checkpoint per SECONDS (0: every epoch); default: automatic, every epoch unless "
-        "writing one takes over a twentieth of the time (a large model with short epochs); always at the end and "
-        "on SIGTERM/Ctrl-C",
+        help="at most one checkpoint per SECONDS (0: every epoch); default: automatic, at most one a minute and "
+        "no sooner than 20 times what the last one cost, at least one every 10 minutes; always at the end and on "
+        "SIGTERM/Ctrl-C (the last finished epoch)",
     )
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the loss (no gain on CPU)")
     p.add_argument("--latent", type=positive_int, default=S, help="code size")

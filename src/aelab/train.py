@@ -44,7 +44,9 @@ from .options import MAX_COUNT, MAX_SEED
 OPTIMIZERS = ("adam", "lbfgs", "cg")
 LR_SCHEDULES = ("constant", "burda")
 PRECISIONS = ("fp32", "tf32", "bf16")
-AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MAX_S = 20, 600.0
+# the automatic checkpoint cadence: at most one a minute, and then only when the time since the last is 20 times
+# what writing it cost (checkpoints take at most about a twentieth of the run); at least one every 10 minutes
+AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MIN_S, AUTO_CHECKPOINT_MAX_S = 20, 60.0, 600.0
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -78,9 +80,9 @@ class TrainConfig:
     # a .safetensors of this model's weights (e.g. a pretrain() folder's model.safetensors) to start from, in
     # place of the model's own pretraining; shape-checked, its SHA-256 recorded in config.json
     init_weights: str | None = None
-    # seconds between checkpoints (0: every epoch); None: automatic, every epoch unless writing one took more
-    # than a twentieth of the time since the last (a large model with short epochs), then at most every twenty
-    # times its cost (and at least every 10 minutes). The last epoch, an early stop and SIGTERM/Ctrl-C always write one.
+    # seconds between checkpoints (0: every epoch); None: automatic, at most one a minute, and no sooner than
+    # twenty times what the last one cost (a large model), at least one every 10 minutes. The last epoch, an early
+    # stop and SIGTERM/Ctrl-C always write one (the last finished epoch, kept in memory).
     checkpoint_every: float | None = None
     # fp32 | tf32 (float32 matmuls on tensor cores, CUDA) | bf16 (autocast, CUDA); amp=True means bf16
     precision: str = "fp32"
@@ -378,8 +380,9 @@ def float32_matmul(name: str):
 
 class CheckpointCadence:
     """When to write a checkpoint at the end of an epoch. `every` seconds since the last one (0: every epoch);
-    None: automatic, when the time since the last is at least AUTO_CHECKPOINT_FACTOR times what writing it
-    took (so checkpoints take at most about a twentieth of the run), and at least every AUTO_CHECKPOINT_MAX_S."""
+    None: automatic, when the time since the last is at least AUTO_CHECKPOINT_MIN_S and AUTO_CHECKPOINT_FACTOR
+    times what writing it took (so checkpoints take at most about a twentieth of the run), and at least every
+    AUTO_CHECKPOINT_MAX_S."""
 
     def __init__(self, every: float | None):
         self.every, self.cost, self.last = every, 0.0, time.monotonic()
@@ -387,7 +390,7 @@ class CheckpointCadence:
     def due(self) -> bool:
         since = time.monotonic() - self.last
         if self.every is None:
-            return since >= min(AUTO_CHECKPOINT_MAX_S, AUTO_CHECKPOINT_FACTOR * self.cost)
+            return since >= min(AUTO_CHECKPOINT_MAX_S, max(AUTO_CHECKPOINT_MIN_S, AUTO_CHECKPOINT_FACTOR * self.cost))
         return since >= self.every
 
     def start(self) -> None:
@@ -415,6 +418,28 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr
 
 
+def copy_into(src, old=None):
+    """A copy of `src` (nested dicts, lists and tuples of tensors and plain values, as state_dict() returns) whose
+    tensors are copied into the same-shaped tensors of `old`, an earlier copy, where it has them, and cloned
+    where not; plain values are deep-copied."""
+    import copy
+
+    if isinstance(src, torch.Tensor):
+        fits = isinstance(old, torch.Tensor) and (old.shape, old.dtype, old.device) == (
+            src.shape,
+            src.dtype,
+            src.device,
+        )
+        return old.copy_(src.detach()) if fits else src.detach().clone()
+    if isinstance(src, dict):
+        old = old if isinstance(old, dict) else {}
+        return {k: copy_into(v, old.get(k)) for k, v in src.items()}
+    if isinstance(src, (list, tuple)):
+        old = old if isinstance(old, (list, tuple)) and len(old) == len(src) else [None] * len(src)
+        return type(src)(copy_into(v, o) for v, o in zip(src, old))
+    return copy.deepcopy(src)
+
+
 class RunWriter:
     """Rank 0's view of the run folder during training: config at the start, a checkpoint every epoch."""
 
@@ -430,6 +455,7 @@ class RunWriter:
         self.best_epoch = 0
         self.written_epoch = 0  # the epoch checkpoint.safetensors holds
         self.pending: tuple | None = None  # a finished epoch whose checkpoint was skipped (snapshot)
+        self._spare: tuple | None = None  # a written snapshot, whose tensors the next one is copied into
 
     def load_best_check(self, model: nn.Module, path: Path) -> None:
         """The checkpoint's best weights must fit the model (the file is untrusted)."""
@@ -463,6 +489,7 @@ class RunWriter:
         self._write(
             epoch, self.model.state_dict(), self.opt.state_dict(), self.history, self.best_state, self.best_epoch
         )
+        self._spare = self.pending or self._spare  # its tensors are reused by the next snapshot
         self.written_epoch, self.pending = epoch, None
 
     def _write(self, epoch, model_state, opt_state, history, best_state, best_epoch) -> None:
@@ -491,12 +518,13 @@ class RunWriter:
         when its checkpoint is skipped, and written if the run is stopped (SIGTERM, Ctrl-C) before the next."""
         if not self.enabled:
             return
-        import copy
-
-        model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # copied into the previous snapshot's tensors: after the first, a snapshot allocates nothing (fresh memory
+        # costs page faults, which on a CPU took longer than the copy itself)
+        old = self.pending if self.pending is not None else self._spare
+        model_state = copy_into(self.model.state_dict(), old[1] if old else None)
+        opt_state = copy_into(self.opt.state_dict(), old[2] if old else None)
         best = None if self.best_state is None else dict(self.best_state)  # replaced, never modified in place
-        self.pending = (epoch, model_state, copy.deepcopy(self.opt.state_dict()), list(self.history), best,
-                        self.best_epoch)  # fmt: skip
+        self.pending = (epoch, model_state, opt_state, list(self.history), best, self.best_epoch)
 
     def write_pending(self) -> None:
         """On an interruption: the last finished epoch's snapshot, if newer than the last checkpoint."""
