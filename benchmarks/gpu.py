@@ -115,12 +115,33 @@ def aelab_run(sizes, x, x_test, batch, epochs, device, precision, tmp: Path, che
     return {"train_step_rate": len(x) * len(history) / steps, "end_to_end_rate": len(x) * epochs / wall}
 
 
-def rbm_rate(n_hidden: int, batch: int, x: torch.Tensor) -> float:
+def rbm_rate(n_hidden: int, batch: int, x: torch.Tensor, precision: str) -> float:
+    """Samples/s of one CD-1 epoch of aelab's RBM on x's device, its products at `precision`."""
     from aelab.models.rbm import RBM
 
-    rbm = RBM(x.shape[1], n_hidden, generator=torch.Generator().manual_seed(0))
-    rbm.fit(x[:batch], epochs=1, batch_size=batch, monitor_size=0)  # warm-up
-    return rbm.fit(x, epochs=1, batch_size=batch, lr=0.1, monitor_size=0)[0]["samples_per_second"]
+    rbm = RBM(x.shape[1], n_hidden, generator=torch.Generator(device=x.device).manual_seed(0))
+    rbm.fit(x[: 5 * batch], epochs=1, batch_size=batch, monitor_size=0, precision=precision)  # warm-up
+    return rbm.fit(x, epochs=1, batch_size=batch, lr=0.1, monitor_size=0, precision=precision)[0]["samples_per_second"]
+
+
+def products_seconds_per_step(batch: int, n_visible: int, n_hidden: int, steps: int, x: torch.Tensor, precision: str):
+    """Seconds per CD-1 step of its five matrix products alone (v0 W, h0 W^T, v1 W, and [v0; v1]^T [h0; -h1],
+    which costs two) at the shapes and precision the RBM uses, on x's device: the RBM's ceiling."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    new = lambda *shape: torch.rand(*shape, device=x.device).to(dtype)  # noqa: E731
+    v, W, h = new(2 * batch, n_visible), new(n_visible, n_hidden), new(2 * batch, n_hidden)
+    out_h, out_v, out_w = new(batch, n_hidden), new(batch, n_visible), new(n_visible, n_hidden)
+    for _ in range(3):  # warm-up (cuBLAS picks its kernels)
+        torch.mm(v.t(), h, out=out_w)
+    sync(x.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        torch.mm(v[:batch], W, out=out_h)
+        torch.mm(h[:batch], W.t(), out=out_v)
+        torch.mm(v[batch:], W, out=out_h)
+        torch.mm(v.t(), h, out=out_w)
+    sync(x.device)
+    return (time.perf_counter() - t0) / steps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -186,21 +207,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     rbm_x = torch.rand(2000 if args.quick else 20000, 784, generator=g).round()
     rbm_rows = {}
-    if not gpu:  # the RBM class trains on the CPU tensors it is given
-        from rbm import matmul_seconds_per_step
-
-        for batch in (100, 1000):
-            flops = 5 * 2 * 784 * 1000
-            steps = len(rbm_x) // batch
-            pairs = [
-                (rbm_rate(1000, batch, rbm_x), batch / matmul_seconds_per_step(batch, 784, 1000, steps))
-                for _ in range(rounds)
-            ]  # each round: the RBM's rate, then the rate of its five products alone at the same shapes
-            rbm_rows[batch] = {
-                "samples_per_s": median([a for a, _ in pairs]),
-                "tflops": median([a for a, _ in pairs]) * flops / 1e12,
-                "fraction_of_its_matmuls": summarize_ratio([a for a, _ in pairs], [b for _, b in pairs], **busy_now()),
-            }
+    rbm_x = rbm_x.to(device)
+    for batch in (100, 1000):
+        flops = 5 * 2 * 784 * 1000
+        steps = len(rbm_x) // batch
+        pairs = [
+            (
+                rbm_rate(1000, batch, rbm_x, args.precision),
+                batch / products_seconds_per_step(batch, 784, 1000, steps, rbm_x, args.precision),
+            )
+            for _ in range(rounds)
+        ]  # each round: the RBM's rate, then the rate of its five products alone at the same shapes and precision
+        rbm_rows[batch] = {
+            "samples_per_s": median([a for a, _ in pairs]),
+            "tflops": median([a for a, _ in pairs]) * flops / 1e12,
+            "fraction_of_its_matmuls": summarize_ratio([a for a, _ in pairs], [b for _, b in pairs], **busy_now()),
+        }
     busy = {"load_1min": max_load(load_start, load_average()), "cpus": os.cpu_count()}
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     ceiling = matmul_ceiling(device, dtype, 4096 if gpu else 1024)
@@ -243,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     for batch, row in rbm_rows.items():
         lines.append(
             f"| RBM CD-1 784-1000, batch {batch} ({row['samples_per_s']:,.0f} samples/s, {row['tflops']:.3g} TFLOP/s): "
-            f"its rate / its five products' matmul rate | {format_ratio(row['fraction_of_its_matmuls'])} |"
+            f"its rate / its five products' matmul rate at {args.precision} | {format_ratio(row['fraction_of_its_matmuls'])} |"
         )
     table = "\n".join(lines)
     print(table)

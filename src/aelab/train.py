@@ -40,10 +40,10 @@ from .data.sources import default_val_fraction, validation_split
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .optim import ConjugateGradient
 from .options import MAX_COUNT, MAX_SEED
+from .precision import PRECISIONS, float32_matmul
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
 LR_SCHEDULES = ("constant", "burda")
-PRECISIONS = ("fp32", "tf32", "bf16")
 # the automatic checkpoint cadence: at most one a minute, and then only when the time since the last is 20 times
 # what writing it cost (checkpoints take at most about a twentieth of the run); at least one every 10 minutes
 AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MIN_S, AUTO_CHECKPOINT_MAX_S = 20, 60.0, 600.0
@@ -361,21 +361,11 @@ def precision(cfg: TrainConfig) -> str:
     return "bf16" if cfg.amp else cfg.precision
 
 
-@contextlib.contextmanager
-def float32_matmul(name: str):
-    """tf32: float32 matmuls and convolutions on tensor cores (10-bit mantissa products, float32 accumulation)
-    while training; restored after. No effect on a CPU."""
-    if name != "tf32":
-        yield
-        return
-    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high")
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before[0])
-        torch.backends.cudnn.allow_tf32 = before[1]
+def pretrain_precision(cfg: TrainConfig, device: torch.device) -> dict:
+    """The keyword that gives a model's pretraining (the RBM stack) the run's matmul precision: none at fp32 and
+    on a CPU (where --precision trains in float32), so a user model's pretrain() need not know the keyword."""
+    name = precision(cfg)
+    return {"precision": name} if name != "fp32" and device.type == "cuda" else {}
 
 
 class CheckpointCadence:
@@ -695,6 +685,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     if model.needs_pretraining and not run.pretrained:
         t0 = time.perf_counter()
         bar_label = (out.name or str(out)) if progress and rank == 0 else None  # its bar is labelled by the run
+        low = pretrain_precision(cfg, device)
         if world > 1:  # each rank runs CD on its equal share; the CD statistics are averaged every batch
             share = len(train_x) // world
             model.pretrain(
@@ -704,9 +695,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
                 allreduce=average_across_ranks(world),
                 world=world,
                 progress=bar_label,
+                **low,
             )
         else:
-            model.pretrain(train_x, seed=cfg.seed, log=say, progress=bar_label)
+            model.pretrain(train_x, seed=cfg.seed, log=say, progress=bar_label, **low)
         run.pretrained = True
         history.append({"epoch": 0, "phase": "pretrain", "time_s": time.perf_counter() - t0})
         run.checkpoint(0)
@@ -854,7 +846,13 @@ def pretrain(cfg: TrainConfig, progress: bool = True, log=print) -> Path:
         if not model.needs_pretraining:
             raise ConfigError(f"model {cfg.model!r} with these options has no pretraining")
         t0 = time.perf_counter()
-        model.pretrain(train_x, seed=cfg.seed, log=log if progress else None, progress=out.name if progress else None)
+        model.pretrain(
+            train_x,
+            seed=cfg.seed,
+            log=log if progress else None,
+            progress=out.name if progress else None,
+            **pretrain_precision(cfg, device),
+        )
         runs.save_model(out, model)
         runs.write_json(
             done,

@@ -38,6 +38,13 @@ size (batch x n_visible x n_hidden): v0 W, h0 W^T, v1 W and the one fused produc
 [v0; v1]^T [h0; -h1] that costs two. Binary samples compare with 16-bit uniforms (`bernoulli_into`),
 which keeps the serial random-number generator a few per cent of a step.
 
+Precision (`fit(precision=...)`, `cd_step(precision=...)`; aelab.precision): the products of a CD update in
+fp32; in tf32 (CUDA tensor cores, float32 accumulation); or in bf16, the operands rounded to bfloat16, the
+products accumulated in float32 by the GEMM and rounded to bfloat16 once, then the biases added and the
+statistics accumulated in float32. The parameters, the momentum increments and the sampling stay float32.
+Every product a . w of length K is then within (2u + u^2 + K 2^-24)(|a| . |w|) + u |a . w| of the exact one
+(u = 2^-9 for bf16, 2^-11 for tf32): the test checks the CD statistics against float64 with that bound.
+
 Greedy stack pretraining for the deep autoencoder: `pretrain_stack` (see deep_ae.py).
 
 References: G. E. Hinton (2002) Training products of experts by minimizing contrastive divergence,
@@ -50,6 +57,7 @@ pseudo-likelihood.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -60,6 +68,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..precision import PRECISIONS, float32_matmul
 from .ae import check_positive_sizes
 
 HIDDEN_KINDS = ("bernoulli", "gaussian")
@@ -126,6 +135,7 @@ class RBM(nn.Module):
         )
         self.visible_bias = nn.Parameter(torch.zeros(n_visible, device=device, dtype=dtype))
         self.hidden_bias = nn.Parameter(torch.zeros(n_hidden, device=device, dtype=dtype))
+        self._low: torch.dtype | None = None  # bfloat16 inside fit/cd_step at precision "bf16"
 
     def extra_repr(self) -> str:
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, hidden={self.hidden!r}"
@@ -193,10 +203,42 @@ class RBM(nn.Module):
         return v.shape[1] * F.logsigmoid(self.free_energy(flipped) - self.free_energy(v))
 
     # ----- contrastive divergence ---------------------------------------------------------
+    @contextlib.contextmanager
+    def _precision(self, precision: str):
+        """The products of CD inside the block at `precision` (see the module docstring)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        before = self._low
+        self._low = torch.bfloat16 if precision == "bf16" else None
+        try:
+            with float32_matmul(precision):
+                yield
+        finally:
+            self._low = before
+
+    def _affine_into(self, bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out = bias + a @ w, the product at the current precision."""
+        if self._low is None:
+            return torch.addmm(bias, a, w, out=out)
+        return out.copy_(torch.mm(a.to(self._low), w.to(self._low))).add_(bias)
+
+    def _product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a @ b at the current precision (bfloat16 at "bf16": the caller accumulates it in float32)."""
+        return a @ b if self._low is None else torch.mm(a.to(self._low), b.to(self._low))
+
+    def _weight_statistic(self, v0, h_pos, v_end, h_neg) -> torch.Tensor:
+        """<v h^T>_data - <v h^T>_chain end. At bf16, one product [v0; v_end]^T [h0 / B; -h_end / B']: the
+        difference is taken inside the GEMM's float32 sums, before the one rounding of its result."""
+        if self._low is None:
+            return v0.t() @ h_pos / v0.shape[0] - v_end.t() @ h_neg / v_end.shape[0]
+        v_both = torch.cat([v0, v_end])
+        h_both = torch.cat([h_pos / v0.shape[0], h_neg / -v_end.shape[0]])
+        return self._product(v_both.t(), h_both).to(self.weight.dtype)
+
     # The building blocks below write into preallocated buffers (torch.addmm(..., out=) and in-place
-    # sigmoid/bernoulli) so that `fit` allocates nothing per update; `cd_step` uses the same blocks.
+    # sigmoid/bernoulli) so that `fit` allocates nothing per update at fp32; `cd_step` uses the same blocks.
     def _positive_phase(self, v0: torch.Tensor, h_pos: torch.Tensor) -> torch.Tensor:
-        torch.addmm(self.hidden_bias, v0, self.weight, out=h_pos)
+        self._affine_into(self.hidden_bias, v0, self.weight, h_pos)
         return h_pos.sigmoid_() if self.hidden == "bernoulli" else h_pos
 
     def _reconstruct(
@@ -209,7 +251,7 @@ class RBM(nn.Module):
     ) -> torch.Tensor:
         """h_sample ~ p(h | v0), v_prob = p(v | h_sample); returns sum ||v0 - v_prob||^2 (Hinton's error)."""
         self._sample_hidden(h_pos, h_sample, generator)
-        torch.addmm(self.visible_bias, h_sample, self.weight.t(), out=v_prob).sigmoid_()
+        self._affine_into(self.visible_bias, h_sample, self.weight.t(), v_prob).sigmoid_()
         return torch.sub(v0, v_prob).pow_(2).sum()
 
     def _negative_phase(
@@ -233,10 +275,10 @@ class RBM(nn.Module):
         W, b, _c = self.weight, self.visible_bias, self.hidden_bias
         if chain is not None:
             self._sample_hidden(self._positive_phase(chain, h_neg), h_sample, generator)
-            torch.addmm(b, h_sample, W.t(), out=v_prob).sigmoid_()
+            self._affine_into(b, h_sample, W.t(), v_prob).sigmoid_()
         for step in range(k):
             if step > 0:
-                torch.addmm(b, h_sample, W.t(), out=v_prob).sigmoid_()
+                self._affine_into(b, h_sample, W.t(), v_prob).sigmoid_()
             last = step == k - 1
             sampled = not last or chain is not None or negative_phase == "samples"
             if sampled:
@@ -255,10 +297,16 @@ class RBM(nn.Module):
         persistent_chain: torch.Tensor | None = None,
         negative_phase: str = "probabilities",
         generator: torch.Generator | None = None,
+        precision: str = "fp32",
     ) -> CDStatistics:
         """CD-k statistics for the batch v0 (B, n_visible), or PCD-k when `persistent_chain`, a binary
         (B', n_visible) chain state (any B'), is given. Returns batch-mean gradient estimates (ascent
-        direction) and the next chain state; the parameters are not changed (`fit` applies updates)."""
+        direction) and the next chain state; the parameters are not changed (`fit` applies updates).
+        `precision`: that of the products (fp32, tf32, bf16; see the module docstring)."""
+        with self._precision(precision):
+            return self._cd_step(v0, k, persistent_chain, negative_phase, generator)
+
+    def _cd_step(self, v0, k, persistent_chain, negative_phase, generator) -> CDStatistics:
         if negative_phase not in NEGATIVE_PHASES:
             raise ValueError(f"negative_phase must be one of {NEGATIVE_PHASES}, got {negative_phase!r}")
         if k < 1:
@@ -280,7 +328,7 @@ class RBM(nn.Module):
             k, persistent_chain, negative_phase, generator, h_sample, v_prob, v_sample, h_neg
         )
         return CDStatistics(
-            weight=v0.t() @ h_pos / v0.shape[0] - v_end.t() @ h_neg / n_chain,
+            weight=self._weight_statistic(v0, h_pos, v_end, h_neg),
             visible_bias=v0.mean(0) - v_end.mean(0),
             hidden_bias=h_pos.mean(0) - h_neg.mean(0),
             reconstruction=reconstruction,
@@ -306,6 +354,7 @@ class RBM(nn.Module):
         log: Callable[[str], None] | None = None,
         allreduce: Callable[[list[torch.Tensor]], None] | None = None,
         monitor_size: int | None = 1000,
+        precision: str = "fp32",
     ) -> list[dict]:
         """Train by CD-k (PCD-k if `persistent`) with momentum and weight cost, as Hinton's rbm.m.
 
@@ -323,7 +372,15 @@ class RBM(nn.Module):
         of sum_i (v_i - p(v_i | h0))^2 with h0 ~ p(h | v), taken during the epoch), pseudo_likelihood
         (mean stochastic log pseudo-likelihood on `monitor_size` fixed rows; None = all rows, 0 = skip), momentum,
         seconds and samples_per_second (of the training updates, monitoring excluded).
+
+        precision: that of the CD products (fp32, tf32, bf16; see the module docstring); the monitors stay fp32.
         """
+        with self._precision(precision):
+            return self._fit(data, epochs, batch_size, lr, weight_cost, momentum, momentum_switch_epoch, k,
+                             persistent, negative_phase, generator, callback, log, allreduce, monitor_size)  # fmt: skip
+
+    def _fit(self, data, epochs, batch_size, lr, weight_cost, momentum, momentum_switch_epoch, k, persistent,
+             negative_phase, generator, callback, log, allreduce, monitor_size) -> list[dict]:  # fmt: skip
         if negative_phase is None:
             negative_phase = "samples" if persistent else "probabilities"
         if negative_phase not in NEGATIVE_PHASES:
@@ -384,13 +441,20 @@ class RBM(nn.Module):
                     chain[:bs].copy_(v_sample)
                 h_stack[bs : 2 * bs].neg_()
                 v_both, h_both = v_stack[: 2 * bs], h_stack[: 2 * bs]
-                if allreduce is None:  # fused: inc = m inc + lr/b [v0; v_end]^T [h0; -h_end]
+                if allreduce is None and self._low is None:  # fused: inc = m inc + lr/b [v0; v_end]^T [h0; -h_end]
                     inc_W.addmm_(v_both.t(), h_both, beta=m, alpha=lr / bs)
+                    inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
+                    inc_c.mul_(m).add_(h_both.sum(0), alpha=lr / bs)
+                elif allreduce is None:  # bf16 product, accumulated into the float32 increment
+                    inc_W.mul_(m).add_(self._product(v_both.t(), h_both), alpha=lr / bs)
                     inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
                     inc_c.mul_(m).add_(h_both.sum(0), alpha=lr / bs)
                 else:
                     dW, db, dc = grads
-                    torch.mm(v_both.t(), h_both, out=dW).div_(bs)
+                    if self._low is None:
+                        torch.mm(v_both.t(), h_both, out=dW).div_(bs)
+                    else:
+                        dW.copy_(self._product(v_both.t(), h_both)).div_(bs)
                     torch.sub(v0.sum(0), v_end.sum(0), out=db).div_(bs)
                     torch.sum(h_both, 0, out=dc).div_(bs)
                     allreduce(grads)

@@ -1,0 +1,36 @@
+"""Matmul precisions: fp32, tf32 (float32 matmuls on tensor cores), bf16.
+
+fp32  products and sums in float32 (unit roundoff u = 2^-24)
+tf32  CUDA tensor cores: the operands of every float32 matmul rounded to a 10-bit mantissa (u = 2^-11),
+      products accumulated in float32. A global switch of torch's (set_float32_matmul_precision("high")),
+      turned on only inside `float32_matmul("tf32")` and restored after; no effect on a CPU.
+bf16  the operands rounded to bfloat16 (8-bit mantissa, u = 2^-9), products accumulated in float32 by the
+      GEMM, the result rounded to bfloat16 once. The trainer gets it from torch.autocast (CUDA); the RBMs
+      cast their operands themselves (aelab.models.rbm), on any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-9}
+
+
+@contextlib.contextmanager
+def float32_matmul(name: str):
+    """tf32: float32 matmuls and convolutions on tensor cores (10-bit mantissa products, float32 accumulation)
+    inside the block; restored after. Any other name: unchanged. No effect on a CPU."""
+    if name != "tf32":
+        yield
+        return
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
