@@ -116,3 +116,59 @@ def test_a_folder_that_is_neither_a_run_nor_a_seed_group_is_one_line_exit_2(grou
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "neither a run folder nor a --seeds folder" in err
     assert not (tmp_path / "cmp").exists()
+
+
+def _edit_metrics(folder, **values):
+    path = folder / "eval.json"
+    result = json.loads(path.read_text())
+    result["metrics"].update(values)
+    path.write_text(json.dumps(result))  # json writes NaN as NaN, which aelab's reader accepts as a number
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("nan metric", "NaN or infinite"),
+        ("accuracy above 1", "outside the bounds"),
+        ("seed-00 beside seed-0", "more than one folder for seed 0"),
+        ("swapped seeds", "the folder says seed 0, its config.json seed 1"),
+    ],
+)
+def test_a_hostile_seed_group_is_one_line_exit_2(groups, tmp_path, capsys, case, needle):
+    import shutil
+
+    group = shutil.copytree(groups / "short", tmp_path / "short")
+    if case == "nan metric":
+        _edit_metrics(group / "seed-1", recon_sse=float("nan"))
+    elif case == "accuracy above 1":
+        _edit_metrics(group / "seed-1", probe_accuracy=1.5)
+    elif case == "seed-00 beside seed-0":
+        shutil.copytree(group / "seed-0", group / "seed-00")
+    else:
+        (group / "seed-0").rename(group / "tmp")
+        (group / "seed-1").rename(group / "seed-0")
+        (group / "tmp").rename(group / "seed-1")
+    capsys.readouterr()
+    assert main(["compare", str(group), str(groups / "long"), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_odd_but_harmless_values_in_a_seed_group(groups, tmp_path, capsys):
+    import shutil
+
+    group = shutil.copytree(groups / "short", tmp_path / "short")
+    _edit_metrics(group / "seed-0", probe_C=[1], model="vae")  # a list for a choice; a metric named like a column
+    _edit_metrics(group / "seed-1", probe_C={"x": 1}, model="vae")
+    _edit_metrics(group / "seed-2", model="vae")
+    (group / "seed-²").mkdir()  # not an ASCII number: not a seed folder
+    result = json.loads((group / "seed-2" / "eval.json").read_text())
+    result["warnings"] = 5  # not a list: no warning shown, no failure
+    (group / "seed-2" / "eval.json").write_text(json.dumps(result))
+    assert main(["compare", str(group), str(groups / "long"), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| model | ae | ae |" in md and "| metric.model | vae |" in md  # the run's column is never overwritten
+    line = next(x for x in md.splitlines() if x.startswith("| probe_C"))
+    assert "[1] (×1)" in line and '{"x": 1} (×1)' in line
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["groups"][str(group)]["seeds"] == [0, 1, 2]

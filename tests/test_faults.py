@@ -199,3 +199,41 @@ def test_a_snapshot_is_a_copy_and_the_next_one_reuses_its_memory():
     assert torch.equal(second["opt"]["state"][0]["exp_avg_sq"], opt.state_dict()["state"][0]["exp_avg_sq"])
     assert second["opt"]["param_groups"] == opt.state_dict()["param_groups"]
     assert all(v.data_ptr() != p.data_ptr() for v, p in zip(second["model"].values(), model.parameters()))
+
+
+def test_an_interruption_during_a_snapshot_writes_the_previous_one_whole(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while epoch 3's snapshot is being copied: the checkpoint written then is epoch 2's,
+    every tensor of it (never half epoch 2's and half epoch 3's)."""
+    from aelab import train as trainer
+    from aelab.models import create
+
+    model = create("ae", input_shape=[1, 8, 8], hidden=[8], latent=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    writer = trainer.RunWriter(tmp_path, model, opt, [], True)
+
+    def epoch(n):
+        opt.zero_grad()
+        model.loss_terms(torch.rand(8, 1, 8, 8))["loss"].backward()
+        opt.step()
+        writer.history.append({"epoch": n})
+
+    for n in (1, 2):  # two snapshots: both sets of buffers in use
+        epoch(n)
+        writer.snapshot(n)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    epoch(3)
+    copied, real = [0], trainer.copy_into
+
+    def interrupted(src, old=None):
+        if isinstance(src, torch.Tensor):
+            copied[0] += 1
+            if copied[0] == 3:
+                raise KeyboardInterrupt
+        return real(src, old)
+
+    monkeypatch.setattr(trainer, "copy_into", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.snapshot(3)
+    writer.write_pending()
+    state, meta = runs.load_state(tmp_path / "checkpoint.safetensors")
+    assert meta["epoch"] == 2 and all(torch.equal(state["model"][k], kept[k]) for k in kept)

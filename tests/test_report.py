@@ -241,7 +241,7 @@ def test_rbm_pretraining_bar_is_labelled_by_run(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text",
     ["R&D < 5 & a<b", "<script>alert(1)</script>", "&amp; &#96; &lt;", "C:\\dir\\file", "a\\|b", "x|y", "co`de",
-     "p@10 > 3", "&", "<!-- x -->", "a\\`b`"],
+     "p@10 > 3", "&", "<!-- x -->", "a\\`b`", "![i](http://evil/x.png)", "[run](javascript:x) [16]"],
 )  # fmt: skip
 def test_a_markdown_table_cell_renders_as_the_text_itself(text):
     """report.md is read in a terminal and in a viewer: a CommonMark renderer (markdown-it, raw HTML on, as

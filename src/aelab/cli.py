@@ -303,7 +303,7 @@ def train_config_from_args(args):
 
 def cmd_train(args) -> int:
     from . import runs
-    from .metrics.convergence import still_falling_warning
+    from .metrics.convergence import recorded_warnings, still_falling_warning
     from .train import dist_info, train
 
     cfg = train_config_from_args(args)
@@ -320,7 +320,7 @@ def cmd_train(args) -> int:
         for name, values in summary.get("choices", {}).items():
             print(f"{name:>24}: chosen per seed {format_choices(values)}")
         for run in summary["runs"]:
-            for warning in runs.read_json(out / run / "eval.json").get("warnings", []):
+            for warning in recorded_warnings(runs.read_json(out / run / "eval.json")):
                 print(f"aelab: warning: {out / run}: {warning}", file=sys.stderr)
         print(f"seeds summary: {out / 'seeds.md'}")
         return 0

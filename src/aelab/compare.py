@@ -38,6 +38,7 @@ from typing import Any
 
 from . import report, runs
 from .errors import AelabError, CheckpointError, ConfigError
+from .metrics.convergence import recorded_warnings
 from .metrics.intervals import metric_bounds, paired_difference
 
 N_IMAGES = 10  # test images in the reconstruction mosaic: the first of each class
@@ -99,11 +100,16 @@ def seed_folders(folder: Path) -> list[tuple[int, Path]]:
     with os.scandir(folder) as entries:
         for entry in entries:
             number = entry.name.removeprefix("seed-")
-            if entry.name.startswith("seed-") and number.isdigit() and len(number) <= 19 and entry.is_dir():
+            digits = number.isascii() and number.isdigit() and len(number) <= 19
+            if entry.name.startswith("seed-") and digits and entry.is_dir():
                 if (Path(entry.path) / "config.json").exists():
                     found.append((int(number), Path(entry.path)))
                     if len(found) > MAX_GROUP_RUNS:
                         raise ConfigError(f"{folder}: more than {MAX_GROUP_RUNS} seed-<s> run folders")
+    seeds = [s for s, _ in found]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{folder}: more than one folder for seed {twice[0]} (e.g. seed-0 and seed-00)")
     return sorted(found)
 
 
@@ -161,24 +167,27 @@ def _scalar(v: Any) -> Any:
     return v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v, sort_keys=True)
 
 
+def run_columns(name: str, config: dict, result: dict, n_epochs: int | None) -> dict:
+    """A run's own columns: run, model, data, sizes, epochs, the model options (opt.*)."""
+    info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    row = {"run": name, "model": config["model"], "dataset": config["dataset"]}
+    for key, value in config["dataset_options"].items():
+        _flatten(f"dataset.{key}", value, row)
+    row["data_sha256"] = data_sha256(config)
+    for key in ("n_train", "n_test"):  # written by train; older folders: data_info, then eval.json
+        row[key] = next((d[key] for d in (config, info, data) if d.get(key) is not None), None)
+    row["train_limit"] = config["train_limit"]
+    row["epochs"] = n_epochs if n_epochs is not None else config["epochs"]
+    for key, value in config["model_options"].items():
+        _flatten(f"opt.{key}", value, row)
+    return row
+
+
 def table_rows(names: list[str], configs: list[dict], evals: list[dict], epochs: list[int | None]) -> list[dict]:
     """One row per run: run, model, data, sizes, the model options (opt.*), then every metric (union over runs,
     None where a run has none). `epochs` are the epochs trained (metrics.jsonl), None: config.json's."""
-    rows = []
-    for name, config, result, n_epochs in zip(names, configs, evals, epochs):
-        info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
-        data = result.get("data") if isinstance(result.get("data"), dict) else {}
-        row = {"run": name, "model": config["model"], "dataset": config["dataset"]}
-        for key, value in config["dataset_options"].items():
-            _flatten(f"dataset.{key}", value, row)
-        row["data_sha256"] = data_sha256(config)
-        for key in ("n_train", "n_test"):  # written by train; older folders: data_info, then eval.json
-            row[key] = next((d[key] for d in (config, info, data) if d.get(key) is not None), None)
-        row["train_limit"] = config["train_limit"]
-        row["epochs"] = n_epochs if n_epochs is not None else config["epochs"]
-        for key, value in config["model_options"].items():
-            _flatten(f"opt.{key}", value, row)
-        rows.append(row)
+    rows = [run_columns(*args) for args in zip(names, configs, evals, epochs)]
     own = list(dict.fromkeys(k for r in rows for k in r))  # every run's own columns, in order
     metric_keys = list(dict.fromkeys(k for result in evals for k in result["metrics"]))
     columns = own + [k if k not in own else f"metric.{k}" for k in metric_keys]  # never overwrite a run column
@@ -252,12 +261,15 @@ def _cell(summary: dict) -> str:
     return f"{summary['mean']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
 
 
-def group_summary(evals: list[dict]) -> dict:
+def group_summary(evals: list[dict], name: str = "") -> dict:
     """{"metrics": {name: summarize(values over the seeds)}, "choices": {name: [value per seed]}} of one group."""
     from .seeds import chosen_settings, summarize_metrics
 
     per_seed = [e["metrics"] for e in evals]
-    return {"metrics": summarize_metrics(per_seed), "choices": chosen_settings(per_seed)}
+    try:
+        return {"metrics": summarize_metrics(per_seed), "choices": chosen_settings(per_seed)}
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}" if name else str(e)) from None
 
 
 def paired_differences(evals_a: list[dict], evals_b: list[dict]) -> dict:
@@ -275,7 +287,10 @@ def paired_differences(evals_a: list[dict], evals_b: list[dict]) -> dict:
         va = [e["metrics"].get(key) for e in evals_a]
         vb = [e["metrics"].get(key) for e in evals_b]
         if all(map(number, va + vb)):
-            out[key] = paired_difference(vb, va, bounded=metric_bounds(key))
+            try:
+                out[key] = paired_difference(vb, va, bounded=metric_bounds(key))
+            except ValueError as e:  # an accuracy outside [0, 1]: an edited eval.json
+                raise CheckpointError(f"metric {key!r} of the seeds' eval.json: {e}") from None
     return out
 
 
@@ -288,12 +303,10 @@ def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[lis
     rows = []
     for entry, cfgs, evs, eps in zip(entries, configs, evals, epochs):
         config = cfgs[0]
-        base = table_rows([entry["name"]], [config], [evs[0]], [eps[0]])[0]
+        base = run_columns(entry["name"], config, evs[0], eps[0])
         row = {"run": entry["name"], "seeds": ", ".join(map(str, entry["seeds"])) if entry["seeds"] else None}
-        for key, value in base.items():
-            if key == "run" or key in evs[0]["metrics"] or key.startswith("metric."):
-                continue
-            row[key] = value
+        row.update({k: _scalar(v) for k, v in base.items() if k != "run"})
+        own = set(row)
         if row.get("data_sha256"):
             row["data_sha256"] = row["data_sha256"][:12]
         if entry["seeds"]:
@@ -303,7 +316,7 @@ def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[lis
         if entry["seeds"] is None:
             metrics = {k: v for k, v in evs[0]["metrics"].items()}
         else:
-            summary = group_summary(evs)
+            summary = group_summary(evs, entry["name"])
             metrics = {k: _cell(v) for k, v in summary["metrics"].items()}
             metrics.update({k: format_choices(v) for k, v in summary["choices"].items()})
             for key, value in evs[0]["metrics"].items():  # settings and words (a method's name): when all agree
@@ -313,7 +326,7 @@ def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[lis
             label = f"{key} [{unit}]" if key in LOSS_METRICS else key
             if key in CHOSEN_SETTINGS:
                 label += " (chosen on validation)"
-            row[label] = _scalar(value)
+            row[label if label not in own else f"metric.{label}"] = _scalar(value)  # never overwrite a run column
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]  # never a row blank for all
@@ -334,8 +347,12 @@ def paired_tables(entries: list[dict], evals: list[list[dict]]) -> tuple[list[tu
                 )
                 continue
             if len(a["seeds"]) < 2:
+                notes.append(f"{a['name']} and {b['name']}: one seed each, so no paired differences")
                 continue
-            diffs = paired_differences(evals[i], evals[j])
+            try:
+                diffs = paired_differences(evals[i], evals[j])
+            except CheckpointError as e:
+                raise CheckpointError(f"{b['name']} − {a['name']}: {e}") from None
             results.append({"a": a["name"], "b": b["name"], "seeds": a["seeds"], "metrics": diffs})
             rows = [
                 {"metric": k, f"{b['name']} − {a['name']}": _cell(v), "n": v["n_seeds"],
@@ -435,6 +452,11 @@ def compare(
         raise ConfigError(f"--out {out} is one of the runs compared; choose another folder")
 
     configs = [runs.read_config(d) for d in dirs]
+    for entry in entries:  # a group's seed is its folder's name: the run inside must have trained with it
+        for seed, run_dir in zip(entry["seeds"] or [], entry["dirs"]):
+            recorded = configs[dirs.index(run_dir)]["seed"]
+            if recorded != seed:
+                raise CheckpointError(f"{run_dir}: the folder says seed {seed}, its config.json seed {recorded}")
     groups = data_groups(configs)
     if len(groups) > 1 and not allow_different_data:
         which = "; ".join(", ".join(names[i] for i in g) + ": " + data_label(configs[g[0]]) for g in groups)
@@ -444,8 +466,7 @@ def compare(
     notes: list[str] = []
     evals = [_current_eval(run_dir, name, iwae_k, data_dir, notes) for run_dir, name in zip(dirs, names)]
     for name, result in zip(names, evals):  # eval.json is untrusted: strings only, one line each, bounded
-        found = result.get("warnings") if isinstance(result.get("warnings"), list) else []
-        notes += [f"{name}: warning: {' '.join(w.split())[:600]}" for w in found[:10] if isinstance(w, str)]
+        notes += [f"{name}: warning: {w}" for w in recorded_warnings(result)]
     epochs = [_trained_epochs(h) for h in histories]
     for name, config, n in zip(names, configs, epochs):
         if n is not None and n < config["epochs"]:
@@ -470,7 +491,7 @@ def compare(
                 )
     table = display_rows(entries, entry_configs, entry_evals, entry_epochs)
     group_results = {
-        e["name"]: {"seeds": e["seeds"], "runs": [d.name for d in e["dirs"]], **group_summary(evs)}
+        e["name"]: {"seeds": e["seeds"], "runs": [d.name for d in e["dirs"]], **group_summary(evs, e["name"])}
         for e, evs in zip(entries, entry_evals)
         if e["seeds"]
     }

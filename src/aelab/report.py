@@ -20,6 +20,11 @@ import numpy as np  # noqa: E402
 
 from . import runs  # noqa: E402
 
+# Run, group and class names come from folder names and untrusted files: a '$' in one must stay a '$', never
+# start matplotlib's mathtext (which fails on unbalanced TeX). Every plotting function below runs with it off,
+# without changing the rcParams of a user's own figures.
+plain_text = matplotlib.rc_context({"text.parse_math": False})
+
 
 # ---------------------------------------------------------------- figures
 def image_mosaic(rows: Sequence[np.ndarray], pad: int = 1) -> np.ndarray:
@@ -46,6 +51,7 @@ def save_png(fig, path: str | Path) -> Path:
     return path
 
 
+@plain_text
 def plot_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
     mosaic = image_mosaic(rows)
     fig, ax = plt.subplots(figsize=(min(14, 0.6 + mosaic.shape[1] / 30), 0.4 + mosaic.shape[0] / 30))
@@ -57,6 +63,7 @@ def plot_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str
     return save_png(fig, path)
 
 
+@plain_text
 def plot_scatter(
     points: np.ndarray,
     colours: np.ndarray,
@@ -104,6 +111,7 @@ def curve_panels(names, units: dict[str, str] | None = None) -> dict[str, list[s
     return panels
 
 
+@plain_text
 def plot_side_by_side(
     panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: str | Path, label: str = "label"
 ) -> Path:
@@ -122,6 +130,7 @@ def plot_side_by_side(
     return save_png(fig, path)
 
 
+@plain_text
 def plot_curves(
     histories: dict[str, list[dict]],
     path: str | Path,
@@ -155,6 +164,7 @@ def plot_curves(
     return save_png(fig, path)
 
 
+@plain_text
 def plot_terms(history: list[dict], terms: dict[str, str], path: str | Path, ylabel: str = "", title: str = "") -> Path:
     """One panel per term of a history (key -> panel title), e.g. a VAE's reconstruction and KL terms: terms of
     very different sizes each get their own scale."""
@@ -170,6 +180,7 @@ def plot_terms(history: list[dict], terms: dict[str, str], path: str | Path, yla
     return save_png(fig, path)
 
 
+@plain_text
 def plot_kl_per_dimension(kl: Sequence[float], threshold: float, path: str | Path) -> Path:
     """Bar chart of the KL of each latent dimension (nats, averaged over images); the active ones (KL above
     `threshold`) in colour, the threshold as a line. Log scale: a collapsed dimension sits orders below."""
@@ -188,6 +199,7 @@ def plot_kl_per_dimension(kl: Sequence[float], threshold: float, path: str | Pat
     return save_png(fig, path)
 
 
+@plain_text
 def plot_roc_pr(curves: dict[str, dict], path: str | Path, title: str = "", positive_rate: float | None = None) -> Path:
     """ROC (left) and precision-recall (right) curves, one line per name; `curves[name]` has arrays fpr, tpr,
     recall, precision (e.g. from aelab.metrics.ranking.mean_curves) and optional auroc / average_precision for
@@ -210,6 +222,7 @@ def plot_roc_pr(curves: dict[str, dict], path: str | Path, title: str = "", posi
     return save_png(fig, path)
 
 
+@plain_text
 def plot_spectra(spectra: dict[str, list[float]], path: str | Path) -> Path:
     """Mean sorted singular values of J_f(x) per model (log scale)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -227,6 +240,7 @@ def plot_spectra(spectra: dict[str, list[float]], path: str | Path) -> Path:
     return save_png(fig, path)
 
 
+@plain_text
 def plot_validation_sweeps(sweeps: dict[str, dict], path: str | Path) -> Path:
     """One panel per model family: the validation score of each value of its setting, the chosen one circled.
     `sweeps` maps a family to {"option", "grid", "scores", "chosen_index", "ylabel"}; a grid of positive
@@ -245,6 +259,7 @@ def plot_validation_sweeps(sweeps: dict[str, dict], path: str | Path) -> Path:
     return save_png(fig, path)
 
 
+@plain_text
 def plot_intervals(points: dict[str, dict], label: str, path: str | Path) -> Path:
     """One row per method: its mean over seeds (bar end), 95% interval (whisker) and each seed's value (dots).
     `points` maps a method to aelab.metrics.intervals.summarize's dict; one seed draws no whisker."""
@@ -264,6 +279,7 @@ def plot_intervals(points: dict[str, dict], label: str, path: str | Path) -> Pat
     return save_png(fig, path)
 
 
+@plain_text
 def plot_series_intervals(
     x_labels: Sequence[str],
     series: dict[str, list[dict]],
@@ -297,6 +313,7 @@ def plot_series_intervals(
     return save_png(fig, path)
 
 
+@plain_text
 def plot_palette_scatter(points: np.ndarray, rgb: np.ndarray, ringed: np.ndarray, path: str | Path, title: str) -> Path:
     """Like plot_scatter, but each point drawn in its own RGB colour (rgb: (N, 3) in [0, 1]) on a dark ground,
     the points of `ringed` (a boolean mask) circled in white."""
@@ -310,6 +327,7 @@ def plot_palette_scatter(points: np.ndarray, rgb: np.ndarray, ringed: np.ndarray
     return save_png(fig, path)
 
 
+@plain_text
 def plot_top_scored(
     images: np.ndarray,
     classes: np.ndarray,
@@ -330,6 +348,7 @@ def plot_top_scored(
     return plot_image_rows(rows, labels, path, title)
 
 
+@plain_text
 def detection_curve_figures(
     scores: dict[str, np.ndarray], classes: np.ndarray, positive: np.ndarray, graded: dict, best: str, fig_dir: Path
 ) -> list[tuple[str, Path]]:
@@ -373,6 +392,7 @@ def detection_curve_figures(
     return figures
 
 
+@plain_text
 def plot_bit_usage(f: np.ndarray, path: str | Path) -> Path:
     """Histogram of f_j, the fraction of train images with bit j on."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -397,13 +417,14 @@ def _fmt(v: Any) -> str:
 def md_escape(text: str) -> str:
     """Text for report.md: one line; a `<` that would open an HTML tag and an `&` that would start an entity
     escaped (a Markdown viewer renders raw HTML), every other character as it is, so that `R&D`, `a < b` and
-    `p@10` read the same in a terminal as in a viewer; `|` and backticks backslash-escaped (a table cell, a code
-    span)."""
+    `p@10` read the same in a terminal as in a viewer; `|`, backticks and the `]` of `](` backslash-escaped (a
+    table cell, a code span, a link or an image from an untrusted name)."""
     text = " ".join(str(text).split())
     text = re.sub(r"\\(?=[!-/:-@\[-`{-~])", r"\\\\", text)  # a backslash that would escape what follows
     text = re.sub(r"&(?=#?[A-Za-z0-9]+;)", "&amp;", text)
     text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
-    return text.replace("|", "\\|").replace("`", "\\`")
+    # `](`: what closes a link's or an image's text; escaped, no [text](url) becomes a link or an <img>
+    return text.replace("|", "\\|").replace("`", "\\`").replace("](", "\\](")
 
 
 MAX_TABLE_COLUMNS = 8  # wider tables are transposed or split, so that a report never scrolls sideways

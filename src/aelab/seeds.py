@@ -17,6 +17,7 @@ selection on the test split.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def first_run_config(out: str | Path) -> Path | None:
     found = []
     for path in Path(out).glob("seed-*/config.json"):
         number = path.parent.name.removeprefix("seed-")
-        if number.isdigit():
+        if number.isascii() and number.isdigit():
             found.append((int(number), path))
     return min(found)[1] if found else None
 
@@ -92,14 +93,21 @@ def _read_metrics(run: Path) -> tuple[dict, str | None]:
 
 
 def summarize_metrics(per_seed: list[dict]) -> dict[str, dict]:
-    """summarize() of every number that all runs report (booleans, strings and fixed settings left out)."""
+    """summarize() of every number that all runs report (booleans, strings and fixed settings left out). A NaN,
+    an infinity, or an accuracy outside [0, 1] (a diverged seed, an edited eval.json): CheckpointError."""
     names = [
         k
         for k in per_seed[0]
         if k not in SETTINGS_NOT_METRICS + CHOSEN_SETTINGS
         and all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool) for m in per_seed)
     ]
-    return {k: summarize([m[k] for m in per_seed], bounded=metric_bounds(k)) for k in names}
+    out = {}
+    for k in names:
+        try:
+            out[k] = summarize([m[k] for m in per_seed], bounded=metric_bounds(k))
+        except ValueError as e:
+            raise CheckpointError(f"metric {k!r} of the seeds' eval.json: {e}") from None
+    return out
 
 
 def chosen_settings(per_seed: list[dict]) -> dict[str, list]:
@@ -107,20 +115,30 @@ def chosen_settings(per_seed: list[dict]) -> dict[str, list]:
     return {k: [m.get(k) for m in per_seed] for k in CHOSEN_SETTINGS if any(k in m for m in per_seed)}
 
 
+def choice_text(value) -> str:
+    """One chosen setting as text: numbers as %g, None as '—', anything else (eval.json is untrusted) as its
+    JSON, at most 40 characters."""
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return json.dumps(value, sort_keys=True, default=str)[:40]
+
+
 def format_choices(values: list) -> str:
     """'0.1 (×2), 1 (×1)': each value chosen, how often, most often first (ties: the smaller value first)."""
-    counts: dict = {}
+    counts: dict[str, int] = {}
+    numbers: dict[str, float] = {}
     for v in values:
-        counts[v] = counts.get(v, 0) + 1
+        text = choice_text(v)
+        counts[text] = counts.get(text, 0) + 1
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            numbers[text] = v
 
-    def order(item):
-        value, n = item
-        return (-n, (0, value) if isinstance(value, (int, float)) else (1, str(value)))
+    def order(text):
+        return (-counts[text], (0, numbers[text], "") if text in numbers else (1, 0, text))
 
-    return ", ".join(
-        f"{'—' if v is None else format(v, 'g') if isinstance(v, float) else v} (×{n})"
-        for v, n in sorted(counts.items(), key=order)
-    )
+    return ", ".join(f"{text} (×{counts[text]})" for text in sorted(counts, key=order))
 
 
 def train_seeds(
@@ -179,6 +197,7 @@ def train_seeds(
             "config": {k: v for k, v in cfg.to_json().items() if k not in ("out", "seed")},
             "data_sha256": hashes.pop(),
         }
+        metric_rows(summary), choice_rows(summary)  # everything formatted before a file is written
         runs.write_json(out / "seeds.json", summary)
         write_seeds_report(out, summary)
     return out
@@ -208,7 +227,7 @@ def metric_rows(summary: dict) -> list[dict]:
 def choice_rows(summary: dict) -> list[dict]:
     """One row per chosen setting: the value each seed chose (in seed order) and how often each was chosen."""
     return [
-        {"setting": name, "per seed": ", ".join("—" if v is None else f"{v:g}" for v in values),
+        {"setting": name, "per seed": ", ".join(choice_text(v) for v in values),
          "chosen": format_choices(values)}
         for name, values in (summary.get("choices") or {}).items()
     ]  # fmt: skip

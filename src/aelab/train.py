@@ -185,7 +185,7 @@ class TrainConfig:
 def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit()):
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available here; use --device cpu")
         return torch.device(name)
@@ -445,7 +445,7 @@ class RunWriter:
         self.best_epoch = 0
         self.written_epoch = 0  # the epoch checkpoint.safetensors holds
         self.pending: tuple | None = None  # a finished epoch whose checkpoint was skipped (snapshot)
-        self._spare: tuple | None = None  # a written snapshot, whose tensors the next one is copied into
+        self._spare: tuple | None = None  # an older snapshot, whose tensors the next one is copied into
 
     def load_best_check(self, model: nn.Module, path: Path) -> None:
         """The checkpoint's best weights must fit the model (the file is untrusted)."""
@@ -479,7 +479,7 @@ class RunWriter:
         self._write(
             epoch, self.model.state_dict(), self.opt.state_dict(), self.history, self.best_state, self.best_epoch
         )
-        self._spare = self.pending or self._spare  # its tensors are reused by the next snapshot
+        self._spare = self._spare or self.pending  # its tensors are reused by the next snapshot
         self.written_epoch, self.pending = epoch, None
 
     def _write(self, epoch, model_state, opt_state, history, best_state, best_epoch) -> None:
@@ -508,13 +508,15 @@ class RunWriter:
         when its checkpoint is skipped, and written if the run is stopped (SIGTERM, Ctrl-C) before the next."""
         if not self.enabled:
             return
-        # copied into the previous snapshot's tensors: after the first, a snapshot allocates nothing (fresh memory
-        # costs page faults, which on a CPU took longer than the copy itself)
-        old = self.pending if self.pending is not None else self._spare
-        model_state = copy_into(self.model.state_dict(), old[1] if old else None)
-        opt_state = copy_into(self.opt.state_dict(), old[2] if old else None)
+        # two sets of buffers take turns: the new snapshot is copied into the spare one, never into the pending
+        # one, so an interruption mid-copy still finds the previous snapshot whole. After the first two, a snapshot
+        # allocates nothing (fresh memory costs page faults, which on a CPU took longer than the copy itself)
+        spare, self._spare = self._spare, None
+        model_state = copy_into(self.model.state_dict(), spare[1] if spare else None)
+        opt_state = copy_into(self.opt.state_dict(), spare[2] if spare else None)
         best = None if self.best_state is None else dict(self.best_state)  # replaced, never modified in place
-        self.pending = (epoch, model_state, opt_state, list(self.history), best, self.best_epoch)
+        self._spare, self.pending = self.pending, (epoch, model_state, opt_state, list(self.history), best,
+                                                   self.best_epoch)  # fmt: skip
 
     def write_pending(self) -> None:
         """On an interruption: the last finished epoch's snapshot, if newer than the last checkpoint."""

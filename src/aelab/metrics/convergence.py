@@ -78,3 +78,12 @@ def worse_than_pca_warning(metrics: dict, binary_code: bool, pixels: int) -> str
         f"pca_sse {pca:.4g} ({sse / pca:.2f}x). The model has not yet learnt what PCA gets in closed form; it is "
         "likely undertrained (more epochs or steps, a larger learning rate)"
     )
+
+
+def recorded_warnings(result) -> list[str]:
+    """The warnings an eval.json records, as one-line strings (the file is untrusted: anything else is left out;
+    at most 10, each at most 600 characters)."""
+    found = result.get("warnings") if isinstance(result, dict) else None
+    if not isinstance(found, list):
+        return []
+    return [" ".join(w.split())[:600] for w in found[:10] if isinstance(w, str)]

@@ -68,7 +68,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..precision import PRECISIONS, float32_matmul
+from ..precision import PRECISIONS, exact_float32, float32_matmul
 from .ae import check_positive_sizes
 
 HIDDEN_KINDS = ("bernoulli", "gaussian")
@@ -467,7 +467,8 @@ class RBM(nn.Module):
                 c.add_(inc_c)
             recon_error = sq_error.item() / n  # .item() syncs, so the timing covers all updates
             seconds = time.perf_counter() - t0
-            pl = self.pseudo_likelihood(monitor, generator).mean().item() if len(monitor) else None
+            with exact_float32():  # the monitor in float32, whatever the updates' precision
+                pl = self.pseudo_likelihood(monitor, generator).mean().item() if len(monitor) else None
             record = dict(
                 epoch=epoch + 1,
                 recon_error=recon_error,
