@@ -506,8 +506,17 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     add_network_arguments(p, None)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="compare runs: comparison.csv, .md and .html with curves and reconstructions")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (evaluated first where eval.json is missing)")
+    p = sub.add_parser(
+        "compare",
+        help="compare runs and seed groups: comparison.csv, .json, .md and .html with curves and reconstructions",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run folders, or --seeds folders (a group: mean [95%% interval] per metric, paired differences when "
+        "two groups share their seeds); each run is evaluated first where its eval.json is missing or stale",
+    )
     p.add_argument("--out", required=True, help="folder for comparison.csv, comparison.md, comparison.html")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.add_argument("--iwae-k", type=positive_int, default=100, help="IWAE samples for runs evaluated now")
