@@ -124,26 +124,6 @@ def rbm_rate(n_hidden: int, batch: int, x: torch.Tensor, precision: str) -> floa
     return rbm.fit(x, epochs=1, batch_size=batch, lr=0.1, monitor_size=0, precision=precision)[0]["samples_per_second"]
 
 
-def products_seconds_per_step(batch: int, n_visible: int, n_hidden: int, steps: int, x: torch.Tensor, precision: str):
-    """Seconds per CD-1 step of its five matrix products alone (v0 W, h0 W^T, v1 W, and [v0; v1]^T [h0; -h1],
-    which costs two) at the shapes and precision the RBM uses, on x's device: the RBM's ceiling."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    new = lambda *shape: torch.rand(*shape, device=x.device).to(dtype)  # noqa: E731
-    v, W, h = new(2 * batch, n_visible), new(n_visible, n_hidden), new(2 * batch, n_hidden)
-    out_h, out_v, out_w = new(batch, n_hidden), new(batch, n_visible), new(n_visible, n_hidden)
-    for _ in range(3):  # warm-up (cuBLAS picks its kernels)
-        torch.mm(v.t(), h, out=out_w)
-    sync(x.device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        torch.mm(v[:batch], W, out=out_h)
-        torch.mm(h[:batch], W.t(), out=out_v)
-        torch.mm(v[batch:], W, out=out_h)
-        torch.mm(v.t(), h, out=out_w)
-    sync(x.device)
-    return (time.perf_counter() - t0) / steps
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -206,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"load_1min": max_load(load_start, load_average()), "cpus": os.cpu_count()}
 
     rbm_x = torch.rand(2000 if args.quick else 20000, 784, generator=g).round()
+    from rbm import matmul_seconds_per_step
+
     rbm_rows = {}
     rbm_x = rbm_x.to(device)
     for batch in (100, 1000):
@@ -214,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = [
             (
                 rbm_rate(1000, batch, rbm_x, args.precision),
-                batch / products_seconds_per_step(batch, 784, 1000, steps, rbm_x, args.precision),
+                batch / matmul_seconds_per_step(batch, 784, 1000, steps, rbm_x.device, args.precision),
             )
             for _ in range(rounds)
         ]  # each round: the RBM's rate, then the rate of its five products alone at the same shapes and precision

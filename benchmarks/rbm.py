@@ -71,16 +71,29 @@ def load_data() -> torch.Tensor:
         return torch.tensor(mnist_data()[0] / 255.0, dtype=torch.float32)
 
 
-def matmul_seconds_per_step(batch: int, n_visible: int, n_hidden: int, steps: int) -> float:
-    """Seconds per CD-1 step of the five matrix products alone, float32, preallocated outputs."""
-    v, W, h = torch.rand(2 * batch, n_visible), 0.1 * torch.randn(n_visible, n_hidden), torch.rand(2 * batch, n_hidden)
-    out_h, out_v, out_w = torch.empty(batch, n_hidden), torch.empty(batch, n_visible), torch.empty(n_visible, n_hidden)
+def matmul_seconds_per_step(
+    batch: int, n_visible: int, n_hidden: int, steps: int, device="cpu", precision: str = "fp32"
+) -> float:
+    """Seconds per CD-1 step of its five matrix products alone (v0 W, h0 W^T, v1 W, and [v0; v1]^T [h0; -h1],
+    which costs two), preallocated outputs, at the RBM's shapes, on `device`, with bfloat16 operands at "bf16"
+    (tf32 is the caller's global switch): the ceiling of a CD step."""
+    device = torch.device(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    new = lambda *shape: torch.rand(*shape, device=device).to(dtype)  # noqa: E731
+    v, W, h = new(2 * batch, n_visible), new(n_visible, n_hidden), new(2 * batch, n_hidden)
+    out_h, out_v, out_w = new(batch, n_hidden), new(batch, n_visible), new(n_visible, n_hidden)
+    for _ in range(3):  # warm-up (cuBLAS picks its kernels)
+        torch.mm(v.t(), h, out=out_w)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         torch.mm(v[:batch], W, out=out_h)
         torch.mm(h[:batch], W.t(), out=out_v)
         torch.mm(v[batch:], W, out=out_h)
         torch.mm(v.t(), h, out=out_w)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - t0) / steps
 
 

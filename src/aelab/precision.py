@@ -20,31 +20,25 @@ UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-9}
 
 
 @contextlib.contextmanager
+def _float32_matmuls_at(level: str, cudnn_tf32: bool):
+    """torch's float32 matmul precision ("highest", "high") and cuDNN's tf32 switch inside the block; restored."""
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision(level)
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+
 def float32_matmul(name: str):
     """tf32: float32 matmuls and convolutions on tensor cores (10-bit mantissa products, float32 accumulation)
     inside the block; restored after. Any other name: unchanged. No effect on a CPU."""
-    if name != "tf32":
-        yield
-        return
-    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high")
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before[0])
-        torch.backends.cudnn.allow_tf32 = before[1]
+    return _float32_matmuls_at("high", True) if name == "tf32" else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
 def exact_float32():
     """float32 matmuls at float32 inside the block (no tf32, whatever the caller switched on); restored after:
     for the monitors of a run whose updates use tf32."""
-    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before[0])
-        torch.backends.cudnn.allow_tf32 = before[1]
+    return _float32_matmuls_at("highest", False)
