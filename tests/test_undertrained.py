@@ -83,3 +83,16 @@ def test_compare_repeats_each_runs_warnings(tmp_path, capsys):
     assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
     assert f"{run}: warning: the test reconstructions are worse than PCA's" in capsys.readouterr().out
     assert f"{run}: warning: the test reconstructions" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_a_code_as_wide_as_the_image_has_no_pca_ratio_and_no_pca_warning(tmp_path, capsys):
+    """PCA with as many components as pixels is exact (pca_sse ~ 0): the ratio to it would be noise (it read
+    7.5e11 for the 1000-unit CAE on 784 pixels), and being worse than it says nothing about training."""
+    run = tmp_path / "wide"
+    args = ["--dataset", "digits", "--train-limit", "200", "--hidden", "16", "--latent", "64", "--epochs", "2"]
+    assert main(["train", *args, "--quiet", "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "--no-figures", "--no-progress"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["metrics"]["code_dim"] == 64 and result["metrics"]["pca_sse"] < 1e-6
+    assert "sse_ratio_to_pca" not in result["metrics"]
+    assert not any("PCA" in w for w in result["warnings"])

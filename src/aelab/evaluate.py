@@ -5,7 +5,8 @@ Metrics (per image unless stated):
     recon_mse      mean squared error per pixel on test images
     recon_sse      sum of squared errors over pixels, averaged over test images
                    (the unit of Hinton & Salakhutdinov 2006: 3.00 AE / 8.01 logistic PCA / 13.87 PCA)
-    pca_sse        the same for PCA with as many components as the code, fitted on train
+    pca_sse        the same for PCA with as many components as the code, fitted on train (sse_ratio_to_pca: the
+                   ratio, left out when the code has as many dimensions as the images have pixels: PCA is exact)
     probe_accuracy logistic regression fitted on train codes, scored on test codes; its C (probe_C) is chosen
                    from aelab.metrics.codes.PROBE_C_GRID on the run's validation split when it has one
     raw_probe_accuracy  the same on raw pixels (raw_probe_C)
@@ -222,7 +223,8 @@ def _evaluate(
         metrics["probe_accuracy"] = probes["codes"]["accuracy"]
         metrics["raw_probe_accuracy"] = probes["raw pixels"]["accuracy"]
         metrics["probe_C"], metrics["raw_probe_C"] = probes["codes"]["C"], probes["raw pixels"]["C"]
-    metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
+    if code_dim < min(x_tr[0].size, len(x_tr)):  # else PCA keeps every direction: exact, and a ratio to ~0 is noise
+        metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     bar.update()
     bar.set_postfix_str("test loss")
     for k, v in evaluate_loss(model, test_x.to(device), 500, seed).items():

@@ -269,7 +269,7 @@ def run_one(settings: Settings) -> Path:
             for label, m in scored.items():
                 wd = sweeps[label]["grid"][sweeps[label]["chosen_index"]]
                 rows.append(
-                    {"method": label, "code size": code, "recon_sse": m["recon_sse"], "ratio to PCA": m["sse_ratio_to_pca"],
+                    {"method": label, "code size": code, "recon_sse": m["recon_sse"], "ratio to PCA": m.get("sse_ratio_to_pca"),
                      "probe accuracy": m["probe_accuracy"], "weight cost (chosen)": wd, "epoch kept": kept_epoch(chosen_runs[label])}
                 )  # fmt: skip
             tables[table] = rows
