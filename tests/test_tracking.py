@@ -323,9 +323,11 @@ def test_the_readmes_mlflow_ui_command_serves_a_logged_run_over_http(tmp_path):
 def test_tensorboard_asked_for_but_not_installed_is_said_once_and_recorded_as_off(tmp_path, capsys, monkeypatch):
     """Issue 23, item 9: config.json records what happened (tensorboard: false), and one line says why."""
     monkeypatch.setattr(tracking, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(tracking, "_TENSORBOARD_NOTE_SAID", False)  # a fresh process
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--train-limit", "64", "--epochs", "2", "--latent", "3",
-                 "--out", str(out)]) == 0  # fmt: skip
+    for name in ("run", "second"):  # two runs in one process (an experiment's): said once
+        assert main(["train", "--dataset", "digits", "--train-limit", "64", "--epochs", "2", "--latent", "3",
+                     "--out", str(tmp_path / name)]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("TensorBoard logging is off") == 1 and "not installed" in err
     assert json.loads((out / "config.json").read_text())["tensorboard"] is False and not (out / "tb").exists()

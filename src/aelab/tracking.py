@@ -54,6 +54,21 @@ def check_mlflow(uri: Any) -> None:
         raise ConfigError("--mlflow needs the mlflow package: pip install 'aelab[mlflow]'")
 
 
+_TENSORBOARD_NOTE_SAID = False
+
+
+def note_tensorboard_missing() -> None:
+    """One stderr line, the first time a run asks for TensorBoard without the package in this process."""
+    global _TENSORBOARD_NOTE_SAID
+    if not _TENSORBOARD_NOTE_SAID:
+        _TENSORBOARD_NOTE_SAID = True
+        print(
+            "aelab: note: TensorBoard logging is off: the tensorboard package is not installed "
+            "(pip install -e '.[tensorboard]'); config.json says tensorboard: false",
+            file=sys.stderr,
+        )
+
+
 def tensorboard_available() -> bool:
     """Whether RUN/tb can be written: the optional tensorboard package is installed."""
     return importlib.util.find_spec("tensorboard") is not None

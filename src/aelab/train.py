@@ -716,9 +716,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.tensorboard and not config["tensorboard"] and rank == 0 and progress:  # with the bars: once
-        print("aelab: note: TensorBoard logging is off: the tensorboard package is not installed "
-              "(pip install -e '.[tensorboard]'); config.json says tensorboard: false", file=sys.stderr)  # fmt: skip
+    if cfg.tensorboard and not config["tensorboard"] and rank == 0 and progress:  # with the bars
+        tracking.note_tensorboard_missing()  # once per process: an experiment's many runs say it once
     tracker = tracking.Tracker(out, config["tensorboard"], cfg.mlflow, enabled=rank == 0)
     tracker.start(config, resume, history)
     bar = None
