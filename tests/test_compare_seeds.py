@@ -22,6 +22,7 @@ def groups(tmp_path_factory):
         "long": ["--epochs", "4", "--seeds", "3"],
         "other": ["--epochs", "2", "--seed", "5", "--seeds", "2"],
         "single": ["--epochs", "3", "--loss", "bce"],
+        "vae": ["--epochs", "1", "--model", "vae"],
     }.items():
         assert main(["train", *TINY, *args, "--no-progress", "--out", str(root / name)]) == 0
     return root
@@ -132,6 +133,7 @@ def _edit_metrics(folder, **values):
         ("accuracy above 1", "outside the bounds"),
         ("seed-00 beside seed-0", "more than one folder for seed 0"),
         ("swapped seeds", "the folder says seed 0, its config.json seed 1"),
+        ("finite but huge", "too large to average"),
     ],
 )
 def test_a_hostile_seed_group_is_one_line_exit_2(groups, tmp_path, capsys, case, needle):
@@ -142,6 +144,9 @@ def test_a_hostile_seed_group_is_one_line_exit_2(groups, tmp_path, capsys, case,
         _edit_metrics(group / "seed-1", recon_sse=float("nan"))
     elif case == "accuracy above 1":
         _edit_metrics(group / "seed-1", probe_accuracy=1.5)
+    elif case == "finite but huge":
+        _edit_metrics(group / "seed-1", recon_sse=1.7e308)
+        _edit_metrics(group / "seed-2", recon_sse=-1.7e308)
     elif case == "seed-00 beside seed-0":
         shutil.copytree(group / "seed-0", group / "seed-00")
     else:
@@ -172,3 +177,20 @@ def test_odd_but_harmless_values_in_a_seed_group(groups, tmp_path, capsys):
     line = next(x for x in md.splitlines() if x.startswith("| probe_C"))
     assert "[1] (×1)" in line and '{"x": 1} (×1)' in line
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["groups"][str(group)]["seeds"] == [0, 1, 2]
+
+
+def test_metrics_named_like_run_columns_never_take_their_place(groups, tmp_path):
+    import shutil
+
+    group = shutil.copytree(groups / "short", tmp_path / "short")
+    for s in range(3):  # the AE group's eval.json say opt.beta (a VAE's option column) and seed
+        _edit_metrics(group / f"seed-{s}", **{"opt.beta": 42.0, "seed": 99})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(group), str(groups / "vae"), "--out", str(out)]) == 0
+    md = (out / "comparison.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| opt.beta |"))
+    assert "42" not in row  # the VAE's option; the AE group has none
+    assert any(x.startswith("| metric.opt.beta | 42") for x in md.splitlines())
+    with open(out / "comparison.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows[f"{group}/seed-2"]["seed"] == "2" and rows[f"{group}/seed-2"]["metric.seed"] == "99"

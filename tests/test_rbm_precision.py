@@ -99,3 +99,19 @@ def test_the_trainer_gives_the_rbm_stack_its_precision_on_cuda_only():
         "precision": "bf16"
     }
     assert pretrain_precision(TrainConfig(model="deep-ae", out="x"), torch.device("cuda")) == {}
+
+
+def test_fp32_means_fp32_even_for_cudnn_and_each_switch_is_restored():
+    from aelab.precision import exact_float32, float32_matmul
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    with float32_matmul("fp32"):  # torch's default lets cuDNN convolutions use tf32: not in a run said to be fp32
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("highest", False)
+    with float32_matmul("tf32"):
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
+        with exact_float32():
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    with float32_matmul("bf16"):  # autocast's business
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before

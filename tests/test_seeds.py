@@ -107,3 +107,19 @@ def test_markdown_of_one_seed_and_metric_bounds(tmp_path):
 def test_choices_are_counted_most_often_first():
     assert format_choices([0.1, 1.0, 0.1, 10.0]) == "0.1 (×2), 1 (×1), 10 (×1)"
     assert format_choices([1.0, None]) == "1 (×1), — (×1)"
+
+
+def test_a_resume_checks_every_seed_folder_before_training_any(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "multi"
+    assert main(["train", *TINY, "--epochs", "1", "--seeds", "3", "--quiet", "--out", str(out)]) == 0
+    config = json.loads((out / "seed-2" / "config.json").read_text())
+    config["model_options"]["hidden"] = [9]  # seed 2 was trained with other settings
+    (out / "seed-2" / "config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--seeds", "3", "--resume", "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "seed-2/config.json" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # seeds 0 and 1 untouched

@@ -184,10 +184,20 @@ def run_columns(name: str, config: dict, result: dict, n_epochs: int | None) -> 
     return row
 
 
-def table_rows(names: list[str], configs: list[dict], evals: list[dict], epochs: list[int | None]) -> list[dict]:
-    """One row per run: run, model, data, sizes, the model options (opt.*), then every metric (union over runs,
-    None where a run has none). `epochs` are the epochs trained (metrics.jsonl), None: config.json's."""
+def table_rows(
+    names: list[str],
+    configs: list[dict],
+    evals: list[dict],
+    epochs: list[int | None],
+    extra: list[dict] | None = None,
+) -> list[dict]:
+    """One row per run: run, model, data, sizes, the model options (opt.*), `extra` (more columns of the run's
+    own, e.g. its group and seed), then every metric (union over runs, None where a run has none; named
+    metric.NAME where a run column has its name). `epochs` are the epochs trained (metrics.jsonl), None:
+    config.json's."""
     rows = [run_columns(*args) for args in zip(names, configs, evals, epochs)]
+    for row, more in zip(rows, extra or []):
+        row.update(more)
     own = list(dict.fromkeys(k for r in rows for k in r))  # every run's own columns, in order
     metric_keys = list(dict.fromkeys(k for result in evals for k in result["metrics"]))
     columns = own + [k if k not in own else f"metric.{k}" for k in metric_keys]  # never overwrite a run column
@@ -301,12 +311,14 @@ def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[lis
     from .seeds import CHOSEN_SETTINGS, format_choices
 
     rows = []
-    for entry, cfgs, evs, eps in zip(entries, configs, evals, epochs):
+    bases = [
+        run_columns(e["name"], cfgs[0], evs[0], eps[0]) for e, cfgs, evs, eps in zip(entries, configs, evals, epochs)
+    ]
+    own = {"run", "seeds"} | {k for base in bases for k in base}  # every run's own columns: never a metric's
+    for entry, cfgs, evs, eps, base in zip(entries, configs, evals, epochs, bases):
         config = cfgs[0]
-        base = run_columns(entry["name"], config, evs[0], eps[0])
         row = {"run": entry["name"], "seeds": ", ".join(map(str, entry["seeds"])) if entry["seeds"] else None}
         row.update({k: _scalar(v) for k, v in base.items() if k != "run"})
-        own = set(row)
         if row.get("data_sha256"):
             row["data_sha256"] = row["data_sha256"][:12]
         if entry["seeds"]:
@@ -471,11 +483,10 @@ def compare(
     for name, config, n in zip(names, configs, epochs):
         if n is not None and n < config["epochs"]:
             notes.append(f"{name}: trained {n} of its {config['epochs']} epochs")
-    rows = table_rows(names, configs, evals, epochs)
     member = [k for k, e in enumerate(entries) for _ in e["dirs"]]  # entry index of each run folder
-    for row, k, config in zip(rows, member, configs):  # the CSV's group and seed columns
-        row["group"] = entries[k]["name"] if entries[k]["seeds"] else None
-        row["seed"] = config["seed"]
+    extra = [{"group": entries[k]["name"] if entries[k]["seeds"] else None, "seed": config["seed"]}
+             for k, config in zip(member, configs)]  # fmt: skip
+    rows = table_rows(names, configs, evals, epochs, extra)  # the CSV: a group's runs with their group and seed
     by_entry = lambda values: [[v for v, k in zip(values, member) if k == i] for i in range(len(entries))]  # noqa: E731
     entry_configs, entry_evals, entry_epochs = by_entry(configs), by_entry(evals), by_entry(epochs)
     for entry, cfgs in zip(entries, entry_configs):

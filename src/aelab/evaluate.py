@@ -223,7 +223,7 @@ def _evaluate(
         metrics["probe_accuracy"] = probes["codes"]["accuracy"]
         metrics["raw_probe_accuracy"] = probes["raw pixels"]["accuracy"]
         metrics["probe_C"], metrics["raw_probe_C"] = probes["codes"]["C"], probes["raw pixels"]["C"]
-    if code_dim < min(x_tr[0].size, len(x_tr)):  # else PCA keeps every direction: exact, and a ratio to ~0 is noise
+    if code_dim < x_tr[0].size:  # else PCA keeps every direction: exact, and a ratio to ~0 is noise
         metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     bar.update()
     bar.set_postfix_str("test loss")

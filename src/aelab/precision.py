@@ -33,9 +33,12 @@ def _float32_matmuls_at(level: str, cudnn_tf32: bool):
 
 
 def float32_matmul(name: str):
-    """tf32: float32 matmuls and convolutions on tensor cores (10-bit mantissa products, float32 accumulation)
-    inside the block; restored after. Any other name: unchanged. No effect on a CPU."""
-    return _float32_matmuls_at("high", True) if name == "tf32" else contextlib.nullcontext()
+    """The float32 matmuls and convolutions of a block at precision `name`, restored after: tf32 on tensor cores
+    (10-bit mantissa products, float32 accumulation); fp32 exactly (torch lets cuDNN convolutions use tf32 by
+    default: off here, so that a run recorded as fp32 is); bf16 (autocast's): unchanged. No effect on a CPU."""
+    if name == "tf32":
+        return _float32_matmuls_at("high", True)
+    return _float32_matmuls_at("highest", False) if name == "fp32" else contextlib.nullcontext()
 
 
 def exact_float32():

@@ -71,11 +71,12 @@ def _finished(run: Path, epochs: int) -> bool:
     return bool(history) and history[-1]["epoch"] == epochs
 
 
-def _check_same_settings(run: Path, cfg: TrainConfig) -> None:
-    """A finished run is kept as it is: refuse it when this command asks for other settings than it was
-    trained with (the runs being resumed are checked by train itself)."""
+def _check_same_settings(run: Path, cfg: TrainConfig, epochs: bool = True) -> None:
+    """Refuse a run folder trained with other settings than this command asks for (a finished run is kept as
+    it is; one to be continued may go on to more epochs: epochs=False)."""
     saved, wanted = runs.read_config(run), cfg.to_json()
-    keys = ("model", "dataset", "dataset_options", "train_limit", "epochs", "batch_size", "lr", "optimizer", "seed")
+    keys = ("model", "dataset", "dataset_options", "train_limit", "batch_size", "lr", "optimizer", "seed")
+    keys += ("epochs",) if epochs else ()
     diff = [k for k in keys if saved.get(k) != wanted[k]]
     saved_options = saved.get("model_options") if isinstance(saved.get("model_options"), dict) else {}
     diff += [k for k, v in wanted["model_options"].items() if saved_options.get(k) != v]
@@ -170,6 +171,15 @@ def train_seeds(
     seeds = list(range(cfg.seed, cfg.seed + n_seeds))
     data = cfg.dataset if isinstance(cfg.dataset, datamod.Data) else None
     with runs.RunLock(out):  # a second `--seeds` on the same OUT would fight over the same run folders
+        if resume:  # every seed folder checked before any is trained: a refusal leaves them all as they were
+            for seed in seeds:
+                run = run_folder(out, seed)
+                if (run / "config.json").exists():
+                    run_cfg = dataclasses.replace(cfg, seed=seed, out=str(run))
+                    _check_same_settings(run, run_cfg, epochs=_finished(run, cfg.epochs))
+        if not (resume and all(_finished(run_folder(out, s), cfg.epochs) for s in seeds)):
+            for name in ("seeds.json", "seeds.md", "seeds.html"):  # about to change: never left stale
+                (out / name).unlink(missing_ok=True)
         per_seed, hashes = [], set()
         for seed in seeds:
             run = run_folder(out, seed)

@@ -87,12 +87,15 @@ def summarize(
         if v.min() < low or v.max() > high:
             raise ValueError(f"values outside the bounds {list(bounded)}: {v.tolist()}")
     n = len(v)
-    mean = float(v.mean())
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, spread = float(v.mean()), float(v.std(ddof=1)) if n > 1 else 0.0
+    if not (math.isfinite(mean) and math.isfinite(spread)):  # finite values whose mean or std overflows
+        raise ValueError(f"values too large to average in float64 (largest {np.abs(v).max():.3g})")
     summary = {"mean": mean, "std": 0.0, "ci95": None, "values": v.tolist(), "n_seeds": n, "method": SINGLE_SEED}
     summary["confidence"] = confidence
     if n == 1:
         return summary
-    std = float(v.std(ddof=1))
+    std = spread
     summary["std"] = std
     if bounded is not None and n >= BOOTSTRAP_MIN_N:
         result = scipy.stats.bootstrap(
@@ -109,6 +112,8 @@ def summarize(
         return summary
     half = float(scipy.stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
     lo, hi = mean - half, mean + half
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"values too spread out for a float64 interval (std {std:.3g})")
     summary["method"] = f"Student t, {n - 1} degrees of freedom"
     if bounded is not None:
         lo, hi = max(lo, float(bounded[0])), min(hi, float(bounded[1]))
