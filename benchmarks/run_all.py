@@ -166,6 +166,7 @@ def main(argv=None) -> None:
         "MFU_NOTES.md",
         "LOAD_CHECK.md",
         "FOLDER_LOADING.md",
+        "VAE_VS_PYTHAE.md",
         "VAE_GAP.md",
     ):  # hand-run checks (the MFU study, the busy-loop run), kept
         if (HERE / notes).exists():
