@@ -15,6 +15,7 @@ from aelab import runs
 from aelab.cli import main
 from aelab.data import DataError
 from aelab.data.idx import read_idx_bytes
+from helpers import one_line_exit_2
 
 TRAIN = [
     "train",
@@ -30,13 +31,6 @@ TRAIN = [
     "3",
     "--no-progress",
 ]
-
-
-def one_line_exit_2(capsys, code, needle):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert needle in err, err
 
 
 @pytest.fixture

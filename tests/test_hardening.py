@@ -24,17 +24,10 @@ from aelab import runs
 from aelab.cli import main
 from aelab.data import DataError, datasets
 from aelab.data.datasets import IdxDataset, IdxFile
+from helpers import one_line_exit_2
 
 TRAIN = ["train", "--dataset", "digits", "--train-limit", "120", "--epochs", "1", "--batch-size", "40",
          "--hidden", "8", "--latent", "2", "--no-progress"]  # fmt: skip
-
-
-def one_line_exit_2(capsys, code, needle=""):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from aelab.data import sources
 from aelab.errors import DataError
 from aelab.evaluate import evaluate
 from aelab.train import TrainConfig, train
+from helpers import one_line_exit_2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,14 +41,6 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray | None, rgb:
             a = np.stack([a, a[::-1], np.full_like(a, 40 * (0 if labels is None else labels[i] % 6))], -1)
         Image.fromarray(a).save(folder / f"{i:04d}.png")
     return root
-
-
-def one_line_exit_2(capsys, code: int, needle: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert needle in err, err
-    return err
 
 
 CLI_TINY = ["--model", "ae", "--epochs", "1", "--batch-size", "64", "--hidden", "32", "--latent", "4", "--no-progress"]

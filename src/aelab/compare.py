@@ -304,10 +304,13 @@ def paired_differences(evals_a: list[dict], evals_b: list[dict]) -> dict:
     return out
 
 
-def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[list[dict]], epochs) -> list[dict]:
+def display_rows(
+    entries: list[dict], configs: list[list[dict]], evals: list[list[dict]], epochs, summaries: list[dict | None]
+) -> list[dict]:
     """The table of comparison.md/.html: one row per run or group (a transposed table: one column each), the
     columns every run has a value for, the data hash cut to 12 characters (the CSV has it whole), losses named
-    with their unit, a group's numbers as mean [95% interval] and its chosen settings listed per seed."""
+    with their unit, a group's numbers as mean [95% interval] (its `summaries` entry, group_summary's) and its
+    chosen settings listed per seed."""
     from .seeds import CHOSEN_SETTINGS, format_choices
 
     rows = []
@@ -315,7 +318,7 @@ def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[lis
         run_columns(e["name"], cfgs[0], evs[0], eps[0]) for e, cfgs, evs, eps in zip(entries, configs, evals, epochs)
     ]
     own = {"run", "seeds"} | {k for base in bases for k in base}  # every run's own columns: never a metric's
-    for entry, cfgs, evs, eps, base in zip(entries, configs, evals, epochs, bases):
+    for entry, cfgs, evs, eps, base, summary in zip(entries, configs, evals, epochs, bases, summaries):
         config = cfgs[0]
         row = {"run": entry["name"], "seeds": ", ".join(map(str, entry["seeds"])) if entry["seeds"] else None}
         row.update({k: _scalar(v) for k, v in base.items() if k != "run"})
@@ -328,7 +331,6 @@ def display_rows(entries: list[dict], configs: list[list[dict]], evals: list[lis
         if entry["seeds"] is None:
             metrics = {k: v for k, v in evs[0]["metrics"].items()}
         else:
-            summary = group_summary(evs, entry["name"])
             metrics = {k: _cell(v) for k, v in summary["metrics"].items()}
             metrics.update({k: format_choices(v) for k, v in summary["choices"].items()})
             for key, value in evs[0]["metrics"].items():  # settings and words (a method's name): when all agree
@@ -454,6 +456,12 @@ def compare(
     # every run folder, a group's seeds as name/seed-<s>
     dirs = [d for e in entries for d in e["dirs"]]
     names = [e["name"] if e["seeds"] is None else f"{e['name']}/{d.name}" for e in entries for d in e["dirs"]]
+    member = [k for k, e in enumerate(entries) for _ in e["dirs"]]  # entry index of each run folder
+
+    def by_entry(values: list) -> list[list]:
+        """Per-run-folder values grouped by what was given: [[a run's], [a group's seeds'], ...]."""
+        return [[v for v, k in zip(values, member) if k == i] for i in range(len(entries))]
+
     seen: dict[Path, str] = {}
     for run_dir, name in zip(dirs, names):
         real = run_dir.resolve()
@@ -464,9 +472,9 @@ def compare(
         raise ConfigError(f"--out {out} is one of the runs compared; choose another folder")
 
     configs = [runs.read_config(d) for d in dirs]
-    for entry in entries:  # a group's seed is its folder's name: the run inside must have trained with it
-        for seed, run_dir in zip(entry["seeds"] or [], entry["dirs"]):
-            recorded = configs[dirs.index(run_dir)]["seed"]
+    for entry, cfgs in zip(entries, by_entry(configs)):  # a group's seed is its folder's name: the run must agree
+        for seed, run_dir, config in zip(entry["seeds"] or [], entry["dirs"], cfgs):
+            recorded = config["seed"]
             if recorded != seed:
                 raise CheckpointError(f"{run_dir}: the folder says seed {seed}, its config.json seed {recorded}")
     groups = data_groups(configs)
@@ -483,11 +491,9 @@ def compare(
     for name, config, n in zip(names, configs, epochs):
         if n is not None and n < config["epochs"]:
             notes.append(f"{name}: trained {n} of its {config['epochs']} epochs")
-    member = [k for k, e in enumerate(entries) for _ in e["dirs"]]  # entry index of each run folder
     extra = [{"group": entries[k]["name"] if entries[k]["seeds"] else None, "seed": config["seed"]}
              for k, config in zip(member, configs)]  # fmt: skip
     rows = table_rows(names, configs, evals, epochs, extra)  # the CSV: a group's runs with their group and seed
-    by_entry = lambda values: [[v for v, k in zip(values, member) if k == i] for i in range(len(entries))]  # noqa: E731
     entry_configs, entry_evals, entry_epochs = by_entry(configs), by_entry(evals), by_entry(epochs)
     for entry, cfgs in zip(entries, entry_configs):
         if entry["seeds"]:
@@ -500,11 +506,12 @@ def compare(
                     f"{entry['name']}: its seeds were trained with different settings ({', '.join(differ)}); "
                     "the group's columns show the first seed's"
                 )
-    table = display_rows(entries, entry_configs, entry_evals, entry_epochs)
+    summaries = [group_summary(evs, e["name"]) if e["seeds"] else None for e, evs in zip(entries, entry_evals)]
+    table = display_rows(entries, entry_configs, entry_evals, entry_epochs, summaries)
     group_results = {
-        e["name"]: {"seeds": e["seeds"], "runs": [d.name for d in e["dirs"]], **group_summary(evs, e["name"])}
-        for e, evs in zip(entries, entry_evals)
-        if e["seeds"]
+        e["name"]: {"seeds": e["seeds"], "runs": [d.name for d in e["dirs"]], **summary}
+        for e, summary in zip(entries, summaries)
+        if summary is not None
     }
     pair_tables, pair_results, pair_notes = paired_tables(entries, entry_evals)
     notes += pair_notes
@@ -522,8 +529,8 @@ def compare(
         if len(images) > 1:
             mosaics.append((group, images, labels))
     curves, units = {}, {}
-    for entry, cfgs in zip(entries, entry_configs):
-        member_curves = [_curve(histories[dirs.index(d)]) for d in entry["dirs"]]
+    for entry, cfgs, entry_histories in zip(entries, entry_configs, by_entry(histories)):
+        member_curves = [_curve(h) for h in entry_histories]
         label = entry["name"] if entry["seeds"] is None else f"{entry['name']} (mean of {len(entry['seeds'])} seeds)"
         curve = member_curves[0] if entry["seeds"] is None else _mean_curve(member_curves)
         if curve:

@@ -468,10 +468,12 @@ class RunWriter:
         if resume:  # a kill may have come between the checkpoint and the files derived from it
             self._write_derived_files()
 
-    def _write_derived_files(self) -> None:
-        # derived from checkpoint.safetensors (fsynced) and rewritten on resume: no fsync needed here
-        runs.save_model(self.out, self.model, durable=False, state=self.best_state)
-        runs.write_history(self.out, self.history, durable=False)
+    def _write_derived_files(self, state: dict | None = None, history: list[dict] | None = None) -> None:
+        """model.safetensors (the best epoch's weights when early stopping keeps them, else `state`, else the
+        model's) and metrics.jsonl (`history`, else the run's). Derived from checkpoint.safetensors (fsynced) and
+        rewritten on resume: no fsync needed here."""
+        runs.save_model(self.out, self.model, durable=False, state=self.best_state if state is None else state)
+        runs.write_history(self.out, self.history if history is None else history, durable=False)
 
     def checkpoint(self, epoch: int) -> None:
         if not self.enabled:
@@ -498,10 +500,7 @@ class RunWriter:
                 "best_epoch": best_epoch,
             },
         )
-        runs.save_model(
-            self.out, self.model, durable=False, state=best_state if best_state is not None else model_state
-        )
-        runs.write_history(self.out, history, durable=False)
+        self._write_derived_files(best_state if best_state is not None else model_state, history)
 
     def snapshot(self, epoch: int) -> None:
         """The state at the end of `epoch`, kept in memory (clones on the device: far cheaper than a checkpoint)
