@@ -107,3 +107,11 @@ def idx_mnist(tmp_path, monkeypatch):
             files[f"{split}_{kind}"] = IdxFile(name, hashlib.md5(blob).hexdigest())
     monkeypatch.setitem(data.IDX_DATASETS, "mnist", IdxDataset("mnist", official.mirrors, files, 400, 100))
     return folder
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """stderr counts as a terminal (aelab.progress draws tqdm bars there only; elsewhere it prints lines)."""
+    import aelab.progress as progress
+
+    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)

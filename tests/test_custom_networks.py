@@ -59,13 +59,17 @@ def test_train_evaluate_compare_from_the_cli_with_user_networks(user_code, tmp_p
     options = json.loads((run / "model.json").read_text())["options"]
     assert options["encoder"] == {"import": f"{user_code}:Enc", "kwargs": {"latent": 5, "width": 6}}
     assert options["decoder"] == {"import": f"{user_code}:Dec", "kwargs": {"latent": 5}}
-    # evaluate needs no flags: model.json names the classes; the weights come from model.safetensors
-    assert main(["evaluate", str(run), "--no-progress", "--tsne-points", "40"]) == 0
+    # model.json names the classes: evaluate imports them only when they are named again (the trust rule), with the
+    # options model.json records; the weights come from model.safetensors
+    named = ["--encoder", f"{user_code}:Enc", "--decoder", f"{user_code}:Dec"]
+    assert main(["evaluate", str(run), "--no-progress", "--tsne-points", "40"]) == 2
+    assert "--trust-code" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--no-progress", "--tsne-points", "40", *named]) == 0
     eval_json = json.loads((run / "eval.json").read_text())
     assert eval_json["metrics"]["code_dim"] == 5
     from aelab.runs import load_model, read_safetensors
 
-    model = load_model(run)
+    model = load_model(run, trust_code=True)
     saved, _ = read_safetensors(run / "model.safetensors")
     assert all(model.state_dict()[k].equal(v) for k, v in saved.items())
     # compare draws its reconstructions beside a built-in run's
@@ -73,12 +77,12 @@ def test_train_evaluate_compare_from_the_cli_with_user_networks(user_code, tmp_p
     assert main(["train", "--dataset", "digits", "--train-limit", "150", "--epochs", "2", "--no-progress",
                  "--out", str(other)]) == 0  # fmt: skip
     capsys.readouterr()
-    assert main(["compare", str(run), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    assert main(["compare", str(run), str(other), "--out", str(tmp_path / "cmp"), "--trust-code"]) == 0
     out = capsys.readouterr().out
     assert "reconstructions not shown" not in out
     assert (tmp_path / "cmp" / "figures" / "reconstructions-1.png").is_file()
-    # a resume rebuilds the same networks from config.json
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    # a resume rebuilds the same networks from config.json, once they are named again
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress", *named]) == 0
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ def test_traversal_and_interpolation_rows_hold_the_real_images(vae_run):
 
 
 # ---------------------------------------------------------------- the run's report
-def test_evaluated_vae_report_has_the_figures_wraps_its_table_and_labels_bars_by_run(vae_run, capsys):
+def test_evaluated_vae_report_has_the_figures_wraps_its_table_and_labels_bars_by_run(vae_run, capsys, terminal):
     assert main(["evaluate", str(vae_run), "--iwae-k", "3", "--tsne-points", "60"]) == 0
     err = capsys.readouterr().err
     for bar in ("tiny-vae: evaluate", "tiny-vae: IWAE k=3", "tiny-vae: t-SNE"):
@@ -155,7 +155,7 @@ def test_evaluated_vae_report_has_the_figures_wraps_its_table_and_labels_bars_by
     assert [x.split(":")[1] for x in capsys.readouterr().err.splitlines()] == [" warning"]
 
 
-def test_tsne_bar_follows_the_iterations_and_changes_nothing_but_stderr(capsys, monkeypatch):
+def test_tsne_bar_follows_the_iterations_and_changes_nothing_but_stderr(capsys, monkeypatch, terminal):
     codes = np.random.default_rng(0).normal(size=(40, 5))
     quiet = tsne_2d(codes, seed=1)
     assert capsys.readouterr().err == ""
@@ -220,7 +220,7 @@ def test_debias_roc_pr_curves_and_their_areas(tmp_path):
 
 
 # ---------------------------------------------------------------- RBM pretraining bar
-def test_rbm_pretraining_bar_is_labelled_by_run(tmp_path, capsys):
+def test_rbm_pretraining_bar_is_labelled_by_run(tmp_path, capsys, terminal):
     out = tmp_path / "pretrained-run"
     cfg = TrainConfig(
         model="deep-ae",
@@ -232,8 +232,8 @@ def test_rbm_pretraining_bar_is_labelled_by_run(tmp_path, capsys):
     )
     train(cfg, progress=True, log=lambda text: None)
     err = capsys.readouterr().err
-    assert "pretrained-run: RBM 1/2 (64-16) pretraining" in err and "pretrained-run: RBM 2/2 (16-4)" in err
-    assert "4/4" in err  # two layers of two epochs
+    assert "pretrained-run: RBM pretraining" in err and "RBM 1/2 (64-16)" in err and "RBM 2/2 (16-4)" in err
+    assert "/4 " in err  # two layers of two epochs
     train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "quiet")}), progress=False)
     assert "RBM" not in capsys.readouterr().err
 

@@ -87,7 +87,7 @@ def test_uris_params_and_untrusted_tracking_file(tmp_path, monkeypatch):
     assert tracking.read_tracking_file(tmp_path)[0] is None
 
 
-def test_progress_prints_one_line_per_epoch(tmp_path, capsys):
+def test_progress_prints_one_line_per_epoch(tmp_path, capsys, terminal):
     out = train(tiny(tmp_path / "myrun", tensorboard=False), progress=True)
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if " epoch " in line]

@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import errno
 import importlib
-import json
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from . import options
 from .errors import AelabError, ConfigError, TrainingDiverged
 from .options import int_list, key_value, positive_float, positive_int, seed_value
+from .progress import close_all_bars
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,8 +141,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=S,
         metavar="N",
-        help="train and evaluate N runs, seeds --seed ... --seed+N-1, into OUT/seed-<s>/; "
-        "OUT/seeds.json and seeds.md give each metric's mean, std and 95%% interval",
+        help="train and evaluate N runs, seeds --seed ... --seed+N-1, into OUT/seed-<s>/ (each evaluated without "
+        "figures; plain train does not evaluate); OUT/seeds.json and seeds.md give each metric's mean, std and 95%% "
+        "interval",
     )
 
     p.add_argument(
@@ -163,27 +164,51 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def json_object(text: str) -> dict:
     try:
-        value = json.loads(text)
+        value = options.bounded_json(text, "keyword options")  # depth and length bounded before parsing
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"channels\": 32}}', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"channels\": 32}}', got {options.shown(text)}"
+        )
     return value
 
 
-def add_network_arguments(p: argparse.ArgumentParser, default) -> None:
-    """--encoder/--decoder pkg.module:Class and their JSON keyword options (aelab.models.imports)."""
+def add_network_arguments(p: argparse.ArgumentParser, default, kwargs: bool = True) -> None:
+    """--encoder/--decoder pkg.module:Class and their JSON keyword options (aelab.models.imports), and --trust-code.
+    A class that a run folder names is imported only when it is named again here (or with --trust-code)."""
     for role in ("encoder", "decoder"):
         p.add_argument(
             f"--{role}",
             default=default,
             metavar="PKG.MODULE:CLASS",
             help=f"your own {role}, a torch.nn.Module class imported by name (its folder on PYTHONPATH); "
-            "model.json records it, so evaluate and compare need no flag later",
+            "model.json records it with its options: name it again to evaluate, compare or resume the run",
         )
-        p.add_argument(
-            f"--{role}-kwargs", type=json_object, default=default, metavar="JSON", help=f"the {role}'s keyword options"
-        )
+        if kwargs:
+            p.add_argument(
+                f"--{role}-kwargs",
+                type=json_object,
+                default=default,
+                metavar="JSON",
+                help=f"the {role}'s keyword options (default: those model.json records, for a class named again)",
+            )
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="import every class the run folder's model.json or config.json names, without naming each again "
+        "(importing runs that module's code: only for folders you trust)",
+    )
+
+
+def network_trust(given: dict):
+    """The aelab.models.imports.Trust of the flags given: the classes named by --encoder/--decoder, or every class
+    with --trust-code."""
+    from .models.imports import Trust
+
+    names = frozenset(given[role] for role in ("encoder", "decoder") if isinstance(given.get(role), str))
+    return Trust(names=names, everything=bool(given.get("trust_code")))
 
 
 def network_specs(given: dict) -> dict:
@@ -231,16 +256,21 @@ def train_config_from_args(args):
     if "out" not in given:
         raise ConfigError("--out is required: the run folder to write (or, with --resume, to continue)")
     saved: dict = {}
+    saved_from: Path | None = None  # the config.json the settings come from (untrusted)
     if "config" in given:
-        saved = _saved_settings(Path(args.config))
+        saved_from = Path(args.config)
+        saved = _saved_settings(saved_from)
         saved.pop("init_weights", None)  # an untrusted file names no weights file to read (a resume reads none)
     elif given.get("resume") and "seeds" in given:
         from .seeds import first_run_config
 
-        first = first_run_config(args.out)
-        saved = _saved_settings(first) if first is not None else {}
+        saved_from = first_run_config(args.out)
+        saved = _saved_settings(saved_from) if saved_from is not None else {}
     elif given.get("resume") and (Path(args.out) / "config.json").exists():
-        saved = _saved_settings(Path(args.out) / "config.json")
+        saved_from = Path(args.out) / "config.json"
+        # init_weights stays a record that --resume compares, never a file it reads (aelab.train: a resume starts
+        # from its checkpoint, which holds those weights already)
+        saved = _saved_settings(saved_from)
     recorded_mlflow = saved.pop("mlflow", None)  # an untrusted file names no store or server to contact:
     if recorded_mlflow and "mlflow" not in given and given.get("resume"):  # only the command line does
         print(
@@ -289,7 +319,20 @@ def train_config_from_args(args):
     dataset_options = dict(saved.get("dataset_options", {})) if settings.get("dataset") == saved.get("dataset") else {}
     model_options.update(preset_options)
     model_options.update(dict(given.get("option", [])))
-    model_options.update(network_specs(given))
+    flagged = network_specs(given)
+    for role, spec in flagged.items():  # a class named again without --ROLE-kwargs keeps the kwargs recorded
+        recorded = model_options.get(role)
+        if f"{role}_kwargs" not in given and isinstance(recorded, dict) and recorded.get("import") == spec["import"]:
+            flagged[role] = {**spec, "kwargs": recorded.get("kwargs", {})}
+    model_options.update(flagged)
+    if saved_from is not None:  # classes a saved config.json names: imported only when trusted (the trust rule)
+        from .models.imports import refuse_inside, require_trusted
+
+        trust = network_trust(given)
+        for role in ("encoder", "decoder"):
+            if role not in flagged and isinstance(model_options.get(role), dict):
+                spec = require_trusted(role, model_options[role], trust, str(saved_from))
+                refuse_inside(spec, [saved_from.parent])
     for flag in ("latent", "hidden", "loss"):
         if flag in given:
             model_options[flag] = given[flag]
@@ -313,10 +356,17 @@ def cmd_train(args) -> int:
         from .metrics.intervals import format_interval
         from .seeds import format_choices, train_seeds
 
-        out = train_seeds(cfg, args.seeds, getattr(args, "resume", False), bars, lines)
+        try:
+            out = train_seeds(cfg, args.seeds, getattr(args, "resume", False), bars, lines)
+        except (KeyboardInterrupt, SystemExit) as e:
+            if _stopping is None:  # not a signal (a user module's SystemExit): as before
+                raise
+            close_all_bars()
+            print(stopped_line(e, args, args.seeds), file=sys.stderr)
+            return 128 + signal.Signals[_stopping]
         summary = runs.read_json(out / "seeds.json")
         for name, values in summary["metrics"].items():
-            print(f"{name:>24}: {format_interval(values, 4)}")
+            print(f"{name:>24}: {format_interval(values, None)}")
         for name, values in summary.get("choices", {}).items():
             print(f"{name:>24}: chosen per seed {format_choices(values)}")
         for run in summary["runs"]:
@@ -324,7 +374,14 @@ def cmd_train(args) -> int:
                 print(f"aelab: warning: {out / run}: {warning}", file=sys.stderr)
         print(f"seeds summary: {out / 'seeds.md'}")
         return 0
-    out = train(cfg, resume=getattr(args, "resume", False), progress=bars, epoch_lines=lines)
+    try:
+        out = train(cfg, resume=getattr(args, "resume", False), progress=bars, epoch_lines=lines)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if _stopping is None or dist_info()[0] != 0:  # not a signal, or not the rank that speaks: as before
+            raise
+        close_all_bars()
+        print(stopped_line(e, args), file=sys.stderr)
+        return 128 + signal.Signals[_stopping]
     if dist_info()[0] == 0:
         warning = still_falling_warning(runs.read_history(out), str(out))
         if warning:
@@ -339,14 +396,31 @@ def _run_folder_argument(path: str) -> str:
     return path
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+def _networks(run_dir: str, given: dict) -> tuple[dict, object]:
+    """(modules built from the flags, the Trust of the flags) for a run: a class named for a run built in Python
+    (model.json says custom:...) is built from the flags; one that model.json names by import path is only
+    trusted, and rebuilt with the options model.json records."""
+    from . import runs
     from .models.imports import build
 
-    networks = {role: build(role, spec) for role, spec in network_specs(vars(args)).items()}
+    recorded = runs.recorded_networks(run_dir)
+    modules = {}
+    for role, spec in network_specs(given).items():
+        if recorded.get(role) in (None, "custom"):  # a run built in Python (or a built-in network: refused later)
+            modules[role] = build(role, spec)
+        elif recorded[role] != spec["import"]:
+            raise ConfigError(f"{run_dir}/model.json records the {role} {recorded[role]}, not {spec['import']}")
+    return modules, network_trust(given)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    networks, trust = _networks(_run_folder_argument(args.run_dir), vars(args))
     result = evaluate(
         _run_folder_argument(args.run_dir),
         **networks,
+        trust_code=trust,
         iwae_k=args.iwae_k,
         tsne_points=args.tsne_points,
         figures=not args.no_figures,
@@ -376,6 +450,7 @@ def cmd_compare(args) -> int:
         data_dir=args.data_dir,
         iwae_k=args.iwae_k,
         allow_different_data=args.allow_different_data,
+        trust_code=network_trust(vars(args)),
     )
     for note in result["notes"]:
         print(note)
@@ -395,6 +470,7 @@ def cmd_data(args) -> int:
     from . import data
 
     if args.action == "list":
+        data.datasets.check_data_dir(args.data_dir)
         root = data.data_dir(args.data_dir)
         print(f"{'name':<15} {'train/test':<13} {'offline':<8} description (data dir: {root})")
         sizes = {"mnist5k": "4000/1000", "digits": "1437/360", "colored-mnist": "4000/1000"}
@@ -473,7 +549,14 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a model into a run folder")
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run folder",
+        description="Train a model into a run folder (config.json, metrics.jsonl, model.safetensors, checkpoint). "
+        "Plain train does not evaluate: aelab evaluate RUN writes eval.json, report.html/md and figures/. "
+        "With --seeds N every seed is trained and then evaluated (eval.json and report.html/md without figures: "
+        "the group's summary needs each seed's metrics; aelab evaluate OUT/seed-S draws a seed's figures).",
+    )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -521,6 +604,7 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.add_argument("--iwae-k", type=positive_int, default=100, help="IWAE samples for runs evaluated now")
     p.add_argument("--allow-different-data", action="store_true", help="compare runs trained on different data")
+    add_network_arguments(p, None, kwargs=False)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list the model names")
@@ -567,10 +651,11 @@ _default_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """aelab's own warnings as one line, "aelab: warning: ..."; other libraries' in Python's format."""
+    """aelab's own warnings as one line, "aelab: warning: ..."; other libraries' never reach the screen (what matters
+    of them, e.g. a probe that did not converge, aelab says in a line of its own), except with AELAB_DEBUG=1."""
     if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
         print(f"aelab: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
-    else:
+    elif os.environ.get("AELAB_DEBUG"):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
@@ -586,14 +671,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     parser = build_parser(_chosen_experiment(argv))
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # one line, with the flag the user probably meant
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{_did_you_mean(parser, args, extras)}")
     except SystemExit as e:  # argparse's own errors (exit 2) and --help/--version (exit 0)
         return int(e.code or 0)
+    global _argv
+    _argv = argv
     # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C: the finally blocks remove partial downloads
     # and temp files and release the run folder's lock
-    previous_sigterm = None
+    previous_sigterm = previous_sigint = None
     if threading.current_thread() is threading.main_thread():
-        previous_sigterm = signal.signal(signal.SIGTERM, _terminated)
+        global _stopping
+        _stopping = None
+        previous_sigterm = signal.signal(signal.SIGTERM, _stop_signal)
+        previous_sigint = signal.signal(signal.SIGINT, _stop_signal)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -602,20 +694,28 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()  # a write error of buffered output (a full disk, a closed pipe) is reported here
             return status
     except AelabError as e:
+        close_all_bars()  # the error's line on a line of its own
         print(f"aelab: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"aelab: training stopped: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        close_all_bars()
         print("aelab: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if _stopping == "SIGTERM" and e.code == 128 + signal.SIGTERM:  # kill, a scheduler's timeout
+            close_all_bars()
+            print("aelab: stopped (SIGTERM)", file=sys.stderr)
+        raise
     except BrokenPipeError:  # `aelab models | head`: the reader left; nothing more can be written there
         _silence_stdout()
         print("aelab: error: the output was closed before everything was written (broken pipe)", file=sys.stderr)
         return 2
 
     except Exception as e:  # a bug, not bad input: one line and exit 1 (AELAB_DEBUG=1 shows the traceback)
+        close_all_bars()
         if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a name no file system takes: bad input
             name = str(e.filename or "")
             print(f"aelab: error: file name too long: {name[:60]}{'...' if len(name) > 60 else ''}", file=sys.stderr)
@@ -635,12 +735,89 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _leave_process_group()
-        if previous_sigterm is not None:  # main() called from Python (tests): the caller's handler again
+        if previous_sigterm is not None:  # main() called from Python (tests): the caller's handlers again
             signal.signal(signal.SIGTERM, previous_sigterm)
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
-def _terminated(signum, frame):
+_argv: list[str] = []  # the command line main() parsed: what a stopped run's resume command falls back to
+_stopping: str | None = None  # the signal that is stopping this command (SIGTERM, SIGINT), None until one came
+
+
+def _stop_signal(signum, frame):
+    """SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C: SystemExit(143), KeyboardInterrupt. Once one has
+    come, the next ones are noted and ignored, so that they cannot cut short the checkpoint and the line that the
+    first one is writing (kill -9 still stops at once; every file is written atomically)."""
+    global _stopping
+    if _stopping is not None:
+        os.write(2, b"aelab: already stopping: writing the last finished epoch (kill -9 stops at once)\n")
+        return
+    _stopping = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, args, extras: list[str]) -> str:
+    """'; did you mean --model?' for the first unknown flag close to one of the chosen command's flags (difflib),
+    '' when none is."""
+    import difflib
+
+    chosen = parser
+    while True:  # the (sub)parser of the command given: aelab train, aelab experiment demo, ...
+        sub = next((a for a in chosen._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if name not in (sub.choices if sub is not None else {}):
+            break
+        chosen = sub.choices[name]
+    known = [o for a in chosen._actions for o in a.option_strings if o.startswith("--")]
+    for word in extras:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
+
+
+def stopped_line(error: BaseException, args, seeds: int | None = None) -> str:
+    """What a train stopped by SIGTERM or Ctrl-C says: where it stopped, which checkpoint is kept, and the command
+    that continues it (the flags config.json does not record, and --seeds N for a seed group)."""
+    import shlex
+
+    from . import runs
+
+    out = Path(args.out)
+    info = getattr(error, "aelab_stop", None) or {}
+    run = Path(info.get("out", out))
+    how = f" ({_stopping})" if _stopping else ""
+    if info:
+        where = f"stopped at epoch {info['epoch']} of {info['epochs']}{how}"
+        kept = info.get("checkpoint")
+    else:
+        where = f"stopped{how} outside the epochs (loading data, pretraining or evaluating)"
+        history = runs.read_history(run) if (run / "checkpoint.safetensors").exists() else []
+        kept = max((h["epoch"] for h in history), default=0) if history else None
+    if seeds and run != out:
+        where += f" in {run.name}"
+    checkpoint = (
+        f"checkpoint of epoch {kept} kept in {run}"
+        if kept is not None
+        else "no checkpoint yet (no epoch had finished): the resume starts it from the beginning"
+    )
+    saved = (out / "config.json").exists() if not seeds else any(out.glob("seed-*/config.json"))
+    if saved:  # the settings come from config.json; what it does not record is given again
+        words = ["aelab", "train", "--out", str(out), *(["--seeds", str(seeds)] if seeds else []), "--resume"]
+        given = vars(args)
+        for key in ("data_dir", "device", "encoder", "decoder", "mlflow"):
+            if isinstance(given.get(key), str):
+                from .tracking import redact_uri
+
+                value = redact_uri(given[key]) if key == "mlflow" else given[key]
+                words += [f"--{key.replace('_', '-')}", value]
+        words += [f"--{k.replace('_', '-')}" for k in ("trust_code", "no_progress", "quiet") if given.get(k) is True]
+    else:  # stopped before config.json: the same command again
+        words = ["aelab", *_argv, *([] if "--resume" in _argv else ["--resume"])]
+    return f"aelab: {where}; {checkpoint}; resume with: {shlex.join(words)}"
 
 
 def _silence_stdout() -> None:

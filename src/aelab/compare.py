@@ -39,12 +39,23 @@ from typing import Any
 from . import report, runs
 from .errors import AelabError, CheckpointError, ConfigError
 from .metrics.convergence import recorded_warnings
-from .metrics.intervals import metric_bounds, paired_difference
+from .metrics.intervals import metric_range, paired_difference
+from .reading import plural, reading
 
 N_IMAGES = 10  # test images in the reconstruction mosaic: the first of each class
 MAX_GROUP_RUNS = 1000  # seed-<s>/ folders read from one seed group (train --seeds makes at most 1000)
 # numbers in a run's loss unit (report.loss_unit): the table names the unit, one row per unit
 LOSS_METRICS = ("test_loss", "test_recon")
+# numbers that depend on the data (and the code size) only, never on the trained weights: the PCA and the probe on
+# raw pixels. Shown once, in their own table, and never paired (their difference between two groups is 0 or a
+# difference of data)
+BASELINE_METRICS = ("pca_sse", "raw_probe_accuracy", "raw_probe_C")
+# model options that only shape the built-in MLP networks: blank for a run whose encoder and decoder are both
+# the user's own modules (--encoder/--decoder), where they shaped nothing
+NETWORK_SHAPE_OPTIONS = ("hidden", "latent", "activation", "channels", "layers", "tied")
+# a model's own loss terms are compared only between runs whose loss is in the same unit (report.loss_unit);
+# test_recon needs no more, the other terms (the objective, a KL, a penalty) need the same model and objective
+UNIT_METRICS = ("test_recon", "nll_nats")
 
 
 # ---------------------------------------------------------------- data identity
@@ -113,13 +124,47 @@ def seed_folders(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+RUN_FOLDER_FILES = ("config.json", "model.json", "checkpoint.safetensors", "model.safetensors", "seeds.json")
+
+
+def refuse_run_folder_as_out(out: Path) -> None:
+    """compare writes its files into `out`: never into a run folder or a seed group (a run being trained there would
+    get comparison files beside its checkpoint), nor a folder another aelab process holds."""
+    found = [name for name in RUN_FOLDER_FILES if (out / name).exists() or (out / name).is_symlink()]
+    group = out.is_dir() and not found and bool(seed_folders(out))
+    if found or group:
+        what = found[0] if found else "seed-<s>/ run folders"
+        raise ConfigError(f"--out {out} is a run folder or a seed group (it holds {what}); choose another folder")
+    if out.is_dir():
+        holder = runs.lock_holder(out)
+        if holder is not None and holder != os.getpid():
+            raise ConfigError(f"--out {out} is in use by another aelab process (pid {holder}); choose another folder")
+
+
+def missing_seeds(folder: Path, seeds: list[int]) -> list[int]:
+    """The seeds a group should hold but has no run folder for: those its seeds.json lists (when it can be read),
+    and the gaps between its first and last seed (train --seeds trains consecutive seeds)."""
+    expected = set(range(seeds[0], seeds[-1] + 1)) if seeds and seeds[-1] - seeds[0] < MAX_GROUP_RUNS else set()
+    try:
+        listed = runs.read_json(folder / "seeds.json").get("seeds")
+    except (CheckpointError, AttributeError):
+        listed = None
+    if isinstance(listed, list) and len(listed) <= MAX_GROUP_RUNS:
+        expected |= {s for s in listed if isinstance(s, int) and not isinstance(s, bool)}
+    return sorted(expected - set(seeds))
+
+
 def _members(dirs: list[Path], names: list[str]) -> list[dict]:
-    """One entry per folder given: {"name", "dirs", "seeds"} (seeds None for a single run)."""
+    """One entry per folder given: {"name", "dirs", "seeds", "missing"} (seeds None for a single run; missing: the
+    seeds a group lacks a run folder for)."""
     entries = []
     for folder, name in zip(dirs, names):
         found = seed_folders(folder)
         if found:
-            entries.append({"name": name, "dirs": [d for _, d in found], "seeds": [s for s, _ in found]})
+            seeds = [s for s, _ in found]
+            entries.append(
+                {"name": name, "dirs": [d for _, d in found], "seeds": seeds, "missing": missing_seeds(folder, seeds)}
+            )
         else:
             if not (folder / "config.json").exists():  # neither a run nor a seed group
                 raise CheckpointError(
@@ -136,6 +181,7 @@ def _read_eval(run_dir: Path) -> dict:
     result = runs.read_json(path)
     if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
         raise CheckpointError(f"{path}: no 'metrics' object; run aelab evaluate {run_dir} again")
+    runs.check_metric_names(result["metrics"], str(path))
     return result
 
 
@@ -179,9 +225,18 @@ def run_columns(name: str, config: dict, result: dict, n_epochs: int | None) -> 
         row[key] = next((d[key] for d in (config, info, data) if d.get(key) is not None), None)
     row["train_limit"] = config["train_limit"]
     row["epochs"] = n_epochs if n_epochs is not None else config["epochs"]
+    unused = NETWORK_SHAPE_OPTIONS if user_networks(config) else ()
     for key, value in config["model_options"].items():
-        _flatten(f"opt.{key}", value, row)
+        if key not in unused:  # left blank: they did not shape this run's network
+            _flatten(f"opt.{key}", value, row)
     return row
+
+
+def user_networks(config: dict) -> bool:
+    """Whether both of the run's networks are the user's own modules (model_options records each as its import
+    spec, or as custom:Class for a module given from Python): the MLP options then shaped nothing."""
+    options = config.get("model_options") if isinstance(config.get("model_options"), dict) else {}
+    return all(isinstance(options.get(role), (dict, str)) for role in ("encoder", "decoder"))
 
 
 def table_rows(
@@ -223,14 +278,16 @@ def _csv_cell(v: Any) -> str:
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(rows[0]))
+    writer.writerow([_csv_cell(k) for k in rows[0]])  # column names come from eval.json too
     for row in rows:
         writer.writerow([_csv_cell(v) for v in row.values()])
     return buf.getvalue()
 
 
 # ---------------------------------------------------------------- reconstructions
-def _reconstructions(run_dirs: list[Path], names: list[str], config: dict, data_dir) -> tuple[list, list, list[str]]:
+def _reconstructions(
+    run_dirs: list[Path], names: list[str], config: dict, data_dir, trust_code=False
+) -> tuple[list, list, list[str]]:
     """(image rows, row labels, notes) of one data group: the test images, then each run's reconstructions
     of the same images. A run whose model cannot be rebuilt (or does not take these images) is left out."""
     from .evaluate import first_of_each_class
@@ -244,7 +301,7 @@ def _reconstructions(run_dirs: list[Path], names: list[str], config: dict, data_
     rows, labels, notes = [x.numpy()], ["input"], []
     for run_dir, name in zip(run_dirs, names):
         try:
-            model = runs.load_model(run_dir)
+            model = runs.load_model(run_dir, trust_code=trust_code)
         except AelabError as e:
             notes.append(f"{name}: reconstructions not shown: its model cannot be rebuilt from model.json ({e})")
             continue
@@ -282,9 +339,38 @@ def group_summary(evals: list[dict], name: str = "") -> dict:
         raise CheckpointError(f"{name}: {e}" if name else str(e)) from None
 
 
-def paired_differences(evals_a: list[dict], evals_b: list[dict]) -> dict:
+_ARCHITECTURE_OPTIONS = ("input_shape", "encoder", "decoder", *NETWORK_SHAPE_OPTIONS)
+
+
+def objective(config: dict) -> str:
+    """What a run's own loss terms mean: its model, its loss unit and the options that weigh its objective (beta,
+    lam, weight_decay, ...; the networks' shapes left out)."""
+    options = config.get("model_options") if isinstance(config.get("model_options"), dict) else {}
+    weighed = {k: v for k, v in options.items() if k not in _ARCHITECTURE_OPTIONS}
+    return _canonical([config.get("model"), report.loss_unit(config), weighed])
+
+
+def incomparable(key: str, config_a: dict | None, config_b: dict | None) -> str | None:
+    """Why metric `key` of two runs has no meaningful difference, or None when it has: a baseline (the data only),
+    a loss in two units, or an objective term of two objectives."""
+    if key in BASELINE_METRICS:
+        return "a baseline: it depends on the data only"
+    if config_a is None or config_b is None or not (key.startswith("test_") or key in UNIT_METRICS):
+        return None
+    unit_a, unit_b = report.loss_unit(config_a), report.loss_unit(config_b)
+    if unit_a != unit_b:
+        return f"{unit_a} against {unit_b}"
+    if key not in UNIT_METRICS and objective(config_a) != objective(config_b):
+        return "each model's own objective (other models or weights of its terms)"
+    return None
+
+
+def paired_differences(
+    evals_a: list[dict], evals_b: list[dict], config_a: dict | None = None, config_b: dict | None = None
+) -> dict:
     """B - A per metric over the seeds both groups share (same seeds, same order): {name: summary}. Metrics
-    that either side lacks, or that are not numbers at every seed, are left out."""
+    that either side lacks, or that are not numbers at every seed, are left out; so are the baselines and, given
+    the two groups' configs, the loss terms that mean different things in the two (incomparable)."""
     from .seeds import CHOSEN_SETTINGS, SETTINGS_NOT_METRICS
 
     def number(v) -> bool:
@@ -292,13 +378,13 @@ def paired_differences(evals_a: list[dict], evals_b: list[dict]) -> dict:
 
     out = {}
     for key in evals_a[0]["metrics"]:
-        if key in SETTINGS_NOT_METRICS + CHOSEN_SETTINGS:
+        if key in SETTINGS_NOT_METRICS + CHOSEN_SETTINGS or incomparable(key, config_a, config_b):
             continue
         va = [e["metrics"].get(key) for e in evals_a]
         vb = [e["metrics"].get(key) for e in evals_b]
         if all(map(number, va + vb)):
             try:
-                out[key] = paired_difference(vb, va, bounded=metric_bounds(key))
+                out[key] = paired_difference(vb, va, bounded=metric_range(key))
             except ValueError as e:  # an accuracy outside [0, 1]: an edited eval.json
                 raise CheckpointError(f"metric {key!r} of the seeds' eval.json: {e}") from None
     return out
@@ -310,7 +396,7 @@ def display_rows(
     """The table of comparison.md/.html: one row per run or group (a transposed table: one column each), the
     columns every run has a value for, the data hash cut to 12 characters (the CSV has it whole), losses named
     with their unit, a group's numbers as mean [95% interval] (its `summaries` entry, group_summary's) and its
-    chosen settings listed per seed."""
+    chosen settings listed per seed. The baselines (BASELINE_METRICS) are left to baseline_rows."""
     from .seeds import CHOSEN_SETTINGS, format_choices
 
     rows = []
@@ -337,6 +423,8 @@ def display_rows(
                 if key not in metrics and all(_canonical(e["metrics"].get(key)) == _canonical(value) for e in evs):
                     metrics[key] = value
         for key, value in metrics.items():
+            if key in BASELINE_METRICS:  # the same for every run on these data: their own table, once
+                continue
             label = f"{key} [{unit}]" if key in LOSS_METRICS else key
             if key in CHOSEN_SETTINGS:
                 label += " (chosen on validation)"
@@ -347,8 +435,40 @@ def display_rows(
     return [{c: r.get(c) for c in columns} for r in rows]
 
 
-def paired_tables(entries: list[dict], evals: list[list[dict]]) -> tuple[list[tuple[str, list[dict]]], list, list]:
-    """(tables, results, notes): B - A for every two groups with the same seeds (at least two)."""
+def baseline_rows(entries: list[dict], evals: list[list[dict]]) -> list[dict]:
+    """The baselines of the table, each value once: {"baseline", "value", "runs"} per distinct value (`runs`:
+    "every run", or the runs and groups that share it: other data, another train split or another code size give
+    another PCA). pca_sse is named by its code size (PCA-k)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for entry, evs in zip(entries, evals):
+        for result in evs:  # every seed: a baseline is the same at each (the data only), so one row
+            metrics = result["metrics"]
+            for key in BASELINE_METRICS:
+                value = metrics.get(key)
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                label = key
+                if key == "pca_sse" and isinstance(metrics.get("code_dim"), int):
+                    label = f"pca_sse (PCA-{metrics['code_dim']})"
+                elif key == "raw_probe_C":
+                    label += " (chosen on validation)"
+                names = found.setdefault((label, report._fmt(value)), [])
+                if entry["name"] not in names:
+                    names.append(entry["name"])
+    every = len(entries)
+    order = {k: i for i, k in enumerate(BASELINE_METRICS)}
+    rows = [
+        {"baseline": label, "value": value, "runs": "every run" if len(names) == every else ", ".join(names)}
+        for (label, value), names in found.items()
+    ]
+    return sorted(rows, key=lambda r: order[r["baseline"].split(" ")[0]])
+
+
+def paired_tables(
+    entries: list[dict], evals: list[list[dict]], configs: list[list[dict]] | None = None
+) -> tuple[list[tuple[str, list[dict]]], list, list]:
+    """(tables, results, notes): B - A for every two groups with the same seeds (at least two); with the groups'
+    configs, only the metrics that mean the same in both (a note names those left out and why)."""
     groups = [i for i, e in enumerate(entries) if e["seeds"]]
     tables, results, notes = [], [], []
     for x, i in enumerate(groups):
@@ -363,10 +483,20 @@ def paired_tables(entries: list[dict], evals: list[list[dict]]) -> tuple[list[tu
             if len(a["seeds"]) < 2:
                 notes.append(f"{a['name']} and {b['name']}: one seed each, so no paired differences")
                 continue
+            config_a, config_b = (configs[i][0], configs[j][0]) if configs else (None, None)
             try:
-                diffs = paired_differences(evals[i], evals[j])
+                diffs = paired_differences(evals[i], evals[j], config_a, config_b)
             except CheckpointError as e:
                 raise CheckpointError(f"{b['name']} − {a['name']}: {e}") from None
+            if configs:
+                why = {}
+                for key in evals[i][0]["metrics"]:
+                    reason = incomparable(key, config_a, config_b)
+                    if reason and key in evals[j][0]["metrics"]:
+                        why.setdefault(reason, []).append(key)
+                left_out = "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in why.items())
+                if left_out:
+                    notes.append(f"{b['name']} − {a['name']}: not paired: {left_out}")
             results.append({"a": a["name"], "b": b["name"], "seeds": a["seeds"], "metrics": diffs})
             rows = [
                 {"metric": k, f"{b['name']} − {a['name']}": _cell(v), "n": v["n_seeds"],
@@ -376,6 +506,44 @@ def paired_tables(entries: list[dict], evals: list[list[dict]]) -> tuple[list[tu
             caption = f"Paired differences over seeds {', '.join(map(str, a['seeds']))}: {b['name']} − {a['name']}"
             tables.append((caption, rows))
     return tables, results, notes
+
+
+def _band(curves: list[list[dict]]) -> dict[str, list[tuple[int, float, float]]]:
+    """{key: [(epoch, lowest, highest) over the seeds]} at the epochs every seed has: a group's spread."""
+    by_epoch = [{h["epoch"]: h for h in c} for c in curves]
+    shared = sorted(set.intersection(*(set(b) for b in by_epoch))) if by_epoch else []
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for key in ("train_loss", "val_loss", "test_loss"):
+        points = []
+        for epoch in shared:
+            values = [b[epoch].get(key) for b in by_epoch]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                points.append((epoch, min(values), max(values)))
+        if points:
+            out[key] = points
+    return out
+
+
+BASELINES_CAPTION = (
+    "Baselines: the data only (PCA with the code's size, the probe on raw pixels), shown once, never paired"
+)
+
+
+def table_reading(entries: list[dict], configs: list[list[dict]], evals: list[list[dict]], summaries) -> str | None:
+    """The comparison's one-line reading (aelab.reading): each run's numbers, a group's means over its seeds."""
+    readable = []
+    for entry, cfgs, evs, summary in zip(entries, configs, evals, summaries):
+        metrics = dict(evs[0]["metrics"])
+        if summary is not None:  # a group: the means over its seeds
+            metrics.update({k: v["mean"] for k, v in summary["metrics"].items()})
+        warnings = [w for result in evs for w in recorded_warnings(result)]
+        readable.append({"name": entry["name"], "metrics": metrics, "warnings": warnings,
+                         "binary_code": cfgs[0].get("model") == "binary"})  # fmt: skip
+    text = reading(readable)
+    groups = [e for e in entries if e["seeds"]]
+    if text and groups:
+        text += " A group's numbers are the means over its seeds."
+    return text
 
 
 def _mean_curve(curves: list[list[dict]]) -> list[dict]:
@@ -396,14 +564,14 @@ def _mean_curve(curves: list[list[dict]]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the comparison
-def _current_eval(run_dir: Path, name: str, iwae_k: int, data_dir, notes: list[str]) -> dict:
+def _current_eval(run_dir: Path, name: str, iwae_k: int, data_dir, notes: list[str], trust_code=False) -> dict:
     """The run's eval.json when it scored the weights the run holds now; else the run evaluated again (and a
     note). An eval.json that scored other weights is never shown as current."""
     from .evaluate import evaluate
 
     if not ((run_dir / "eval.json").exists() or (run_dir / "eval.json").is_symlink()):
         notes.append(f"{name}: evaluated now (it had no eval.json)")
-        return evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir)
+        return evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir, trust_code=trust_code)
     saved = _read_eval(run_dir)
     scored = saved.get("scored")
     if scored is None:  # written before eval.json recorded its weights: used, with what can be said
@@ -413,7 +581,7 @@ def _current_eval(run_dir: Path, name: str, iwae_k: int, data_dir, notes: list[s
     if scored == runs.weights_record(run_dir):
         return saved
     try:  # it scored other weights (a resume trained on since)
-        result = evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir)
+        result = evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir, trust_code=trust_code)
     except AelabError as e:
         raise ConfigError(
             f"{name}: eval.json scored other weights than the run holds now, and it cannot be evaluated "
@@ -433,6 +601,7 @@ def compare(
     data_dir: str | os.PathLike | None = None,
     iwae_k: int = 100,
     allow_different_data: bool = False,
+    trust_code=False,
 ) -> dict:
     """Compare runs and seed groups into `out` (comparison.csv, .json, .md, .html, figures/); return
     {"rows", "table", "groups", "paired", "notes", "files"}.
@@ -443,6 +612,9 @@ def compare(
     eval.json scored other weights, are evaluated first (evaluate(run, write=True, data_dir=..., iwae_k=...))."""
     if not str(out).strip():
         raise ConfigError("--out must name a folder")
+    from .data.datasets import check_data_dir
+
+    check_data_dir(data_dir)
     if not run_dirs:
         raise ConfigError("compare needs at least one run folder")
     out = Path(out)
@@ -470,6 +642,7 @@ def compare(
         seen[real] = name
     if out.resolve() in seen or out.resolve() in {g.resolve() for g in given}:
         raise ConfigError(f"--out {out} is one of the runs compared; choose another folder")
+    refuse_run_folder_as_out(out)
 
     configs = [runs.read_config(d) for d in dirs]
     for entry, cfgs in zip(entries, by_entry(configs)):  # a group's seed is its folder's name: the run must agree
@@ -483,10 +656,16 @@ def compare(
         raise ConfigError(f"the runs use different data ({which}); pass --allow-different-data to compare them anyway")
     histories = [runs.read_history(d) for d in dirs]
 
-    notes: list[str] = []
-    evals = [_current_eval(run_dir, name, iwae_k, data_dir, notes) for run_dir, name in zip(dirs, names)]
-    for name, result in zip(names, evals):  # eval.json is untrusted: strings only, one line each, bounded
-        notes += [f"{name}: warning: {w}" for w in recorded_warnings(result)]
+    notes: list[str] = [
+        f"{e['name']}: no run folder for seed {', '.join(map(str, e['missing']))}; the group is summarised over "
+        f"the {plural(len(e['seeds']), 'seed')} it holds ({', '.join(map(str, e['seeds']))})"
+        for e in entries
+        if e.get("missing")
+    ]
+    evals = [_current_eval(d, name, iwae_k, data_dir, notes, trust_code) for d, name in zip(dirs, names)]
+    warned = [(name, w) for name, result in zip(names, evals) for w in recorded_warnings(result)]
+    warning_notes = [f"{name}: warning: {w}" for name, w in warned]  # eval.json is untrusted: recorded_warnings
+    notes += warning_notes  # keeps strings only, one line each, bounded
     epochs = [_trained_epochs(h) for h in histories]
     for name, config, n in zip(names, configs, epochs):
         if n is not None and n < config["epochs"]:
@@ -513,8 +692,11 @@ def compare(
         for e, summary in zip(entries, summaries)
         if summary is not None
     }
-    pair_tables, pair_results, pair_notes = paired_tables(entries, entry_evals)
+    pair_tables, pair_results, pair_notes = paired_tables(entries, entry_evals, entry_configs)
     notes += pair_notes
+    baselines = baseline_rows(entries, entry_evals)
+    lead = [line for line in [table_reading(entries, entry_configs, entry_evals, summaries)] if line]
+    lead += [f"Warning: {name}: {w}" for name, w in warned]
 
     # everything read and computed before `out` is touched: bad input leaves nothing behind
     shown = [(e["dirs"][0], e["name"] if e["seeds"] is None else f"{e['name']} (seed {e['seeds'][0]})")
@@ -523,18 +705,24 @@ def compare(
     mosaics = []
     for group in data_groups(shown_configs):
         images, labels, group_notes = _reconstructions(
-            [shown[i][0] for i in group], [shown[i][1] for i in group], shown_configs[group[0]], data_dir
+            [shown[i][0] for i in group], [shown[i][1] for i in group], shown_configs[group[0]], data_dir, trust_code
         )
         notes += group_notes
         if len(images) > 1:
             mosaics.append((group, images, labels))
-    curves, units = {}, {}
+    curves, units, bands = {}, {}, {}
     for entry, cfgs, entry_histories in zip(entries, entry_configs, by_entry(histories)):
         member_curves = [_curve(h) for h in entry_histories]
-        label = entry["name"] if entry["seeds"] is None else f"{entry['name']} (mean of {len(entry['seeds'])} seeds)"
+        label = (
+            entry["name"]
+            if entry["seeds"] is None
+            else f"{entry['name']} (mean of {plural(len(entry['seeds']), 'seed')})"
+        )
         curve = member_curves[0] if entry["seeds"] is None else _mean_curve(member_curves)
         if curve:
             curves[label], units[label] = curve, report.loss_unit(cfgs[0])
+            if entry["seeds"] and len(member_curves) > 1:
+                bands[label] = _band(member_curves)
 
     data_note = (
         f"Data: {data_label(configs[0])} for every run."
@@ -570,11 +758,13 @@ def compare(
         figures = []
         if curves:  # the validation loss chooses (dotted); the test loss is only reported (dashed)
             path = report.plot_curves(
-                curves, fig_dir / "loss.png", keys=("val_loss", "test_loss"), title="loss per epoch", units=units
-            )
+                curves, fig_dir / "loss.png", keys=("val_loss", "test_loss"), title="loss per epoch", units=units,
+                bands=bands,
+            )  # fmt: skip
             figures.append(
-                ("Validation loss (dotted: the split that chooses) and test loss (dashed) per epoch, one panel per "
-                 "loss unit", path)
+                ("Validation loss (dotted: the split that chooses) and test loss (dashed) per epoch, one colour per "
+                 "run or group, one panel per loss unit; a group: the mean over its seeds, shaded from the lowest "
+                 "to the highest seed", path)
             )  # fmt: skip
         for k, (group, images, labels) in enumerate(mosaics):
             path = report.plot_image_rows(images, labels, fig_dir / f"reconstructions-{k + 1}.png")
@@ -588,11 +778,16 @@ def compare(
         html_path = report.write_report(
             out,
             "aelab comparison",
-            [("Runs and test metrics", table), *pair_tables],
+            [
+                ("Runs and test metrics", table),
+                *([(BASELINES_CAPTION, baselines)] if baselines else []),
+                *pair_tables,
+            ],
             figures,
-            notes,
+            [n for n in notes if n not in warning_notes],  # those are at the top (lead)
             name="comparison",
             numbers_first=True,
+            lead=lead,
         )
     files = {"csv": out / "comparison.csv", "json": out / "comparison.json", "md": out / "comparison.md",
              "html": html_path}  # fmt: skip

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import data as datamod
 from . import report, runs, tracking
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, StorageError
 from .metrics.codes import (
     DEFAULT_PROBE_C,
+    PROBE_C_GRID,
     encode_all,
     interpolation_rows,
     reconstruct_all,
@@ -51,6 +51,7 @@ from .metrics.contraction import contraction_diagnostics
 from .metrics.convergence import still_falling_warning, worse_than_pca_warning
 from .metrics.reconstruction import pca_reconstruction_sse, sse_per_image
 from .metrics.retrieval import code_statistics
+from .progress import Progress, inner_bar
 from .train import evaluate_loss
 
 _RAW_PROBE_CACHE: dict[tuple, dict] = {}
@@ -59,23 +60,82 @@ IWAE_BATCH = 100  # images per IWAE step: k samples of each are held at once
 TRAVERSED_DIMS = 8  # rows of the latent traversal figure
 
 
+PROBE_CACHE_VERSION = 1  # of the solver and the protocol: a change makes every cached probe stale
+
+
 def raw_probe(config: dict, x_tr, y_tr, x_te, y_te, validation) -> dict:
-    """The pixel probe (aelab.metrics.codes.validated_probe) depends only on the data: compute it once per process
-    and pair of train and test sets (the test set is part of the key: `--test-dataset` scores the same run on
-    another one; so is the validation split, which chooses its C)."""
-    info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
-    test_digest = hashlib.sha256(np.ascontiguousarray(x_te).tobytes() + np.ascontiguousarray(y_te).tobytes())
-    key = (
-        config["dataset"],
-        repr(sorted(config.get("dataset_options", {}).items())),
-        config.get("train_limit"),
-        info.get("sha256"),
-        test_digest.hexdigest(),
-        None if validation is None else hashlib.sha256(np.ascontiguousarray(validation[1]).tobytes()).hexdigest(),
+    """The pixel probe (aelab.metrics.codes.validated_probe) depends only on the data: it is fitted once per train
+    split, validation split and test set, then read back by every row, run and seed, in this process and from disk
+    (`probes/<key>.json` in aelab's data folder, beside the decoded-folder cache). The key is a hash of the arrays
+    themselves (never of what config.json says), of the validation split that chooses C, of the C grid and of
+    the solver's version."""
+    import json
+
+    digest = hashlib.sha256()
+    for part in (x_tr, y_tr, x_te, y_te, *(validation or ())):
+        array = np.ascontiguousarray(part)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    digest.update(json.dumps([PROBE_CACHE_VERSION, list(PROBE_C_GRID)]).encode())
+    key = digest.hexdigest()
+    if key in _RAW_PROBE_CACHE:
+        return _RAW_PROBE_CACHE[key]
+    path = datamod.datasets.data_dir() / "probes" / f"{key}.json"
+    cached = _read_probe(path)
+    if cached is None:
+        cached = validated_probe(x_tr, y_tr, x_te, y_te, validation)
+        try:
+            runs.write_json(path, cached)
+        except StorageError:  # a read-only data folder costs time, not the evaluation
+            pass
+    _RAW_PROBE_CACHE[key] = cached
+    return cached
+
+
+def refuse_seed_group(run_dir: Path) -> None:
+    """A `train --seeds` folder is not a run: say what to do with it instead of "model.json: missing"."""
+    if (run_dir / "model.json").exists() or (run_dir / "config.json").exists() or not run_dir.is_dir():
+        return
+    from .compare import seed_folders
+
+    seeds = [s for s, _ in seed_folders(run_dir)]
+    if seeds:
+        span = f"seed-{seeds[0]}" if len(seeds) == 1 else f"seed-{seeds[0]} ... seed-{seeds[-1]}"
+        raise ConfigError(
+            f"{run_dir} is a seed group ({span}): evaluate {run_dir / f'seed-{seeds[-1]}'} (one of its runs), or "
+            f"compare the group (aelab compare {run_dir} ... --out DIR)"
+        )
+
+
+def probe_convergence_warning(name: str, probe: dict) -> str | None:
+    """aelab's one line for a probe whose solver stopped before its tolerance (instead of the library's warning)."""
+    if probe.get("converged", True):
+        return None
+    from .metrics.logistic import MAX_ITER, TOL
+
+    return (
+        f"the linear probe on the {name} stopped at {MAX_ITER} L-BFGS iterations before its gradient reached {TOL:g}"
+        " (nearly separable data at a large C): its accuracy may be off in the third decimal"
     )
-    if key not in _RAW_PROBE_CACHE:
-        _RAW_PROBE_CACHE[key] = validated_probe(x_tr, y_tr, x_te, y_te, validation)
-    return _RAW_PROBE_CACHE[key]
+
+
+def _read_probe(path: Path) -> dict | None:
+    """A cached probe result, or None when absent or not of the expected form (the cache is never trusted)."""
+    try:
+        result = runs.read_json(path, max_bytes=1 << 16)
+    except CheckpointError:
+        return None
+    numbers = lambda v: isinstance(v, list) and all(isinstance(a, (int, float)) for a in v)  # noqa: E731
+    ok = (
+        isinstance(result, dict)
+        and isinstance(result.get("accuracy"), float)
+        and 0 <= result["accuracy"] <= 1
+        and isinstance(result.get("C"), (int, float))
+        and numbers(result.get("grid"))
+        and (result.get("validation_accuracy") is None or numbers(result["validation_accuracy"]))
+        and isinstance(result.get("converged"), bool)
+    )
+    return result if ok else None
 
 
 def first_of_each_class(labels: torch.Tensor, n: int = 16, seed: int = 0) -> list[int]:
@@ -101,6 +161,7 @@ def evaluate(
     test_dataset: str | Path | None = None,
     log_mlflow: bool = False,
     device: str = "cpu",
+    trust_code=False,
 ) -> dict:
     """Compute the metrics of a run. With write=True, also write eval.json, report.html/md and (with
     figures=True) figures/ into the run folder, holding its lock; with write=False nothing on disk changes.
@@ -115,13 +176,17 @@ def evaluate(
     because a run folder from elsewhere could name any store there. `device` ("cpu", "cuda", "cuda:N") runs the
     network passes over whole splits there (codes, reconstructions, the test loss, the IWAE bound, whose samples
     are drawn on the CPU so that its numbers do not depend on the device); the diagnostics and figures run on
-    the CPU."""
+    the CPU. `trust_code` (True, or the classes trusted by name): a model.json naming its networks by import path
+    (`--encoder pkg.module:Class`) is rebuilt only when it allows them (aelab.runs.load_model: the trust rule)."""
     from .train import resolve_device
 
     device = resolve_device(device)  # an unknown or absent device: one line, before any work
+    datamod.datasets.check_data_dir(data_dir)
     run_dir = Path(run_dir)
-    with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext():
+    refuse_seed_group(run_dir)
+    with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext(), contextlib.ExitStack() as closing:
         return _evaluate(
+            closing,
             run_dir,
             iwae_k,
             tsne_points,
@@ -136,10 +201,12 @@ def evaluate(
             test_dataset,
             log_mlflow,
             device,
+            trust_code,
         )
 
 
 def _evaluate(
+    closing: contextlib.ExitStack,
     run_dir: Path,
     iwae_k: int,
     tsne_points: int,
@@ -154,10 +221,11 @@ def _evaluate(
     test_dataset=None,
     log_mlflow: bool = False,
     device: torch.device | str = "cpu",
+    trust_code=False,
 ) -> dict:
     # the file is read bounded by the model model.json describes, then hashed: the lock held by the caller
     # keeps any writer out in between, so the hash is of the weights loaded
-    model = runs.load_model(run_dir, encoder=encoder, decoder=decoder)
+    model = runs.load_model(run_dir, encoder=encoder, decoder=decoder, trust_code=trust_code)
     scored = runs.weights_record(run_dir)  # which weights these numbers are about
     config = runs.read_config(run_dir)
     train_x, train_y, test_x, test_y = runs.run_data(config, data_dir, data)
@@ -171,6 +239,10 @@ def _evaluate(
             )
         eval_name = f"eval-test-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(str(test_dataset)).name)}.json"
         figures = False
+    if len(train_x) < 2 or len(test_x) < 1:  # config.json is untrusted (train_limit: 1): nothing to fit PCA on
+        raise CheckpointError(
+            f"{run_dir}/config.json leaves {len(train_x)} train and {len(test_x)} test images: too few to evaluate"
+        )
     labeled = bool(len(train_y)) and bool((train_y >= 0).all()) and bool((test_y >= 0).all())
     if tuple(test_x.shape[1:]) != tuple(model.input_shape):
         raise CheckpointError(
@@ -178,31 +250,35 @@ def _evaluate(
             f"in model.json takes {tuple(model.input_shape)}"
         )
     if model.has_likelihood:  # before any work: k samples of every image in a batch must fit in memory
-        iwae_batch_size(iwae_k, math.prod(model.input_shape))
+        iwae_batch_size(iwae_k, math.prod(model.input_shape), model.latent)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     fig_dir = None
     history = runs.read_history(run_dir)  # the curves, and whether the loss was still falling at the end
-    if write:  # the rest of the run folder is read before the work starts, so bad input stays one line (no bars)
-        runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
-        if figures:
-            fig_dir = runs.subfolder(run_dir, "figures")
-            runs.remove_stale_temp_files(fig_dir)
+    if write and figures:  # the rest of the run folder is read before the work starts, so bad input stays one
+        runs.check_subfolder(run_dir, "figures")  # line (no bars); nothing is written before the work is done
     label = run_dir.resolve().name  # bars say which run, when several are evaluated one after another
+    with torch.no_grad():  # weights that overflow (1e38) are the file's fault: one line, before any work starts
+        probe_x = test_x[:8].to(device)
+        if not (torch.isfinite(model.to(device).eval().encode(probe_x)).all() and torch.isfinite(model(probe_x)).all()):
+            raise CheckpointError(f"{run_dir}/model.safetensors: the weights give non-finite codes or reconstructions")
     optional_stages = [model.has_likelihood, model.has_posterior_kl, model.has_mlp_encoder, model.binary_code]
-    bar = tqdm(
+    bar = Progress(
+        f"{label}: evaluate",
         total=2 + sum(optional_stages) + (write and figures) + write,  # + codes, test loss
-        desc=f"{label}: evaluate",
         unit="stage",
-        file=sys.stderr,
-        disable=not progress,
+        enabled=progress,
     )
+    closing.enter_context(bar)  # closed however evaluate ends
 
-    bar.set_postfix_str("codes, PCA, probes")
+    bar.phase("codes, PCA, probes")
     model.to(device)  # the passes over whole splits on `device`; the rest below on the CPU
     train_codes = encode_all(model, train_x.to(device)).cpu().numpy()
     test_codes = encode_all(model, test_x.to(device)).cpu().numpy()
     test_hat = reconstruct_all(model, test_x.to(device)).cpu().numpy()
+    for what, values in (("train codes", train_codes), ("test codes", test_codes), ("reconstructions", test_hat)):
+        if not np.isfinite(values).all():  # weights that overflow (1e38) are the file's fault: one line
+            raise CheckpointError(f"{run_dir}/model.safetensors: the weights give non-finite {what}")
     x_tr, x_te = train_x.numpy(), test_x.numpy()
     sse = sse_per_image(x_te, test_hat)
     code_dim = test_codes.shape[1]
@@ -226,30 +302,38 @@ def _evaluate(
     if code_dim < x_tr[0].size:  # else PCA keeps every direction: exact, and a ratio to ~0 is noise
         metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     bar.update()
-    bar.set_postfix_str("test loss")
+    bar.phase("test loss")
     for k, v in evaluate_loss(model, test_x.to(device), 500, seed).items():
         metrics[f"test_{k}"] = v
     bar.update()
     if model.has_likelihood:
-        bar.set_postfix_str("IWAE")
+        bar.phase("IWAE")
         metrics["nll_nats"] = -iwae_mean(model, test_x.to(device), iwae_k, seed, label if progress else None)
         metrics["iwae_k"] = iwae_k
         bar.update()
+    rbm_protocol = None
+    if model.has_partition_function:  # an RBM: log Z by AIS (exact when small) and log p(x), on `device`
+        from .metrics.rbm_likelihood import run_metrics
+
+        bar.phase("log Z and log p(x)")
+        ais_label = label if progress else None
+        extra, rbm_protocol = run_metrics(model, config, train_x, train_y, test_x, seed=seed, progress=ais_label)
+        metrics.update(extra)
     model.cpu()
     kl_per_dimension = None
     if model.has_posterior_kl:
-        bar.set_postfix_str("KL per dimension")
+        bar.phase("KL per dimension")
         kl_per_dimension = model.kl_per_dimension(test_x).tolist()
         metrics["active_units"] = sum(kl > ACTIVE_UNIT_NATS for kl in kl_per_dimension)
         bar.update()
     spectrum, bit_usage = None, None
     if model.has_mlp_encoder:
-        bar.set_postfix_str("contraction")
+        bar.phase("contraction")
         extra, spectrum = contraction_diagnostics(model, test_x)
         metrics.update(extra)
         bar.update()
     if model.binary_code:
-        bar.set_postfix_str("code statistics")
+        bar.phase("code statistics")
         extra, bit_usage = code_statistics(model, train_x, test_x)
         metrics.update(extra)
         bar.update()
@@ -261,6 +345,7 @@ def _evaluate(
         for w in (
             still_falling_warning(history, str(run_dir)),
             worse_than_pca_warning(metrics, bool(model.binary_code), math.prod(model.input_shape)),
+            *(probe_convergence_warning(name, probe) for name, probe in probes.items()),
         )
         if w is not None
     ]
@@ -297,6 +382,8 @@ def _evaluate(
     }
     if spectrum is not None:
         result["jacobian_mean_singular_values"] = spectrum
+    if rbm_protocol is not None:
+        result["protocol"]["rbm_likelihood"] = rbm_protocol
     if kl_per_dimension is not None:
         result["kl_per_dimension"] = kl_per_dimension
         result["protocol"]["active_units"] = f"KL(q(z_j|x) || N(0,1)), mean over test images, > {ACTIVE_UNIT_NATS} nats"
@@ -304,9 +391,12 @@ def _evaluate(
         bar.close()
         return result
 
+    runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
     figs: list[tuple[str, Path]] = []
     if figures:
-        bar.set_postfix_str("figures")
+        fig_dir = runs.subfolder(run_dir, "figures")
+        runs.remove_stale_temp_files(fig_dir)
+        bar.phase("figures")
         figs = _figures(
             model,
             history,
@@ -333,21 +423,25 @@ def _evaluate(
                 ("Bit usage over the train images", report.plot_bit_usage(bit_usage, fig_dir / "bit_usage.png"))
             )
         bar.update()
-    bar.set_postfix_str("report")
+    bar.phase("report")
     runs.write_json(run_dir / eval_name, result)
     if test_dataset is not None:  # the run's own eval.json, report and tracking stay about its own test split
         bar.update()
         bar.close()
         return result
+    from .reading import display_name, reading
+
+    line = reading([{"name": display_name(name), "metrics": metrics, "warnings": warnings,
+                     "binary_code": bool(model.binary_code)}])  # fmt: skip
     report.write_report(
         run_dir,
         f"aelab run: {name} on {config['dataset']}",
         [("Test metrics (fitted on train, scored on test)", [{"model": name, **metrics}])],
         figs,
-        notes=[f"Warning: {w[0].upper()}{w[1:]}." for w in warnings]
-        + [data_sentence(config, len(train_x), len(test_x))]
+        notes=[data_sentence(config, len(train_x), len(test_x))]
         + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
+        lead=([line] if line else []) + [f"Warning: {w[0].upper()}{w[1:]}." for w in warnings],
     )
     # the MLflow run that trained this run folder (RUN/tracking.json), when asked: a failure there keeps all of the
     # above; unasked, one line says that the evaluation could go there
@@ -368,34 +462,38 @@ def _evaluate(
     return result
 
 
-IWAE_TENSOR_BYTES = 2 * 2**30  # the (k, images, pixels) logits of one IWAE step: at most this much
+IWAE_TENSOR_BYTES = 2 * 2**30  # the (k, images, pixels) logits of one IWAE step would take at most this much
+MAX_IWAE_K = 100_000
+IWAE_SAMPLE_BYTES = 256 * 2**20  # the (k, images, latent) samples of one IWAE step: at most this much
 
 
-def iwae_batch_size(k: int, pixels: int) -> int:
-    """Images per IWAE step: IWAE_BATCH, or fewer so that their k x pixels float32 logits stay under
-    IWAE_TENSOR_BYTES. Refuses (one line, with the GiB needed) a k whose samples of ONE image cannot fit: the
-    step holds about four tensors of that size."""
+def iwae_batch_size(k: int, pixels: int, latent: int) -> int:
+    """Images per IWAE step: IWAE_BATCH, or fewer so that their k x pixels logits would stay under IWAE_TENSOR_BYTES
+    and their k x latent samples under IWAE_SAMPLE_BYTES (a fixed rule: the estimate never depends on the memory
+    of the machine; the decoder then runs over them in chunks, models.vae.IWAE_CHUNK_BYTES). Refuses (one line,
+    with the GiB needed) a k whose samples of ONE image cannot fit."""
     from .models import available_memory_bytes
+    from .models.vae import IWAE_CHUNK_BYTES
 
+    if k > MAX_IWAE_K:  # it would fit, in chunks, but run for hours: a typo, not a measurement
+        raise ConfigError(f"--iwae-k {k}: at most {MAX_IWAE_K:,} samples per image (Burda et al. use 5,000)")
     per_image = k * pixels * 4
-    need, have = 4 * per_image, available_memory_bytes()
+    need, have = 3 * k * latent * 4 + 2 * IWAE_CHUNK_BYTES, available_memory_bytes()  # samples, z, log weights
     if need > have:
         raise ConfigError(
             f"--iwae-k {k}: the samples of one image need about {need / 2**30:.3g} GiB; "
             f"{have / 2**30:.3g} GiB of memory is available (the test NLL needs no more than a few thousand)"
         )
-    return max(1, min(IWAE_BATCH, IWAE_TENSOR_BYTES // per_image))
+    return max(1, min(IWAE_BATCH, IWAE_TENSOR_BYTES // per_image, IWAE_SAMPLE_BYTES // (k * latent * 4)))
 
 
 def iwae_mean(model, x: torch.Tensor, k: int, seed: int, progress: str | None = None) -> float:
     """Mean IWAE estimate of log p(x) in nats over the images x, iwae_batch_size images at a time (one generator
     throughout: the same estimate per image as one call on all of x). `progress` labels a tqdm bar; None for none."""
     gen = torch.Generator().manual_seed(seed)
-    batches = x.split(iwae_batch_size(k, math.prod(x.shape[1:])))
+    batches = x.split(iwae_batch_size(k, math.prod(x.shape[1:]), model.latent))
     total = 0.0
-    for xb in tqdm(
-        batches, desc=f"{progress}: IWAE k={k}", unit="batch", file=sys.stderr, disable=progress is None, leave=False
-    ):
+    for xb in inner_bar(batches, f"{progress}: IWAE k={k}", "batch", enabled=progress is not None):
         total += float(model.iwae_log_likelihood(xb, k=k, batch_size=len(xb), generator=gen).double().sum())
     return total / len(x)
 

@@ -180,17 +180,59 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+MAX_OPTION_JSON_DEPTH = 16  # nesting of a JSON option value: layer lists need 1, keyword objects 2 or 3
+MAX_OPTION_JSON_CHARS = 100_000
+
+
+def json_nesting(text: str) -> int:
+    """The deepest nesting of [ and { in JSON text, brackets inside strings not counted. A linear scan, so that
+    text nested thousands deep is refused before a parser recurses into it (a minute, then a RecursionError)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def bounded_json(text: str, what: str) -> Any:
+    """json.loads of a command-line value, refused (argparse.ArgumentTypeError, one line) when it is longer than
+    MAX_OPTION_JSON_CHARS or nested deeper than MAX_OPTION_JSON_DEPTH; ValueError when it is not JSON."""
+    if len(text) > MAX_OPTION_JSON_CHARS:
+        raise argparse.ArgumentTypeError(f"{what}: {len(text)} characters, more than {MAX_OPTION_JSON_CHARS}")
+    if json_nesting(text) > MAX_OPTION_JSON_DEPTH:
+        raise argparse.ArgumentTypeError(f"{what}: nested deeper than {MAX_OPTION_JSON_DEPTH} levels")
+    return json.loads(text)
+
+
 def key_value(text: str) -> tuple[str, object]:
     """KEY=VALUE with a JSON value (a bare word stays a string)."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {shown(text)}")
     key, value = text.split("=", 1)
     if not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {shown(text)}")
     try:
-        return key.replace("-", "_"), json.loads(value)
-    except (json.JSONDecodeError, RecursionError):
+        return key.replace("-", "_"), bounded_json(value, f"option {shown(key)}")
+    except ValueError:  # not JSON: a bare word
         return key.replace("-", "_"), value
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """repr(text), cut to `limit` characters: an error line quotes what was given, never a megabyte of it."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------- settings dataclasses <-> argparse

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import runs  # noqa: E402
@@ -42,8 +44,33 @@ def image_mosaic(rows: Sequence[np.ndarray], pad: int = 1) -> np.ndarray:
     return out
 
 
+class _PlainLogFormatter(mticker.LogFormatter):
+    """Log-axis tick labels as plain numbers ('0.01', '1', '100', '1e-05'). Matplotlib's default writes them as
+    mathtext ('$\\mathdefault{10^{0}}$'), which the figures here, drawn with mathtext off (plain_text), would print
+    raw."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
+
+
+def readable_ticks(fig) -> None:
+    """Every log axis of `fig` labelled with plain numbers (_PlainLogFormatter; minor ticks labelled only where
+    matplotlib would label them, when the axis spans few decades)."""
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_formatter(_PlainLogFormatter())
+                axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+
+
+def integer_ticks(axis) -> None:
+    """Ticks at whole numbers only (epochs, dimensions): never 2.5 epochs."""
+    axis.set_major_locator(mticker.MaxNLocator(integer=True))
+
+
 def save_png(fig, path: str | Path) -> Path:
     path = Path(path)
+    readable_ticks(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -94,7 +121,7 @@ def loss_unit(config: dict) -> str:
     ELBO in nats (Bernoulli or Gaussian likelihood); a loss with a penalty (CAE, weight decay) is still in the
     unit of its reconstruction term."""
     options = config.get("model_options") or {}
-    if config.get("model") == "vae":
+    if config.get("model") in ("vae", "iwae"):  # the IWAE: the VAE's networks and likelihoods, its bound in nats
         return f"nats per image ({options.get('likelihood', 'bce')} likelihood)"
     if options.get("loss", "bce") == "mse":
         return "squared error per image"
@@ -130,6 +157,9 @@ def plot_side_by_side(
     return save_png(fig, path)
 
 
+SPLIT_STYLES = {"train": "-", "val": ":", "test": "--"}  # one line style per split, the same in every figure
+
+
 @plain_text
 def plot_curves(
     histories: dict[str, list[dict]],
@@ -137,10 +167,14 @@ def plot_curves(
     keys=("train_loss", "val_loss", "test_loss"),
     title: str = "loss per epoch",
     units: dict[str, str] | None = None,
+    bands: dict[str, dict[str, list[tuple[int, float, float]]]] | None = None,
 ) -> Path:
     """Loss per epoch of each named history; `units` maps a name to its loss unit (`loss_unit`): one panel per
-    unit, so that squared errors and nats are never drawn on one axis."""
+    unit, so that squared errors and nats are never drawn on one axis. One colour per name (a run or a group),
+    one line style per split (SPLIT_STYLES: train solid, validation dotted, test dashed). `bands[name][key]`:
+    (epoch, low, high) points shaded around that line in its colour (a group's spread over its seeds)."""
     panels = curve_panels(histories, units)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(histories)}  # the same colour in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (unit, names) in zip(axes[0], panels.items()):
         for name in names:
@@ -149,15 +183,17 @@ def plot_curves(
                 points = [(h["epoch"], h[key]) for h in rows if key in h]
                 if not points:  # e.g. val_loss of a run without a validation split
                     continue
-                ax.plot(
-                    *zip(*points),
-                    label=f"{name} {key}",
-                    linestyle="-" if key.startswith("train") else ":" if key.startswith("val") else "--",
-                )
+                style = SPLIT_STYLES.get(key.split("_")[0], "-.")
+                ax.plot(*zip(*points), label=f"{name} {key}", color=colours[name], linestyle=style)
+                band = (bands or {}).get(name, {}).get(key)
+                if band:
+                    epochs, low, high = zip(*band)
+                    ax.fill_between(epochs, low, high, color=colours[name], alpha=0.15, linewidth=0)
             kept = [h["best_epoch"] for h in rows if h.get("best_epoch")]
             if kept:  # early stopping: the epoch whose weights the run keeps
-                ax.axvline(kept[-1], color="0.5", linewidth=0.8, linestyle="-.")
+                ax.axvline(kept[-1], color=colours[name], linewidth=0.8, linestyle="-.")
         ax.set_xlabel("epoch")
+        integer_ticks(ax.xaxis)
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.legend(fontsize=8)
@@ -167,14 +203,15 @@ def plot_curves(
 @plain_text
 def plot_terms(history: list[dict], terms: dict[str, str], path: str | Path, ylabel: str = "", title: str = "") -> Path:
     """One panel per term of a history (key -> panel title), e.g. a VAE's reconstruction and KL terms: terms of
-    very different sizes each get their own scale."""
+    very different sizes each get their own scale. Panel titles are wrapped to their panel's width."""
     rows = [h for h in history if all(key in h for key in terms)]
-    fig, axes = plt.subplots(1, len(terms), figsize=(3.0 * len(terms), 3.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.0 * len(terms), 3.6), squeeze=False, layout="constrained")
     for ax, (key, panel_title) in zip(axes[0], terms.items()):
         ax.plot([h["epoch"] for h in rows], [h[key] for h in rows], marker="." if len(rows) < 30 else None)
         ax.set_xlabel("epoch")
+        integer_ticks(ax.xaxis)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{panel_title} ({key})")
+        ax.set_title(textwrap.fill(f"{panel_title} ({key})", 28), fontsize=10)
     if title:
         fig.suptitle(title)
     return save_png(fig, path)
@@ -193,6 +230,7 @@ def plot_kl_per_dimension(kl: Sequence[float], threshold: float, path: str | Pat
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor)
     ax.set_xlabel("latent dimension")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("KL(q(z_j|x) || N(0,1)), nats")
     ax.set_title(f"{int(active.sum())} of {len(kl)} latent dimensions active")
     ax.legend(fontsize=8)
@@ -502,15 +540,20 @@ def write_report(
     config: dict | None = None,
     name: str = "report",
     numbers_first: bool = False,
+    lead: Sequence[str] = (),
 ) -> Path:
     """Write out_dir/{name}.html (PNGs embedded as base64) and out_dir/{name}.md; return the HTML path.
-    numbers_first: the tables before the notes (a one-seed report: the numbers are what is read first)."""
+    numbers_first: the tables before the notes (a one-seed report: the numbers are what is read first).
+    lead: the lines right under the title, before everything else (the reading of the table, its warnings)."""
     out_dir = Path(out_dir)
     md = [f"# {md_escape(title)}", ""]
     h = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     ]
+    for line in lead:
+        md.extend([md_escape(line), ""])
+        h.append(f"<p class='lead'><strong>{html.escape(line)}</strong></p>")
 
     def write_notes() -> None:
         for note in notes:

@@ -23,6 +23,7 @@ import os
 import platform
 import secrets
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,8 +58,9 @@ def fault_point(kind: str) -> None:
     if _fault_counts[kind] == int(target):
         import signal
 
-        # AELAB_FAULT_SIGNAL=TERM: a polite stop (a scheduler's preemption) instead of SIGKILL
-        os.kill(os.getpid(), signal.SIGTERM if os.environ.get("AELAB_FAULT_SIGNAL") == "TERM" else signal.SIGKILL)
+        # AELAB_FAULT_SIGNAL=TERM: a polite stop (a scheduler's preemption) instead of SIGKILL; INT: a Ctrl-C
+        polite = {"TERM": signal.SIGTERM, "INT": signal.SIGINT}
+        os.kill(os.getpid(), polite.get(os.environ.get("AELAB_FAULT_SIGNAL", ""), signal.SIGKILL))
 
 
 # ---------------------------------------------------------------- atomic files
@@ -128,8 +130,8 @@ def regular_file(path: str | os.PathLike) -> os.stat_result:
     return st
 
 
-def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """A regular file's bytes, refused unread when larger than max_bytes."""
+def read_bytes(path: str | os.PathLike, max_bytes: int, head: int | None = None) -> bytes:
+    """A regular file's bytes, refused unread when larger than max_bytes; `head`: only its first `head` bytes."""
     st = regular_file(path)
     if st.st_size > max_bytes:
         raise CheckpointError(f"{path}: {st.st_size} bytes, more than the {max_bytes} expected of it")
@@ -141,6 +143,8 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
                 raise CheckpointError(f"{path}: not a regular file")
             if st.st_size > max_bytes:
                 raise CheckpointError(f"{path}: {st.st_size} bytes, more than the {max_bytes} expected of it")
+            if head is not None:
+                return f.read(head)
             # as many bytes as the file has, never the cap itself: read(n) reserves n bytes, and a 16 GiB
             # reservation fails where memory is limited; one byte more shows that it grew while read
             data = f.read(st.st_size + 1)
@@ -182,6 +186,13 @@ def parse_json(text: bytes | str, where: str) -> Any:
     return obj
 
 
+def check_subfolder(run_dir: str | os.PathLike, name: str) -> None:
+    """Refuse RUN/name when it is a symlink or a file (subfolder would); creates nothing."""
+    path = Path(run_dir) / name
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise CheckpointError(f"{path}: not a folder of the run (a symlink or a file); remove it")
+
+
 def subfolder(run_dir: str | os.PathLike, name: str) -> Path:
     """RUN/name as a real folder inside the run (created if missing); a symlink there is refused, so that
     nothing is ever written outside the run folder through it."""
@@ -195,11 +206,32 @@ def subfolder(run_dir: str | os.PathLike, name: str) -> Path:
     return path
 
 
+def lock_holder(folder: str | os.PathLike) -> int | None:
+    """The pid holding a flock on `folder` (Linux: /proc/locks lists each lock with its pid and the inode it
+    locks), or None where that cannot be told."""
+    try:
+        st = os.stat(folder)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        words = line.split()
+        if "FLOCK" in words and device in words:
+            try:
+                return int(words[words.index(device) - 1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
 class RunLock:
     """An exclusive lock on a run folder, so that two writers never mix their files.
 
-    fcntl.flock on FOLDER/.lock: the OS releases it when the process ends, kill -9 included, so a lock is
-    never stale. The holder writes its pid into the file; a second writer gets one line naming it."""
+    fcntl.flock on the folder itself (opened read-only): the OS releases it when the process ends, kill -9
+    included, so a lock is never stale, and taking it writes nothing, so that a command refused under the lock
+    leaves every byte of the folder as it was. A second writer gets one line naming the holder's pid."""
 
     def __init__(self, folder: str | os.PathLike, create: bool = True):
         self.folder = Path(folder)
@@ -210,44 +242,36 @@ class RunLock:
     def __enter__(self) -> RunLock:
         import fcntl
 
-        path = self.folder / ".lock"
         if not self.create and not self.folder.is_dir():
             raise CheckpointError(f"run folder {self.folder} does not exist")
         try:
             self._created = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
         except OSError as e:
             raise StorageError(f"cannot use {self.folder} as a run folder: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise StorageError(f"cannot lock {path}: {e.strerror} (a filesystem without file locks?)") from None
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StorageError(
+                    f"cannot lock {self.folder}: {e.strerror} (a filesystem without file locks?)"
+                ) from None
+            holder = lock_holder(self.folder)
             raise ConfigError(
-                f"{self.folder} is in use by another aelab process (pid {holder}); wait for it to "
+                f"{self.folder} is in use by another aelab process (pid {holder or 'unknown'}); wait for it to "
                 "finish or choose another --out"
             ) from None
         self._fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as e:
-            self.__exit__(None)
-            raise StorageError(f"cannot write {path}: {e.strerror}") from None
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         if self._fd is None:
             return
         try:
-            if exc_type is not None and self._created and [p.name for p in self.folder.iterdir()] == [".lock"]:
-                # a run that failed before writing anything leaves no folder behind
-                (self.folder / ".lock").unlink(missing_ok=True)
-                self.folder.rmdir()
+            if exc_type is not None and self._created and not any(self.folder.iterdir()):
+                self.folder.rmdir()  # a run that failed before writing anything leaves no folder behind
         except OSError:
             pass  # best effort: never hide the error that got us here
         finally:
@@ -340,14 +364,19 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, A
     atomic_write_bytes(path, _safetensors_bytes(tensors, header))
 
 
-def _refuse_non_safetensors(path: Path, data: bytes) -> None:
-    """Refuse anything that is not safetensors before parsing it; name torch.save files (zip or raw) as such."""
-    if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
-        return  # safetensors: u64 little-endian header length, then a JSON header
+def _refuse_pickle(path: Path, data: bytes) -> None:
+    """torch.save files (zip or raw pickle) are named as such, and refused unread."""
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise CheckpointError(
             f"{path}: is a torch.save (Python-serialised) file; aelab only reads safetensors (refused, not executed)"
         )
+
+
+def _refuse_non_safetensors(path: Path, data: bytes) -> None:
+    """Refuse anything that is not safetensors before parsing it; name torch.save files (zip or raw) as such."""
+    if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
+        return  # safetensors: u64 little-endian header length, then a JSON header
+    _refuse_pickle(path, data)
     raise CheckpointError(f"{path}: not a safetensors file")
 
 
@@ -357,6 +386,11 @@ def read_safetensors(
     """(tensors, header metadata) of a safetensors file, every tensor checked against its stored checksum. A file
     larger than max_bytes (e.g. more than the model it should hold) is refused unread."""
     path = Path(path)
+    if regular_file(path).st_size <= max_bytes:  # (larger: refused by read_bytes below, with its size)
+        head = read_bytes(path, max_bytes, head=9)
+        if head[8:9] != b"{":  # not a safetensors header (whose first bytes are its length): say what it is
+            _refuse_non_safetensors(path, head)
+        check_safetensors_layout(path)  # a file larger than its header says is refused before it is read
     data = read_bytes(path, max_bytes)
     _refuse_non_safetensors(path, data)
     try:
@@ -418,21 +452,77 @@ def load_state(
 
 
 # ---------------------------------------------------------------- the files of a run folder
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike, max_bytes: int = MAX_TENSOR_FILE_BYTES) -> str:
+    """SHA-256 of a regular file of at most max_bytes (a FIFO, a device or a link to one is refused: hashing
+    /dev/zero would never end), read as large as it was when opened."""
+    st = regular_file(path)
+    if st.st_size > max_bytes:
+        raise CheckpointError(f"{path}: {st.st_size} bytes, more than the {max_bytes} expected of it")
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise CheckpointError(f"{path}: not a regular file")
+            left = st.st_size
+            while left > 0:
+                block = f.read(min(1 << 20, left))
+                if not block:
+                    break
+                digest.update(block)
+                left -= len(block)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
     return digest.hexdigest()
+
+
+MAX_SAFETENSORS_HEADER = 16 << 20  # a header lists tensor names, shapes and offsets: far below this
+
+
+def check_safetensors_layout(path: str | os.PathLike) -> int:
+    """The byte count a safetensors file's own header accounts for (8 + header + tensor data), read from the
+    header alone; a file of any other size (a 15 GiB sparse file behind a small header), or a header that does not
+    parse, is refused before the rest is read or hashed. Returns the file's size."""
+    path = Path(path)
+    size = regular_file(path).st_size
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise CheckpointError(f"{path}: not a safetensors file")
+            header = parse_json(f.read(n), f"{path} (header)")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and o >= 0 for o in offsets)
+        ):
+            raise CheckpointError(f"{path}: malformed safetensors header")
+        end = max(end, offsets[1])
+    if 8 + n + end != size:
+        raise CheckpointError(
+            f"{path}: {size} bytes, but its header accounts for {8 + n + end} (truncated, padded or not written by "
+            "aelab)"
+        )
+    return size
 
 
 def weights_record(run_dir: str | os.PathLike) -> dict:
     """What an evaluation scored: the SHA-256 of model.safetensors and the epochs trained (metrics.jsonl). A
-    derived file (eval.json, a report) is current only while the weights still have this hash."""
+    derived file (eval.json, a report) is current only while the weights still have this hash. The file's size is
+    checked against its header and the memory before it is hashed."""
     from .models import available_memory_bytes
 
     run_dir = Path(run_dir)
-    size, have = regular_file(run_dir / "model.safetensors").st_size, available_memory_bytes()
+    size, have = check_safetensors_layout(run_dir / "model.safetensors"), available_memory_bytes()
     if size > min(have, MAX_TENSOR_FILE_BYTES):  # weights that could never be loaded are not hashed either
         raise CheckpointError(
             f"{run_dir}/model.safetensors: {size / 2**30:.3g} GiB, more than the {have / 2**30:.3g} GiB of memory "
@@ -520,6 +610,21 @@ OPTIONAL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "val_fraction": (int, float, _NONE),
     "mlflow": (str, _NONE),
 }
+
+
+MAX_METRICS = 1000  # metrics in one eval.json: evaluate writes a few dozen
+MAX_METRIC_NAME = 100
+
+
+def check_metric_names(metrics: dict, where: str) -> None:
+    """An untrusted eval.json's metrics: at most MAX_METRICS, each named by at most MAX_METRIC_NAME printable
+    characters (compare's tables and CSV header are built from these names)."""
+    if len(metrics) > MAX_METRICS:
+        raise CheckpointError(f"{where}: {len(metrics)} metrics, more than the {MAX_METRICS} an evaluation writes")
+    for name in metrics:
+        if not (isinstance(name, str) and 0 < len(name) <= MAX_METRIC_NAME and name.isprintable()):
+            shown = repr(name)[:60]
+            raise CheckpointError(f"{where}: a metric name that is not a short printable name ({shown})")
 
 
 def check_config(config: Any, where: str) -> dict:
@@ -702,20 +807,49 @@ def checked_optimizer_state(opt: torch.optim.Optimizer, saved: Any, path: Path, 
     return {"state": state, "param_groups": opt.state_dict()["param_groups"]}
 
 
+def recorded_networks(run_dir: str | os.PathLike) -> dict[str, str]:
+    """How model.json records each user network: its "pkg.module:Class" (named by import path), or "custom" (a
+    module given from Python, which it cannot rebuild); roles with the built-in network are left out. {} when
+    model.json cannot be read (load_model then says why)."""
+    from .models import CUSTOM_PREFIX, USER_MODULES
+
+    try:
+        spec = read_json(Path(run_dir) / "model.json")
+    except CheckpointError:
+        return {}
+    options = spec.get("options") if isinstance(spec, dict) else None
+    if not isinstance(options, dict):
+        return {}
+    kinds = {}
+    for role in USER_MODULES:
+        value = options.get(role)
+        if isinstance(value, dict):
+            kinds[role] = str(value.get("import"))[:300]
+        elif isinstance(value, str) and value.startswith(CUSTOM_PREFIX):
+            kinds[role] = "custom"
+    return kinds
+
+
 def load_model(
     run_dir: str | os.PathLike,
     device: str = "cpu",
     encoder: nn.Module | None = None,
     decoder: nn.Module | None = None,
+    trust_code: bool | Iterable[str] = False,
 ) -> nn.Module:
     """Rebuild the model of a run folder from model.json and model.safetensors, in eval mode.
 
     model = aelab.load_model("runs/vae")
     model = aelab.load_model("runs/conv-cae", encoder=MyEncoder(), decoder=MyDecoder())
+    model = aelab.load_model("runs/conv-cae", trust_code=["mynets:ConvEncoder", "mynets:ConvDecoder"])
 
     A model trained with user-supplied modules needs the same modules again (model.json names their
-    classes, it cannot rebuild them: no pickle); their weights come from model.safetensors."""
+    classes, it cannot rebuild them: no pickle); their weights come from model.safetensors. A model.json that
+    names classes by import path (`--encoder pkg.module:Class`) is rebuilt from them only when `trust_code` allows
+    it (True: every class it names; or the names you trust): the run folder is untrusted, and importing runs code
+    (aelab.models.imports.require_trusted)."""
     from . import models
+    from .models import imports
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -741,6 +875,7 @@ def load_model(
             f"rebuild them (no pickle): pass the same modules again, load_model(run, "
             f"{', '.join(f'{r}=...' for r in custom)})"
         )
+    trust = imports.trust_of(trust_code)
     for role, module in given.items():
         recorded = options.get(role)
         if module is not None:
@@ -749,8 +884,11 @@ def load_model(
             ):
                 raise CheckpointError(f"{where}: this model has the built-in {role}; do not pass {role}=")
             options[role] = module
+        elif isinstance(recorded, dict):  # a class named by import path: imported only when trusted, never from here
+            options[role] = imports.require_trusted(role, recorded, trust, where)
+            imports.refuse_inside(options[role], [run_dir])
     try:  # the options are untrusted: any failure to build from them is the file's fault, not a bug
-        if not any(r in options for r in models.USER_MODULES):  # user networks are built only once
+        if not models.has_module_instances(options):  # modules given from Python are built already
             models.check_memory(spec["name"], options, training=False)  # sizes checked before allocation
         model = models.create(spec["name"], **options)
     except AelabError as e:

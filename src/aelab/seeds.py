@@ -27,7 +27,7 @@ from . import data as datamod
 from . import runs
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .metrics.intervals import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, metric_bounds, summarize
+from .metrics.intervals import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, decimals, metric_range, summarize
 from .options import MAX_SEED
 from .train import TrainConfig, dist_info, train
 
@@ -39,7 +39,8 @@ CHOSEN_SETTINGS = ("probe_C", "raw_probe_C")
 INTERVALS_TEXT = (
     "95% intervals of the mean over seeds: Student t, mean ± t_{0.975, n-1} · std / √n (clipped to [0, 1] for "
     f"accuracies and fractions); a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed 0) instead for "
-    f"accuracies and fractions with n ≥ {BOOTSTRAP_MIN_N}; none for a single seed. std is the sample std (ddof 1)."
+    f"accuracies and fractions with n ≥ {BOOTSTRAP_MIN_N}; none for a single seed. Counts, times and squared errors: "
+    "clipped at 0. std is the sample std (ddof 1)."
 )
 
 
@@ -105,7 +106,7 @@ def summarize_metrics(per_seed: list[dict]) -> dict[str, dict]:
     out = {}
     for k in names:
         try:
-            out[k] = summarize([m[k] for m in per_seed], bounded=metric_bounds(k))
+            out[k] = summarize([m[k] for m in per_seed], bounded=metric_range(k))
         except ValueError as e:
             raise CheckpointError(f"metric {k!r} of the seeds' eval.json: {e}") from None
     return out
@@ -206,6 +207,7 @@ def train_seeds(
             "intervals": INTERVALS_TEXT,
             "config": {k: v for k, v in cfg.to_json().items() if k not in ("out", "seed")},
             "data_sha256": hashes.pop(),
+            "code_dim": per_seed[0].get("code_dim"),  # a setting, the same at every seed
         }
         metric_rows(summary), choice_rows(summary)  # everything formatted before a file is written
         runs.write_json(out / "seeds.json", summary)
@@ -213,12 +215,7 @@ def train_seeds(
     return out
 
 
-def _decimals(summary: dict) -> int:
-    """Decimals that show the std to two significant figures (the mean to four when the std is 0)."""
-    scale, figures = (summary["std"], 2) if summary["std"] > 0 else (abs(summary["mean"]), 4)
-    if scale == 0:
-        return 0
-    return min(10, max(0, figures - 1 - math.floor(math.log10(scale))))
+_decimals = decimals  # aelab.metrics.intervals.decimals: two significant figures of the std
 
 
 def metric_rows(summary: dict) -> list[dict]:
@@ -258,4 +255,13 @@ def write_seeds_report(out: Path, summary: dict) -> Path:
         summary["intervals"],
     ]
     title = f"{config['model']} on {config['dataset']}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
-    return write_report(out, title, tables, [], notes, name="seeds", numbers_first=True)
+    from .reading import display_name, reading
+
+    means = {k: v["mean"] for k, v in summary["metrics"].items()}
+    if "sse_ratio_to_pca" in means:  # code_dim is a setting (the same at every seed), not summarised
+        means["code_dim"] = summary.get("code_dim")
+    line = reading(
+        [{"name": display_name(config["model"]), "metrics": means, "binary_code": config["model"] == "binary"}],
+        means_of=len(seeds) if len(seeds) > 1 else None,
+    )
+    return write_report(out, title, tables, [], notes, name="seeds", numbers_first=True, lead=[line] if line else [])

@@ -260,7 +260,13 @@ class Tracker:
         if self.run_id is None:  # a new run, or the recorded one is in another store or deleted
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
             experiment = client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+            # a new experiment is tagged as model training, so that MLflow 3's UI opens it on its runs (training)
+            # view rather than its GenAI (traces) view; an existing one is left as it is
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+            )
             run = client.create_run(
                 experiment_id, run_name=self.out.name or None, tags={"aelab.run_folder": str(self.out.resolve())}
             )

@@ -41,6 +41,7 @@ from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .optim import ConjugateGradient
 from .options import MAX_COUNT, MAX_SEED
 from .precision import PRECISIONS, float32_matmul
+from .progress import Progress
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
 LR_SCHEDULES = ("constant", "burda")
@@ -125,6 +126,7 @@ class TrainConfig:
             if not (isinstance(self.init_weights, str) and self.init_weights.endswith(".safetensors")):
                 raise ConfigError(f"init_weights must name a .safetensors file, got {self.init_weights!r}")
 
+        datamod.datasets.check_data_dir(self.data_dir)
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
         if isinstance(self.dataset, datamod.Data):
@@ -140,11 +142,11 @@ class TrainConfig:
             datamod.check_options(name, self.dataset_options)
         else:
             raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
-        for role in models.USER_MODULES:  # a network named by import path: importable and buildable, before
-            if isinstance(self.model_options.get(role), dict):  # the run folder is made
+        for role in models.USER_MODULES:  # a network named by import path: importable and buildable (on the meta
+            if isinstance(self.model_options.get(role), dict):  # device: nothing allocated) before the folder is made
                 from .models.imports import build
 
-                build(role, self.model_options[role])
+                build(role, self.model_options[role], meta=True)
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
         if self.checkpoint_every is not None and not (
@@ -520,6 +522,7 @@ class RunWriter:
     def write_pending(self) -> None:
         """On an interruption: the last finished epoch's snapshot, if newer than the last checkpoint."""
         if self.enabled and self.pending is not None and self.pending[0] > self.written_epoch:
+            runs.fault_point("stop")  # the tests' second signal, while this checkpoint is being written
             self._write(*self.pending)
             self.written_epoch, self.pending = self.pending[0], None
 
@@ -580,7 +583,7 @@ def train_one_epoch(
         if bar is not None:
             bar.update(1)
             if host_reads and (step % 20 == 0 or step == len(batches) - 1):
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
+                bar.status(f"epoch {epoch + 1}, loss {loss.item():.4g}")
         if (host_reads and step % 50 == 0) or step == len(batches) - 1:  # all-reduced: every rank stops together
             if all_reduce_sum(nonfinite.to(torch.float64), world).item() > 0:
                 return float("nan"), step + 1
@@ -625,7 +628,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     torch.manual_seed(cfg.seed)
     train_x, val_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
     options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
-    if not any(k in options for k in models.USER_MODULES):  # user networks: built once, by create()
+    if not models.has_module_instances(options):  # modules given from Python are built already
         models.check_memory(cfg.model, options, training=True)  # before anything is allocated
     model = models.create(cfg.model, **options).to(device)
     opt = make_optimizer(cfg, model)
@@ -644,9 +647,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         "n_test": len(test_x),
         "world_size": world,
     }
-    if cfg.init_weights:  # a resume keeps the record of the run's start: the file may be gone by now
+    if cfg.init_weights:  # a resume keeps the record of the run's start and never reads the file (config.json is
+        # untrusted, and the checkpoint holds those weights already); a new run hashes the file it will read
         old = runs.read_config(out) if resume else {}
-        config["init_weights_sha256"] = old.get("init_weights_sha256") or runs.file_sha256(cfg.init_weights)
+        config["init_weights_sha256"] = old.get("init_weights_sha256") if resume else runs.file_sha256(cfg.init_weights)
     start_epoch, history = 0, []
     run = RunWriter(out, model, opt, history, enabled=rank == 0)
     if resume:
@@ -660,26 +664,32 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
             )
         if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
             raise CheckpointError(f"{ckpt_path}: no model or optimizer state")
+        if cfg.init_weights and not run.pretrained:  # every run that starts from init_weights checkpoints them first
+            raise CheckpointError(
+                f"{out}/config.json names init_weights, but the checkpoint did not start from them (an edited "
+                "config.json?); --resume never reads a weights file a run folder names"
+            )
         runs.load_weights(model, state["model"], ckpt_path)
         opt.load_state_dict(runs.checked_optimizer_state(opt, state["optimizer"], ckpt_path, start_epoch))
         history.extend(old_history)
         run.resumes += 1
         run.written_epoch = start_epoch
         if cfg.early_stopping and isinstance(state.get("best_model"), dict):
+            if not all(isinstance(v, torch.Tensor) for v in state["best_model"].values()):
+                raise CheckpointError(f"{ckpt_path}: its best_model weights are not all tensors")
             run.best_state = {k: v.to(device) for k, v in state["best_model"].items()}
             run.load_best_check(model, ckpt_path)
             run.best_epoch = meta.get("best_epoch") if isinstance(meta.get("best_epoch"), int) else 0
+    elif cfg.init_weights:  # a new run: the weights it starts from are read and checked before any file is written
+        tensors, _ = runs.read_safetensors(cfg.init_weights, runs.expected_bytes(model))
+        runs.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, Path(cfg.init_weights))
     config["versions"] = runs.package_versions()
-    run.open(config, resume)
+    run.open(config, resume)  # every check has passed: the first write to the run folder
     say = log if rank == 0 else None
 
-    # 2. the starting weights: another run's (init_weights), or the model's own pretraining (the deep AE's RBM
-    # stack), once, checkpointed as epoch 0
-    if cfg.init_weights and not run.pretrained:  # a resume has them in its checkpoint already: not read again
-        if not Path(cfg.init_weights).is_file():
-            raise ConfigError(f"init_weights: no file {cfg.init_weights}")
-        tensors, _ = runs.read_safetensors(cfg.init_weights)
-        runs.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, Path(cfg.init_weights))
+    # 2. the starting weights: another run's (init_weights, loaded above), or the model's own pretraining (the deep
+    # AE's RBM stack), once, checkpointed as epoch 0
+    if cfg.init_weights and not run.pretrained:  # a resume has them in its checkpoint already: never read again
         run.pretrained = True
         history.append({"epoch": 0, "phase": "init_weights", "time_s": 0.0})
         run.checkpoint(0)
@@ -720,30 +730,28 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     tracker = tracking.Tracker(out, config["tensorboard"], cfg.mlflow, enabled=rank == 0)
     tracker.start(config, resume, history)
     bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
+    if progress and rank == 0:  # a bar on a terminal; elsewhere the epoch lines and a heartbeat (aelab.progress)
         steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-        bar = tqdm(
-            total=steps_per_epoch * (cfg.epochs - start_epoch),
-            desc=out.name or str(out),
-            unit="step",
-            mininterval=0.5,
-            file=sys.stderr,
-        )
+        bar = Progress(out.name or str(out), total=steps_per_epoch * (cfg.epochs - start_epoch), unit="step")
+        bar.status("training")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision(cfg) == "bf16" and device.type == "cuda")
     cadence = CheckpointCadence(cfg.checkpoint_every)
     try:
         with float32_matmul(precision(cfg)):
             _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, resume, train_x, val_x, test_x,
                     rank, world, autocast, bar, say, cadence, out, ckpt_path)  # fmt: skip
-    except BaseException:  # SIGTERM (SystemExit), Ctrl-C, a NaN: the last finished epoch is not lost
+    except BaseException as e:  # SIGTERM (SystemExit), Ctrl-C, a NaN: the last finished epoch is not lost
         run.write_pending()
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):  # what the command line says (aelab.cli.stopped_line)
+            finished = max((h["epoch"] for h in history if "train_loss" in h), default=start_epoch)
+            e.aelab_stop = {"epoch": min(finished + 1, cfg.epochs), "epochs": cfg.epochs, "out": str(out),
+                            "checkpoint": run.written_epoch if ckpt_path.exists() else None}  # fmt: skip
         raise
+    finally:
+        if bar is not None:
+            bar.close()
 
     # 4. finish
-    if bar is not None:
-        bar.close()
     images = None
     if tracker.tb is not None:
         with torch.no_grad():
@@ -820,6 +828,8 @@ def _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, res
                     + (f" val_loss {record['val_loss']:.5g}" if "val_loss" in record else "")
                     + f" test_loss {record['test_loss']:.5g}"
                 )
+            if bar is not None:
+                bar.touch()
 
 
 def pretrain(cfg: TrainConfig, progress: bool = True, log=print) -> Path:

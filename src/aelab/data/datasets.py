@@ -129,6 +129,21 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aelab"
 
 
+def check_data_dir(override: str | os.PathLike | None) -> None:
+    """A --data-dir given to train, evaluate, compare or an experiment must be a folder that exists: one line
+    otherwise, and nothing is created (a typo must not become a download target). `aelab data fetch` creates it."""
+    if not override:
+        return
+    text = os.fspath(override)
+    if len(text) > 4096 or any(len(part) > 255 for part in Path(text).parts):
+        raise DataError(f"--data-dir: file name too long ({len(text)} characters)")
+    if not os.path.isdir(text):
+        raise DataError(
+            f"--data-dir {text}: no such folder (create it first, or leave --data-dir out to use the cache "
+            f"{data_dir()})"
+        )
+
+
 # ---------------------------------------------------------------- embedded data
 def _stratified_split(images: np.ndarray, labels: np.ndarray, n_test: int, split: str):
     from sklearn.model_selection import train_test_split
@@ -185,7 +200,7 @@ def verify(path: Path, spec: IdxFile) -> None:
     key = (str(path), st.st_size, st.st_mtime_ns, spec.gz_md5, spec.raw_md5)  # verified against this spec
     if _VERIFIED.get(key):
         return
-    data = path.read_bytes()
+    data = read_raw(path, decompress=False)  # bounded, and a file that cannot be read (EIO) is one line
     got = _md5(data)
     if got != spec.gz_md5:
         if spec.raw_md5 is None:

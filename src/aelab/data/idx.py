@@ -65,9 +65,9 @@ def regular_file_size(path: str, max_bytes: int | None = None) -> int:
     return st.st_size
 
 
-def read_raw(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
-    """The file's bytes, gunzipped when it is gzip (by magic bytes, not by name); both bounded by max_bytes
-    (a gzip bomb is refused once its output passes the bound, not after)."""
+def read_raw(path: str | os.PathLike, max_bytes: int | None = None, decompress: bool = True) -> bytes:
+    """The file's bytes, gunzipped when it is gzip (by magic bytes, not by name) unless decompress=False; both
+    bounded by max_bytes (a gzip bomb is refused once its output passes the bound, not after)."""
     path = os.fspath(path)
     max_bytes = MAX_RAW_BYTES if max_bytes is None else max_bytes
     regular_file_size(path, max_bytes)
@@ -76,7 +76,7 @@ def read_raw(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
             raw = f.read(max_bytes + 1)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] != b"\x1f\x8b":
+    if raw[:2] != b"\x1f\x8b" or not decompress:
         return raw
     out, rest = [], raw
     try:

@@ -391,7 +391,9 @@ def _check_array_file(path: Path) -> None:
         nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if nbytes > stored:
             raise DataError(f"{where}: its header claims {shape} {dtype} ({nbytes:,} bytes) but {stored:,} are stored")
-        return int(np.prod(shape, dtype=object)) * (dtype.itemsize + 4)  # as stored and as float32
+        images = int(shape[0]) if shape else 1
+        # as stored, as float32 and a split's copy of it; and per image an int64 label, order and index
+        return int(np.prod(shape, dtype=object)) * (dtype.itemsize + 8) + images * 24
 
     need = 0
     try:
@@ -514,12 +516,15 @@ def _check_decode_memory(files: list[str], image_size) -> None:
 
 def _decode_all(files: list[str], image_size, progress: bool, desc: str) -> np.ndarray:
     """Decode every file (2 threads: Pillow releases the GIL while it decodes) into one uint8 (N, C, H, W)."""
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    _check_decode_memory(files, image_size)  # refused before anything is shown or decoded
+    from ..progress import Progress
 
-        bar = tqdm(total=len(files), desc=desc, unit="img", mininterval=0.5, file=sys.stderr)
-    _check_decode_memory(files, image_size)
+    with Progress(f"{desc}: decoding", total=len(files), unit="img", enabled=progress) as bar:
+        bar.phase(f"{len(files)} images")
+        return _decode_into(files, image_size, bar)
+
+
+def _decode_into(files: list[str], image_size, bar) -> np.ndarray:
     images: list[np.ndarray] = []
     first = None
     blocks = [files[i : i + 512] for i in range(0, len(files), 512)]  # one task per block: futures cost too
@@ -539,10 +544,7 @@ def _decode_all(files: list[str], image_size, progress: bool, desc: str) -> np.n
                         f"{img.shape[0]}x{img.shape[1]}; pass --image-size H,W to resize them all"
                     )
             images += decoded
-            if bar is not None:
-                bar.update(len(block))
-    if bar is not None:
-        bar.close()
+            bar.update(len(block))
     rgb = any(img.ndim == 3 for img in images)  # grey images among colour ones get three equal channels
     out = np.empty((len(images), 3 if rgb else 1, *first[1]), dtype=np.uint8)
     for i, img in enumerate(images):
@@ -582,17 +584,16 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     if has_test and not has_train:
         raise DataError(f"{root}: has a test/ folder but no train/ folder")
     splits = {"train": root / "train", "test": root / "test"} if has_train else {"train": root}
-    listed, empty_classes = {}, []
+    listed, empty_classes, notes = {}, [], []
     for split, folder in splits.items():
         files, classes, skipped, empty = _list_split(folder)
         if not files:
             raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-        if empty:  # not a class of the data: say so, rather than let a typo'd or unfilled folder vanish
-            empty_classes += [os.path.relpath(d, root) for d in empty]
-            warnings.warn(
+        if empty:  # not a class of the data: say so (once the folder has loaded), rather than let a typo'd or
+            empty_classes += [os.path.relpath(d, root) for d in empty]  # unfilled folder vanish
+            notes.append(
                 f"{folder}: {len(empty)} class folder(s) hold no image and are not classes: "
-                f"{', '.join(os.path.basename(d) for d in empty[:5])}",
-                stacklevel=2,
+                f"{', '.join(os.path.basename(d) for d in empty[:5])}"
             )
         if len(files) > MAX_IMAGES:
             raise DataError(f"{folder}: {len(files)} images, more than the {MAX_IMAGES} aelab loads")
@@ -635,7 +636,10 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
         info["empty_class_folders"] = empty_classes
     x = arrays["x_train"].astype(np.float32) / 255.0
     x_test = arrays["x_test"].astype(np.float32) / 255.0 if "x_test" in arrays else None
-    return _finish(x, ys["train"], x_test, ys.get("test"), info, test_fraction, split_seed)
+    data = _finish(x, ys["train"], x_test, ys.get("test"), info, test_fraction, split_seed)
+    for note in notes:  # after everything loaded: a folder that is refused gets its one line and nothing else
+        warnings.warn(note, stacklevel=3)
+    return data
 
 
 def _read_cache(path: Path, counts: dict[str, int]) -> dict[str, np.ndarray] | None:

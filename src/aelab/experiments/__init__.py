@@ -23,6 +23,11 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "vae_family",
         "VAE vs IWAE k=5 vs IWAE k=50 on dynamically binarised MNIST, test NLL (k=5000) beside Burda et al. 2016",
     ),
+    "rbm-likelihood": (
+        "rbm_likelihood",
+        "RBMs on binarised MNIST (CD-1, CD-3, CD-25, PCD; a 25-unit one exact): log Z by AIS and log p(x), beside "
+        "Salakhutdinov & Murray 2008",
+    ),
     "contractive": (
         "contractive",
         "AE, AE+wd, DAE and CAE with one 784-1000 sigmoid layer (Rifai et al. 2011 Table 1)",

@@ -60,6 +60,7 @@ def preflight(settings) -> None:
     from ..train import resolve_device
 
     resolve_device(getattr(settings, "device", "cpu"))
+    datamod.datasets.check_data_dir(getattr(settings, "data_dir", None))  # an existing folder, before any training
     dataset = getattr(settings, "dataset", None)
     if isinstance(dataset, str) and not dataset.strip():  # '' would be the current folder
         raise DataError("--dataset needs a dataset name or a path, got an empty one")

@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import report, runs
 from ..evaluate import evaluate
 from ..options import opt, positive_int, seed_value
+from ..reading import display_name, plural, reading
 from ..train import TrainConfig
 from . import multiseed
 from .common import (
@@ -104,7 +105,7 @@ def run_one(settings: Settings) -> Path:
     progress = not settings.no_progress
     own, other = [], []
     figures, histories, units, config = [], {}, {}, None
-    official = None
+    official, read = None, []  # read: each model's numbers and warnings, for the report's first lines
     for name, options in MODELS:
         cfg = TrainConfig(
             model=name,
@@ -129,6 +130,7 @@ def run_one(settings: Settings) -> Path:
         result = evaluate(run_dir, tsne_points=tsne, figures=True, data_dir=settings.data_dir, progress=progress)
         kept = kept_epoch(run_dir)
         own.append(_row(name, result["metrics"], kept))
+        read.append({"name": display_name(name), "metrics": result["metrics"], "warnings": result["warnings"]})
         if official:
             extra = evaluate(run_dir, data_dir=settings.data_dir, test_dataset=OFFICIAL_TEST, progress=progress)
             other.append(_row(name, extra["metrics"], kept))
@@ -155,7 +157,7 @@ def run_one(settings: Settings) -> Path:
         official_note,
         "VAE numbers are in nats per image, Bernoulli likelihood on grey-level (not binarized) pixels, so they are "
         "not comparable with the 86.76 / 89.78 nats of binarized MNIST.",
-        f"At most {epochs} epochs, seed {settings.seed}. Each run folder holds its config, metrics, checkpoint and "
+        f"At most {plural(epochs, 'epoch')}, seed {settings.seed}. Each run folder holds its config, metrics, checkpoint and "
         "its own report.",
     ]
     title = "aelab demo: MLP autoencoder vs VAE"
@@ -171,8 +173,11 @@ def run_one(settings: Settings) -> Path:
         "notes_for_summary": notes,
         "wall_time_s": time.perf_counter() - started,
     }
+    line = reading(read)  # generated from the numbers above: the reading of the table, then every warning
+    lead = ([line] if line else []) + [f"Warning: {e['name']}: {w}" for e in read for w in e["warnings"]]
+    results["lead"] = lead
     runs.write_json(out / "results.json", results)
-    return report.write_report(out, title, [(name, rows) for name, rows in tables.items()], figures, notes)
+    return report.write_report(out, title, [(name, rows) for name, rows in tables.items()], figures, notes, lead=lead)
 
 
 def _figures_of(run_dir: Path):

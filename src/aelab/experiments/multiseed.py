@@ -30,14 +30,14 @@ from types import ModuleType
 
 from .. import report, runs
 from ..errors import ConfigError
-from ..metrics.intervals import format_interval, metric_bounds, paired_difference, summarize
+from ..metrics.intervals import format_interval, metric_range, paired_difference, summarize
 from ..options import MAX_SEED
 from ..seeds import INTERVALS_TEXT
 
 MAX_JOBS = 64
 
 
-bounds_of = metric_bounds  # one rule for every table: aelab.metrics.intervals.metric_bounds
+bounds_of = metric_range  # one rule for every table: [0, 1] (metric_bounds), counts and times >= 0, or none
 
 
 def seed_folder(out: str | Path, seed: int) -> Path:

@@ -25,6 +25,7 @@ from ..data import BINARIZE
 from ..evaluate import iwae_mean
 from ..options import opt, positive_int, seed_value
 from ..presets import BURDA_PASSES, PRESETS
+from ..reading import plural
 from ..runs import load_model
 from ..train import TrainConfig, burda_stage
 from . import multiseed
@@ -199,7 +200,7 @@ def write(settings, out: Path, rows, curves, config, epochs, wall) -> Path:
     fig.savefig(out / "figures" / "nll_vs_epochs.png", dpi=120)
     plt.close(fig)
     curve_rows = [
-        {"model": f"{label}, {e} passes", "passes": e, "test NLL": v}
+        {"model": f"{label}, {plural(e, 'pass')}", "passes": e, "test NLL": v}
         for label, c in curves.items()
         for e, v in c.items()
     ]
@@ -235,7 +236,7 @@ def protocol_notes(settings, epochs: int, config: dict) -> list[str]:
     theirs = ", ".join(f"{k} {v}" for k, v in PYTHAE_NLL.items())
     return [
         f"Paper (Burda et al. 2016, Table 1, {BURDA_PASSES} passes): {paper} nats; pythae's reproductions: {theirs}.",
-        f"Budget here: {epochs} passes (the paper: {BURDA_PASSES}), the learning-rate stages that fit; "
+        f"Budget here: {plural(epochs, 'pass')} (the paper: {BURDA_PASSES}), the learning-rate stages that fit; "
         f"{config['n_train']} train images (the paper: 59,600, 400 held out), final weights.",
         f"Binarisation: {settings.binarize}; train images redrawn every epoch with seeds from (seed, epoch), the "
         "test images drawn once with a fixed seed (the paper's code redraws test images too).",

@@ -45,20 +45,32 @@ def probe_accuracy(
     train_y: np.ndarray,
     test_codes: np.ndarray,
     test_y: np.ndarray,
-    max_iter: int = 500,
     C: float = DEFAULT_PROBE_C,
 ) -> float:
-    """Logistic-regression probe: fitted on train codes, scored on held-out test codes."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
+    """Logistic-regression probe: fitted on standardised train codes, scored on held-out test codes."""
+    return _fit_and_score(train_codes, train_y, [C], [(test_codes, test_y)])[0][0][0]
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-    # one BLAS thread: these small products gain nothing from more, and lose a lot on a busy machine
-    with threadpool_limits(1, "blas"):
-        probe.fit(train_codes.reshape(len(train_codes), -1), train_y)
-        return float(probe.score(test_codes.reshape(len(test_codes), -1), test_y))
+
+def _as_features(codes: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(codes.reshape(len(codes), -1)), dtype=torch.float64)
+
+
+def _fit_and_score(
+    fit_codes: np.ndarray, fit_y: np.ndarray, Cs: Sequence[float], scored: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[list[float]], list[bool]]:
+    """The probe fitted on (fit_codes, fit_y) at each C of Cs, in ascending order, each fit from the last one's
+    solution (a regularisation path); returns the accuracy on each of `scored` for each C (in Cs's order) and
+    whether each fit converged (aelab.metrics.logistic)."""
+    from .logistic import Standardizer, accuracy, fit_logistic
+
+    x = _as_features(fit_codes)
+    scale = Standardizer.fit(x)
+    x = scale(x)
+    targets = [(scale(_as_features(c)), np.asarray(y)) for c, y in scored]
+    fits, start = {}, None
+    for c in sorted(set(Cs)):
+        start = fits[c] = fit_logistic(x, fit_y, c, start=start)
+    return [[accuracy(fits[c], xs, ys) for xs, ys in targets] for c in Cs], [fits[c].converged for c in Cs]
 
 
 def choose_probe_c(
@@ -66,9 +78,15 @@ def choose_probe_c(
 ) -> tuple[float, list[float]]:
     """(C, validation accuracy of every C in grid): the probe fitted on codes[keep] and scored on codes[held]
     (the validation split) for each C; the best, the smallest C among equals (the most regularised)."""
-    scores = [probe_accuracy(codes[keep], labels[keep], codes[held], labels[held], C=c) for c in grid]
+    C, scores, _ = _choose(codes, labels, keep, held, grid)
+    return C, scores
+
+
+def _choose(codes, labels, keep, held, grid) -> tuple[float, list[float], bool]:
+    accuracies, converged = _fit_and_score(codes[keep], labels[keep], grid, [(codes[held], labels[held])])
+    scores = [a[0] for a in accuracies]
     best = max(scores)
-    return min(c for c, s in zip(grid, scores) if s == best), scores
+    return min(c for c, s in zip(grid, scores) if s == best), scores, all(converged)
 
 
 def validated_probe(
@@ -82,18 +100,26 @@ def validated_probe(
     """The probe with its C chosen on the validation split, then refitted on all train codes (validation
     included) with that C and scored once on the test codes. `validation` = (kept, held) indices into the train
     codes, or None: then C is sklearn's default 1 and nothing is chosen.
-    Returns {"accuracy", "C", "grid", "validation_accuracy" (one per grid point, or None)}."""
+    Returns {"accuracy", "C", "grid", "validation_accuracy" (one per grid point, or None), "converged" (every fit
+    reached the solver's tolerance; aelab.metrics.logistic)}."""
     labels = np.asarray(train_y)
     if validation is not None:
         keep, held = validation
         if len(np.unique(labels[keep])) < 2 or len(held) == 0:
             validation = None  # nothing to fit or to score on: no choice to make
+    converged = True
     if validation is None:
         C, scores, grid = DEFAULT_PROBE_C, None, [DEFAULT_PROBE_C]
     else:
-        C, scores = choose_probe_c(train_codes, labels, *validation, grid=grid)
-    accuracy = probe_accuracy(train_codes, labels, test_codes, test_y, C=C)
-    return {"accuracy": accuracy, "C": C, "grid": list(grid), "validation_accuracy": scores}
+        C, scores, converged = _choose(train_codes, labels, *validation, grid)
+    ((accuracy,),), (refit_converged,) = _fit_and_score(train_codes, labels, [C], [(test_codes, test_y)])
+    return {
+        "accuracy": accuracy,
+        "C": C,
+        "grid": list(grid),
+        "validation_accuracy": scores,
+        "converged": bool(converged and refit_converged),
+    }
 
 
 TSNE_ITERATIONS = 500  # sklearn's default is 1000: the map is settled by 500, at half the cost
@@ -119,6 +145,9 @@ def tsne_2d(codes: np.ndarray, seed: int = 0, progress: str | None = None) -> np
     """2-D t-SNE of codes. `progress`: the label of a tqdm bar on stderr (the run's name); None for no bar."""
     from sklearn.manifold import TSNE
 
+    from ..progress import _is_terminal
+
+    progress = progress if _is_terminal(sys.stderr) else None  # elsewhere the caller's phase line and heartbeat
     perplexity = min(30.0, max(2.0, (len(codes) - 1) / 3))
     tsne = TSNE(
         n_components=2,

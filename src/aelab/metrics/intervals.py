@@ -17,6 +17,10 @@ For values x_1..x_n (one per seed) with mean m and sample standard deviation s (
 
 A paired difference (method A vs B, trained with the same seeds) is the same summary of d_i = a_i - b_i: the
 seed-to-seed variation both share cancels, so its interval is narrower than comparing two separate intervals.
+
+What a quantity can be (metric_range): accuracies and fractions lie in [0, 1]; counts (active units, bits,
+epochs), times and squared errors are never negative, so their t interval is clipped at 0 (n = 2 seeds give
+t_{0.975, 1} = 12.7, which puts the lower end of a count's interval far below zero otherwise).
 """
 
 from __future__ import annotations
@@ -56,6 +60,35 @@ def metric_bounds(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if bounded else None
 
 
+# counts, times, squared errors, norms and KL divergences: never below 0 (their words, as metric_bounds splits a name)
+_NONNEGATIVE_WORDS = ("units", "count", "counts", "epoch", "epochs", "distinct", "bits", "time", "seconds", "s",
+                      "sse", "mse", "size", "dim", "n", "steps", "kl", "fro", "sq", "sv", "norm")  # fmt: skip
+_NONNEGATIVE_NAMES = ("active_units", "code_dim", "bits_per_image", "recon_sse", "recon_mse", "pca_sse")
+
+
+def nonnegative_metric(name: str) -> bool:
+    """Whether a metric can never be negative although it has no upper bound: counts (`active_units`, `distinct
+    train codes`, `epoch kept`), times (`time (s)`, `wall_time_s`), squared errors (`recon_sse`, `pca_sse`), norms
+    and singular values (`jacobian_fro_mean`, `jacobian_sv_top`) and KL divergences (`test_kl`). Losses, ELBOs,
+    log-likelihoods (of a Gaussian likelihood they can be negative) and anything in percent: False."""
+    lowered = name.lower()
+    if lowered in _NONNEGATIVE_NAMES:
+        return True
+    if "%" in lowered or "percent" in lowered or "loss" in lowered or "nll" in lowered or "elbo" in lowered:
+        return False
+    words = [w for w in re.split(r"[^a-z0-9@]+", lowered) if w]
+    return any(w in _NONNEGATIVE_WORDS for w in words)
+
+
+def metric_range(name: str) -> tuple[float, float] | None:
+    """What a metric can be, for its interval: (0, 1) for the unit-interval metrics of metric_bounds, (0, inf)
+    for counts, times and squared errors (nonnegative_metric), None for anything else."""
+    bounds = metric_bounds(name)
+    if bounds is not None:
+        return bounds
+    return (0.0, math.inf) if nonnegative_metric(name) else None
+
+
 def _as_values(values: Sequence[float], what: str) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or len(v) == 0:
@@ -80,24 +113,24 @@ def summarize(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     v = _as_values(values, "summarize")
+    n = len(v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, spread = float(v.mean()), float(v.std(ddof=1)) if n > 1 else 0.0
+    if not (math.isfinite(mean) and math.isfinite(spread)):  # finite values whose mean or std overflows
+        raise ValueError(f"values too large to average in float64 (largest {np.abs(v).max():.3g})")
     if bounded is not None:
         low, high = bounded
         if not low < high:
             raise ValueError(f"bounded must be (low, high) with low < high, got {bounded}")
         if v.min() < low or v.max() > high:
             raise ValueError(f"values outside the bounds {list(bounded)}: {v.tolist()}")
-    n = len(v)
-    with np.errstate(over="ignore", invalid="ignore"):
-        mean, spread = float(v.mean()), float(v.std(ddof=1)) if n > 1 else 0.0
-    if not (math.isfinite(mean) and math.isfinite(spread)):  # finite values whose mean or std overflows
-        raise ValueError(f"values too large to average in float64 (largest {np.abs(v).max():.3g})")
     summary = {"mean": mean, "std": 0.0, "ci95": None, "values": v.tolist(), "n_seeds": n, "method": SINGLE_SEED}
     summary["confidence"] = confidence
     if n == 1:
         return summary
     std = spread
     summary["std"] = std
-    if bounded is not None and n >= BOOTSTRAP_MIN_N:
+    if bounded is not None and n >= BOOTSTRAP_MIN_N and all(map(math.isfinite, bounded)):
         result = scipy.stats.bootstrap(
             (v,),
             np.mean,
@@ -117,7 +150,8 @@ def summarize(
     summary["method"] = f"Student t, {n - 1} degrees of freedom"
     if bounded is not None:
         lo, hi = max(lo, float(bounded[0])), min(hi, float(bounded[1]))
-        summary["method"] += f", clipped to [{bounded[0]:g}, {bounded[1]:g}]"
+        clip = f"[{bounded[0]:g}, {bounded[1]:g}]" if math.isfinite(bounded[1]) else f"at {bounded[0]:g}"
+        summary["method"] += f", clipped {'to ' if math.isfinite(bounded[1]) else ''}{clip}"
     summary["ci95"] = [lo, hi]
     return summary
 
@@ -136,13 +170,35 @@ def paired_difference(
     va, vb = _as_values(a, "paired_difference (a)"), _as_values(b, "paired_difference (b)")
     if len(va) != len(vb):
         raise ValueError(f"paired_difference needs one value per seed on both sides, got {len(va)} and {len(vb)}")
-    diff_bounds = None if bounded is None else (bounded[0] - bounded[1], bounded[1] - bounded[0])
+    # a half-bounded metric (a count, a time) gives differences of any sign and size: no bounds
+    finite = bounded is not None and all(map(math.isfinite, bounded))
+    diff_bounds = (bounded[0] - bounded[1], bounded[1] - bounded[0]) if finite else None
     return summarize(va - vb, bounded=diff_bounds, confidence=confidence, seed=seed)
 
 
-def format_interval(summary: dict, digits: int = 3) -> str:
+RELATIVE_NOISE = 1e-9  # a std below this fraction of the mean is float rounding of equal values, not a spread
+
+
+def decimals(summary: dict) -> int:
+    """Decimals that fit the numbers: the std to two significant figures, or the mean to four when the values
+    are all equal (a std that is float rounding, e.g. 1e-16 for three seeds of 0.9333..., counts as 0)."""
+    mean, std = abs(summary["mean"]), summary["std"]
+    if std <= RELATIVE_NOISE * mean:
+        std = 0.0
+    if std == 0 and all(float(v).is_integer() for v in summary.get("values") or [summary["mean"]]):
+        return 0  # a count the same at every seed: 2, not 2.000
+    scale, figures = (std, 2) if std > 0 else (mean, 4)
+    if scale == 0:
+        return 0
+    return min(10, max(0, figures - 1 - math.floor(math.log10(scale))))
+
+
+def format_interval(summary: dict, digits: int | None = 3) -> str:
     """'0.934 ± 0.004 [0.929, 0.939] (n=5)': mean ± sample std, the interval, the number of seeds; with one
-    seed '0.934 (1 seed, no interval)'. `digits` is the number of decimals."""
+    seed '0.934 (1 seed, no interval)'. `digits` is the number of decimals; None: as many as the numbers carry
+    (decimals(summary): two significant figures of the std, so 0.9333 ± 0 rather than 0.9333333333 ± 0.0000000000)."""
+    if digits is None:
+        digits = decimals(summary)
     mean = f"{summary['mean']:.{digits}f}"
     if summary["ci95"] is None:
         return f"{mean} (1 seed, no interval)"

@@ -7,6 +7,7 @@ declared capabilities). One file per idea:
     contractive.py  contractive (CAE) and denoising (DAE) autoencoders
     penalties.py    the Jacobian penalty ||J_f(x)||_F^2: closed form, exact autodiff, Hutchinson
     rbm.py          the RBM (CD-k / PCD) and greedy stack pretraining
+    rbm_model.py    the RBM as a model of its own (model name rbm): a run folder, trained by CD in the pretraining hook
     deep_ae.py      the unrolled deep autoencoder of Hinton & Salakhutdinov (2006)
     binary.py       conv autoencoder with a {0, 1} straight-through bottleneck
 This module imports no torch until a model is built, so listing the models stays fast.
@@ -33,6 +34,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     ),
     "vae": ("vae", "VAE", "variational AE: log-variance encoder, reparameterisation, analytic KL, IWAE NLL"),
     "iwae": ("iwae", "IWAE", "importance weighted AE (Burda 2016): the VAE's networks trained on the k-sample bound"),
+    "rbm": ("rbm_model", "RBMModel", "binary RBM trained by CD-k or PCD; evaluate: log p(x) by AIS (exact when small)"),
 }
 
 
@@ -97,7 +99,15 @@ def check_memory(name: str, options: dict, training: bool = True) -> int:
     return size
 
 
-USER_MODULES = ("encoder", "decoder")  # options that take nn.Modules (from Python only)
+USER_MODULES = ("encoder", "decoder")  # options that take nn.Modules (or an import spec, models.imports)
+
+
+def has_module_instances(options: dict) -> bool:
+    """Whether options hold nn.Module objects given from Python: built already, they are not built again on the
+    meta device (check_memory); an import spec ({"import": ...}) is, like every other option."""
+    return any(k in options and not (options[k] is None or isinstance(options[k], (dict, str))) for k in USER_MODULES)
+
+
 CUSTOM_PREFIX = "custom:"  # as models.base.CUSTOM_PREFIX, without importing torch here
 
 
@@ -151,7 +161,8 @@ def _check_option_type(model: str, key: str, value, param: inspect.Parameter) ->
     if "bool" in hint or isinstance(default, bool):
         allowed.append(("true or false", isinstance(value, bool)))
     if allowed and not any(ok for _, ok in allowed):
-        raise ConfigError(f"model {model!r}: option {key} must be {' or '.join(w for w, _ in allowed)}, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."  # never a megabyte of it
+        raise ConfigError(f"model {model!r}: option {key} must be {' or '.join(w for w, _ in allowed)}, got {shown}")
 
 
 def create(name: str, **options):

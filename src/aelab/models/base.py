@@ -24,6 +24,8 @@ name only (no pickle), so `load_model(run, encoder=..., decoder=...)` needs the 
 Optional capabilities are declared, not probed: a class sets the flag and implements the methods.
     can_sample           sample(n, generator) -> images, interpolate(x_a, x_b, steps) -> images
     has_likelihood       iwae_log_likelihood(x, k, generator) -> log p(x) per image, nats
+    has_partition_function  an `rbm` attribute, a binary aelab.models.rbm.RBM: evaluate reports log p(x) = -F(x) - log Z
+                         with log Z by AIS, and exactly when small (aelab.metrics.rbm_likelihood)
     has_posterior_kl     kl_per_dimension(x) -> (latent,) KL(q(z_j|x) || p(z_j)) per code dimension, mean over x, nats
     has_mlp_encoder      encode(x) == encoder(x.flatten(1)) for an nn.Sequential `encoder`: the contraction
                          diagnostics (Jacobian norms, saturation, spectrum) apply
@@ -54,6 +56,7 @@ class Autoencoder(nn.Module):
     custom_decoder: bool = False
     can_sample: ClassVar[bool] = False
     has_likelihood: ClassVar[bool] = False
+    has_partition_function: ClassVar[bool] = False
     has_posterior_kl: ClassVar[bool] = False
     has_mlp_encoder: ClassVar[bool] = False
     binary_code: ClassVar[bool] = False

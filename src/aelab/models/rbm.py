@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -516,18 +515,16 @@ def pretrain_stack(
         raise ValueError(f"sizes must start with the data dimension {x.shape[1]}, got {sizes}")
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=epochs * (len(sizes) - 1),
-        desc=f"{progress}: RBM pretraining",
-        unit="epoch",
-        file=sys.stderr,
-        disable=progress is None,
-    )
+    from ..progress import Progress
+
+    # a bar on a terminal; elsewhere the epoch lines and a heartbeat while an epoch runs (aelab.progress)
+    bar = Progress(f"{progress}: RBM pretraining", total=epochs * (len(sizes) - 1), unit="epoch",
+                   enabled=progress is not None)  # fmt: skip
     callback = fit_kwargs.pop("callback", None)
 
     def on_epoch(record: dict) -> None:
         bar.update()
-        bar.set_postfix_str(f"recon_error {record['recon_error']:.3g}", refresh=False)
+        bar.status(f"recon_error {record['recon_error']:.3g}")
         if callback is not None:
             callback(record)
 
@@ -537,7 +534,13 @@ def pretrain_stack(
         def say(text: str) -> None:  # the bar is cleared, the line printed, the bar drawn again below it
             with tqdm.external_write_mode():
                 log(text)
+            bar.touch()
 
+    with bar:
+        return _pretrain_layers(x, sizes, epochs, top_hidden, generator, lr, top_lr, say, bar, on_epoch, fit_kwargs)
+
+
+def _pretrain_layers(x, sizes, epochs, top_hidden, generator, lr, top_lr, say, bar, on_epoch, fit_kwargs) -> list[RBM]:
     rbms: list[RBM] = []
     for i, (n_vis, n_hid) in enumerate(zip(sizes[:-1], sizes[1:])):
         top = i == len(sizes) - 2
@@ -551,14 +554,11 @@ def pretrain_stack(
             layer_lr = DEFAULT_LR[hidden]
         if say is not None:
             say(f"pretraining layer {i + 1}/{len(sizes) - 1}: RBM {n_vis}-{n_hid} ({hidden} hidden, lr {layer_lr})")
-        bar.set_description_str(
-            f"{progress}: RBM {i + 1}/{len(sizes) - 1} ({n_vis}-{n_hid}) pretraining", refresh=False
-        )
+        bar.phase(f"RBM {i + 1}/{len(sizes) - 1} ({n_vis}-{n_hid})")
         rbm.fit(x, epochs=epochs, lr=layer_lr, generator=generator, log=say, callback=on_epoch, **fit_kwargs)
         with torch.no_grad():
             x = rbm.hidden_mean(x.to(rbm.weight.dtype))
         rbms.append(rbm)
-    bar.close()
     return rbms
 
 

@@ -30,6 +30,7 @@ from .ae import ACTIVATIONS, check_positive_sizes, mlp
 from .base import Autoencoder
 
 LOG_2PI = math.log(2 * math.pi)
+IWAE_CHUNK_BYTES = 256 * 2**20  # one decoding step of the IWAE estimate: its logits and activations
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -173,14 +174,21 @@ class VAE(Autoencoder):
     def iwae_log_likelihood(
         self, x: torch.Tensor, k: int = 100, batch_size: int = 100, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Importance-sampled estimate of log p(x) per image in nats (the IWAE bound with k samples)."""
+        """Importance-sampled estimate of log p(x) per image in nats (the IWAE bound with k samples).
+
+        The k samples of a batch are drawn at once (so the estimate does not depend on how they are processed), then
+        decoded IWAE_CHUNK_ROWS rows (samples x images) at a time: the decoder's activations for k = 50,000 would
+        not fit in memory at once, the (k, B) log weights do."""
         out = []
+        pixels = math.prod(self.input_shape)
+        rows = max(1, IWAE_CHUNK_BYTES // (16 * max(pixels, 256)))  # logits and the decoder's activations, float32
         for xb in x.split(batch_size):
             mu, logvar = self.posterior(xb)
             # drawn where the generator lives (the CPU's, for numbers that do not depend on the device), then moved
             where = generator.device if generator is not None else mu.device
             eps = torch.randn(k, *mu.shape, generator=generator, device=where, dtype=mu.dtype).to(mu.device)
-            log_w = self.log_weights(xb, mu, logvar, eps)
+            step = max(1, rows // len(xb))
+            log_w = torch.cat([self.log_weights(xb, mu, logvar, e) for e in eps.split(step)])
             out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         return torch.cat(out)
 

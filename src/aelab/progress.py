@@ -1,0 +1,186 @@
+"""What long work shows while it runs: one rule for every command and experiment.
+
+    with Progress("runs/h06: evaluate", total=5, unit="stage") as p:
+        p.phase("codes, PCA, probes")     # what it is doing now
+        ...
+        p.update()                        # one more of `total` done
+
+On a terminal (stderr is a TTY) it is a tqdm bar; otherwise (a log file, CI, a pipe) it is one line per phase and
+per finished unit of work, never the bar's carriage returns. Either way nothing is silent for long: a heartbeat
+thread refreshes the bar, or prints a line saying what is still running and for how long, whenever HEARTBEAT_S
+seconds have passed without output, so a step that cannot report its own progress (a solver inside a library) still
+shows that it is alive. The time left is estimated from the units done so far when there are any. enabled=False
+(--quiet, --no-progress) shows nothing. An error closes the bar before its one line is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+HEARTBEAT_S = 20.0  # at most this long without a line or a bar update (the rule: never more than 30 s)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+class Progress:
+    """A bar on a terminal, lines elsewhere, a heartbeat in between (see the module docstring)."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        unit: str = "step",
+        enabled: bool = True,
+        stream=None,
+        heartbeat: float = HEARTBEAT_S,
+        lines: bool | None = None,
+    ):
+        self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.lines = (not _is_terminal(self.stream)) if lines is None else lines
+        self.done, self.phase_text = 0, ""
+        self.started = self.last_output = time.monotonic()
+        self.heartbeat = heartbeat
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._bar = None
+        if not enabled:
+            return
+        if not self.lines:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=label, unit=unit, file=self.stream, mininterval=0.5, leave=False)
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    # ---- what the work calls
+    def phase(self, text: str) -> None:
+        """Say what is being done now."""
+        self.phase_text = text
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+            self.last_output = time.monotonic()
+        else:
+            self._line(f"{self.label}: {text}{self._where()}")
+
+    def update(self, n: int = 1, text: str | None = None) -> None:
+        """n more units done. On a terminal the bar moves; elsewhere a line is printed only when `text` says what
+        they gave (a finished row, an epoch's losses): the heartbeat reports the count in between."""
+        self.done += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            if text:
+                self._bar.set_postfix_str(text)
+            self.last_output = time.monotonic()
+        elif text:
+            self._line(f"{self.label}: {text}{self._where()}")
+
+    def status(self, text: str) -> None:
+        """What is being done now, shown on the bar, and elsewhere by the next heartbeat line (not a line of its
+        own: for statuses that change every few steps)."""
+        self.phase_text = text
+        if self.enabled and self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def touch(self) -> None:
+        """Something else was just printed (an epoch line): the heartbeat waits again."""
+        self.last_output = time.monotonic()
+
+    def write(self, text: str) -> None:
+        """A line of its own (a result), above the bar on a terminal."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+            self.last_output = time.monotonic()
+        else:
+            self._line(text)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- internals
+    def _where(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if not self.total:
+            return f" ({duration(elapsed)})"
+        text = f" ({self.done}/{self.total} {self.unit}s, {duration(elapsed)}"
+        if 0 < self.done < self.total:
+            text += f", about {duration(elapsed / self.done * (self.total - self.done))} left"
+        return text + ")"
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream, flush=True)
+            self.last_output = time.monotonic()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self.heartbeat / 4)):
+            quiet_for = time.monotonic() - self.last_output
+            if self._bar is not None:
+                if quiet_for >= 1.0:  # the elapsed time ticks on the bar: it is seen to be alive
+                    try:
+                        self._bar.refresh()
+                    except Exception:  # noqa: BLE001  a bar closed between the check and the refresh
+                        return
+                    self.last_output = time.monotonic()
+            elif quiet_for >= self.heartbeat:
+                what = self.phase_text or "working"
+                self._line(f"{self.label}: still {what}{self._where()}")
+
+
+def close_all_bars() -> None:
+    """Close every open tqdm bar (an error's one line must not be printed on a bar's line)."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", [])):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def inner_bar(iterable, desc: str, unit: str, enabled: bool = True, total: int | None = None):
+    """A nested tqdm bar over `iterable` (IWAE batches, t-SNE iterations) on a terminal only: elsewhere the
+    enclosing Progress's phase line and heartbeat say what is running."""
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable,
+        desc=desc,
+        unit=unit,
+        total=total,
+        file=sys.stderr,
+        leave=False,
+        disable=not (enabled and _is_terminal(sys.stderr)),
+    )

@@ -1,0 +1,96 @@
+"""Issue 31: the linear probe's own solver (aelab.metrics.logistic, multinomial logistic regression by L-BFGS in
+torch) against scikit-learn's LogisticRegression, the independent reference: the same C chosen on the validation
+split and the same test accuracy to within 0.002, and the same objective at its solution."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from aelab import data
+from aelab.data.sources import validation_split
+from aelab.metrics.codes import PROBE_C_GRID, validated_probe
+from aelab.metrics.logistic import Standardizer, fit_logistic
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _sklearn_validated_probe(x, y, x_test, y_test, keep, held):
+    """The protocol written out with scikit-learn, run to a tight tolerance: C chosen on the validation split
+    (smallest among equals), refitted on all train rows, scored once on test."""
+
+    def fit(xa, ya, C):
+        scale = StandardScaler().fit(xa)
+        return scale, LogisticRegression(C=C, tol=1e-8, max_iter=20_000).fit(scale.transform(xa), ya)
+
+    scores = []
+    for C in PROBE_C_GRID:
+        scale, model = fit(x[keep], y[keep], C)
+        scores.append(model.score(scale.transform(x[held]), y[held]))
+    best = max(scores)
+    C = min(c for c, s in zip(PROBE_C_GRID, scores) if s == best)
+    scale, model = fit(x, y, C)
+    return C, scores, model.score(scale.transform(x_test), y_test)
+
+
+@pytest.mark.parametrize("features", ["digits pixels", "mnist5k PCA-30"])
+def test_the_chosen_c_and_the_test_accuracy_match_sklearn(features):
+    name = "digits" if features.startswith("digits") else "mnist5k"
+    x, y = data.load(name, "train")
+    x_test, y_test = data.load(name, "test")
+    x, x_test, y, y_test = x.flatten(1).numpy(), x_test.flatten(1).numpy(), y.numpy(), y_test.numpy()
+    if "PCA" in features:
+        x, y = x[:1500], y[:1500]
+        pca = PCA(30, random_state=0).fit(x)
+        x, x_test = pca.transform(x), pca.transform(x_test)
+    keep, held, _ = validation_split(y, 0.2)
+    ours = validated_probe(x, y, x_test, y_test, (keep, held))
+    C, scores, accuracy = _sklearn_validated_probe(x, y, x_test, y_test, keep, held)
+    assert ours["C"] == C, (ours["validation_accuracy"], scores)
+    assert abs(ours["accuracy"] - accuracy) <= 0.002, (ours["accuracy"], accuracy)
+    np.testing.assert_allclose(ours["validation_accuracy"], scores, atol=0.0051)  # one validation image at most
+    assert ours["converged"]
+
+
+def _objective_and_gradient(x, y, W, b, C):
+    """f(W, b) = mean cross-entropy + ||W||^2 / (2 C n) and its gradient, in numpy float64 (independent of torch)."""
+    n = len(x)
+    logits = x @ W + b
+    logits -= logits.max(1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(W.shape[1])[y]
+    f = -np.log(p[np.arange(n), y]).mean() + (W**2).sum() / (2 * C * n)
+    g = (p - onehot) / n
+    return f, x.T @ g + W / (C * n), g.sum(0)
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_the_solution_is_a_minimum_of_sklearns_objective(C):
+    """At the returned (W, b) the gradient of sklearn's objective (computed here in numpy) is below the tolerance,
+    the objective is no higher than at sklearn's own solution, and a warm start lands on the same minimum."""
+    x, y = data.load("digits", "train")
+    x, y = x.flatten(1).numpy().astype(np.float64)[:600], y.numpy()[:600]
+    xs = Standardizer.fit(torch.from_numpy(x))(torch.from_numpy(x))
+    fit = fit_logistic(xs, y, C)
+    W, b = fit.weight.numpy(), fit.bias.numpy()
+    f, gW, gb = _objective_and_gradient(xs.numpy(), y, W, b, C)
+    assert max(np.abs(gW).max(), np.abs(gb).max()) <= 1e-4
+    reference = LogisticRegression(C=C, tol=1e-10, max_iter=50_000).fit(StandardScaler().fit_transform(x), y)
+    f_sklearn, _, _ = _objective_and_gradient(xs.numpy(), y, reference.coef_.T, reference.intercept_, C)
+    assert f_sklearn - 1e-9 <= f <= f_sklearn + 1e-4  # within what a gradient of 1e-4 leaves of the minimum
+    warm = fit_logistic(xs, y, C, start=fit_logistic(xs, y, C / 10))
+    assert abs(_objective_and_gradient(xs.numpy(), y, warm.weight.numpy(), warm.bias.numpy(), C)[0] - f) <= 1e-4
+
+
+def test_a_constant_feature_is_left_unscaled_and_labels_keep_their_values():
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(size=(200, 3)), np.full(200, 5.0)]
+    y = np.where(x[:, 0] > 0, 7, 3)  # labels that are not 0..K-1
+    result = validated_probe(x, y, x, y, None)
+    assert result["C"] == 1.0 and result["validation_accuracy"] is None
+    assert result["accuracy"] > 0.95
+    scale = Standardizer.fit(torch.from_numpy(x))
+    assert scale.scale[-1] == 1.0 and scale.mean[-1] == 5.0
