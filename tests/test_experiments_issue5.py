@@ -97,7 +97,7 @@ def test_debias_k_is_chosen_on_validation_colours_only(tmp_path, monkeypatch):
     from aelab.data.sources import validation_split
     from aelab.experiments import debias
 
-    tiny = dict(dataset_source="digits", train_limit=300, aligned_ratio=0.8, ae_epochs=1, n_models=1, gce_epochs=1)
+    tiny = dict(dataset="digits", train_limit=300, aligned_ratio=0.8, ae_epochs=1, n_models=1, gce_epochs=1)
     tiny.update(tsne_points=40, no_progress=True, figures=False)
     debias.run_one(debias.Settings(out=str(tmp_path / "clean"), **tiny))
     real = debias.load_biased_train_split

@@ -329,7 +329,9 @@ def test_every_experiment_refuses_to_resume_with_fewer_epochs(tmp_path, capsys, 
     capsys.readouterr()
     # experiments run per seed (OUT/seed-<s>/) keep each seed's settings and refuse any other
     needle = "fewer than" if experiment == "contractive" else "was run with other settings"
-    one_line_exit_2(capsys, main(["experiment", experiment, *fill(1), "--no-progress", "--out", out]), needle)
+    one_line_exit_2(
+        capsys, main(["experiment", experiment, *fill(1), "--no-progress", "--out", out, "--resume"]), needle
+    )
 
 
 # ---------------------------------------------------------------- hostile downloads
@@ -475,7 +477,7 @@ EXPERIMENT_FLAGS = {
                    "--layers": BAD_SIZES, "--optimizer": BAD_TEXT, "--seed": BAD_NUMBERS, "--dataset": BAD_TEXT},
     "debias": {"--aligned-ratio": BAD_NUMBERS, "--seed": BAD_NUMBERS, "--ae-epochs": BAD_NUMBERS,
                "--n-models": BAD_NUMBERS, "--gce-epochs": BAD_NUMBERS, "--k-grid": BAD_SIZES,
-               "--tsne-points": BAD_NUMBERS, "--dataset-source": BAD_TEXT},
+               "--tsne-points": BAD_NUMBERS, "--dataset": BAD_TEXT},
     "binary": {"--bits": BAD_NUMBERS, "--backward": BAD_TEXT, "--epochs": BAD_NUMBERS, "--seed": BAD_NUMBERS,
                "--dataset": BAD_TEXT},
 }  # fmt: skip

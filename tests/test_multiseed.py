@@ -81,7 +81,9 @@ def test_two_processes_give_the_numbers_of_one_and_a_killed_run_resumes(tmp_path
     kept = (one / "seed-0" / "results.json").stat().st_mtime_ns
     (one / "seed-1" / "results.json").unlink()
     capsys.readouterr()
-    assert main([*BINARY, "--seeds", "2", "--out", str(one), "--no-progress"]) == 0
+    assert main([*BINARY, "--seeds", "2", "--out", str(one), "--no-progress"]) == 2  # continuing needs --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*BINARY, "--seeds", "2", "--out", str(one), "--no-progress", "--resume"]) == 0
     assert "seed-0: finished already, kept" in capsys.readouterr().out
     assert (one / "seed-0" / "results.json").stat().st_mtime_ns == kept
     assert _numbers(one, 1) == _numbers(two, 1)

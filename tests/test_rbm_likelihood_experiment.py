@@ -88,7 +88,7 @@ def test_a_row_folder_is_a_run_that_evaluate_reads(finished, capsys):
 def test_other_settings_on_the_same_folder_are_refused(finished, capsys):
     before = (finished / "results.json").read_bytes()
     args = [a if a != "3" else "4" for a in ARGS]  # --epochs 4
-    one_line_exit_2(capsys, main([*args, "--out", str(finished), "--no-progress"]), "other settings")
+    one_line_exit_2(capsys, main([*args, "--out", str(finished), "--no-progress", "--resume"]), "other settings")
     assert (finished / "results.json").read_bytes() == before
 
 
@@ -113,7 +113,7 @@ def test_killed_between_rows_it_continues_to_the_same_results(finished, tmp_path
     text = log.read_text()
     assert "rbm-likelihood: cd1-25: training and log Z" in text and "epoch 1/1" in text  # progress lines
     capsys.readouterr()
-    assert main([*ARGS, "--out", str(out), "--no-progress"]) == 0  # the same command continues
+    assert main([*ARGS, "--out", str(out), "--no-progress", "--resume"]) == 0  # the same command continues
     assert capsys.readouterr().err == ""  # --no-progress: silent
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["rows"][: len(first["rows"])] == first["rows"]  # the finished rows untouched, times included

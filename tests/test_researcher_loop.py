@@ -78,9 +78,9 @@ def test_compare_pairs_only_like_with_like_and_shows_the_baselines_once(two_grou
     accuracy = {g: f"{means[g]['probe_accuracy']['mean']:.3f}" for g in (ae, vae)}
     raw = f"{json.loads((ae / 'seed-0' / 'eval.json').read_text())['metrics']['raw_probe_accuracy']:.3f}"
     assert f"raw pixels on the probe ({accuracy[ae]}, {accuracy[vae]} vs {raw})" in lead[0]
-    warnings = [f"{g}/seed-{s}: {w}" for g in (ae, vae) for s in (0, 1)
+    warnings = [f"{g}/seed-{s}: warning: {w}" for g in (ae, vae) for s in (0, 1)
                 for w in json.loads((g / f"seed-{s}" / "eval.json").read_text())["warnings"]]  # fmt: skip
-    assert warnings and lead[1:] == [f"Warning: {w}" for w in warnings]
+    assert warnings and lead[1:] == warnings
 
     # the loss plot: one colour per group, one line style per split, a band over each group's seeds
     (fig,) = [f for f in figures if any(ax.get_title() == "loss per epoch" for ax in f.axes)]
@@ -242,23 +242,66 @@ def test_every_report_opens_with_its_reading_and_warnings(two_groups):
     assert f"({seeds['probe_accuracy']['mean']:.3f} vs " in line and line.endswith("(Means over 2 seeds.)")
 
 
-def test_the_demo_report_opens_with_its_reading_and_every_warning(tmp_path, tiny_demo, monkeypatch):
+def test_the_demo_report_opens_with_its_reading_and_every_warning(tmp_path, tiny_demo):
+    """The report `make demo` prints the path of (one seed: the summary over seeds writes it) and the seed's own."""
     from aelab.experiments import demo
 
     tiny_demo()
-    path = demo.run_one(demo.Settings(out=str(tmp_path / "demo"), dataset="digits", epochs=2, figures=False,
-                                      no_progress=True))  # fmt: skip
-    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    out = tmp_path / "demo"
+    path = demo.run(demo.Settings(out=str(out), dataset="digits", epochs=2, figures=False, no_progress=True))
+    assert Path(path) == out / "report.html"
+    results = json.loads((out / "seed-0" / "results.json").read_text())
     rows = {r["model"]: r for r in results["tables"]["test split"]}
-    lead = _lead(Path(path).with_suffix(".md").read_text())[: len(results["lead"])]  # the notes follow
-    assert lead == results["lead"]
+    for report_md in (out / "report.md", out / "seed-0" / "report.md"):
+        lead = _lead(report_md.read_text())[: len(results["lead"])]  # the notes follow
+        assert lead == results["lead"]
     assert lead[0].startswith("AE reconstructs ") and "; VAE " in lead[0] and "PCA-2" in lead[0]
     raw = rows["ae"]["raw_probe_accuracy"]
     accuracies = f"{rows['ae']['probe_accuracy']:.3f}, {rows['vae']['probe_accuracy']:.3f} vs {raw:.3f}"
     assert f"raw pixels on the probe ({accuracies})" in lead[0]
-    warnings = [f"Warning: {name.upper()}: {w}" for name in ("ae", "vae")
-                for w in json.loads((tmp_path / "demo" / name / "eval.json").read_text())["warnings"]]  # fmt: skip
+    warnings = [f"{name.upper()}: warning: {w}" for name in ("ae", "vae")
+                for w in json.loads((out / "seed-0" / name / "eval.json").read_text())["warnings"]]  # fmt: skip
     assert warnings and lead[1:] == warnings
+
+
+def test_the_demo_over_seeds_reads_the_means():
+    from aelab.experiments import demo
+
+    def seed(ae_sse, vae_sse, ae_probe, warnings):
+        read = [
+            {
+                "name": "AE",
+                "metrics": {
+                    "recon_sse": ae_sse,
+                    "pca_sse": 20.0,
+                    "code_dim": 20,
+                    "sse_ratio_to_pca": 1,
+                    "probe_accuracy": ae_probe,
+                    "raw_probe_accuracy": 0.9,
+                },
+                "warnings": [],
+            },
+            {
+                "name": "VAE",
+                "metrics": {
+                    "recon_sse": vae_sse,
+                    "pca_sse": 20.0,
+                    "code_dim": 20,
+                    "sse_ratio_to_pca": 1,
+                    "probe_accuracy": 0.86,
+                    "raw_probe_accuracy": 0.9,
+                },
+                "warnings": warnings,
+            },
+        ]
+        return {"reading": read, "lead": ["(this seed's reading)", *(f"VAE: warning: {w}" for w in warnings)]}  # fmt: skip
+
+    lead = demo.lead_over_seeds([seed(19.6, 22.0, 0.87, ["slow"]), seed(20.0, 24.0, 0.88, [])], [3, 4])
+    assert lead == [
+        "AE reconstructs 1% better than PCA-20; VAE 15% worse (likely undertrained). Neither model's codes beat raw "
+        "pixels on the probe (0.875, 0.860 vs 0.900). (Means over 2 seeds.)",
+        "seed 3: VAE: warning: slow",
+    ]
 
 
 # ---------------------------------------------------------------- figures that read
@@ -271,7 +314,8 @@ def test_figures_have_plain_tick_labels_integer_epochs_and_titles_that_do_not_ov
     report.plot_kl_per_dimension([3.0, 0.5, 0.0001, 0.0], 0.01, tmp_path / "kl.png")
     report.plot_curves({"vae": history}, tmp_path / "loss.png")
     terms = {"test_recon": "reconstruction: -E_q log p(x|z)", "test_kl": "KL(q(z|x) || p(z))"}  # as evaluate draws
-    report.plot_terms(history, terms, tmp_path / "elbo_terms.png", ylabel="nats per image")
+    vae = [{"epoch": e, "test_recon": 197.3 - 0.7 * e, "test_kl": 10.2 + 0.3 * e} for e in range(1, 31)]  # nats
+    report.plot_terms(vae, terms, tmp_path / "elbo_terms.png", ylabel="nats per image")
     kl, loss, elbo = figures
     for fig in figures:
         FigureCanvasAgg(fig).draw()  # a closed figure, drawn again with Agg: its texts as they were rendered

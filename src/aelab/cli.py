@@ -6,6 +6,7 @@ Bad input: one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -508,18 +509,26 @@ def cmd_experiment(args) -> int:
     module = importlib.import_module(f".experiments.{args.experiment_module}", __package__)
     from .runs import RunLock
 
+    given = set(_argv or [])
+    for old, new in options.deprecated_aliases(module.Settings).items():
+        if old in given or any(a.startswith(old + "=") for a in given):
+            print(f"aelab: note: {old} is deprecated; it is now {new}", file=sys.stderr)
     settings = options.from_args(module.Settings, args)
+    if args.quiet and hasattr(settings, "no_progress"):
+        settings = dataclasses.replace(settings, no_progress=True)
     if hasattr(settings, "validate"):
         settings.validate()
     if not str(settings.out).strip():
         raise AelabError("--out must name a folder")
-    from .experiments.common import preflight
+    from .experiments.common import check_resume, preflight
 
     preflight(settings)  # a bad --device or missing data: one line, before the output folder is made
     out = Path(settings.out)
+    check_resume(out, args.resume)  # an --out that holds an experiment needs --resume, and --resume needs one
     existed = out.exists()
+    threads = getattr(args, "threads", None)
     try:
-        with RunLock(settings.out):  # the experiment's own files; each of its runs locks its own folder too
+        with RunLock(settings.out), _threads(threads):  # each of its runs locks its own folder too
             path = module.run(settings)
     except AelabError:
         if not existed:
@@ -527,6 +536,24 @@ def cmd_experiment(args) -> int:
         raise
     print(f"report: {path}")
     return 0
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's and the BLAS libraries' threads for the experiment (--threads), restored after."""
+    if n is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _remove_if_untouched(out: Path) -> None:
@@ -630,7 +657,26 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
         if name == experiment:  # only the chosen experiment's module is imported (it imports torch)
             module = importlib.import_module(f".experiments.{module_name}", __package__)
             options.add_arguments(q, module.Settings)
+            add_experiment_run_arguments(q, module.Settings)
     return parser
+
+
+def add_experiment_run_arguments(q: argparse.ArgumentParser, settings_cls) -> None:
+    """How an experiment runs, the same for every experiment (not what it computes: never in its settings)."""
+    q.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the experiment in --out: finished rows and seeds are kept as they are, the rest continues "
+        "from its checkpoints (without it, an --out that holds an experiment is refused)",
+    )
+    q.add_argument("--quiet", action="store_true", help="no progress output at all (the report's path still printed)")
+    if "threads" not in {f.name for f in dataclasses.fields(settings_cls)}:
+        q.add_argument(
+            "--threads",
+            type=options.thread_count,
+            default=None,
+            help="torch and BLAS threads (default: torch's, all cores); more threads can change the last digits",
+        )
 
 
 def _one_line(e: BaseException) -> str:
@@ -802,6 +848,8 @@ def stopped_line(error: BaseException, args, seeds: int | None = None) -> str:
     checkpoint = (
         f"checkpoint of epoch {kept} kept in {run}"
         if kept is not None
+        else "the finished seeds are kept, the others continue from their checkpoints"
+        if seeds and not info
         else "no checkpoint yet (no epoch had finished): the resume starts it from the beginning"
     )
     saved = (out / "config.json").exists() if not seeds else any(out.glob("seed-*/config.json"))

@@ -696,7 +696,7 @@ def compare(
     notes += pair_notes
     baselines = baseline_rows(entries, entry_evals)
     lead = [line for line in [table_reading(entries, entry_configs, entry_evals, summaries)] if line]
-    lead += [f"Warning: {name}: {w}" for name, w in warned]
+    lead += warning_notes  # "RUN: warning: ...", as printed
 
     # everything read and computed before `out` is touched: bad input leaves nothing behind
     shown = [(e["dirs"][0], e["name"] if e["seeds"] is None else f"{e['name']} (seed {e['seeds'][0]})")

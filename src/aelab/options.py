@@ -237,10 +237,20 @@ def shown(text: str, limit: int = 80) -> str:
 
 # ---------------------------------------------------------------- settings dataclasses <-> argparse
 def opt(
-    help: str = "", parse: Callable[[str], Any] | None = None, choices: list | tuple | None = None, hidden: bool = False
+    help: str = "",
+    parse: Callable[[str], Any] | None = None,
+    choices: list | tuple | None = None,
+    hidden: bool = False,
+    aliases: tuple[str, ...] = (),
 ) -> dict:
-    """Field metadata for `add_arguments`: help text, a parser for one value, the allowed values."""
-    return {"help": help, "parse": parse, "choices": choices, "hidden": hidden}
+    """Field metadata for `add_arguments`: help text, a parser for one value, the allowed values, and old spellings
+    of the flag that still work (`deprecated_aliases` names them, so that the CLI can say so)."""
+    return {"help": help, "parse": parse, "choices": choices, "hidden": hidden, "aliases": tuple(aliases)}
+
+
+def deprecated_aliases(settings_cls: type) -> dict[str, str]:
+    """{old flag: its current name} of a settings dataclass."""
+    return {old: _flag(f.name) for f in dataclasses.fields(settings_cls) for old in f.metadata.get("aliases", ())}
 
 
 def _flag(name: str) -> str:
@@ -263,7 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_cls: type) -> None:
             kwargs["type"] = meta["parse"]
         if meta.get("choices") is not None:
             kwargs["choices"] = list(meta["choices"])
-        parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+        parser.add_argument(_flag(f.name), *meta.get("aliases", ()), dest=f.name, **kwargs)
 
 
 def from_args(settings_cls: type, args: argparse.Namespace):

@@ -6,20 +6,23 @@ from dataclasses import field
 from pathlib import Path
 
 from .. import data as datamod
+from .. import runs
 from ..data.sources import VAL_MAX_IMAGES
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..options import fraction, opt, positive_int
 from ..train import TrainConfig, train
 
+SEEDS_HELP = "run with seeds SEED .. SEED+N-1 and report mean, std and 95% interval over them (default 1)"
+
 
 def seeds_field(default: int = 1):
-    return field(
-        default=default,
-        metadata=opt(
-            "run with seeds SEED .. SEED+N-1 (OUT/seed-<s>/ each) and report mean, std and 95% interval over them",
-            parse=positive_int,
-        ),
-    )
+    """--seeds N: the same meaning and the same default (1) in every experiment."""
+    return field(default=default, metadata=opt(SEEDS_HELP + "; each seed in OUT/seed-<s>/", parse=positive_int))
+
+
+def dataset_field(default: str, help: str, choices=None):
+    """--dataset: the data of every experiment (--dataset-source, its old name in two experiments, still works)."""
+    return field(default=default, metadata=opt(help, choices=choices, aliases=("--dataset-source",)))
 
 
 def jobs_field():
@@ -121,3 +124,48 @@ def official_test_status(
             f"Official MNIST test set: not applicable (images {tuple(x.shape[1:])}, models take {input_shape}).",
         )
     return True, f"Official MNIST test set: {len(x)} images from {where}, scored once per chosen run and seed."
+
+
+# ---------------------------------------------------------------- an experiment's output folder, filled in as it runs
+EXPERIMENT_FILES = ("results.json", "seed_settings.json", "report.html", "report.md")
+
+
+def holds_experiment(out: Path) -> bool:
+    """Whether `out` holds an experiment's files: its results (partial or final), a seed's settings, a seed folder or
+    a run folder of its own."""
+    if not out.is_dir():
+        return False
+    for entry in out.iterdir():
+        if entry.name in EXPERIMENT_FILES or entry.name.startswith("seed-"):
+            return True
+        if entry.is_dir() and ((entry / "config.json").exists() or (entry / "pretrain.json").exists()):
+            return True
+    return False
+
+
+def check_resume(out: Path, resume: bool) -> None:
+    """An --out that already holds an experiment is continued only with --resume (finished rows and seeds kept, the
+    rest continued from its checkpoints); --resume of a folder without one is refused. One line, nothing changed."""
+    held = holds_experiment(out)
+    if held and not resume:
+        raise ConfigError(
+            f"{out} holds an experiment already (its results.json, seeds or runs); pass --resume to continue it, "
+            "or choose another --out"
+        )
+    if resume and not held:
+        raise ConfigError(f"--resume: {out} holds no experiment to continue; leave --resume out to start one")
+
+
+def write_partial(out: Path, results: dict, done: list[str], todo: list[str], title: str) -> None:
+    """results.json and report.md / .html after a finished row or seed, marked partial (issue 31): the rows done so far,
+    the rows still to come, and "partial": true, which the final results.json replaces by the whole table."""
+    from .. import report as report_module
+
+    partial = {**results, "partial": True, "rows_done": list(done), "rows_to_come": list(todo)}
+    runs.write_json(out / "results.json", partial)
+    rows = [{"row": name, "state": "finished"} for name in done] + [{"row": name, "state": "to come"} for name in todo]
+    notes = [
+        f"PARTIAL: {len(done)} of {len(done) + len(todo)} rows finished; results.json holds them. The experiment is "
+        "still running, or was stopped: the same command with --resume continues it from the first unfinished row."
+    ]
+    report_module.write_report(out, f"{title} (partial)", [("Rows", rows)], [], notes, numbers_first=True)

@@ -31,6 +31,7 @@ from . import debias_report, multiseed
 from .common import (
     OFFICIAL_TEST,
     amp_field,
+    dataset_field,
     device_field,
     jobs_field,
     official_test_status,
@@ -60,9 +61,7 @@ class Settings:
         metadata=opt("fraction of each digit class in its own colour (LfF: 0.95, 0.98, 0.99, 0.995)", parse=fraction),
     )
     seed: int = field(default=0, metadata=opt("seed of the colouring and of every model", parse=seed_value))
-    dataset_source: str = field(
-        default="mnist5k", metadata=opt("grayscale dataset to colour (mnist5k, digits, mnist, ...)")
-    )
+    dataset: str = dataset_field("mnist5k", "grayscale dataset to colour (mnist5k, digits, mnist, ...)")
     data_dir: str | None = field(default=None, metadata=opt("folder of downloaded datasets"))
     train_limit: int | None = field(
         default=None,
@@ -116,7 +115,7 @@ def run_one(settings: Settings) -> Path:
     used = {
         "aligned_ratio": settings.aligned_ratio,
         "seed": settings.seed,
-        "dataset_source": settings.dataset_source,
+        "dataset_source": settings.dataset,
         "train_limit": settings.train_limit,
         "ae_epochs": _setting(settings, "ae_epochs"),
         "n_models": _setting(settings, "n_models"),
@@ -128,7 +127,7 @@ def run_one(settings: Settings) -> Path:
         "quick": bool(settings.quick),
     }
     images, digits, color_labels, conflicting = load_biased_train_split(
-        settings.dataset_source, settings.aligned_ratio, settings.seed, settings.data_dir, settings.train_limit
+        settings.dataset, settings.aligned_ratio, settings.seed, settings.data_dir, settings.train_limit
     )
     y, conf = digits.numpy(), conflicting.numpy()
     # the validation images: their colour labels choose k; the other train images are the detection's test
@@ -144,7 +143,7 @@ def run_one(settings: Settings) -> Path:
         dataset_options={
             "aligned_ratio": settings.aligned_ratio,
             "seed": settings.seed,
-            "source": settings.dataset_source,
+            "source": settings.dataset,
         },
         data_dir=settings.data_dir,
         train_limit=settings.train_limit,

@@ -31,7 +31,7 @@ from .. import data as datamod
 from .. import options
 from ..data.colored import aligned_count
 from ..errors import ConfigError
-from .common import amp_field, device_field, preflight
+from .common import SEEDS_HELP, amp_field, dataset_field, device_field, preflight
 from .debias_classifier_cell import run_cell
 
 DEFAULT_RATIOS = (0.95, 0.98, 0.99, 0.995)
@@ -48,12 +48,7 @@ class Settings:
             parse=options.ratio_list,
         ),
     )
-    seeds: int | None = field(
-        default=None,
-        metadata=options.opt(
-            "number of seeds s = seed, seed+1, ... (default 5, --quick 1)", parse=options.positive_int
-        ),
-    )
+    seeds: int = field(default=1, metadata=options.opt(SEEDS_HELP, parse=options.positive_int))
     seed: int = field(default=0, metadata=options.opt("first seed", parse=options.seed_value))
     epochs: int = field(
         default=15,
@@ -66,11 +61,8 @@ class Settings:
             "fraction of the biased train split held out for model selection", parse=options.open_fraction
         ),
     )
-    dataset_source: str = field(
-        default="mnist5k",
-        metadata=options.opt(
-            "grayscale digits to colour (mnist: the full MNIST from --data-dir)", choices=("mnist5k", "digits", "mnist")
-        ),
+    dataset: str = dataset_field(
+        "mnist5k", "grayscale digits to colour (mnist: the full MNIST from --data-dir)", ("mnist5k", "digits", "mnist")
     )
     train_limit: int | None = field(
         default=None,
@@ -98,17 +90,17 @@ class Settings:
 
     @property
     def n_seeds(self) -> int:
-        return self.seeds if self.seeds is not None else (1 if self.quick else 5)
+        return self.seeds
 
     def validate(self) -> None:
         if not self.out:
             raise ConfigError("--out DIR is required")
-        if self.seeds is not None and self.seeds < 1:
+        if self.seeds < 1:
             raise ConfigError(f"--seeds must be a positive integer, got {self.seeds}")
         for r in self.ratios:
             if not 0 < r < 1:
                 raise ConfigError(f"aligned ratio {r} is outside (0, 1)")
-        _, digits = datamod.load(self.dataset_source, "train", self.data_dir)
+        _, digits = datamod.load(self.dataset, "train", self.data_dir)
         digits = digits[: self.train_limit] if self.train_limit else digits
         counts = torch.bincount(digits).tolist()
         for r in self.ratios:

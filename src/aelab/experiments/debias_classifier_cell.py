@@ -29,7 +29,7 @@ ORACLES = ["ORACLE_group_reweight", "ORACLE_group_reweight+synthesis"]
 
 def load_splits(s, ratio: float, seed: int) -> dict:
     """train / validation (carved from the biased train split, stratified by digit) / test sets of settings s."""
-    return classifier_splits(s.dataset_source, ratio, seed, s.val_fraction, s.train_limit, s.data_dir)
+    return classifier_splits(s.dataset, ratio, seed, s.val_fraction, s.train_limit, s.data_dir)
 
 
 def fit_label_free(

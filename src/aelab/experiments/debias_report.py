@@ -69,7 +69,7 @@ def write(
     classes = [int(c) for c in np.unique(y)]
     data = {
         "dataset": "colored-mnist",
-        "source": settings.dataset_source,
+        "source": settings.dataset,
         "split": "train",
         "aligned_ratio": settings.aligned_ratio,
         "seed": settings.seed,
@@ -125,7 +125,7 @@ def write(
         for m, c in choices.items()
     )
     notes = [
-        f"Data: ColoredMNIST train split built from {settings.dataset_source} ({len(y)} images), aligned ratio "
+        f"Data: ColoredMNIST train split built from {settings.dataset} ({len(y)} images), aligned ratio "
         f"{settings.aligned_ratio}, seed {settings.seed}; {int(conf.sum())} bias-conflicting images "
         f"({', '.join(str(data['conflicting_per_class'][c]) for c in classes)} per digit).",
         f"Splits: every method scores all {len(y)} images (the detection is transductive, without colour labels). "

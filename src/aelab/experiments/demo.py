@@ -49,6 +49,8 @@ CHOICE_COLUMNS = ["probe C (chosen)", "epoch kept"]
 PAIRS = [("vae", "ae", "probe_accuracy"), ("vae", "ae", "recon_sse")]
 PLOT_COLUMNS = ["probe_accuracy", "recon_sse"]
 MODELS = [("ae", {"loss": "mse"}), ("vae", {"likelihood": "bce"})]
+# what the report's first line reads (aelab.reading), kept per seed in results.json ("reading")
+READ_METRICS = ("recon_sse", "pca_sse", "code_dim", "sse_ratio_to_pca", "probe_accuracy", "raw_probe_accuracy")
 
 
 @dataclass
@@ -130,7 +132,8 @@ def run_one(settings: Settings) -> Path:
         result = evaluate(run_dir, tsne_points=tsne, figures=True, data_dir=settings.data_dir, progress=progress)
         kept = kept_epoch(run_dir)
         own.append(_row(name, result["metrics"], kept))
-        read.append({"name": display_name(name), "metrics": result["metrics"], "warnings": result["warnings"]})
+        numbers = {k: result["metrics"][k] for k in READ_METRICS if k in result["metrics"]}
+        read.append({"name": display_name(name), "metrics": numbers, "warnings": result["warnings"]})
         if official:
             extra = evaluate(run_dir, data_dir=settings.data_dir, test_dataset=OFFICIAL_TEST, progress=progress)
             other.append(_row(name, extra["metrics"], kept))
@@ -174,10 +177,32 @@ def run_one(settings: Settings) -> Path:
         "wall_time_s": time.perf_counter() - started,
     }
     line = reading(read)  # generated from the numbers above: the reading of the table, then every warning
-    lead = ([line] if line else []) + [f"Warning: {e['name']}: {w}" for e in read for w in e["warnings"]]
-    results["lead"] = lead
+    lead = ([line] if line else []) + [f"{e['name']}: warning: {w}" for e in read for w in e["warnings"]]
+    results["lead"], results["reading"] = lead, read
     runs.write_json(out / "results.json", results)
     return report.write_report(out, title, [(name, rows) for name, rows in tables.items()], figures, notes, lead=lead)
+
+
+def lead_over_seeds(per_seed: list[dict], seeds: list[int]) -> list[str]:
+    """The summary report's first lines (aelab.experiments.multiseed): the reading of each model's means over the
+    seeds, then every seed's warnings; one seed: its own lead."""
+    if len(per_seed) == 1:
+        return list(per_seed[0].get("lead") or [])
+    by_name: dict[str, list[dict]] = {}
+    for results in per_seed:
+        for entry in results.get("reading") or []:
+            by_name.setdefault(entry["name"], []).append(entry)
+    means = []
+    for name, entries in by_name.items():
+        metrics = dict(entries[0]["metrics"])  # code_dim: a setting, the same at every seed
+        for key in metrics.keys() - {"code_dim"}:
+            values = [e["metrics"].get(key) for e in entries]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                metrics[key] = sum(values) / len(values)
+        means.append({"name": name, "metrics": metrics, "warnings": [w for e in entries for w in e["warnings"]]})
+    line = reading(means, means_of=len(per_seed))
+    warned = [f"seed {s}: {w}" for s, results in zip(seeds, per_seed) for w in (results.get("lead") or [])[1:]]
+    return ([line] if line else []) + warned
 
 
 def _figures_of(run_dir: Path):

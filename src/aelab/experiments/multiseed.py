@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..metrics.intervals import format_interval, metric_range, paired_difference, summarize
 from ..options import MAX_SEED
 from ..seeds import INTERVALS_TEXT
+from .common import write_partial
 
 MAX_JOBS = 64
 
@@ -73,7 +74,8 @@ def _done(folder: Path, wanted: dict) -> bool:
         raise ConfigError(
             f"{folder} was run with other settings (see its seed_settings.json); choose another --out or remove it"
         )
-    return True
+    results = runs.read_json(folder / "results.json")
+    return not (isinstance(results, dict) and results.get("partial"))  # a seed stopped between its rows goes on
 
 
 def run(module: ModuleType, settings) -> Path:
@@ -103,9 +105,22 @@ def run(module: ModuleType, settings) -> Path:
         runs.write_json(folder / "seed_settings.json", wanted)
         todo.append(one)
     jobs = min(jobs, max(1, len(todo)))
+    finished = [s for s in seeds if s not in {one.seed for one in todo}]
+
+    def seed_done(seed: int) -> None:  # the summary over the seeds finished so far, marked partial (issue 31)
+        finished.append(seed)
+        left = [s for s in seeds if s not in finished]
+        if left:
+            done = sorted(finished)
+            summary = summarize_seeds(
+                module, [runs.read_json(seed_folder(out, s) / "results.json") for s in done], done
+            )
+            write_partial(out, summary, [f"seed-{s}" for s in done], [f"seed-{s}" for s in left], module.__name__)
+
     if jobs == 1:
         for one in todo:
             _one_seed(name, dataclasses.asdict(one), None)
+            seed_done(one.seed)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -121,12 +136,16 @@ def run(module: ModuleType, settings) -> Path:
                 pool.submit(_one_seed, name, dataclasses.asdict(dataclasses.replace(one, no_progress=True)), threads)
                 for one in todo
             ]
-            for future in futures:
+            for one, future in zip(todo, futures):
                 print(f"{future.result()}: done")
+                seed_done(one.seed)
     per_seed = [runs.read_json(seed_folder(out, s) / "results.json") for s in seeds]
     summary = summarize_seeds(module, per_seed, seeds)
     summary["wall_time_s"] = time.perf_counter() - started
     summary["settings"] = {k: v for k, v in dataclasses.asdict(settings).items() if k != "out"}
+    # the report's first lines (its reading, its warnings): the module's over the seeds, else one seed's own
+    own = getattr(module, "lead_over_seeds", None)
+    summary["lead"] = own(per_seed, seeds) if own else (per_seed[0].get("lead") or []) if n == 1 else []
     runs.write_json(out / "results.json", summary)
     return write_seed_report(module, out, summary, per_seed[0])
 
@@ -266,4 +285,7 @@ def write_seed_report(module: ModuleType, out: Path, summary: dict, first: dict)
             *(first.get("notes_for_summary") or []),
             f"Wall time {summary['wall_time_s']:.0f} s.",
         ]
-    return report.write_report(out, first.get("title", module.__name__), tables, figures, notes, numbers_first=n == 1)
+    lead = summary.get("lead") or []
+    return report.write_report(
+        out, first.get("title", module.__name__), tables, figures, notes, numbers_first=n == 1, lead=lead
+    )

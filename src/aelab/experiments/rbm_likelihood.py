@@ -36,7 +36,12 @@ ROWS = {
 }
 FULL = {"dataset": "mnist", "epochs": 50, "small_hidden": 25, "ais_runs": PAPER_RUNS, "ais_betas": PAPER_STEPS}
 QUICK = {"dataset": "mnist5k", "epochs": 1, "small_hidden": 12, "ais_runs": 50, "ais_betas": 1000}
-NOT_COMPARED = ("out", "no_progress", "data_dir", "amp")  # amp changes nothing an RBM row computes  # a rerun may move the data or change what it prints
+NOT_COMPARED = (
+    "out",
+    "no_progress",
+    "data_dir",
+    "amp",
+)  # amp changes nothing an RBM row computes  # a rerun may move the data or change what it prints
 
 
 @dataclass
