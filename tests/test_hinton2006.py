@@ -70,10 +70,13 @@ def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     assert methods == [
         "raw pixels",
         "PCA (2-D)",
-        "logistic PCA (2-D)",
+        "logistic PCA, linear encoder (2-D)",
+        "logistic PCA, per-image codes (2-D)",
         "deep AE, random init",
         "deep AE, RBM-pretrained, CG",
         "deep AE, RBM-pretrained, Adam",
+        "deep AE, RBM-pretrained, CG, per-image codes",
+        "deep AE, RBM-pretrained, Adam, per-image codes",
     ]
     assert list(results["tables"]) == ["test split"]  # no official test set for 8x8 digits
     per_seed = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]

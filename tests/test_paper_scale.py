@@ -109,10 +109,13 @@ def test_hinton2006_rows_on_idx_mnist(idx_mnist, tmp_path):
     assert [r["method"] for r in seed["tables"]["test split"]] == [
         "raw pixels",
         "PCA (2-D)",
-        "logistic PCA (2-D)",
+        "logistic PCA, linear encoder (2-D)",
+        "logistic PCA, per-image codes (2-D)",
         "deep AE, random init",
         "deep AE, RBM-pretrained, CG",
         "deep AE, RBM-pretrained, Adam",
+        "deep AE, RBM-pretrained, CG, per-image codes",
+        "deep AE, RBM-pretrained, Adam, per-image codes",
     ]
     assert list(seed["tables"]) == ["test split"]  # the test split is the official set: not scored twice
     stack = (out / "seed-0" / "rbm-stack" / "model.safetensors").read_bytes()

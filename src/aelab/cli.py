@@ -527,8 +527,11 @@ def cmd_experiment(args) -> int:
     check_resume(out, args.resume)  # an --out that holds an experiment needs --resume, and --resume needs one
     existed = out.exists()
     threads = getattr(args, "threads", None)
-    try:
-        with RunLock(settings.out), _threads(threads):  # each of its runs locks its own folder too
+    from .progress import Progress
+
+    quiet = getattr(settings, "no_progress", False)
+    try:  # the experiment's own Progress: whatever step runs inside, a line at least every HEARTBEAT_S seconds
+        with RunLock(settings.out), _threads(threads), Progress(f"experiment {args.experiment}", enabled=not quiet):
             path = module.run(settings)
     except AelabError:
         if not existed:
@@ -590,7 +593,12 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="write eval.json, figures and report.html for a run folder")
     p.add_argument("run_dir")
     p.add_argument("--iwae-k", type=positive_int, default=100)
-    p.add_argument("--tsne-points", type=positive_int, default=2000)
+    p.add_argument(
+        "--tsne-points",
+        type=positive_int,
+        default=1000,
+        help="t-SNE map of the first N test codes (default 1000: the costly part of the figures)",
+    )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")

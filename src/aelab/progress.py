@@ -38,8 +38,42 @@ def duration(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
+_lock = threading.RLock()
+_active: list[Progress] = []  # the open Progress objects, innermost last: the heartbeat speaks for the innermost
+_last = [time.monotonic()]  # when anything (any Progress, or a line it was told of) was last shown
+_thread: list[threading.Thread] = []
+
+
+def _shown() -> None:
+    _last[0] = time.monotonic()
+
+
+def _beat() -> None:
+    """One thread for every open Progress: a bar's elapsed time ticks every second; off a terminal, a line for the
+    innermost open Progress whenever nothing at all was shown for its heartbeat."""
+    while True:
+        time.sleep(0.1)
+        with _lock:
+            if not _active:
+                _thread.clear()
+                return
+            top = _active[-1]
+            quiet_for = time.monotonic() - _last[0]
+            if top._bar is not None:
+                if quiet_for >= 1.0:
+                    try:
+                        top._bar.refresh()
+                    except Exception:  # noqa: BLE001  a bar closed between the check and the refresh
+                        pass
+                    _shown()
+            elif quiet_for >= top.heartbeat:
+                top._line(f"{top.label}: still {top.phase_text or 'working'}{top._where()}")
+
+
 class Progress:
-    """A bar on a terminal, lines elsewhere, a heartbeat in between (see the module docstring)."""
+    """A bar on a terminal, lines elsewhere, a heartbeat in between (see the module docstring). Progress objects
+    nest (an experiment's, its runs' training, their evaluation): the heartbeat speaks for the innermost one, and
+    only when nothing at all was shown for its `heartbeat` seconds."""
 
     def __init__(
         self,
@@ -48,26 +82,30 @@ class Progress:
         unit: str = "step",
         enabled: bool = True,
         stream=None,
-        heartbeat: float = HEARTBEAT_S,
+        heartbeat: float | None = None,
         lines: bool | None = None,
     ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
         self.stream = sys.stderr if stream is None else stream
         self.lines = (not _is_terminal(self.stream)) if lines is None else lines
         self.done, self.phase_text = 0, ""
-        self.started = self.last_output = time.monotonic()
-        self.heartbeat = heartbeat
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self.started = time.monotonic()
+        self.heartbeat = HEARTBEAT_S if heartbeat is None else heartbeat
         self._bar = None
+        self._open = False
         if not enabled:
             return
         if not self.lines:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=label, unit=unit, file=self.stream, mininterval=0.5, leave=False)
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._thread.start()
+        with _lock:
+            _active.append(self)
+            self._open = True
+            _shown()
+            if not _thread:
+                _thread.append(threading.Thread(target=_beat, daemon=True))
+                _thread[0].start()
 
     # ---- what the work calls
     def phase(self, text: str) -> None:
@@ -77,7 +115,7 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.set_postfix_str(text)
-            self.last_output = time.monotonic()
+            _shown()
         else:
             self._line(f"{self.label}: {text}{self._where()}")
 
@@ -91,7 +129,7 @@ class Progress:
             self._bar.update(n)
             if text:
                 self._bar.set_postfix_str(text)
-            self.last_output = time.monotonic()
+            _shown()
         elif text:
             self._line(f"{self.label}: {text}{self._where()}")
 
@@ -104,7 +142,7 @@ class Progress:
 
     def touch(self) -> None:
         """Something else was just printed (an epoch line): the heartbeat waits again."""
-        self.last_output = time.monotonic()
+        _shown()
 
     def write(self, text: str) -> None:
         """A line of its own (a result), above the bar on a terminal."""
@@ -112,12 +150,15 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.write(text, file=self.stream)
-            self.last_output = time.monotonic()
+            _shown()
         else:
             self._line(text)
 
     def close(self) -> None:
-        self._stop.set()
+        with _lock:
+            if self._open:
+                _active.remove(self)
+                self._open = False
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -139,23 +180,9 @@ class Progress:
         return text + ")"
 
     def _line(self, text: str) -> None:
-        with self._lock:
+        with _lock:
             print(text, file=self.stream, flush=True)
-            self.last_output = time.monotonic()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(min(1.0, self.heartbeat / 4)):
-            quiet_for = time.monotonic() - self.last_output
-            if self._bar is not None:
-                if quiet_for >= 1.0:  # the elapsed time ticks on the bar: it is seen to be alive
-                    try:
-                        self._bar.refresh()
-                    except Exception:  # noqa: BLE001  a bar closed between the check and the refresh
-                        return
-                    self.last_output = time.monotonic()
-            elif quiet_for >= self.heartbeat:
-                what = self.phase_text or "working"
-                self._line(f"{self.label}: still {what}{self._where()}")
+            _shown()
 
 
 def close_all_bars() -> None:

@@ -21,6 +21,7 @@ there (random draws stay on CPU generators, so a seed gives the same data order 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,10 @@ from pathlib import Path
 import torch
 
 from .. import data as datamod
-from .. import options
+from .. import options, runs
 from ..data.colored import aligned_count
 from ..errors import ConfigError
+from ..progress import Progress
 from .common import SEEDS_HELP, amp_field, dataset_field, device_field, preflight
 from .debias_classifier_cell import run_cell
 
@@ -50,11 +52,17 @@ class Settings:
     )
     seeds: int = field(default=1, metadata=options.opt(SEEDS_HELP, parse=options.positive_int))
     seed: int = field(default=0, metadata=options.opt("first seed", parse=options.seed_value))
-    epochs: int = field(
-        default=15,
-        metadata=options.opt("epochs of every classifier (same budget for all methods)", parse=options.positive_int),
+    epochs: int | None = field(
+        default=None,
+        metadata=options.opt(
+            "epochs of every classifier, the same budget for all methods (default 15; --quick 4)",
+            parse=options.positive_int,
+        ),
     )
-    ae_epochs: int = field(default=6, metadata=options.opt("epochs of each autoencoder", parse=options.positive_int))
+    ae_epochs: int | None = field(
+        default=None,
+        metadata=options.opt("epochs of each autoencoder (default 6; --quick 2)", parse=options.positive_int),
+    )
     val_fraction: float = field(
         default=0.2,
         metadata=options.opt(
@@ -114,9 +122,26 @@ class Settings:
             datamod.load_test_split("mnist", self.data_dir)  # the official t10k files, here or in DIR/mnist/
 
 
+QUICK = {"epochs": (15, 4), "ae_epochs": (6, 2)}  # (full, --quick) budgets: --quick also runs one ratio and one seed
+
+
+def resolved(settings: Settings) -> Settings:
+    """The settings with the budgets --quick cuts filled in (what results.json records)."""
+    return dataclasses.replace(
+        settings, **{k: getattr(settings, k) or v[1 if settings.quick else 0] for k, v in QUICK.items()}
+    )
+
+
 def run(settings: Settings) -> Path:
     from threadpoolctl import threadpool_limits
 
+    settings = resolved(settings)
+    if settings.quick and not settings.no_progress:
+        print(
+            f"--quick: ratio {settings.ratios[0]} only, {settings.n_seeds} seed, {settings.epochs} classifier epochs and "
+            f"{settings.ae_epochs} autoencoder epochs (the full run: 4 ratios, 15 and 6 epochs); its numbers only "
+            "check the path"
+        )
     preflight(settings)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
@@ -127,24 +152,48 @@ def run(settings: Settings) -> Path:
         torch.set_num_threads(threads_before)
 
 
+HEAVY = ("splits", "fit", "oracles", "preds")  # a cell's models and data: for the figures of the first seed only
+
+
+def _cell_file(out: Path, ratio: float, seed: int) -> Path:
+    return out / "cells" / f"ratio-{ratio:g}-seed-{seed}.json"
+
+
 def _run(settings: Settings) -> Path:
+    """Every (ratio, seed) cell in turn, each a row: its numbers are written to OUT/cells/ when it finishes, and the
+    summary and report after it, marked partial until the last; --resume reads the finished cells back."""
+    from . import debias_classifier_report
+    from .common import write_partial
+
     t_start = time.perf_counter()
     s = settings
+    out = Path(s.out)
+    order = [(ratio, seed) for ratio in s.ratios for seed in range(s.seed, s.seed + s.n_seeds)]
     cells: dict[float, list[dict]] = {}
-    for ratio in s.ratios:
-        for seed in range(s.seed, s.seed + s.n_seeds):
-            cell = run_cell(s, ratio, seed)
-            if seed != s.seed:  # the figures need the models and data of the first seed only (the 10k test: 94 MB)
-                for heavy in ("splits", "fit", "oracles", "preds"):
-                    cell.pop(heavy)
-            cells.setdefault(ratio, []).append(cell)
-            if not s.no_progress:
+    label = f"{out.name or out}: debias-classifier"
+    with Progress(label, total=len(order), unit="cell", enabled=not s.no_progress) as bar:
+        for i, (ratio, seed) in enumerate(order):
+            saved = _cell_file(out, ratio, seed)
+            if saved.is_file():  # finished before a --resume: its numbers as they were written
+                cell = runs.read_json(saved)
+                bar.update(text=f"ratio {ratio} seed {seed}: finished already, kept")
+            else:
+                bar.phase(f"ratio {ratio} seed {seed}: vanilla, LfF, JTT, detect-reweight, synthesis, oracles")
+                cell = run_cell(s, ratio, seed, progress=bar)
+                runs.write_json(saved, {k: v for k, v in cell.items() if k not in HEAVY})
                 m = cell["metrics"][next(iter(cell["metrics"]))]
-                print(
-                    f"ratio {ratio} seed {seed} ({cell['time_s']:.0f} s): "
-                    + ", ".join(f"{k} {100 * v['unbiased']:.1f}" for k, v in m.items()),
-                    flush=True,
+                bar.update(
+                    text=f"ratio {ratio} seed {seed} ({cell['time_s']:.0f} s): "
+                    + ", ".join(f"{k} {100 * v['unbiased']:.1f}" for k, v in m.items())
                 )
-    from . import debias_classifier_report
-
+            if seed != s.seed:  # the figures need the models and data of the first seed only (the 10k test: 94 MB)
+                for heavy in HEAVY:
+                    cell.pop(heavy, None)
+            cells.setdefault(ratio, []).append(cell)
+            done, todo = order[: i + 1], order[i + 1 :]
+            if todo:
+                finished = {r: cs for r, cs in cells.items() if len(cs) == s.n_seeds}
+                partial = debias_classifier_report.summary(s, finished, t_start) if finished else {}
+                write_partial(out, partial, [f"ratio {r} seed {sd}" for r, sd in done],
+                              [f"ratio {r} seed {sd}" for r, sd in todo], "debias-classifier")  # fmt: skip
     return debias_classifier_report.write(s, cells, t_start)

@@ -151,15 +151,20 @@ def fit_oracles(
     }
 
 
-def run_cell(s, ratio: float, seed: int, splits: dict | None = None) -> dict:
-    """One (ratio, seed): fit everything, grade on the test sets."""
+def run_cell(s, ratio: float, seed: int, splits: dict | None = None, progress=None) -> dict:
+    """One (ratio, seed): fit everything, grade on the test sets. `progress`: an aelab.progress.Progress whose phase
+    says which step runs (its heartbeat covers the steps themselves)."""
+    say = progress.phase if progress is not None else (lambda text: None)
+    where = f"ratio {ratio} seed {seed}"
     splits = splits or load_splits(s, ratio, seed)
     tr, va = splits["train"], splits["val"]
     run = {"device": resolve_device(s.device), "amp": s.amp}
     t0 = time.perf_counter()
+    say(f"{where}: label-free methods (vanilla, LfF, JTT, detect-reweight, synthesis) and their autoencoders")
     fit = fit_label_free(tr["images"], tr["digits"], va["images"], va["digits"], s.epochs, s.ae_epochs, seed, **run)
     t1 = time.perf_counter()
     p = fit["choices"]["synthesis"]["chosen"]["p"]
+    say(f"{where}: oracles (colour labels)")
     oracles = fit_oracles(tr["images"], tr["digits"], tr["colours"], s.epochs, seed, p, **run)
     fit["timings"]["oracles"] = time.perf_counter() - t1
     t1 = time.perf_counter()
@@ -172,6 +177,7 @@ def run_cell(s, ratio: float, seed: int, splits: dict | None = None) -> dict:
             preds[(test_name, name)] = pr
             metrics.setdefault(test_name, {})[name] = debias.group_metrics(pr, te["digits"], te["colours"])
     fit["timings"]["evaluation"] = time.perf_counter() - t1
+    say(f"{where}: linear probes of the autoencoders' codes")
     t1 = time.perf_counter()
     # representation: linear probes on the AE codes
     first_test = next(iter(splits["test"].values()))

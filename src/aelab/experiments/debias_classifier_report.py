@@ -59,7 +59,14 @@ def goal_check(results: dict, test_name: str) -> dict:
 def write(s: Settings, cells: dict[float, list[dict]], t_start: float) -> Path:
     """Summarise the cells over seeds, write results.json and the report into s.out."""
     out = Path(s.out)
-    test_names = list(cells[s.ratios[0]][0]["metrics"])
+    doc = summary(s, cells, t_start)
+    runs.write_json(out / "results.json", doc)
+    return _write_report(out, s, doc, cells, list(cells[s.ratios[0]][0]["metrics"]), doc["wall_time_s"])
+
+
+def summary(s: Settings, cells: dict[float, list[dict]], t_start: float) -> dict:
+    """results.json of the ratios in `cells` (all of them, or those finished so far)."""
+    test_names = list(next(iter(cells.values()))[0]["metrics"])
     methods = LABEL_FREE + ORACLES
     results: dict = {}
     for ratio, cs in cells.items():
@@ -114,8 +121,7 @@ def write(s: Settings, cells: dict[float, list[dict]], t_start: float) -> Path:
         "goals": goal_check(results, test_names[0]),
         "wall_time_s": wall,
     }
-    runs.write_json(out / "results.json", doc)
-    return _write_report(out, s, doc, cells, test_names, wall)
+    return doc
 
 
 # ---------------------------------------------------------------- report
@@ -141,6 +147,8 @@ def _figures(out: Path, s: Settings, doc: dict, cells: dict, test_names: list[st
         figs.append((f"{title} against the aligned ratio", path))
     # synthesised samples: shape source, donor, result (first seed of the last ratio)
     cell = cells[ratios[-1]][0]
+    if "fit" not in cell:  # read back by --resume: its models and data are not kept on disk
+        return figs
     synth = cell["fit"]["synthesizer"]
     gen = torch.Generator().manual_seed(0)
     idx = torch.cat([torch.nonzero(synth.digits == d).squeeze(1)[:1] for d in range(10)] * 1)

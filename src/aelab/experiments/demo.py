@@ -30,6 +30,7 @@ from .common import (
     seeds_field,
     splits_of,
     train_or_resume,
+    write_partial,
 )
 
 ROW_KEY = "model"
@@ -140,6 +141,9 @@ def run_one(settings: Settings) -> Path:
         histories[name] = runs.read_history(run_dir)
         units[name] = report.loss_unit(config)
         figures += [(f"{name}: {c}", p) for c, p in _figures_of(run_dir)]
+        done = [n for n, _ in MODELS][: len(own)]
+        if len(own) < len(MODELS):  # the table so far, marked partial (issue 31)
+            write_partial(out, {"tables": {"test split": own}}, done, [n for n, _ in MODELS][len(own) :], "demo")
     figures.insert(0, ("Loss per epoch", report.plot_curves(histories, out / "loss.png", units=units)))
     tables = {"test split": own}
     if other:

@@ -1,10 +1,13 @@
 """Hinton & Salakhutdinov (Science 2006), "Reducing the dimensionality of data with neural networks".
 
-Ways to get a code of the same size, compared on held-out digits: raw pixels (probe only), PCA, logistic
-PCA, the deep autoencoder from random initialisation, and the same deep autoencoder pretrained as a stack of
-RBMs (pretrained once per seed), unrolled, then fine-tuned by conjugate gradients (the paper's fine-tuner)
-and by Adam. recon_sse is the paper's unit: squared error summed over the 784 pixels, averaged over test
-images (the paper: 3.00 for the deep AE, 8.01 for logistic PCA, 13.87 for PCA, 30-D codes, full MNIST).
+Ways to get a code of the same size, compared on held-out digits: raw pixels (probe only), PCA, logistic PCA
+(with a fixed linear encoder trained like the deep AE, the row comparable with the paper's, and with per-image
+codes), the deep autoencoder from random initialisation, and the same deep autoencoder pretrained as a stack of
+RBMs (pretrained once per seed), unrolled, then fine-tuned by conjugate gradients (the paper's fine-tuner) and by
+Adam; each pretrained deep AE again with per-image codes (its decoder fixed, each test image's code optimised).
+recon_sse is the paper's unit: squared error summed over the 784 pixels, averaged over test images (the paper's
+numbers: aelab.papers, "hinton2006"). The rows run one after another (hinton2006_rows); results.json and the report
+are written after each, marked partial, and --resume goes on from the first unfinished one.
 """
 
 from __future__ import annotations
@@ -15,55 +18,59 @@ from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from threadpoolctl import threadpool_limits
 
-from .. import data as datamod
-from .. import runs
-from ..data.sources import capped_val_fraction, validation_split
 from ..errors import ConfigError
-from ..evaluate import evaluate
-from ..metrics.codes import reconstruct_all, validated_probe
-from ..metrics.reconstruction import sse_per_image
 from ..models.deep_ae import LAYER_PRESETS
-from ..models.logistic_pca import LogisticPCA
 from ..options import float_list, int_list, opt, positive_int, seed_value, word_list
-from ..train import TrainConfig, pretrain
+from ..progress import Progress
+from ..runs import fault_point, read_config
 from . import hinton2006_report, multiseed
+from . import hinton2006_rows as rows
 from .common import (
-    OFFICIAL_TEST,
     amp_field,
     device_field,
     jobs_field,
-    kept_epoch,
-    official_test_status,
     patience_field,
     preflight,
     seeds_field,
     splits_of,
-    train_or_resume,
-    train_split_size,
     val_fraction_field,
+    write_partial,
 )
+from .hinton2006_rows import FINE_TUNERS, PER_IMAGE, RANDOM, WEIGHT_DECAY_GRID
 
-PAPER = {"deep AE": 3.00, "logistic PCA": 8.01, "PCA": 13.87}
-RANDOM = "deep AE, random init"
-FINE_TUNERS = {"cg": "deep AE, RBM-pretrained, CG", "adam": "deep AE, RBM-pretrained, Adam"}
 ROW_KEY = "method"
-PAIRS = [(label, RANDOM, "recon_sse") for label in FINE_TUNERS.values()]
-PAIRS.append((FINE_TUNERS["cg"], FINE_TUNERS["adam"], "recon_sse"))
 PLOT_COLUMNS = ["ratio to PCA", "recon_sse"]
-COLUMNS = ["code size", "recon_sse", "ratio to PCA", "probe accuracy", "weight cost (chosen)", "epoch kept"]
-FIXED_COLUMNS = ["code size"]
+COLUMNS = ["code size", "recon_sse", "ratio to PCA", "probe accuracy", "weight cost (chosen)", "epoch kept", "paper"]
+FIXED_COLUMNS = ["code size", "paper"]
 CHOICE_COLUMNS = ["weight cost (chosen)", "epoch kept"]
-# fine-tuning weight decay grids (full, --quick), chosen per row on the validation split
-WEIGHT_DECAY_GRID = ((1e-4, 1e-3), (0.0,))
+TITLE = "Hinton & Salakhutdinov (2006): deep autoencoders vs PCA and logistic PCA"
+
+
+def PAIRS(tables: dict) -> list[tuple[str, str, str]]:
+    """The paired differences over seeds: each pretrained row against random init, CG against Adam, and every row's
+    per-image codes against its own fixed encoder."""
+    labels = {row[ROW_KEY] for table in tables.values() for row in table}
+    pairs = [(label, RANDOM, "recon_sse") for label in FINE_TUNERS.values()]
+    pairs.append((FINE_TUNERS["cg"], FINE_TUNERS["adam"], "recon_sse"))
+    encoder = sorted(label for label in labels if label.startswith("logistic PCA, linear encoder"))
+    per_image = sorted(label for label in labels if label.startswith("logistic PCA, per-image codes"))
+    pairs += [(b, a, "recon_sse") for a, b in zip(encoder, per_image)]
+    pairs += [(label + PER_IMAGE, label, "recon_sse") for label in FINE_TUNERS.values()]
+    return [p for p in pairs if p[0] in labels and p[1] in labels]
 
 
 @dataclass
 class Settings:
     out: str = field(default="runs/hinton2006", metadata=opt("output folder"))
-    quick: bool = field(default=False, metadata=opt("few epochs: a check that runs in a few minutes"))
+    quick: bool = field(
+        default=False,
+        metadata=opt(
+            "a smoke check of every row in about a minute: 1,000 train images, 2 RBM epochs per layer, 5 Adam epochs, "
+            "1 CG epoch, 30 L-BFGS iterations, weight cost 0, t-SNE of 300 codes"
+        ),
+    )
     dataset: str = field(
         default="mnist5k",
         metadata=opt("dataset name", choices=["mnist5k", "mnist", "fashion-mnist", "kmnist", "digits"]),
@@ -83,12 +90,14 @@ class Settings:
     )
     epochs: int | None = field(
         default=None,
-        metadata=opt("most Adam fine-tuning epochs (default 80, --quick 15)", parse=positive_int),
+        metadata=opt("most Adam fine-tuning epochs (default 80, --quick 5)", parse=positive_int),
     )
     cg_epochs: int | None = field(
-        default=None, metadata=opt("most conjugate-gradient epochs (default: --epochs)", parse=positive_int)
+        default=None, metadata=opt("most conjugate-gradient epochs (default: --epochs; --quick 1)", parse=positive_int)
     )
-    pretrain_epochs: int | None = field(default=None, metadata=opt("RBM epochs per layer", parse=positive_int))
+    pretrain_epochs: int | None = field(
+        default=None, metadata=opt("RBM epochs per layer (default 50, --quick 2)", parse=positive_int)
+    )
     fine_tuners: list[str] = field(
         default_factory=lambda: ["cg", "adam"],
         metadata=opt("fine-tuners of the pretrained stack, comma-separated: cg, adam", parse=word_list(FINE_TUNERS)),
@@ -105,7 +114,13 @@ class Settings:
             parse=float_list,
         ),
     )
-    logistic_pca_iter: int = field(default=300, metadata=opt("L-BFGS iterations of logistic PCA", parse=positive_int))
+    logistic_pca_iter: int | None = field(
+        default=None,
+        metadata=opt(
+            "most L-BFGS iterations of logistic PCA's fit and of every per-image code (default 300, --quick 30)",
+            parse=positive_int,
+        ),
+    )
     val_fraction: float = val_fraction_field("the epoch and the weight cost")
     patience: int = patience_field(10)
     device: str = device_field()
@@ -114,7 +129,7 @@ class Settings:
     seeds: int = seeds_field()
     jobs: int = jobs_field()
     figures: bool = field(default=True, metadata=opt(hidden=True))  # multiseed: t-SNE maps for the first seed only
-    train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests
+    train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests; --quick 1000
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
 
@@ -135,159 +150,70 @@ def run(settings: Settings) -> Path:
     return multiseed.run(sys.modules[__name__], settings)
 
 
-def validation_sse(run_dir: Path, data_dir: str | None = None) -> float:
-    """recon_sse of a run's kept weights on its own validation split (carved as train.py carves it); the test
-    split is not read."""
-    config = runs.read_config(run_dir)
-    train_x, train_y, _, _ = runs.run_data(config, data_dir)
-    _, held, _ = validation_split(train_y.numpy(), config["val_fraction"])
-    val_x = train_x[torch.from_numpy(held)]
-    model = runs.load_model(run_dir)
-    return float(sse_per_image(val_x.numpy(), reconstruct_all(model, val_x).numpy()).mean())
-
-
-def _variants(settings: Settings) -> list[tuple[str, str, str]]:
-    """(row label, init, optimizer) of every deep AE row."""
-    return [(RANDOM, "random", "adam")] + [(FINE_TUNERS[f], "rbm", f) for f in settings.fine_tuners]
-
-
 def run_one(settings: Settings) -> Path:
+    """One seed: every step of hinton2006_rows in turn (a finished one, read back from a partial results.json, is
+    kept as it is), results.json and the report after each, then the figures and the final results.json."""
     started = time.perf_counter()
     preflight(settings)
-    out = Path(settings.out)
-    layers_option, sizes = _layers(settings.layers)
-    code = sizes[-1]
-    epochs, cg_epochs, pretrain_epochs = hinton2006_report.budget(settings)
-    grid = list(settings.weight_decay or WEIGHT_DECAY_GRID[1 if settings.quick else 0])
-    progress = not settings.no_progress
-    n_train = train_split_size(settings.dataset, settings.data_dir, settings.train_limit)
-    common = dict(
-        model="deep-ae",
-        dataset=settings.dataset,
-        data_dir=settings.data_dir,
-        train_limit=settings.train_limit,
-        seed=settings.seed,
-        val_fraction=capped_val_fraction(n_train, settings.val_fraction),
-        device=settings.device,
-        amp=settings.amp,
-    )
-    model_options = {"layers": layers_option, "loss": "bce", "pretrain_epochs": pretrain_epochs}
-
-    # 1. the RBM stack, pretrained once on the train split; every fine-tuner starts from it
-    walls = {}
-    t0 = time.perf_counter()
-    stack = pretrain(
-        TrainConfig(**common, model_options={**model_options, "init": "rbm"}, out=str(out / "rbm-stack")),
-        progress=progress,
-    )
-    walls["RBM pretraining"] = time.perf_counter() - t0
-
-    # 2. selection on the validation split: each row's weight cost; each run keeps its best validation epoch
-    sweeps, chosen_runs = {}, {}
-    for label, init, optimizer in _variants(settings):
-        t0 = time.perf_counter()
-        scores, folders = [], []
-        for wd in grid:
-            cfg = TrainConfig(
-                **common,
-                model_options={**model_options, "init": init, "weight_decay": wd},
-                epochs=cg_epochs if optimizer == "cg" else epochs,
-                batch_size=settings.cg_batch_size if optimizer == "cg" else (settings.batch_size or 100),
-                lr=1e-3,
-                optimizer=optimizer,
-                early_stopping=settings.patience,
-                init_weights=str(stack / "model.safetensors") if init == "rbm" else None,
-                out=str(out / f"deep-ae-{init}-{optimizer}-wd{wd:g}"),
+    plan = rows.Plan(settings, *_layers(settings.layers))
+    state = rows.State.load(plan)
+    steps, out = plan.steps(), plan.out
+    with Progress(f"{out.name or out}: hinton2006", total=len(steps), unit="row", enabled=plan.progress) as bar:
+        if settings.quick:
+            bar.write(hinton2006_report.quick_note(plan))
+        with threadpool_limits(limits=1, user_api="blas"):  # sklearn's PCA and t-SNE: see contractive.select_settings
+            for step in steps:
+                if step in state.done:
+                    bar.update(text=f"{step}: finished already, kept")
+                    continue
+                text = rows.run_step(step, state, bar)
+                state.done.append(step)
+                partial = {**_results(plan, state, started), "rows_done": state.done}
+                write_partial(out, partial, state.done, [s for s in steps if s not in state.done], TITLE)
+                fault_point("row")  # AELAB_FAULT_KILL_AT_ROW=N: the kill-between-rows test
+                bar.update(text=text)
+            bar.phase(
+                f"figures (t-SNE maps of {plan.tsne_points} test codes per row)" if settings.figures else "figures"
             )
-            folders.append(train_or_resume(cfg, progress=progress))
-            scores.append(validation_sse(folders[-1], settings.data_dir))
-            print(f"{label}, weight cost {wd:g}: validation recon_sse {scores[-1]:.3f}")
-        best = min(range(len(grid)), key=lambda i: (scores[i], i))
-        sweeps[label] = {
-            "option": "weight_decay",
-            "grid": grid,
-            "scores": scores,
-            "chosen_index": best,
-            "ylabel": "validation recon_sse",
-            "runs": [str(f.relative_to(out)) for f in folders],
-            "best_epochs": [kept_epoch(f) for f in folders],
-        }
-        chosen_runs[label] = folders[best]
-        walls[label] = time.perf_counter() - t0
-
-    # 3. PCA and logistic PCA fitted on the train split (train + validation, as evaluate's PCA)
-    config = runs.read_config(chosen_runs[RANDOM])
-    train_x, train_y, test_x, test_y = runs.run_data(config, settings.data_dir)
-    official, official_note = official_test_status(settings.data_dir, tuple(train_x.shape[1:]), settings.dataset)
-    test_sets = {"test split": (test_x, test_y)}
-    if official:
-        x_off, y_off, _ = datamod.load_test_split(OFFICIAL_TEST, settings.data_dir)
-        test_sets["official MNIST test set (10k)"] = (x_off, y_off)
-    x_tr, y_tr = train_x.flatten(1).numpy(), train_y.numpy()
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=code, svd_solver="covariance_eigh").fit(x_tr)
-    t0 = time.perf_counter()
-    lpca = LogisticPCA(code, max_iter=settings.logistic_pca_iter, device=settings.device).fit(x_tr)
-    walls["logistic PCA"] = time.perf_counter() - t0
-    val = runs.validation_indices(config, y_tr)
-
-    # 4. the chosen runs, scored once on each test set
-    tables = {}
-    with threadpool_limits(limits=1, user_api="blas"):  # sklearn probes: see contractive.select_settings
-        for table, (x_eval, y_eval) in test_sets.items():
-            extra = {} if table == "test split" else {"test_dataset": OFFICIAL_TEST}
-            scored = {
-                label: evaluate(f, figures=False, data_dir=settings.data_dir, progress=progress, **extra)["metrics"]
-                for label, f in chosen_runs.items()
-            }
-            xe, ye = x_eval.flatten(1).numpy(), y_eval.numpy()
-            pca_sse, lpca_codes = scored[RANDOM]["pca_sse"], lpca.transform(xe)
-            lpca_sse = float(sse_per_image(xe, lpca.inverse_transform(lpca_codes).cpu().numpy()).mean())
-            baselines = [  # (name, train codes, test codes, recon_sse)
-                (f"PCA ({code}-D)", pca.transform(x_tr), pca.transform(xe), pca_sse),
-                (f"logistic PCA ({code}-D)", lpca.train_codes_.cpu().numpy(), lpca_codes.cpu().numpy(), lpca_sse),
-            ]
-            rows = [
-                {
-                    "method": "raw pixels",
-                    "code size": xe.shape[1],
-                    "probe accuracy": scored[RANDOM]["raw_probe_accuracy"],
-                }
-            ]
-            for name, c_tr, c_te, sse in baselines:
-                probe = validated_probe(c_tr, y_tr, c_te, ye, val)["accuracy"]
-                rows.append(
-                    {
-                        "method": name,
-                        "code size": code,
-                        "recon_sse": sse,
-                        "ratio to PCA": sse / pca_sse,
-                        "probe accuracy": probe,
-                    }
-                )
-            for label, m in scored.items():
-                wd = sweeps[label]["grid"][sweeps[label]["chosen_index"]]
-                rows.append(
-                    {"method": label, "code size": code, "recon_sse": m["recon_sse"], "ratio to PCA": m.get("sse_ratio_to_pca"),
-                     "probe accuracy": m["probe_accuracy"], "weight cost (chosen)": wd, "epoch kept": kept_epoch(chosen_runs[label])}
-                )  # fmt: skip
-            tables[table] = rows
-
-    figures = hinton2006_report.figures(settings, out, chosen_runs, sweeps, pca, lpca, test_x, test_y, x_tr, code)
-    splits = {**splits_of(config), "official_test": {"available": official, "note": official_note}}
-    notes = hinton2006_report.notes(
-        settings, config, splits, official_note, sizes, grid, runs.read_json(stack / "pretrain.json")
-    )
-    results = {
-        "splits": splits,
-        "tables": tables,
-        "sweeps": sweeps,
-        "layers": sizes,
-        "epochs": {"adam": epochs, "cg": cg_epochs, "rbm_per_layer": pretrain_epochs},
-        "wall_time_s_per_row": walls,
-        "data": {"dataset": config["dataset"], "fit_split": "train", "score_split": "test"},
-        "runs": {label: str(path.relative_to(out)) for label, path in chosen_runs.items()},
-        "wall_time_s": time.perf_counter() - started,
+            t0 = time.perf_counter()
+            figures = hinton2006_report.figures(plan, state)
+    results = _results(plan, state, started)
+    results["figures_time_s"] = time.perf_counter() - t0
+    config = read_config(out / state.runs[RANDOM])
+    results["splits"] = {
+        **splits_of(config),
+        "official_test": {"available": rows.OFFICIAL in results["tables"], "note": state.data.official_note},
     }
-    return hinton2006_report.write(settings, out, results, figures, notes)
+    pre = out / "rbm-stack" / "pretrain.json"
+    notes = hinton2006_report.notes(plan, state, results["splits"], pre)
+    results["protocol_differences"] = hinton2006_report.protocol_differences(plan, results["splits"])
+    results["wall_time_s"] = time.perf_counter() - started
+    return hinton2006_report.write(plan, results, figures, notes)
+
+
+def _results(plan: rows.Plan, state: rows.State, started: float) -> dict:
+    """What results.json holds after every step (partial) and at the end."""
+    s = plan.settings
+    return {
+        "experiment": "hinton2006",
+        "title": TITLE,
+        "row_settings": plan.compared_settings(),
+        "selection_split": "validation",
+        "selection": "per row, the weight cost with the lowest validation recon_sse; per run, the epoch with the "
+        "lowest validation loss",
+        "tables": hinton2006_report.with_paper(plan, state.tables()),
+        "table_order": list(state.tables()),
+        "sweeps": state.sweeps,
+        "runs": state.runs,
+        "per_image": state.per_image,
+        "layers": plan.sizes,
+        "epochs": {"adam": plan.epochs, "cg": plan.cg_epochs, "rbm_per_layer": plan.pretrain_epochs},
+        "logistic_pca_iter": plan.lpca_iter,
+        "train_limit": plan.train_limit,
+        "quick": s.quick,
+        "data": {"dataset": s.dataset, "fit_split": "train", "score_split": "test"},
+        **state.timing(),
+        "wall_time_s": time.perf_counter() - started,
+        "fine_tuners": s.fine_tuners,
+        "device": s.device,
+    }

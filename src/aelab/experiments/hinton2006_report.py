@@ -1,19 +1,58 @@
-"""The figures, notes and selection table of the hinton2006 experiment (its recipe is hinton2006.py)."""
+"""The figures, notes and selection table of the hinton2006 experiment (its recipe is hinton2006.py, its rows
+hinton2006_rows.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .. import report, runs
+from .. import papers, report, runs
 from ..metrics.codes import encode_all, reconstruct_all, tsne_2d
+from .hinton2006_rows import (
+    FINE_TUNERS,
+    PER_IMAGE,
+    QUICK,
+    RANDOM,
+    TEST,
+    Plan,
+    State,
+    fit_pca,
+    lpca_encoder_label,
+    lpca_per_image_label,
+    pca_label,
+    per_image_file,
+)
 
 
-def budget(settings) -> tuple[int, int, int]:
-    """(Adam epochs, conjugate-gradient epochs, RBM epochs per layer) of these settings."""
-    epochs = settings.epochs or (15 if settings.quick else 80)
-    return epochs, settings.cg_epochs or epochs, settings.pretrain_epochs or (5 if settings.quick else 50)
+def paper_numbers(plan: Plan) -> dict[str, str]:
+    """Our row label -> the paper's number printed beside it (30-D codes only): PCA beside PCA, logistic PCA beside
+    the fixed-encoder logistic PCA (the like-for-like row), the deep AE beside the RBM-pretrained fixed-encoder rows."""
+    if plan.code != 30:
+        return {}
+    p = papers.get("hinton2006").numbers
+    rows = {pca_label(30): p["PCA"], lpca_encoder_label(30): p["logistic PCA"]}
+    return rows | {FINE_TUNERS[f]: p["deep AE"] for f in plan.settings.fine_tuners}
+
+
+def with_paper(plan: Plan, tables: dict) -> dict:
+    """The tables with a "paper" column (the digits as printed; full MNIST, 30-D) where the paper has a number."""
+    numbers = paper_numbers(plan)
+    if not numbers:
+        return tables
+    return {t: [{**row, "paper": numbers.get(row["method"])} for row in rows] for t, rows in tables.items()}
+
+
+def quick_note(plan: Plan) -> str:
+    return (
+        f"--quick: {plan.train_limit} train images (validation carved from them; the test split whole), "
+        f"{plan.pretrain_epochs} RBM epochs per layer, {plan.epochs} Adam epochs, {plan.cg_epochs} CG epoch(s) "
+        f"(batches of at most {plan.settings.cg_batch_size}: never a full CG epoch of the dataset), "
+        f"{plan.lpca_iter} L-BFGS iterations for logistic PCA and the per-image codes, weight cost "
+        f"{plan.grid}, t-SNE maps of {QUICK['tsne']} codes (the full run: every train image, 50 RBM epochs, 80 "
+        "epochs, 300 iterations, weight costs {0.0001, 0.001}, 1,000 codes)"
+    )
 
 
 def sweep_rows(sweeps: dict) -> list[dict]:
@@ -30,38 +69,55 @@ def sweep_rows(sweeps: dict) -> list[dict]:
     ]
 
 
-def figures(settings, out: Path, chosen_runs: dict, sweeps: dict, pca, lpca, test_x, test_y, x_tr, code) -> list:
-    """Validation sweeps, reconstructions of the same test digits by every method, the fine-tuning curves, the
-    paper's Fig. 3 for 2-D codes, and t-SNE maps of the codes (settings.figures only). PCA and logistic PCA
-    were fitted on train only."""
+def figures(plan: Plan, state: State) -> list:
+    """Validation sweeps, reconstructions of the same test digits by every row, the fine-tuning curves, the paper's
+    Fig. 3 for 2-D codes, and (settings.figures) t-SNE maps of the first plan.tsne_points test codes of each row.
+    PCA is fitted again (cheap, deterministic); logistic PCA and the per-image codes are read back from the files
+    their steps wrote, so a resumed run draws the same figures."""
+    out, code, d = plan.out, plan.code, state.data
+    test_x, test_y = d.test_sets[TEST]
     x_te, y_te = test_x.flatten(1).numpy(), test_y.numpy()
     made = [
         (
             "Validation recon_sse of each weight cost, per row (circled: the chosen one)",
-            report.plot_validation_sweeps(sweeps, out / "validation_sweeps.png"),
+            report.plot_validation_sweeps(state.sweeps, out / "validation_sweeps.png"),
         )
     ]
+    pca = fit_pca(state)
     pca_te = pca.transform(x_te)
-    codes = {"raw pixels": x_te, f"PCA ({code}-D)": pca_te}
-    lpca_te = lpca.transform(x_te)
-    recons = {"PCA": pca.inverse_transform(pca_te), "logistic PCA": lpca.inverse_transform(lpca_te).cpu().numpy()}
-    codes[f"logistic PCA ({code}-D)"] = lpca_te.cpu().numpy()
-    for label, folder in chosen_runs.items():
-        model = runs.load_model(folder)
+    codes = {"raw pixels": x_te, pca_label(code): pca_te}
+    recons = {"PCA": pca.inverse_transform(pca_te)}
+    saved, _ = runs.load_state(out / "logistic-pca.safetensors")
+    lpca_codes = saved["test_codes"]
+    logits = lpca_codes @ saved["components"].t() + saved["bias"]
+    codes[lpca_per_image_label(code)] = lpca_codes.cpu().numpy()
+    recons["logistic PCA, per-image"] = torch.sigmoid(logits).cpu().numpy()
+    chosen = {label: out / folder for label, folder in state.runs.items()}
+    models = {label: runs.load_model(folder) for label, folder in chosen.items()}
+    for label, model in models.items():
         codes[label] = encode_all(model, test_x).numpy()
-        recons[label] = reconstruct_all(model, test_x).flatten(1).numpy()
+        recons[label.replace("logistic PCA, linear encoder", "logistic PCA, encoder")] = (
+            reconstruct_all(model, test_x).flatten(1).numpy()
+        )
+    for label in [FINE_TUNERS[f] for f in plan.settings.fine_tuners]:
+        z = runs.load_state(per_image_file(out, label + PER_IMAGE))[0]["test_codes"]
+        codes[label + PER_IMAGE] = z.numpy()
+        with torch.no_grad():
+            recons[label.replace("deep AE, RBM-pretrained", "pretrained") + PER_IMAGE] = torch.sigmoid(
+                models[label].decode_logits(z)
+            ).numpy()
     pick = [int(np.flatnonzero(y_te == c)[0]) for c in np.unique(y_te)][:10]
-    pick += [int(i) for i in np.random.default_rng(settings.seed).permutation(len(y_te)) if int(i) not in pick][:6]
+    pick += [int(i) for i in np.random.default_rng(plan.settings.seed).permutation(len(y_te)) if int(i) not in pick][:6]
     shape = test_x.shape[1:]
     image_rows = [x_te[pick].reshape(-1, *shape)] + [recons[k][pick].reshape(-1, *shape) for k in recons]
     made.append(
         (
-            "The same test digits: original, then each method's reconstruction",
+            "The same test digits: original, then each row's reconstruction",
             report.plot_image_rows(image_rows, ["original", *recons], out / "reconstructions.png"),
         )
     )
-    histories = {label: runs.read_history(folder) for label, folder in chosen_runs.items()}
-    units = {label: report.loss_unit(runs.read_config(folder)) for label, folder in chosen_runs.items()}
+    histories = {label: runs.read_history(folder) for label, folder in chosen.items()}
+    units = {label: report.loss_unit(runs.read_config(folder)) for label, folder in chosen.items()}
     made.append(
         (
             "Fine-tuning curves of the chosen runs (per-image cross-entropy; train solid, validation dotted, test "
@@ -69,8 +125,8 @@ def figures(settings, out: Path, chosen_runs: dict, sweeps: dict, pca, lpca, tes
             report.plot_curves(histories, out / "curves.png", units=units),
         )
     )
-    n = min(2000, len(y_te))
-    pretrained = [label for label in chosen_runs if "pretrained" in label]
+    n = min(plan.tsne_points, len(y_te))
+    pretrained = [FINE_TUNERS[f] for f in plan.settings.fine_tuners]
     if code == 2 and pretrained:
         panels = [("PCA: first two components", pca_te[:n, :2])]
         panels += [(f"{label}: 2-D code", codes[label][:n]) for label in pretrained]
@@ -80,75 +136,125 @@ def figures(settings, out: Path, chosen_runs: dict, sweeps: dict, pca, lpca, tes
                 report.plot_side_by_side(panels, y_te[:n], out / "fig3.png"),
             )
         )
-    if not settings.figures:
+    if not plan.settings.figures:
         return made
-    progress = not settings.no_progress
     for name, c in codes.items():
-        emb = c[:n] if c.shape[1] == 2 else tsne_2d(c[:n], settings.seed, f"{out.name}/{name}" if progress else None)
+        emb = (
+            c[:n]
+            if c.shape[1] == 2
+            else tsne_2d(c[:n], plan.settings.seed, f"{out.name}/{name}" if plan.progress else None)
+        )
         what = "the codes themselves (2-D)" if c.shape[1] == 2 else "t-SNE"
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
         made.append(
-            (f"{name}: {what} of {n} test codes", report.plot_scatter(emb, y_te[:n], out / f"map-{slug}.png", name))
+            (
+                f"{name}: {what} of the first {n} test codes",
+                report.plot_scatter(emb, y_te[:n], out / f"map-{slug}.png", name),
+            )
         )
     return made
 
 
-def notes(
-    settings, config: dict, splits: dict, official_note: str, sizes: list[int], grid: list, pre: dict
-) -> list[str]:
-    """The report's notes: the data and splits, what was trained how, and how it differs from the paper."""
-    epochs, cg_epochs, pretrain_epochs = budget(settings)
-    code = sizes[-1]
-    return [
-        f"Data: {config['dataset']}: {splits['train']} train images, {splits['validation']} validation images "
-        f"carved from train (stratified, seed 0), {splits['test']} test images. The RBMs and autoencoders trained "
-        "on train only; the validation split chose each run's epoch (the best validation loss, patience "
-        f"{settings.patience}) and each row's weight cost (the lowest validation recon_sse); PCA, logistic PCA and "
-        "the logistic probes were fitted on train + validation, the probes' C chosen on validation (each probe "
-        "fitted on train minus validation); the test split was scored once.",
-        official_note,
-        f"Architecture {'-'.join(map(str, sizes))}, logistic units, linear code layer. RBM pretraining (once, "
-        f"shared by the fine-tuners): CD-1, {pretrain_epochs} epochs per layer, Hinton's settings (lr 0.1, weight "
-        "cost 2e-4, momentum 0.5 then 0.9, batch 100; a linear top layer with lr 0.001), "
-        f"{pre['time_s']:.0f} s. Fine-tuning on the cross-entropy loss plus the weight cost chosen from {grid}: "
-        f"conjugate gradients (Polak-Ribière, 3 line searches per batch of {settings.cg_batch_size}) for at most "
-        f"{cg_epochs} epochs; Adam (lr 1e-3, batch {settings.batch_size or 100}) for at most "
-        f"{epochs} epochs. The random-init row is fine-tuned by Adam. Logistic PCA: {code} components, "
-        f"L-BFGS ({settings.logistic_pca_iter} iterations) on the Bernoulli likelihood of the grey levels.",
-        "How this differs from the paper: it trained on all 60,000 training digits (no validation split, no "
-        "early stopping), 50 RBM epochs per layer, 200 epochs of conjugate gradients, and reported one run; here "
-        f"{splits['train']} training digits, at most {cg_epochs} CG epochs with the epoch and "
-        "weight cost chosen on validation, and Adam as a second fine-tuner. Its numbers (full MNIST, 30-D): deep "
-        "AE 3.00, logistic PCA 8.01, PCA 13.87 (recon_sse).",
+def protocol_differences(plan: Plan, splits: dict) -> list[str]:
+    """Every way this run's protocol differs from the paper's (results.json and the report)."""
+    s, p = plan.settings, papers.get("hinton2006")
+    grid = ", ".join(f"{w:g}" for w in plan.grid)
+    cg = "CG" if "cg" in s.fine_tuners else None
+    differences = [
+        f"Training digits: {splits['train']} of the dataset's train split train the networks and {splits['validation']}"
+        " are held out as a validation split that chooses each run's epoch (best validation loss, patience "
+        f"{s.patience}) and each row's weight cost; the paper trained on all 60,000 MNIST training digits and "
+        "reported the end of training."
+        + (f" --quick: only the first {plan.train_limit} train images." if s.quick else ""),
+        f"Data: {s.dataset}"
+        + (" (the paper's MNIST)." if s.dataset == "mnist" else "; the paper's numbers are MNIST's."),
+        f"RBM pretraining: {plan.pretrain_epochs} CD-1 epochs per layer (the paper: 50; its public code: 10).",
+        f"Fine-tuning: {'conjugate gradients for at most ' + str(plan.cg_epochs) + ' epochs (the paper: 200); ' if cg else 'no conjugate-gradient row (the paper fine-tuned by conjugate gradients, 200 epochs); '}"
+        f"Adam (lr 1e-3, batch {s.batch_size or 100}) for at most {plan.epochs} epochs, which the paper did not "
+        "use; the random-init and fixed-encoder logistic PCA rows are trained by Adam too.",
+        f"Weight cost in fine-tuning: chosen per row from {{{grid}}} on validation; the paper's is in its supporting "
+        "material, which was not read.",
+        "Logistic PCA: how the paper fitted it is in its supporting material, which was not read. Here two ways: a "
+        "linear encoder trained jointly with the logistic decoder by the deep AE's protocol (like for like with the "
+        f"deep AE, which also encodes in one pass; the row beside the paper's {p.numbers['logistic PCA']}), and "
+        f"per-image codes ({plan.lpca_iter} L-BFGS iterations fit codes, V and b on the train split; each test "
+        "image's code solved with V and b fixed).",
+        "Per-image codes of the deep AE (its decoder fixed, each test image's code optimised by L-BFGS from the "
+        f"encoder's code, at most {plan.lpca_iter} iterations) are not in the paper: those rows do not encode in one "
+        "pass, so they are not comparable with the paper's numbers; their probe is not computed.",
+        f"Layers {'-'.join(map(str, plan.sizes))}"
+        + ("" if plan.sizes == [784, 1000, 500, 250, 30] else " (the paper: 784-1000-500-250-30)")
+        + ".",
+        "Seeds: every seed repeats the whole protocol (the paper reports one run).",
     ]
+    return differences
 
 
-def write(settings, out: Path, results: dict, figures: list, notes: list[str]) -> Path:
+def notes(plan: Plan, state: State, splits: dict, pretrain_json: Path) -> list[str]:
+    """The report's notes: the data and splits, what was trained how, the paper's numbers and their source, how this
+    differs from the paper, what the evaluation cost."""
+    s, p = plan.settings, papers.get("hinton2006")
+    code = plan.code
+    pre = runs.read_json(pretrain_json) if pretrain_json.is_file() else None
+    pre_time = "" if pre is None else f", {pre['time_s']:.0f} s"
+    timing = state.timing()
+    lines = [
+        f"Data: {s.dataset}: {splits['train']} train images, {splits['validation']} validation images carved from "
+        f"train (stratified, seed 0), {splits['test']} test images. The RBMs and autoencoders trained on train only; "
+        "the validation split chose each run's epoch and each row's weight cost (the lowest validation recon_sse); "
+        "PCA, logistic PCA and the logistic probes were fitted on train + validation, the probes' C chosen on "
+        "validation; the test split was scored once.",
+        splits.get("official_test", {}).get("note", ""),
+        f"Rows. {pca_label(code)}: PCA fitted on the train split. {lpca_encoder_label(code)}: the deep-ae model with "
+        f"layers {plan.sizes[0]}-{code} (z = x W + c, x_hat = sigmoid(z V^T + b): logistic PCA's decoder with a "
+        "linear encoder), random init, trained exactly as the deep AE rows (Adam, cross-entropy, weight cost and "
+        f"epoch chosen on validation). {lpca_per_image_label(code)}: aelab.models.logistic_pca (codes, V and b "
+        f"jointly by L-BFGS, {plan.lpca_iter} iterations, on the train split), each test image's code solved with V "
+        f"and b fixed. {RANDOM}: Adam from random weights. RBM-pretrained rows: CD-1, {plan.pretrain_epochs} epochs "
+        "per layer (Hinton's settings: lr 0.1, weight cost 2e-4, momentum 0.5 then 0.9, batch 100; linear top layer "
+        f"lr 0.001{pre_time}), pretrained once and shared by the "
+        f"fine-tuners: conjugate gradients (Polak-Ribière, 3 line searches per batch of {s.cg_batch_size}, at most "
+        f"{plan.cg_epochs} epochs) and Adam (lr 1e-3, batch {s.batch_size or 100}, at most {plan.epochs} epochs). "
+        f"'{PER_IMAGE.strip(', ')}' rows: the row's decoder fixed, each test image's {code}-D code optimised by L-BFGS "
+        f"on its own cross-entropy (aelab.metrics.per_image, at most {plan.lpca_iter} iterations, from the "
+        "encoder's code); test split only, no probe.",
+        f"The paper's numbers ({p.unit}; the 'paper' column, 30-D codes only): deep AE {p.numbers['deep AE']}, "
+        f"logistic PCA {p.numbers['logistic PCA']}, PCA {p.numbers['PCA']}. Source: {p.cite()}. Not read: "
+        f"{p.missing}.",
+        "How this differs from the paper: " + " ".join(protocol_differences(plan, splits)),
+        f"Cost: training (RBM pretraining and every fine-tuning run) {timing['training_time_s']:.0f} s; evaluation "
+        f"(validation scores, PCA, logistic PCA, probes, evaluate of each chosen run, per-image codes) "
+        f"{timing['evaluation_time_s']:.0f} s"
+        + (f", {timing['evaluation_to_training']:.2f} of the training" if timing["evaluation_to_training"] else "")
+        + "; per step in results.json (phase_times_s). Steps finished before a --resume keep the times they took.",
+    ]
+    return [line for line in lines if line]
+
+
+def write(plan: Plan, results: dict, figures: list, notes: list[str]) -> Path:
     """results.json (the recipe's numbers plus what every multiseed summary reads) and the report."""
-    from .hinton2006 import PAPER
-
-    title = "Hinton & Salakhutdinov (2006): deep autoencoders vs PCA and logistic PCA"
+    out = plan.out
     tables = results["tables"]
+    p = papers.get("hinton2006")
     results = {
-        "experiment": "hinton2006",
-        "title": title,
-        "selection_split": "validation",
-        "selection": "per row, the weight cost with the lowest validation recon_sse; per run, the epoch with the "
-        "lowest validation loss",
         **results,
-        "table_order": list(tables),
         "figures": [[caption, str(Path(path).relative_to(out))] for caption, path in figures],
         "notes_for_summary": notes,
-        "paper_recon_sse": PAPER,
-        "fine_tuners": settings.fine_tuners,
-        "device": settings.device,
+        "paper": {
+            "key": p.key,
+            "citation": p.citation,
+            "source": p.source,
+            "unit": p.unit,
+            "numbers": dict(p.numbers),
+            "secondary": p.secondary,
+        },  # fmt: skip
+        "paper_recon_sse": p.values(),
     }
     runs.write_json(out / "results.json", results)
-    code = results["layers"][-1]
     return report.write_report(
         out,
-        title,
-        [(f"{code}-D codes, {name}", rows) for name, rows in tables.items()]
+        results["title"],
+        [(f"{plan.code}-D codes, {name}", rows) for name, rows in tables.items()]
         + [("Selection on the validation split", sweep_rows(results["sweeps"]))],
         figures,
         notes,

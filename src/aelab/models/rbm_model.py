@@ -55,6 +55,7 @@ class RBMModel(Autoencoder):
         cd_batch_size: int = 100,
         weight_cost: float = 2e-4,
         negative_phase: str | None = None,
+        init_std: float = 0.1,
     ):
         super().__init__()
         if isinstance(hidden, (list, tuple)):  # --hidden 25 gives [25]
@@ -64,6 +65,8 @@ class RBMModel(Autoencoder):
         check_positive_sizes(hidden=hidden, k=k, cd_epochs=cd_epochs, cd_batch_size=cd_batch_size)
         if not (_finite(cd_lr) and cd_lr > 0):
             raise ValueError(f"cd_lr must be a finite positive number, got {cd_lr!r}")
+        if not (_finite(init_std) and init_std > 0):
+            raise ValueError(f"init_std must be a finite positive number, got {init_std!r}")
         if not (_finite(weight_cost) and weight_cost >= 0):
             raise ValueError(f"weight_cost must be a finite non-negative number, got {weight_cost!r}")
         if negative_phase is not None and negative_phase not in NEGATIVE_PHASES:
@@ -81,10 +84,14 @@ class RBMModel(Autoencoder):
             cd_batch_size=cd_batch_size,
             weight_cost=float(weight_cost),
             negative_phase=negative_phase,
+            **({"init_std": float(init_std)} if init_std != 0.1 else {}),  # model.json as before for the default
         )
         self.latent = int(hidden)
         self.rbm = RBM(math.prod(self.input_shape), int(hidden))  # W = 0.1 N(0, 1), b = c = 0 (Hinton's rbm.m)
         self.rbm.requires_grad_(False)  # trained by CD only: no optimiser step can change it
+        if init_std != 0.1:  # W = init_std N(0, 1): the same draw, scaled
+            with torch.no_grad():
+                self.rbm.weight.mul_(init_std / 0.1)
 
     @property
     def needs_pretraining(self) -> bool:
