@@ -94,3 +94,27 @@ def test_bad_seed_counts_get_one_line(tmp_path, capsys, flag):
     assert main([*BINARY, flag, "0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_seed_lines_mark_every_line_and_are_never_a_terminal():
+    import io
+
+    sink = io.StringIO()
+    lines = multiseed._SeedLines(sink, "seed 3 | ")
+    lines.write("epoch 1")
+    lines.write(" done\nepoch 2\n")
+    lines.write("")
+    lines.write("a\nb")
+    assert sink.getvalue() == "seed 3 | epoch 1 done\nseed 3 | epoch 2\nseed 3 | a\nseed 3 | b"
+    assert lines.isatty() is False
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_workers_show_their_progress_as_lines_marked_with_their_seed(tmp_path, capfd):
+    """--jobs 2: each worker's progress reaches the screen, every line saying which seed it is (issue 31)."""
+    assert main([*BINARY, "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    captured = capfd.readouterr()
+    err = (captured.out + captured.err).splitlines()
+    for seed in (0, 1):
+        mine = [line for line in err if line.startswith(f"seed {seed} | ")]
+        assert any("epoch 1/1" in line for line in mine), err[:20]

@@ -22,6 +22,8 @@ whose seed_settings.json matches is kept, the others are run again (each continu
 from __future__ import annotations
 
 import dataclasses
+import io
+import sys
 import importlib
 import json
 import time
@@ -60,10 +62,36 @@ def _one_seed(module_name: str, values: dict, threads: int | None) -> str:
         import torch
 
         torch.set_num_threads(threads)
+        # a worker beside others: its progress as lines, each marked with its seed (bars would overwrite each other)
+        sys.stdout = _SeedLines(sys.stdout, f"seed {values['seed']} | ")
+        sys.stderr = _SeedLines(sys.stderr, f"seed {values['seed']} | ")
     module = importlib.import_module(f"aelab.experiments.{module_name}")
     settings = module.Settings(**values)
     module.run_one(settings)
     return settings.out
+
+
+class _SeedLines(io.TextIOBase):
+    """A worker's stdout or stderr: every line it writes starts with `prefix`; never a terminal, so that
+    aelab.progress writes lines, not bars."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self.at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        parts = []
+        for piece in text.splitlines(keepends=True):
+            parts.append((self.prefix if self.at_start else "") + piece)
+            self.at_start = piece.endswith("\n")
+        self.stream.write("".join(parts))
+        self.stream.flush()
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _done(folder: Path, wanted: dict) -> bool:
@@ -132,10 +160,7 @@ def run(module: ModuleType, settings) -> Path:
         threads = max(1, torch.get_num_threads() // jobs)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch thread pool forked
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [
-                pool.submit(_one_seed, name, dataclasses.asdict(dataclasses.replace(one, no_progress=True)), threads)
-                for one in todo
-            ]
+            futures = [pool.submit(_one_seed, name, dataclasses.asdict(one), threads) for one in todo]
             for one, future in zip(todo, futures):
                 print(f"{future.result()}: done")
                 seed_done(one.seed)
