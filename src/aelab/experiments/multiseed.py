@@ -22,10 +22,10 @@ whose seed_settings.json matches is kept, the others are run again (each continu
 from __future__ import annotations
 
 import dataclasses
-import io
-import sys
 import importlib
+import io
 import json
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
