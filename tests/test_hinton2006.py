@@ -127,3 +127,53 @@ def test_hinton2006_selection_never_looks_at_the_test_split(tmp_path, garbage_te
     for name, sweep in clean["sweeps"].items():
         for key in ("scores", "chosen_index", "best_epochs"):
             assert noisy["sweeps"][name][key] == sweep[key], (name, key)
+
+
+def _without_times(obj):
+    """A results.json without what the clock gives: seconds, and the seconds quoted in the notes."""
+    import re
+
+    if isinstance(obj, str):
+        return re.sub(r"\d+(\.\d+)? (s\b|of the training)", "N", obj)
+    if isinstance(obj, dict):
+        return {
+            k: _without_times(v)
+            for k, v in obj.items()
+            if not k.endswith(("_s", "time (s)", "_to_training", "_per_row"))
+        }
+    if isinstance(obj, list):
+        return [_without_times(v) for v in obj]
+    return obj
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("kill_at", [3, 6])  # after logistic PCA's encoder row; after the RBM pretraining
+def test_hinton2006_killed_between_rows_resumes_to_the_same_results(tmp_path, capsys, kill_at):
+    """Issue 31: a run killed between two rows (SIGKILL) leaves a results.json marked partial with the finished rows;
+    --resume keeps them untouched and ends with the results.json of an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    argv = ["experiment", "hinton2006", "--dataset", "digits", "--layers", "64-16-2", "--epochs", "2",
+            "--pretrain-epochs", "1", "--train-limit", "200", "--logistic-pca-iter", "20", "--weight-decay", "0"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main([*argv, "--out", str(whole), "--no-progress"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "AELAB_FAULT_KILL_AT_ROW": str(kill_at)}
+    proc = subprocess.run([sys.executable, "-m", "aelab", *argv, "--out", str(killed)], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    partial = json.loads((killed / "seed-0" / "results.json").read_text())
+    assert partial["partial"] is True and len(partial["rows_done"]) == kill_at
+    assert "PARTIAL" in (killed / "seed-0" / "report.md").read_text()
+    finished_rows = {t: rows for t, rows in partial["tables"].items()}
+    capsys.readouterr()
+    assert main([*argv, "--out", str(killed), "--no-progress", "--resume"]) == 0
+    resumed = json.loads((killed / "seed-0" / "results.json").read_text())
+    for table, rows in finished_rows.items():  # the finished rows untouched
+        assert resumed["tables"][table][: len(rows)] == rows
+    reference = json.loads((whole / "seed-0" / "results.json").read_text())
+    assert _without_times(resumed) == _without_times(reference)
+    assert _without_times(json.loads((killed / "results.json").read_text())) == _without_times(
+        json.loads((whole / "results.json").read_text())
+    )

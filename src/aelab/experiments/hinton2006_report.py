@@ -92,7 +92,8 @@ def figures(plan: Plan, state: State) -> list:
     logits = lpca_codes @ saved["components"].t() + saved["bias"]
     codes[lpca_per_image_label(code)] = lpca_codes.cpu().numpy()
     recons["logistic PCA, per-image"] = torch.sigmoid(logits).cpu().numpy()
-    chosen = {label: out / folder for label, folder in state.runs.items()}
+    # in the table's order: state.runs read back by --resume comes in results.json's (sorted) key order
+    chosen = {label: out / state.runs[label] for label in plan.row_order() if label in state.runs}
     models = {label: runs.load_model(folder) for label, folder in chosen.items()}
     for label, model in models.items():
         codes[label] = encode_all(model, test_x).numpy()
