@@ -105,6 +105,13 @@ def test_hinton2006_experiment_end_to_end(tmp_path, capsys):
     values = lambda name: next(r for r in rows if r["method"] == name)["metrics"]["recon_sse"]["values"]
     expected = [a - b for a, b in zip(values("deep AE, RBM-pretrained, Adam"), values("deep AE, random init"))]
     assert diff["difference"]["values"] == pytest.approx(expected)
+    times = per_seed[0]["phase_times_s"]  # what each step spent training and evaluating (issue 31)
+    assert times["raw pixels"]["training"] == 0 and times["raw pixels"]["evaluation"] > 0
+    assert times["logistic PCA, per-image codes (2-D)"]["training"] > 0  # its fit is its training
+    assert times["deep AE, RBM-pretrained, Adam, per-image codes"]["training"] == 0
+    assert all(times[label]["training"] > 0 for label in ("RBM pretraining", "deep AE, random init"))
+    total = sum(t["training"] for t in times.values()), sum(t["evaluation"] for t in times.values())
+    assert per_seed[0]["evaluation_to_training"] == pytest.approx(total[1] / total[0])
     assert (out / "seed-0" / "fig3.png").exists() and (out / "report.html").exists()
     assert (out / "seed-0" / "map-raw-pixels.png").exists() and not (out / "seed-1" / "map-raw-pixels.png").exists()
     assert "The paper's Fig. 3" in (out / "report.md").read_text()

@@ -444,3 +444,44 @@ def test_pca_sign_codes_check_their_sizes_and_code_an_image_at_the_mean_as_0():
             pca_sign_codes(train, train, bits)
     with pytest.raises(ValueError, match="^train and test images differ in size$"):
         pca_sign_codes(train, np.zeros((2, 5)), 2)
+
+
+# ---------------------------------------------------------------- intervals: what `make mutate` found unpinned
+def test_an_overflowing_sum_of_finite_values_is_refused_without_a_numpy_warning():
+    """Eight finite values whose float64 sum is inf + (-inf) = NaN (numpy adds 8 values in 8 accumulators, then
+    (1e308 + 1e308) + (-1e308 - 1e308)): numpy's overflow and invalid-value warnings stay silent (warnings are
+    errors here) and the ValueError says what happened."""
+    import re
+    import warnings
+
+    from aelab.metrics.intervals import summarize
+
+    values = [1e308, 1e308, -1e308, -1e308, 0.0, 0.0, 0.0, 0.0]
+    with np.errstate(all="warn"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=f"^{re.escape('values too large to average in float64 (largest 1e+308)')}$"):
+            summarize(values)
+
+
+def test_a_confidence_that_rounds_the_t_quantile_to_1_is_refused_with_the_std():
+    """c = 1 - 2^-53 < 1 passes the (0, 1) check, but (1 + c) / 2 rounds to 1.0: t.ppf(1) = inf, an interval of
+    [-inf, inf], refused with the std (of 1 and 2: 0.707) rather than returned."""
+    import re
+
+    from aelab.metrics.intervals import summarize
+
+    confidence = 1 - 2**-53
+    assert confidence < 1 and (1 + confidence) / 2 == 1.0
+    message = "values too spread out for a float64 interval (std 0.707)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        summarize([1.0, 2.0], confidence=confidence)
+
+
+@pytest.mark.parametrize("mean, d", [(3.0, 0), (0.0, 0), (0.5, 4), (123.25, 1)])
+def test_decimals_of_a_summary_without_values_read_its_mean(mean, d):
+    """A summary written before `values` was recorded (or with an empty list): an integer mean with no spread is
+    printed with no decimals, any other mean with four significant figures."""
+    from aelab.metrics.intervals import decimals
+
+    assert decimals({"mean": mean, "std": 0.0}) == d
+    assert decimals({"mean": mean, "std": 0.0, "values": []}) == d

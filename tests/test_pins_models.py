@@ -201,3 +201,54 @@ def test_the_deep_aes_rbm_pretraining_multiplies_in_bfloat16_at_bf16(monkeypatch
         assert low == {torch.bfloat16}
     else:
         assert low == set()
+
+
+# ---------------------------------------------------------------- logistic PCA: what `make mutate` found unpinned
+def _reference_logistic_pca_fit(x, k, max_iter, l2):
+    """The fit written out again: PCA's start (module docstring) and torch's L-BFGS with the settings the fit is
+    documented (and was tuned) with: lr 1, 20 pairs of history, strong Wolfe line search, stop at a gradient of
+    1e-9 or a change of 1e-12, on the penalised negative log-likelihood per image."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    n = len(x)
+    mean = x.mean(0)
+    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    v = (vt[:k].t() * 4.0).clone().requires_grad_(True)
+    u = ((x - mean) @ vt[:k].t()).clone().requires_grad_(True)
+    b = torch.logit(mean.clamp(1e-4, 1 - 1e-4)).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([u, v, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        nll = F.binary_cross_entropy_with_logits(torch.addmm(b, u, v.t()), x, reduction="sum")
+        loss = (nll + l2 * (u.pow(2).sum() + v.pow(2).sum())) / n
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return u.detach(), v.detach(), b.detach(), opt.state[u]["n_iter"]
+
+
+def test_logistic_pca_follows_the_documented_l_bfgs_path():
+    """30 iterations (more than the 20 pairs of history, fewer than convergence) from PCA's start: the same codes,
+    components and biases, to the last bit, as the fit written out here, and the same iteration count. Another
+    history size, step size, line search or scaling of the objective takes another path."""
+    x = _low_rank_images()
+    model = LogisticPCA(2, max_iter=30).fit(x)
+    u, v, b, n_iter = _reference_logistic_pca_fit(x, 2, 30, 1e-4)
+    assert model.n_iter_ == n_iter == 30
+    assert torch.equal(model.train_codes_, u) and torch.equal(model.components_, v) and torch.equal(model.bias_, b)
+
+
+def test_logistic_pca_stops_at_a_gradient_of_1e_9_not_torchs_1e_7():
+    """Identical images: PCA's start has U = 0 and b = logit(x), optimal but for the V penalty, whose gradient
+    2 l2 V / N is the largest at the start (|V| = 4 at most). 8e-9 (l2 = 1e-8) is above the fit's tolerance of
+    1e-9 (one step is taken) though below L-BFGS's default 1e-7; 8e-10 (l2 = 1e-9) is below it (no step)."""
+    x = np.tile(np.linspace(0.2, 0.8, 6), (10, 1))
+    for l2, steps in ((1e-8, 1), (1e-9, 0)):
+        model = LogisticPCA(2, max_iter=50, l2=l2)
+        start = LogisticPCA(2, max_iter=50, l2=l2)
+        start._minimise = lambda params, objective: 0  # the start, unoptimised
+        v0 = start.fit(x).components_
+        assert np.abs(2 * l2 * v0.numpy() / len(x)).max() == pytest.approx(0.8 * l2, rel=1e-12)
+        assert model.fit(x).n_iter_ == steps

@@ -223,8 +223,8 @@ def notes(plan: Plan, state: State, splits: dict, pretrain_json: Path) -> list[s
         f"logistic PCA {p.numbers['logistic PCA']}, PCA {p.numbers['PCA']}. Source: {p.cite()}. Not read: "
         f"{p.missing}.",
         "How this differs from the paper: " + " ".join(protocol_differences(plan, splits)),
-        f"Cost: training (RBM pretraining and every fine-tuning run) {timing['training_time_s']:.0f} s; evaluation "
-        f"(validation scores, PCA, logistic PCA, probes, evaluate of each chosen run, per-image codes) "
+        f"Cost: training (RBM pretraining, every fine-tuning run, logistic PCA's fit) {timing['training_time_s']:.0f} s; "
+        f"evaluation (validation scores, PCA, probes, evaluate of each chosen run, per-image codes) "
         f"{timing['evaluation_time_s']:.0f} s"
         + (f", {timing['evaluation_to_training']:.2f} of the training" if timing["evaluation_to_training"] else "")
         + "; per step in results.json (phase_times_s). Steps finished before a --resume keep the times they took.",
