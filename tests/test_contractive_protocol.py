@@ -101,3 +101,47 @@ def test_bad_grid_flags_are_refused(tmp_path, capsys, flag, value):
     assert main(["experiment", "contractive", flag, value, "--out", str(tmp_path / "e")]) == 2
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def _without_times(obj):
+    """results.json without what the clock gives."""
+    import re
+
+    if isinstance(obj, str):
+        return re.sub(r"\d+(\.\d+)? (s\b|min\b)", "N", obj)
+    if isinstance(obj, dict):
+        return {k: _without_times(v) for k, v in obj.items() if not k.endswith(("_s", "time (s)", "train s"))}
+    if isinstance(obj, list):
+        return [_without_times(v) for v in obj]
+    return obj
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_contractive_killed_between_rows_resumes_to_the_same_results(tmp_path, capsys):
+    """Issue 31: after the selection and every row, results.json holds what is finished, marked partial; a run
+    killed after its second row continues with --resume to the results.json of an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    from aelab.cli import main
+
+    argv = ["experiment", "contractive", "--quick", "--dataset", "digits", "--hidden", "12", "--epochs", "1",
+            "--train-limit", "200", "--seeds", "2"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main([*argv, "--out", str(whole), "--no-progress"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "AELAB_FAULT_KILL_AT_ROW": "2"}
+    proc = subprocess.run([sys.executable, "-m", "aelab", *argv, "--out", str(killed)], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert "selection: CAE" in proc.stderr and "AE none: probe acc" in proc.stderr  # progress lines
+    partial = json.loads((killed / "results.json").read_text())
+    assert partial["partial"] is True and partial["rows_done"] == ["AE", "AE+wd"]
+    assert partial["rows_to_come"] == ["DAE-g", "DAE-b", "CAE"]
+    assert "PARTIAL" in (killed / "report.md").read_text()
+    assert main([*argv, "--out", str(killed), "--no-progress"]) == 2  # continuing needs --resume
+    assert main([*argv, "--out", str(killed), "--no-progress", "--resume"]) == 0
+    resumed = json.loads((killed / "results.json").read_text().replace(str(killed), str(whole)))  # run paths
+    reference = json.loads((whole / "results.json").read_text())
+    assert _without_times(resumed) == _without_times(reference) != {}
+    assert [r["model"] for r in resumed["rows"]] == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE"]

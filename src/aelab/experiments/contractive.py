@@ -25,6 +25,8 @@ Protocol (the test split chooses nothing):
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +34,23 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from .. import report, runs
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluate import evaluate
 from ..metrics.codes import choose_probe_c, encode_all
 from ..metrics.intervals import format_interval
 from ..options import float_list, fraction, fraction_list, opt, positive_float_list, positive_int, seed_value
+from ..progress import Progress
+from ..runs import fault_point
 from ..train import TrainConfig
-from .common import OFFICIAL_TEST, amp_field, device_field, official_test_status, preflight, train_or_resume
+from .common import (
+    OFFICIAL_TEST,
+    amp_field,
+    device_field,
+    official_test_status,
+    preflight,
+    train_or_resume,
+    write_partial,
+)
 
 # the grid of each family's setting: (full run, --quick); each is overridden by its flag
 GRIDS = {
@@ -55,6 +67,9 @@ METRICS = [
     ("saturation", "SAT", (0.0, 1.0)),
 ]
 PAIRS = [("CAE", "DAE-g"), ("CAE", "AE")]  # paired differences of probe accuracy over seeds
+QUICK = {"epochs": 5, "train_limit": 1000}  # --quick: the first 1,000 train images, 5 epochs, one- or two-point grids
+NOT_COMPARED = ("out", "no_progress")  # what may differ between a run and its --resume
+TITLE = "Rifai et al. (2011): AE, AE+wd, DAE and CAE"
 
 
 def _grid_help(what: str, family: str) -> str:
@@ -100,7 +115,10 @@ class Settings:
     )
     quick: bool = field(
         default=False,
-        metadata=opt("8 epochs, one- or two-point grids, no t-SNE figures (a few minutes on 2 cores)"),
+        metadata=opt(
+            "a smoke check in about a minute: the first 1,000 train images, 5 epochs, one- or two-point grids, "
+            "no t-SNE figures"
+        ),
     )
     device: str = device_field()
     amp: bool = amp_field()
@@ -151,7 +169,13 @@ def run_folder_name(label: str) -> str:
 
 
 def epochs_of(settings: Settings) -> int:
-    return settings.epochs or (8 if settings.quick else 30)
+    return settings.epochs or (QUICK["epochs"] if settings.quick else 30)
+
+
+def train_limit_of(settings: Settings) -> int | None:
+    if not settings.quick:
+        return settings.train_limit
+    return min(settings.train_limit or QUICK["train_limit"], QUICK["train_limit"])
 
 
 def train_member(settings: Settings, family: Family, value: float | None, seed: int) -> Path:
@@ -167,7 +191,7 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
         data_dir=settings.data_dir,
         epochs=epochs_of(settings),
         seed=seed,
-        train_limit=settings.train_limit,
+        train_limit=train_limit_of(settings),
         val_fraction=settings.val_fraction,
         device=settings.device,
         amp=settings.amp,
@@ -191,7 +215,7 @@ def validation_probe_accuracy(run_dir: str | Path, data_dir: str | None = None) 
     return max(choose_probe_c(codes, train_y.numpy(), *validation)[1])
 
 
-def select_settings(settings: Settings) -> dict[str, dict]:
+def select_settings(settings: Settings, bar: Progress | None = None) -> dict[str, dict]:
     """Train every grid point of every family with the first seed and choose, per family, the setting with the
     highest validation probe accuracy (the first of equals). Nothing here reads the test split's labels or
     scores anything on it (training only logs its loss per epoch, which chooses nothing).
@@ -202,13 +226,16 @@ def select_settings(settings: Settings) -> dict[str, dict]:
     for family in families(settings):
         values, scores, run_dirs = family.values(), [], []
         for value in values:
+            if bar is not None:
+                bar.phase(f"selection: {family.name} {family.describe(value)}: training and validation probe")
             run_dir = train_member(settings, family, value, settings.seed)
             # numpy's BLAS at 1 thread: the probe's LogisticRegression took 48 s at 2 threads vs 1.3 s at 1
             # on this shared 2-core machine (OpenBLAS threads stall behind torch's spinning OpenMP workers)
             with threadpool_limits(limits=1, user_api="blas"):
                 scores.append(validation_probe_accuracy(run_dir, settings.data_dir))
             run_dirs.append(str(run_dir))
-            print(f"{family.name} {family.describe(value)}: validation probe acc {scores[-1]:.4f}")
+            line = f"{family.name} {family.describe(value)}: validation probe acc {scores[-1]:.4f}"
+            bar.update(text=line) if bar is not None else print(line)
         best = max(range(len(scores)), key=lambda i: (scores[i], -i))
         sweeps[family.name] = {
             "option": family.option,
@@ -234,63 +261,126 @@ def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: 
     return result, other["metrics"]
 
 
+def compared_settings(settings: Settings) -> dict:
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_COMPARED}
+    return json.loads(json.dumps(values))
+
+
+def _finished_rows(settings: Settings) -> tuple[dict | None, list[dict], dict]:
+    """(the sweeps, the finished rows, their spectra) of a partial results.json that --resume continues; a
+    results.json of other settings is refused."""
+    path = Path(settings.out) / "results.json"
+    if not path.is_file():
+        return None, [], {}
+    saved = runs.read_json(path)
+    if not (isinstance(saved, dict) and saved.get("partial")):
+        return None, [], {}  # a finished experiment: run again (its runs are kept), the same table comes out
+    if saved.get("compared_settings") != compared_settings(settings):
+        raise ConfigError(f"{settings.out} holds a contractive run with other settings; choose another --out")
+    return saved.get("sweeps"), list(saved.get("rows") or []), dict(saved.get("spectra") or {})
+
+
 def run(settings: Settings) -> Path:
+    """Choose every family's setting on validation, then one row per family (its chosen setting with every seed,
+    scored on the test split); results.json and the report after each row, marked partial until the last."""
     from . import contractive_report
 
     preflight(settings)
     started = time.perf_counter()
     epochs = epochs_of(settings)
     seeds = list(range(settings.seed, settings.seed + settings.seeds))
-    sweeps = select_settings(settings)
+    out, names = Path(settings.out), [f.name for f in families(settings)]
+    sweeps, rows, spectra = _finished_rows(settings)
+    steps = sum(len(f.values()) for f in families(settings)) + len(names)
+    label = f"{out.name or out}: contractive"
+    with Progress(label, total=steps, unit="step", enabled=not settings.no_progress) as bar:
+        if settings.quick:
+            bar.write(
+                f"--quick: the first {train_limit_of(settings)} train images, {epochs} epochs, grids "
+                + "; ".join(f"{f.name} {[f.describe(v) for v in f.values()]}" for f in families(settings))
+                + " (the full run: every train image, 30 epochs, 3- and 4-point grids), no t-SNE figures"
+            )
+        if sweeps is None:
+            sweeps = select_settings(settings, bar)
+            _write_partial(settings, sweeps, rows, spectra, names)
+        else:
+            bar.update(sum(len(f.values()) for f in families(settings)), text="selection: finished already, kept")
+        first_run = Path(sweeps["AE"]["runs"][0])
+        config = runs.read_config(first_run)
+        official, official_note = official_test_status(
+            settings.data_dir, tuple(runs.load_model(first_run).input_shape), settings.dataset
+        )
+        histories, units = {}, {}
+        raw_probe, data = None, None
+        done = {row["model"] for row in rows}
+        for family in families(settings):
+            sweep = sweeps[family.name]
+            chosen = sweep["chosen"]
+            first = Path(sweep["runs"][sweep["chosen_index"]])  # the first seed's run is the grid's own
+            histories[family.name] = runs.read_history(first)
+            units[family.name] = report.loss_unit(runs.read_config(first))
+            if family.name in done:
+                bar.update(text=f"{family.name}: finished already, kept")
+                continue
+            run_dirs = [first]
+            for seed in seeds[1:]:
+                bar.phase(f"{family.name} {family.describe(chosen)}: training seed {seed}")
+                run_dirs.append(train_member(settings, family, chosen, seed))
+            test_metrics, official_metrics = [], []
+            for i, run_dir in enumerate(run_dirs):
+                bar.phase(f"{family.name}: evaluate seed {seeds[i]} ({i + 1}/{len(run_dirs)})")
+                figures = not settings.quick and i == 0
+                result, other = evaluate_member(settings, run_dir, figures=figures, official=official)
+                test_metrics.append(result["metrics"])
+                official_metrics.append(other)
+                if i == 0:
+                    spectra[family.name] = result["jacobian_mean_singular_values"]
+            row = {
+                "model": family.name,
+                "setting": sweep["chosen_setting"],
+                "value": chosen,
+                "seeds": seeds,
+                "runs": [str(r) for r in run_dirs],
+                "metrics": contractive_report.summarize_metrics(test_metrics),
+                "official_test_metrics": contractive_report.summarize_metrics(official_metrics) if official else None,
+                "train_s": sum(h.get("train_time_s", 0.0) for r in run_dirs for h in runs.read_history(r)),
+                "raw_probe_accuracy": test_metrics[0].get("raw_probe_accuracy"),
+                "data": result["data"],
+            }
+            rows.append(row)
+            _write_partial(settings, sweeps, rows, spectra, names)
+            fault_point("row")  # AELAB_FAULT_KILL_AT_ROW=N: the kill-between-rows test
+            bar.update(
+                text=f"{family.name} {row['setting']}: probe acc {format_interval(row['metrics']['probe_accuracy'], 4)}"
+            )
+        raw_probe, data = rows[0].get("raw_probe_accuracy"), rows[0].get("data")
+        rows = [{k: v for k, v in row.items() if k not in ("raw_probe_accuracy", "data")} for row in rows]
+        bar.phase("report and figures")
+        return contractive_report.write(
+            settings,
+            started=started,
+            epochs=epochs,
+            seeds=seeds,
+            sweeps=sweeps,
+            rows=rows,
+            config=config,
+            official=official,
+            official_note=official_note,
+            raw_probe=raw_probe,
+            data=data,
+            histories=histories,
+            units=units,
+            spectra=spectra,
+        )
 
-    first_run = Path(sweeps["AE"]["runs"][0])
-    config = runs.read_config(first_run)
-    official, official_note = official_test_status(
-        settings.data_dir, tuple(runs.load_model(first_run).input_shape), settings.dataset
-    )
-    rows, histories, units, spectra = [], {}, {}, {}
-    raw_probe, data = None, None
-    for family in families(settings):
-        sweep = sweeps[family.name]
-        chosen = sweep["chosen"]
-        run_dirs = [Path(sweep["runs"][sweep["chosen_index"]])]  # the first seed's run is the grid's own
-        run_dirs += [train_member(settings, family, chosen, seed) for seed in seeds[1:]]
-        test_metrics, official_metrics = [], []
-        for i, run_dir in enumerate(run_dirs):
-            result, other = evaluate_member(settings, run_dir, figures=not settings.quick and i == 0, official=official)
-            test_metrics.append(result["metrics"])
-            official_metrics.append(other)
-            if i == 0:
-                spectra[family.name] = result["jacobian_mean_singular_values"]
-                histories[family.name] = runs.read_history(run_dir)
-                units[family.name] = report.loss_unit(runs.read_config(run_dir))
-                raw_probe, data = result["metrics"].get("raw_probe_accuracy"), result["data"]
-        row = {
-            "model": family.name,
-            "setting": sweep["chosen_setting"],
-            "value": chosen,
-            "seeds": seeds,
-            "runs": [str(r) for r in run_dirs],
-            "metrics": contractive_report.summarize_metrics(test_metrics),
-            "official_test_metrics": contractive_report.summarize_metrics(official_metrics) if official else None,
-            "train_s": sum(h.get("train_time_s", 0.0) for r in run_dirs for h in runs.read_history(r)),
-        }
-        rows.append(row)
-        print(f"{family.name} {row['setting']}: probe acc {format_interval(row['metrics']['probe_accuracy'], 4)}")
 
-    return contractive_report.write(
-        settings,
-        started=started,
-        epochs=epochs,
-        seeds=seeds,
-        sweeps=sweeps,
-        rows=rows,
-        config=config,
-        official=official,
-        official_note=official_note,
-        raw_probe=raw_probe,
-        data=data,
-        histories=histories,
-        units=units,
-        spectra=spectra,
-    )
+def _write_partial(settings: Settings, sweeps: dict, rows: list[dict], spectra: dict, names: list[str]) -> None:
+    done = [row["model"] for row in rows]
+    partial = {
+        "experiment": "contractive",
+        "compared_settings": compared_settings(settings),
+        "sweeps": sweeps,
+        "rows": rows,
+        "spectra": spectra,
+    }
+    write_partial(Path(settings.out), partial, done, [n for n in names if n not in done], TITLE)
