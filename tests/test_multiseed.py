@@ -118,3 +118,25 @@ def test_workers_show_their_progress_as_lines_marked_with_their_seed(tmp_path, c
     for seed in (0, 1):
         mine = [line for line in err if line.startswith(f"seed {seed} | ")]
         assert any("epoch 1/1" in line for line in mine), err[:20]
+
+
+def test_binary_killed_between_rows_resumes_to_the_same_results(tmp_path, capsys):
+    """Issue 31: binary writes results.json after each of its rows, marked partial; killed after its second row,
+    the same command with --resume keeps the finished runs and ends with the uninterrupted run's numbers."""
+    import os
+    import subprocess
+    import sys
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main([*BINARY, "--out", str(whole), "--no-progress"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "AELAB_FAULT_KILL_AT_ROW": "2"}
+    proc = subprocess.run([sys.executable, "-m", "aelab", *BINARY, "--out", str(killed)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    partial = json.loads((killed / "seed-0" / "results.json").read_text())
+    assert partial["partial"] is True and partial["rows_done"] == ["binary AE", "float AE"]
+    assert partial["rows_to_come"] == ["PCA-sign"] and "PARTIAL" in (killed / "seed-0" / "report.md").read_text()
+    history = (killed / "seed-0" / "binary" / "metrics.jsonl").read_bytes()
+    assert main([*BINARY, "--out", str(killed), "--no-progress", "--resume"]) == 0
+    assert (killed / "seed-0" / "binary" / "metrics.jsonl").read_bytes() == history  # no epoch trained again
+    assert _numbers(killed, 0) == _numbers(whole, 0)

@@ -24,6 +24,8 @@ from ..metrics.reconstruction import linear_decoder_sse, sse_per_image
 from ..metrics.retrieval import bits_per_image, encode_codes, hamming_retrieval, pca_sign_codes
 from ..models.binary import BACKWARD_RULES
 from ..options import opt, positive_int, seed_value
+from ..progress import Progress
+from ..runs import fault_point
 from ..train import TrainConfig
 from . import multiseed
 from .common import (
@@ -38,6 +40,7 @@ from .common import (
     train_or_resume,
     train_split_size,
     val_fraction_field,
+    write_partial,
 )
 
 ROW_KEY = "code"
@@ -115,16 +118,35 @@ def run(settings: Settings) -> Path:
 
 
 def run_one(settings: Settings) -> Path:
+    """One seed: the binary AE, the float AE and PCA-sign, one row each; results.json after each (partial)."""
+    out = Path(settings.out)
+    with Progress(f"{out.name or out}: binary", total=3, unit="row", enabled=not settings.no_progress) as bar:
+        return _run_one(settings, bar)
+
+
+def _run_one(settings: Settings, bar: Progress) -> Path:
     t_start = time.perf_counter()
     out = Path(settings.out)
     epochs = settings.epochs or (3 if settings.quick else 20)
     rows, run_dirs, histories, units, recon_rows = [], {}, {}, {}, None
     n_train = train_split_size(settings.dataset, settings.data_dir, settings.train_limit)
+    title = f"Binary codes: {settings.bits}-bit STE autoencoder vs float bottleneck vs PCA-sign"
+    names = ["binary AE", "float AE", "PCA-sign"]
+    if settings.quick:
+        bar.write(f"--quick: {epochs} epochs (the full run: 20)")
+
+    def row_done(text: str) -> None:  # results.json and the report so far, marked partial (issue 31)
+        done = [r["code"] for r in rows]
+        write_partial(out, {"experiment": "binary", "title": title, "rows": rows}, done, names[len(done) :], title)
+        fault_point("row")
+        bar.update(text=text)
+
     for name, options in [
         ("binary", {"bits": settings.bits, "backward": settings.backward}),
         ("float", {"bits": settings.bits, "float_bottleneck": True}),
     ]:
         t0 = time.perf_counter()
+        bar.phase(f"{name} AE: training (at most {epochs} epoch{'s' if epochs != 1 else ''}; a finished run is kept)")
         cfg = TrainConfig(
             model="binary",
             model_options=options,
@@ -140,6 +162,7 @@ def run_one(settings: Settings) -> Path:
             out=str(out / name),
         )
         run_dir = train_or_resume(cfg, progress=not settings.no_progress)
+        bar.phase(f"{name} AE: reconstruction, Hamming retrieval, probe")
         model = runs.load_model(run_dir)  # the weights of the best validation epoch
         config = runs.read_config(run_dir)
         train_x, train_y, test_x, test_y = runs.run_data(config, settings.data_dir)
@@ -174,8 +197,10 @@ def run_one(settings: Settings) -> Path:
             first = first_of_each_class(test_y, 10)
             recon_rows = [test_x[first].numpy()]
         recon_rows.append(test_hat[first].numpy())
+        row_done(f"{name} AE: mAP {rows[-1]['mAP']:.4f}, recon_sse {rows[-1]['recon_sse']:.2f}")
 
     # PCA-sign hashing on the same splits
+    bar.phase("PCA-sign: PCA, retrieval, probe")
     t0 = time.perf_counter()
     x_tr, x_te = train_x.numpy(), test_x.numpy()
     notes_pca = ""
@@ -198,11 +223,14 @@ def run_one(settings: Settings) -> Path:
                 "time (s)": time.perf_counter() - t0,
             }
         )
+        row_done(f"PCA-sign: mAP {rows[-1]['mAP']:.4f}")
     else:
         notes_pca = (
             f"PCA-sign skipped: {settings.bits} bits exceed the number of principal components "
             f"(min of {len(x_tr)} train images and {x_tr[0].size} pixels)."
         )
+        bar.update(text=notes_pca)
+    bar.phase("figures and report")
 
     fig_dir = out / "figures"
     figures = [
@@ -215,7 +243,6 @@ def run_one(settings: Settings) -> Path:
             report.plot_curves(histories, fig_dir / "loss.png", units=units),
         ),
     ]
-    title = f"Binary codes: {settings.bits}-bit STE autoencoder vs float bottleneck vs PCA-sign"
     result = {
         "experiment": "binary",
         "title": title,
