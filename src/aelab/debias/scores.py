@@ -35,7 +35,7 @@ The scores are graded per class (positives = conflicting samples) by aelab.metri
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -169,6 +169,7 @@ def score_samples(
     representations: dict | None = None,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every training sample by every method of `METHODS` (higher = more likely bias-conflicting).
 
@@ -179,8 +180,9 @@ def score_samples(
     the first method that needs it). `representations`, if given, receives the features the kNN scores use:
     "ae_codes" (with an autoencoder) and "gce_log_probs", so that other k can be scored without training again.
     `device` / `amp`: where the biased MLPs train (bf16 autocast there with amp on CUDA); the scores are the same
-    CPU arrays either way.
+    CPU arrays either way. `progress(text)`, if given, is told each step before it starts.
     """
+    say = progress or (lambda text: None)
     digits = torch.as_tensor(digits).long()
     y = digits.numpy()
     timings = {} if timings is None else timings
@@ -197,12 +199,14 @@ def score_samples(
     if ae_model is not None:
         from ..metrics.codes import encode_all
 
+        say(f"ae_recon, ae_knn, ae_gauss: the autoencoder's errors and codes of {len(images)} images")
         record("ae_recon", reconstruction_error_scores(ae_model, images))
         codes = encode_all(ae_model, images.to(device_of(ae_model))).double().cpu().numpy()
         if representations is not None:
             representations["ae_codes"] = codes
         record("ae_knn", knn_distance_scores(codes, y, k))
         record("ae_gauss", gaussian_nll_scores(codes, y))
+    say(f"gce_ce, gce_knn: {n_models} biased MLPs (GCE, q {q:g}, {gce_epochs} epochs each, cross-fitted)")
     log_probs = biased_log_probabilities(
         images, digits, n_models=n_models, epochs=gce_epochs, q=q, seed=seed, device=device, amp=amp
     )
@@ -211,6 +215,7 @@ def score_samples(
     record("gce_ce", cross_entropy_scores(log_probs, y))
     record("gce_knn", knn_distance_scores(log_probs, y, k))
     record("rank_avg(gce_ce,gce_knn)", rank_average([scores["gce_ce"], scores["gce_knn"]], y))
+    say(f"pca_baseline: PCA ({pca_components} components) residuals")
     record("pca_baseline", pca_residual_scores(images, y, pca_components))
     return scores
 

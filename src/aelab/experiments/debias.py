@@ -26,6 +26,7 @@ from ..data.sources import capped_val_fraction, validation_split
 from ..debias import scores as detection
 from ..metrics.ranking import class_metrics
 from ..options import fraction, int_list, opt, positive_int, seed_value
+from ..progress import Progress
 from ..train import TrainConfig, resolve_device
 from . import debias_report, multiseed
 from .common import (
@@ -108,7 +109,17 @@ def run(settings: Settings) -> Path:
     return multiseed.run(sys.modules[__name__], settings)
 
 
+STEPS = 5  # the autoencoder, the scores, k on validation, the grading, the official test set and report
+
+
 def run_one(settings: Settings) -> Path:
+    """One seed: the autoencoder, every detection score, k chosen on validation, the grading, the report."""
+    out = Path(settings.out)
+    with Progress(f"{out.name or out}: debias", total=STEPS, unit="step", enabled=not settings.no_progress) as bar:
+        return _run_one(settings, bar)
+
+
+def _run_one(settings: Settings, bar: Progress) -> Path:
     t_start = time.perf_counter()
     out = Path(settings.out)
     ks = sorted(set(settings.k_grid or K_GRID))
@@ -133,7 +144,14 @@ def run_one(settings: Settings) -> Path:
     # the validation images: their colour labels choose k; the other train images are the detection's test
     keep, held, split_note = validation_split(y, capped_val_fraction(len(y), settings.val_fraction))
 
+    if settings.quick:
+        bar.write(
+            f"--quick: {used['ae_epochs']} autoencoder epochs, {used['n_models']} biased MLPs, t-SNE of "
+            f"{used['tsne_points']} points (the full run: {DEFAULTS['ae_epochs'][0]}, {DEFAULTS['n_models'][0]}, "
+            f"{DEFAULTS['tsne_points'][0]})"
+        )
     # 1. the autoencoder, trained by the common trainer on the same images (no labels of any kind)
+    bar.phase(f"the autoencoder: {used['ae_epochs']} epochs on {len(images)} images (a finished run is kept)")
     t0 = time.perf_counter()
     ae_dir = out / "ae"
     cfg = TrainConfig(
@@ -158,17 +176,22 @@ def run_one(settings: Settings) -> Path:
     train_or_resume(cfg, progress=not settings.no_progress)
     ae = runs.load_model(ae_dir)
     ae_time = time.perf_counter() - t0
+    bar.update(text=f"the autoencoder: {ae_time:.0f} s")
 
     # 2. scores: images and digit labels only; then the kNN scores' k, chosen on the validation images
     timings: dict[str, float] = {}
     features: dict[str, np.ndarray] = {}
-    scores = _score(settings, used, images, digits, ae, DEFAULT_K, timings, features)
+    scores = _score(settings, used, images, digits, ae, DEFAULT_K, timings, features, bar.phase)
+    bar.update(text="the detection scores")
+    bar.phase(f"k of the kNN scores, chosen on the {len(held)} validation images")
     choices = {}
     for method, feature in (("ae_knn", "ae_codes"), ("gce_knn", "gce_log_probs")):
         choice = detection.choose_k(features[feature], y, conf, held, ks, DEFAULT_K)
         scores[method] = choice.pop("scores")
         choices[method] = choice
     scores["rank_avg(gce_ce,gce_knn)"] = detection.rank_average([scores["gce_ce"], scores["gce_knn"]], y)
+    bar.update(text="k: " + ", ".join(f"{m} {c['chosen_k']}" for m, c in choices.items()))
+    bar.phase("grading every method on the test images")
 
     # 3. grading on the test images (outside validation): the only other place the colour labels enter
     methods = {}
@@ -176,6 +199,7 @@ def run_one(settings: Settings) -> Path:
         graded = class_metrics(sc[keep], y[keep], conf[keep])
         methods[name] = {"description": detection.METHODS[name], "time_s": timings.get(name), **graded}
     best = max(methods, key=lambda m: methods[m]["mean"]["auroc"])
+    bar.update(text=f"best AUROC: {best} {methods[best]['mean']['auroc']:.3f}")
 
     # 4. the second test set: the official MNIST 10k test digits, coloured as a biased train split
     official, official_note = official_test_status(
@@ -183,7 +207,9 @@ def run_one(settings: Settings) -> Path:
     )  # grey digits, coloured here
     official_methods = None
     if official:
-        official_methods = score_official(settings, ae, used, choices)
+        bar.phase("every method again on the official MNIST test digits")
+        official_methods = score_official(settings, ae, used, choices, bar.phase)
+    bar.phase("figures (t-SNE) and report")
 
     # 5. figures, results.json and the report
     return debias_report.write(
@@ -209,7 +235,9 @@ def run_one(settings: Settings) -> Path:
     )
 
 
-def _score(settings: Settings, used: dict, images, digits, ae, k: int, timings: dict, features: dict) -> dict:
+def _score(
+    settings: Settings, used: dict, images, digits, ae, k: int, timings: dict, features: dict, progress=None
+) -> dict:
     """Every method of aelab.debias.scores on one image set, with this run's settings (images and digits only)."""
     return detection.score_samples(
         images,
@@ -225,10 +253,11 @@ def _score(settings: Settings, used: dict, images, digits, ae, k: int, timings: 
         representations=features,
         device=resolve_device(settings.device),
         amp=settings.amp,
+        progress=progress,
     )
 
 
-def score_official(settings: Settings, ae, used: dict, choices: dict) -> dict:
+def score_official(settings: Settings, ae, used: dict, choices: dict, progress=None) -> dict:
     """Every method on the official MNIST test digits coloured as a biased train split (colouring seed + 1, so
     that it is not the train split's draw), graded on all of them, with the k chosen on the validation images."""
     gray, digits, _ = datamod.load_test_split(OFFICIAL_TEST, settings.data_dir)
@@ -238,7 +267,7 @@ def score_official(settings: Settings, ae, used: dict, choices: dict) -> dict:
     y = digits.numpy()
     features: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
-    scores = _score(settings, used, images, digits, ae, choices["gce_knn"]["chosen_k"], timings, features)
+    scores = _score(settings, used, images, digits, ae, choices["gce_knn"]["chosen_k"], timings, features, progress)
     scores["ae_knn"] = detection.knn_distance_scores(features["ae_codes"], y, choices["ae_knn"]["chosen_k"])
     return {
         name: {"description": detection.METHODS[name], "time_s": timings.get(name), **class_metrics(sc, y, conf)}
