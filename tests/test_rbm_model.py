@@ -66,6 +66,8 @@ def test_train_writes_a_run_folder_whose_weights_are_those_of_rbm_fit(tmp_path):
         ('persistent="yes"', "persistent"),
         ("cd_epochs=2.5", "cd_epochs"),
         ("lr=0.1", "has no option lr"),
+        ("init_std=0", "init_std"),
+        ("init_std=-0.01", "init_std"),
     ],
 )
 def test_bad_options_are_refused_with_one_line_before_any_run_folder(tmp_path, capsys, option, needle):
@@ -136,3 +138,16 @@ def test_evaluate_reports_the_log_likelihood_of_the_images_the_rbm_trained_on(tm
     assert protocol["ais"]["base_log_z"] == pytest.approx(8 * math.log(2) - np.log1p(-p).sum(), abs=1e-9)
     assert "2^8" in protocol["exact_log_z"] and "binary" in protocol["test_data"]
     assert "test_log_prob" in (out / "report.md").read_text()
+
+
+def test_init_std_scales_the_same_initial_draw_and_is_recorded_only_when_not_the_default():
+    """W = init_std N(0, 1): the rbm-likelihood experiment's 0.01 is the default draw (Hinton's 0.1 N(0, 1))
+    scaled, biases zero; model.json keeps its old form for the default."""
+    torch.manual_seed(3)
+    default = RBMModel(input_shape=[1, 8, 8], hidden=50)
+    torch.manual_seed(3)
+    small = RBMModel(input_shape=[1, 8, 8], hidden=50, init_std=0.01)
+    torch.testing.assert_close(small.rbm.weight, default.rbm.weight * 0.1)
+    assert abs(float(default.rbm.weight.std()) - 0.1) < 0.01  # 3,200 draws of 0.1 N(0, 1)
+    assert "init_std" not in default.options and small.options["init_std"] == 0.01
+    assert float(small.rbm.visible_bias.abs().sum() + small.rbm.hidden_bias.abs().sum()) == 0.0
