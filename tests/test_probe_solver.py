@@ -94,3 +94,64 @@ def test_a_constant_feature_is_left_unscaled_and_labels_keep_their_values():
     assert result["accuracy"] > 0.95
     scale = Standardizer.fit(torch.from_numpy(x))
     assert scale.scale[-1] == 1.0 and scale.mean[-1] == 5.0
+
+
+def _probe_data(seed: int):
+    rng = np.random.default_rng(seed)
+    x_tr, x_te = rng.normal(size=(120, 6)), rng.normal(size=(40, 6))
+    y_tr, y_te = (x_tr[:, 0] > 0).astype(int), (x_te[:, 0] > 0).astype(int)
+    return x_tr, y_tr, x_te, y_te, (np.arange(100), np.arange(100, 120))
+
+
+def test_the_raw_probe_is_fitted_once_per_data_then_read_from_disk(tmp_path, monkeypatch):
+    """Issue 31: the pixel probe is cached by the data's hash; a new process (an empty memory cache) reads it back,
+    other data (one value changed) is fitted again, and a garbage cache file is never trusted."""
+    from aelab import evaluate as evaluation
+
+    monkeypatch.setenv("AELAB_DATA", str(tmp_path / "data"))
+    fits = []
+    real = evaluation.validated_probe
+    monkeypatch.setattr(evaluation, "validated_probe", lambda *a: fits.append(1) or real(*a))
+    data = _probe_data(0)
+    first = evaluation.raw_probe(None, *data)
+    monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})  # a new process
+    assert evaluation.raw_probe(None, *data) == first and len(fits) == 1
+    assert first == real(*data)
+    (cached,) = (tmp_path / "data" / "probes").glob("*.json")
+    other = list(data)
+    other[0] = other[0].copy()
+    other[0][0, 0] += 1e-9
+    evaluation.raw_probe(None, *other)
+    assert len(fits) == 2
+    monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})
+    cached.write_text('{"accuracy": 7.0}')
+    assert evaluation.raw_probe(None, *data) == first and len(fits) == 3
+
+
+def test_processes_side_by_side_wait_for_one_fit_of_the_raw_probe(tmp_path, monkeypatch):
+    """Seeds run with --jobs: the second to ask for the same probe waits for the first's fit (a file lock) and
+    reads it, instead of fitting it again."""
+    import threading
+    import time
+
+    from aelab import evaluate as evaluation
+
+    monkeypatch.setenv("AELAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(evaluation, "_RAW_PROBE_CACHE", {})
+    fits = []
+    real = evaluation.validated_probe
+
+    def slow(*a):
+        fits.append(1)
+        time.sleep(0.5)
+        return real(*a)
+
+    monkeypatch.setattr(evaluation, "validated_probe", slow)
+    data, results = _probe_data(1), []
+    workers = [threading.Thread(target=lambda: results.append(evaluation.raw_probe(None, *data))) for _ in range(2)]
+    for w in workers:
+        w.start()
+        time.sleep(0.1)
+    for w in workers:
+        w.join()
+    assert len(fits) == 1 and results[0] == results[1]

@@ -84,13 +84,35 @@ def raw_probe(config: dict, x_tr, y_tr, x_te, y_te, validation) -> dict:
     path = datamod.datasets.data_dir() / "probes" / f"{key}.json"
     cached = _read_probe(path)
     if cached is None:
-        cached = validated_probe(x_tr, y_tr, x_te, y_te, validation)
-        try:
-            runs.write_json(path, cached)
-        except StorageError:  # a read-only data folder costs time, not the evaluation
-            pass
+        with _probe_lock(path):  # seeds run side by side (--jobs) wait for one fit rather than each fitting it
+            cached = _read_probe(path)
+            if cached is None:
+                cached = validated_probe(x_tr, y_tr, x_te, y_te, validation)
+                try:
+                    runs.write_json(path, cached)
+                except StorageError:  # a read-only data folder costs time, not the evaluation
+                    pass
     _RAW_PROBE_CACHE[key] = cached
     return cached
+
+
+@contextlib.contextmanager
+def _probe_lock(path: Path):
+    """An exclusive flock on PATH.lock while the probe is fitted; without a writable folder, no lock (each process
+    fits its own, as before)."""
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def refuse_seed_group(run_dir: Path) -> None:
