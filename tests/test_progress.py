@@ -54,6 +54,19 @@ def test_lines_off_a_terminal_a_heartbeat_and_the_time_left():
     assert max(clock.gaps()) < 0.3 + 0.4
 
 
+def test_rows_kept_by_a_resume_do_not_shorten_the_time_left(monkeypatch):
+    """3 of 6 rows read back at once, the 4th done after 10 s: about 20 s left for the last 2, not 5 s."""
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    clock = Clock()
+    with Progress("r", total=6, unit="row", stream=clock, heartbeat=1000) as bar:
+        bar.update(3, text="kept", kept=True)
+        assert clock.lines[-1][1] == "r: kept (3/6 rows, 0 s)"  # nothing worked yet: no estimate
+        now[0] += 10.0
+        bar.update(text="row 4")
+        assert clock.lines[-1][1] == "r: row 4 (4/6 rows, 10 s, about 20 s left)"  # 10 s per worked row
+
+
 def test_disabled_progress_prints_nothing_and_durations_read_well():
     clock = Clock()
     with Progress("x", total=2, stream=clock, heartbeat=0.1, enabled=False) as bar:

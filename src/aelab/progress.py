@@ -88,7 +88,7 @@ class Progress:
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
         self.stream = sys.stderr if stream is None else stream
         self.lines = (not _is_terminal(self.stream)) if lines is None else lines
-        self.done, self.phase_text = 0, ""
+        self.done, self.kept, self.phase_text = 0, 0, ""
         self.started = time.monotonic()
         self.heartbeat = HEARTBEAT_S if heartbeat is None else heartbeat
         self._bar = None
@@ -119,10 +119,12 @@ class Progress:
         else:
             self._line(f"{self.label}: {text}{self._where()}")
 
-    def update(self, n: int = 1, text: str | None = None) -> None:
+    def update(self, n: int = 1, text: str | None = None, kept: bool = False) -> None:
         """n more units done. On a terminal the bar moves; elsewhere a line is printed only when `text` says what
-        they gave (a finished row, an epoch's losses): the heartbeat reports the count in between."""
+        they gave (a finished row, an epoch's losses): the heartbeat reports the count in between. kept=True: units
+        finished before a --resume, read back in no time: they do not count in the time-left estimate."""
         self.done += n
+        self.kept += n if kept else 0
         if not self.enabled:
             return
         if self._bar is not None:
@@ -175,8 +177,9 @@ class Progress:
         if not self.total:
             return f" ({duration(elapsed)})"
         text = f" ({self.done}/{self.total} {self.unit}s, {duration(elapsed)}"
-        if 0 < self.done < self.total:
-            text += f", about {duration(elapsed / self.done * (self.total - self.done))} left"
+        worked = self.done - self.kept
+        if 0 < worked and self.done < self.total:
+            text += f", about {duration(elapsed / worked * (self.total - self.done))} left"
         return text + ")"
 
     def _line(self, text: str) -> None:

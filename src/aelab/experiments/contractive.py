@@ -304,7 +304,9 @@ def run(settings: Settings) -> Path:
             sweeps = select_settings(settings, bar)
             _write_partial(settings, sweeps, rows, spectra, names)
         else:
-            bar.update(sum(len(f.values()) for f in families(settings)), text="selection: finished already, kept")
+            bar.update(
+                sum(len(f.values()) for f in families(settings)), text="selection: finished already, kept", kept=True
+            )
         first_run = Path(sweeps["AE"]["runs"][0])
         config = runs.read_config(first_run)
         official, official_note = official_test_status(
@@ -320,7 +322,7 @@ def run(settings: Settings) -> Path:
             histories[family.name] = runs.read_history(first)
             units[family.name] = report.loss_unit(runs.read_config(first))
             if family.name in done:
-                bar.update(text=f"{family.name}: finished already, kept")
+                bar.update(text=f"{family.name}: finished already, kept", kept=True)
                 continue
             run_dirs = [first]
             for seed in seeds[1:]:

@@ -176,7 +176,7 @@ def _run(settings: Settings) -> Path:
             saved = _cell_file(out, ratio, seed)
             if saved.is_file():  # finished before a --resume: its numbers as they were written
                 cell = runs.read_json(saved)
-                bar.update(text=f"ratio {ratio} seed {seed}: finished already, kept")
+                bar.update(text=f"ratio {ratio} seed {seed}: finished already, kept", kept=True)
             else:
                 bar.phase(f"ratio {ratio} seed {seed}: vanilla, LfF, JTT, detect-reweight, synthesis, oracles")
                 cell = run_cell(s, ratio, seed, progress=bar)

@@ -164,7 +164,7 @@ def run_one(settings: Settings) -> Path:
         with threadpool_limits(limits=1, user_api="blas"):  # sklearn's PCA and t-SNE: see contractive.select_settings
             for step in steps:
                 if step in state.done:
-                    bar.update(text=f"{step}: finished already, kept")
+                    bar.update(text=f"{step}: finished already, kept", kept=True)
                     continue
                 text = rows.run_step(step, state, bar)
                 state.done.append(step)

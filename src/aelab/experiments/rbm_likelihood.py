@@ -138,7 +138,7 @@ def run(settings: Settings) -> Path:
     with Progress(f"{out.name or out}: rbm-likelihood", total=len(s["rows"]), unit="row", enabled=progress) as bar:
         for key in s["rows"]:
             if any(r["row"] == key for r in rows):
-                bar.update(text=f"{key}: finished already, kept")
+                bar.update(text=f"{key}: finished already, kept", kept=True)
                 continue
             bar.phase(f"{key}: training and log Z")
             rows.append(run_row(key, s, out, progress, settings.data_dir))
