@@ -134,3 +134,25 @@ def test_bad_settings_are_one_line_before_any_work(tmp_path, capsys, flags, need
     out = tmp_path / "bad"
     one_line_exit_2(capsys, main(["experiment", "rbm-likelihood", *flags, "--out", str(out)]), needle)
     assert not out.exists()
+
+
+def test_a_row_whose_ais_did_not_settle_is_flagged_at_the_top_of_the_report():
+    """An open log Z interval or an ESS below a tenth of the runs: a warning naming the row; a settled row none. The
+    reading compares AIS with the exact log Z and a row with the paper's number, with the signed gap."""
+    from aelab.experiments.rbm_likelihood_report import reading, warnings
+
+    settled = {"RBM": "CD1(500)", "AIS ESS": 40.0, "log Z low": 1.0, "log Z high": 2.0, "log Z (AIS)": 1.5,
+               "log Z exact": None, "test log p": -120.0}  # fmt: skip
+    open_low = {**settled, "RBM": "PCD(500)", "AIS ESS": 50.0, "log Z low": None}
+    few = {**settled, "RBM": "CD3(500)", "AIS ESS": 9.9}
+    assert warnings([settled], 100) == []
+    (w_open,), (w_few,) = warnings([open_low], 100), warnings([few], 100)
+    assert "PCD(500)" in w_open and "interval open" in w_open and "50.0 of 100" in w_open
+    assert "CD3(500)" in w_few and "interval open" not in w_few
+    assert warnings([few], 99) == []  # 9.9 is not below a tenth of 99 runs: the edge
+    exact = {**settled, "RBM": "CD1(25)", "log Z (AIS)": 219.571, "log Z exact": 219.603}
+    assert reading([exact]) == ["CD1(25): AIS log Z 219.571 against the exact 219.603 (-0.032 nats)."]
+    paper = {**settled, "RBM": "CD25(500)", "test log p": -101.2}
+    assert reading([paper]) == [
+        "CD25(500): test log p -101.20 against the paper's -86.34 (-14.86 nats; protocol differences below)."
+    ]

@@ -110,6 +110,39 @@ def tables(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     ]
 
 
+def warnings(rows: list[dict], ais_runs: int) -> list[str]:
+    """A row whose AIS did not settle: its log Z interval open (the weights' mean minus 3 standard errors is not
+    positive) or an effective sample size below a tenth of the runs. Its numbers are estimates without a bound."""
+    lines = []
+    for r in rows:
+        open_end = r.get("log Z low") is None or r.get("log Z high") is None
+        ess = r.get("AIS ESS")
+        low_ess = isinstance(ess, (int, float)) and ess < 0.1 * ais_runs
+        if open_end or low_ess:
+            lines.append(
+                f"AIS did not settle for {r['RBM']}: effective sample size {ess:.1f} of {ais_runs} runs"
+                + (", its log Z interval open" if open_end else "")
+                + ": its log Z and log p are estimates without a usable bound (AIS tends to underestimate log Z, "
+                "which overstates log p); more runs or betas (--ais-runs, --ais-betas) would tighten them."
+            )
+    return lines
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """The table in one line each: the exact row against AIS, and each row against the paper's number."""
+    lines = []
+    for r in rows:
+        if r.get("log Z exact") is not None:
+            gap = r["log Z (AIS)"] - r["log Z exact"]
+            lines.append(f"{r['RBM']}: AIS log Z {r['log Z (AIS)']:.3f} against the exact {r['log Z exact']:.3f} "
+                         f"({gap:+.3f} nats).")  # fmt: skip
+        paper = PAPER.get(r["RBM"], {}).get("test log p")
+        if paper is not None:
+            lines.append(f"{r['RBM']}: test log p {r['test log p']:.2f} against the paper's {paper} "
+                         f"({r['test log p'] - paper:+.2f} nats; protocol differences below).")  # fmt: skip
+    return lines
+
+
 def write(out: Path, settings: dict, rows: list[dict], wall: float, partial: bool) -> Path:
     """results.json (every number, the settings, the paper's numbers and protocol, the differences) and the report."""
     title = "RBMs on MNIST: log Z by AIS and log-likelihood (Salakhutdinov & Murray 2008)"
@@ -125,6 +158,7 @@ def write(out: Path, settings: dict, rows: list[dict], wall: float, partial: boo
         "paper_protocol": PAPER_PROTOCOL,
         "protocol": ours(settings),
         "differences": differences(settings),
+        "warnings": warnings(rows, settings["ais_runs"]),
         "selection_split": "none (every row keeps its final weights)",
         "wall_time_s": wall,
     }
@@ -140,4 +174,5 @@ def write(out: Path, settings: dict, rows: list[dict], wall: float, partial: boo
     ]
     if settings.get("quick"):
         notes.insert(0, quick_note(settings))
-    return report.write_report(out, title, tables(rows), [], notes, numbers_first=True)
+    lead = [*results["warnings"], *reading(rows)]
+    return report.write_report(out, title, tables(rows), [], notes, numbers_first=True, lead=lead)
