@@ -76,6 +76,26 @@ def hinton_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def rbm_table(path: Path) -> str:
+    """Salakhutdinov & Murray 2008: log Z by AIS (and exactly for the small row), log p of train and test images."""
+    doc = json.loads(path.read_text())
+    end = lambda v: "open" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [
+        "| RBM | log Z, AIS [±3 std] | log Z, exact | AIS ESS | train log p | test log p [interval] | paper, test log p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        exact = "—" if r["log Z exact"] is None else f"{r['log Z exact']:.3f}"
+        paper = (doc.get("paper") or {}).get(r["RBM"], {}).get("test log p", "—")
+        lines.append(
+            f"| {r['RBM']} | {r['log Z (AIS)']:.3f} [{end(r['log Z low'])}, {end(r['log Z high'])}] | {exact} "
+            f"| {r['AIS ESS']:.1f} | {r['train log p']:.2f} | {r['test log p']:.2f} [{end(r['test log p low'])}, "
+            f"{end(r['test log p high'])}] | {paper} |"
+        )
+    sources = "; ".join(f"{k}: {v['source']}" for k, v in (doc.get("paper") or {}).items())
+    return "\n".join(lines + ["", f"The paper's numbers: {sources}", *doc.get("warnings", [])])
+
+
 def lff_table(path: Path) -> str:
     doc = json.loads(path.read_text())
     ratios = [str(r) for r in doc["ratios"]]
@@ -266,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         Path("results/hinton2006-mnist-40ep.json"),
         Path("results/colored-mnist-lff.json"),
         Path("results/vae-family-mnist.json"),
+        Path("results/rbm-likelihood-mnist.json"),
         *seed_groups(Path("results")),
     ]
     for p in paths:
@@ -278,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
             print(merged_table(stem))
         else:
             print(f"## {p}\n")
-            table = vae_family_table if "vae-family" in p.name else hinton_table if "hinton" in p.name else lff_table
+            kinds = {"vae-family": vae_family_table, "hinton": hinton_table, "rbm-likelihood": rbm_table}
+            table = next((f for key, f in kinds.items() if key in p.name), lff_table)
             print(table(p))
         print()
 
