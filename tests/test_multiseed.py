@@ -140,3 +140,39 @@ def test_binary_killed_between_rows_resumes_to_the_same_results(tmp_path, capsys
     assert main([*BINARY, "--out", str(killed), "--no-progress", "--resume"]) == 0
     assert (killed / "seed-0" / "binary" / "metrics.jsonl").read_bytes() == history  # no epoch trained again
     assert _numbers(killed, 0) == _numbers(whole, 0)
+
+
+@pytest.mark.parametrize("signal_name, code", [("INT", 130), ("TERM", 143)])
+def test_a_stopped_experiment_says_what_is_kept_and_the_command_that_continues_it(tmp_path, signal_name, code):
+    """Ctrl-C or SIGTERM between rows: one line naming what is kept and the exact command with --resume, which then
+    finishes the experiment."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    out = tmp_path / "stopped dir"  # a space: the printed command must quote it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AELAB_FAULT_KILL_AT_ROW": "1", "AELAB_FAULT_SIGNAL": signal_name}
+    proc = subprocess.run([sys.executable, "-m", "aelab", *BINARY, "--out", str(out), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == code, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if "stopped" in x]
+    assert f"experiment binary stopped (SIG{signal_name})" in line and "Traceback" not in proc.stderr
+    assert "results.json (marked partial)" in line
+    command = shlex.split(line.split("Continue with: ")[1])
+    assert command[:3] == ["aelab", "experiment", "binary"] and command[-1] == "--resume" and str(out) in command
+    assert main(command[1:]) == 0
+    assert json.loads((out / "seed-0" / "results.json").read_text()).get("partial") is None
+
+
+def test_a_ctrl_c_while_the_modules_load_is_one_line(monkeypatch, capsys):
+    """On a busy machine importing torch takes seconds: a Ctrl-C then is one line, not a traceback."""
+    from aelab import cli
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["experiment", "binary", "--quick"]) == 130
+    err = capsys.readouterr().err
+    assert err == "aelab: interrupted while starting; nothing was written\n"

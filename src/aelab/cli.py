@@ -537,8 +537,35 @@ def cmd_experiment(args) -> int:
         if not existed:
             _remove_if_untouched(out)
         raise
+    except (KeyboardInterrupt, SystemExit):
+        if _stopping is None:  # not a signal (a user module's SystemExit): as before
+            raise
+        close_all_bars()
+        if not existed:
+            _remove_if_untouched(out)
+        print(experiment_stopped_line(args.experiment, out), file=sys.stderr)
+        return 128 + signal.Signals[_stopping]
     print(f"report: {path}")
     return 0
+
+
+def experiment_stopped_line(name: str, out: Path) -> str:
+    """What a stopped experiment says: what is kept, and the command that continues it (this command line with
+    --resume: an experiment's settings are all on its command line)."""
+    import shlex
+
+    if not out.exists():
+        return f"aelab: experiment {name} stopped ({_stopping}) before it wrote anything; run the same command again"
+    words = [w for w in _argv if w != "--resume"]
+    command = shlex.join(["aelab", *words, "--resume"])
+    saved = [p for p in (out / "results.json", *sorted(out.glob("seed-*/results.json"))) if p.exists()]
+    where = str(saved[0]) if len(saved) == 1 else f"{out}/seed-*/results.json" if saved else ""
+    kept = (
+        f"the finished rows and seeds are in {where} (marked partial) and every run keeps its last checkpoint"
+        if saved
+        else f"every run in {out} keeps its last checkpoint; no row had finished"
+    )
+    return f"aelab: experiment {name} stopped ({_stopping}); {kept}. Continue with: {command}"
 
 
 @contextlib.contextmanager
@@ -723,7 +750,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.startswith("--") and a.endswith("=--"):
             print(f"aelab: error: argument {a.split('=')[0]}: expected a value, got '--'", file=sys.stderr)
             return 2
-    parser = build_parser(_chosen_experiment(argv))
+    try:  # the experiments' modules import torch: on a busy machine a Ctrl-C can come while they load
+        parser = build_parser(_chosen_experiment(argv))
+    except KeyboardInterrupt:
+        print("aelab: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
     try:
         args, extras = parser.parse_known_args(argv)
         if extras:  # one line, with the flag the user probably meant
