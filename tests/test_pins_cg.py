@@ -440,3 +440,14 @@ def test_a_non_finite_start_returns_it_and_moves_nothing():
 
     assert math.isnan(float(opt.step(closure)))
     assert x.tolist() == [1.0, 2.0] and opt.evaluations == 1
+
+
+def test_a_later_point_that_only_ties_the_best_value_is_not_the_best_point():
+    """-x + x^4 from 0 with red 2 and a budget of one evaluation: the only trial point, x = 1, has f(1) = f(0) = 0
+    exactly, and the search fails (slope 3). The step ends at the best point seen, which is the first of equal
+    values (minimize.m's `if f3 < F0`): x stays 0, as the transcription says."""
+    options = {"red": 2.0, "max_evals": 1}
+    points, returned, x_end = _optimizer_points(_quartic_tie, np.array([0.0]), 1, **options)
+    assert [p.tolist() for p in points] == [[0.0], [1.0]] and float(_quartic_tie(torch.tensor([1.0]))) == 0.0
+    x_ref, ref = minimize_m(_value_and_gradient(_quartic_tie), np.array([0.0]), 1, MAX=1, red=2.0)
+    assert x_end.tolist() == x_ref.tolist() == [0.0] and float(returned) == 0.0

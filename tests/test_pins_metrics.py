@@ -459,7 +459,9 @@ def test_an_overflowing_sum_of_finite_values_is_refused_without_a_numpy_warning(
     values = [1e308, 1e308, -1e308, -1e308, 0.0, 0.0, 0.0, 0.0]
     with np.errstate(all="warn"), warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ValueError, match=f"^{re.escape('values too large to average in float64 (largest 1e+308)')}$"):
+        with pytest.raises(
+            ValueError, match=f"^{re.escape('values too large to average in float64 (largest 1e+308)')}$"
+        ):
             summarize(values)
 
 
@@ -485,3 +487,65 @@ def test_decimals_of_a_summary_without_values_read_its_mean(mean, d):
 
     assert decimals({"mean": mean, "std": 0.0}) == d
     assert decimals({"mean": mean, "std": 0.0, "values": []}) == d
+
+
+def test_values_whose_spread_underflows_to_0_around_a_mean_of_0_are_printed_without_decimals():
+    """-1e-200 and 1e-200: their mean is 0 and their squared deviations underflow, so the std is 0 too, while the
+    values are not integers; no log10(0): no decimals."""
+    from aelab.metrics.intervals import decimals, format_interval, summarize
+
+    s = summarize([-1e-200, 1e-200])
+    assert (s["mean"], s["std"]) == (0.0, 0.0)
+    assert decimals(s) == 0 and format_interval(s, digits=None) == "0 ± 0 [0, 0] (n=2)"
+
+
+def test_the_bootstrap_draws_exactly_10000_resamples():
+    """Eleven values spread continuously (no tied resample means): the interval of 10,000 resamples (scipy's,
+    computed here) differs in the 7th digit from that of scipy's default 9,999, and summarize gives the former."""
+    from aelab.metrics.intervals import summarize
+
+    values = np.random.default_rng(5).uniform(0.6, 0.99, size=11)
+
+    def interval(n_resamples):
+        ci = scipy.stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=0.95,
+                                   method="percentile", rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+        return [float(ci.low), float(ci.high)]
+
+    assert interval(10_000) != interval(9_999)
+    assert summarize(values, bounded=(0.0, 1.0))["ci95"] == interval(10_000)
+
+
+def test_paired_differences_pass_their_confidence_and_seed_on():
+    """paired_difference(a, b, bounded, confidence, seed) is summarize(a - b) with the same confidence and seed:
+    a bootstrap (12 differences of a metric in [0, 1]) at confidence 0.8 and seed 7, computed here by scipy,
+    differs from one at the defaults 0.95 and 0."""
+    from aelab.metrics.intervals import paired_difference
+
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(0.7, 0.9, size=12), rng.uniform(0.6, 0.8, size=12)
+
+    def interval(confidence, seed):
+        ci = scipy.stats.bootstrap((a - b,), np.mean, n_resamples=10_000, confidence_level=confidence,
+                                   method="percentile", rng=np.random.default_rng(seed)).confidence_interval  # fmt: skip
+        return [float(ci.low), float(ci.high)]
+
+    out = paired_difference(a, b, bounded=(0.0, 1.0), confidence=0.8, seed=7)
+    assert out["ci95"] == interval(0.8, 7) and out["confidence"] == 0.8
+    assert interval(0.8, 7) not in (interval(0.95, 7), interval(0.8, 0))
+    assert out["method"] == "percentile bootstrap of the mean, 10000 resamples, seed 7"
+
+
+def test_code_saturation_counts_sigmoid_values_strictly_outside_0_05_to_0_95():
+    """A float-bottleneck model whose sigmoid codes are given exactly (float64): 0.05 and 0.95 lie inside the
+    closed interval [0.05, 0.95] of the docstring and are not saturated; 0.04 and 0.96 are. 2 of 8 values."""
+    from aelab.metrics.retrieval import code_statistics
+
+    class Fixed(torch.nn.Module):
+        bits, options = 4, {"float_bottleneck": True}
+
+        def encode(self, x):
+            codes = torch.tensor([[0.05, 0.95, 0.5, 0.04], [0.96, 0.05, 0.95, 0.3]], dtype=torch.float64)
+            return codes[: len(x)]
+
+    metrics, _ = code_statistics(Fixed(), torch.zeros(2, 1), torch.zeros(2, 1))
+    assert metrics["code_saturation"] == 2 / 8
