@@ -168,6 +168,7 @@ def main(argv=None) -> None:
         "FOLDER_LOADING.md",
         "VAE_VS_PYTHAE.md",
         "VAE_GAP.md",
+        "PAPER_SCALE_COST.md",
     ):  # hand-run checks (the MFU study, the busy-loop run), kept
         if (HERE / notes).exists():
             lines += ["", (HERE / notes).read_text()]
