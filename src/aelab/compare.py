@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -571,7 +572,8 @@ def _current_eval(run_dir: Path, name: str, iwae_k: int, data_dir, notes: list[s
 
     if not ((run_dir / "eval.json").exists() or (run_dir / "eval.json").is_symlink()):
         notes.append(f"{name}: evaluated now (it had no eval.json)")
-        return evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir, trust_code=trust_code)
+        print(f"{name}: no eval.json: evaluating it first", file=sys.stderr)
+        return evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir, trust_code=trust_code, progress=True)
     saved = _read_eval(run_dir)
     scored = saved.get("scored")
     if scored is None:  # written before eval.json recorded its weights: used, with what can be said
@@ -581,7 +583,8 @@ def _current_eval(run_dir: Path, name: str, iwae_k: int, data_dir, notes: list[s
     if scored == runs.weights_record(run_dir):
         return saved
     try:  # it scored other weights (a resume trained on since)
-        result = evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir, trust_code=trust_code)
+        print(f"{name}: eval.json scored other weights: evaluating it again first", file=sys.stderr)
+        result = evaluate(run_dir, iwae_k=iwae_k, write=True, data_dir=data_dir, trust_code=trust_code, progress=True)
     except AelabError as e:
         raise ConfigError(
             f"{name}: eval.json scored other weights than the run holds now, and it cannot be evaluated "
