@@ -358,6 +358,16 @@ def test_a_misspelt_flag_gets_the_flag_it_meant(capsys):
     assert "did you mean" not in err  # nothing close: no guess
 
 
+def test_a_shortened_flag_is_refused_not_taken_for_the_long_one(tmp_path, capsys):
+    """argparse's prefix matching is off: `--iwae 10` would have re-scored a run with k = 10 and `--epoch 2`
+    trained for 2 epochs; both are refused with the flag meant, before anything is written."""
+    err = one_line_exit_2(capsys, main(["evaluate", str(tmp_path), "--iwae", "10"]), "unrecognized arguments: --iwae")
+    assert err.strip().endswith("did you mean --iwae-k?")
+    out = tmp_path / "run"
+    err = one_line_exit_2(capsys, main(["train", "--epoch", "2", "--out", str(out)]), "did you mean --epochs?")
+    assert not out.exists()
+
+
 def test_numbers_have_the_digits_their_spread_carries_and_stay_where_they_can_be():
     from aelab.metrics.intervals import format_interval, metric_range, summarize
     from aelab.reading import plural

@@ -24,6 +24,11 @@ from .progress import close_all_bars
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # a flag must be spelt whole: `--iwae 10` is refused with a did-you-mean, never taken as --iwae-k 10
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2 (argparse prints a usage block otherwise)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
