@@ -56,6 +56,7 @@ def test_compare_two_runs_writes_csv_md_html_and_evaluates_a_run_without_eval_js
     assert "evaluated now" in said.out
     # never silent while it evaluates: it says so first, then evaluate's own stage lines (issue 31)
     assert f"{vae}: no eval.json: evaluating it first" in said.err and ": evaluate: codes, PCA, probes" in said.err
+    assert f"(the table: {out / 'comparison.md'}; " in said.out  # the notes' caption says where its table is
     assert (vae / "eval.json").exists()  # evaluated first, into its own run folder
     assert {p.name for p in out.iterdir()} >= {"comparison.csv", "comparison.md", "comparison.html"}
 

@@ -460,7 +460,8 @@ def cmd_compare(args) -> int:
     )
     for note in result["notes"]:
         print(note)
-    print(f"comparison: {result['files']['html']}")
+    md = Path(result["files"]["html"]).with_suffix(".md")
+    print(f"comparison: {result['files']['html']} (the table: {md}; every number: comparison.csv, .json)")
     return 0
 
 
