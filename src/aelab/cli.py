@@ -123,7 +123,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any other model option, e.g. --option weight_decay=1e-4 (JSON values)",
     )
-    p.add_argument("--dataset-option", type=key_value, action="append", default=S, metavar="KEY=VALUE")
+    p.add_argument(
+        "--dataset-option",
+        type=key_value,
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="a dataset option, repeatable, e.g. binarize=static or binarize=dynamic (see aelab data list)",
+    )
     add_network_arguments(p, S)
     p.add_argument(
         "--config",
@@ -624,15 +631,20 @@ def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="write eval.json, figures and report.html for a run folder")
-    p.add_argument("run_dir")
-    p.add_argument("--iwae-k", type=positive_int, default=100)
+    p.add_argument("run_dir", help="a run folder (made by aelab train, or one row of an experiment)")
+    p.add_argument(
+        "--iwae-k",
+        type=positive_int,
+        default=100,
+        help="importance samples per test image for the VAE family's NLL bound (default 100)",
+    )
     p.add_argument(
         "--tsne-points",
         type=positive_int,
         default=1000,
         help="t-SNE map of the first N test codes (default 1000: the costly part of the figures)",
     )
-    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-figures", action="store_true", help="eval.json and the report without figures (faster)")
     p.add_argument("--data-dir", default=None, help="folder of downloaded datasets (never downloads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.add_argument(

@@ -100,7 +100,10 @@ class Settings:
     )
     fine_tuners: list[str] = field(
         default_factory=lambda: ["cg", "adam"],
-        metadata=opt("fine-tuners of the pretrained stack, comma-separated: cg, adam", parse=word_list(FINE_TUNERS)),
+        metadata=opt(
+            "fine-tuners of the pretrained stack, comma-separated: cg, adam (default both)",
+            parse=word_list(FINE_TUNERS),
+        ),
     )
     batch_size: int | None = field(default=None, metadata=opt("Adam's batch (default 100)", parse=positive_int))
     cg_batch_size: int = field(
