@@ -99,8 +99,10 @@ def test_bad_seed_counts_get_one_line(tmp_path, capsys, flag):
 def test_seed_lines_mark_every_line_and_are_never_a_terminal():
     import io
 
+    from aelab.progress import PrefixedLines
+
     sink = io.StringIO()
-    lines = multiseed._SeedLines(sink, "seed 3 | ")
+    lines = PrefixedLines(sink, "seed 3 | ")
     lines.write("epoch 1")
     lines.write(" done\nepoch 2\n")
     lines.write("")

@@ -15,6 +15,7 @@ shows that it is alive. The time left is estimated from the units done so far wh
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -214,3 +215,26 @@ def inner_bar(iterable, desc: str, unit: str, enabled: bool = True, total: int |
         leave=False,
         disable=not (enabled and _is_terminal(sys.stderr)),
     )
+
+
+class PrefixedLines(io.TextIOBase):
+    """A stream whose every line starts with `prefix` (a --jobs worker's stdout and stderr: "seed 3 | "); never a
+    terminal, so that Progress writes lines, not bars, through it."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self.at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        parts = []
+        for piece in text.splitlines(keepends=True):
+            parts.append((self.prefix if self.at_start else "") + piece)
+            self.at_start = piece.endswith("\n")
+        self.stream.write("".join(parts))
+        self.stream.flush()
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self.stream.flush()

@@ -30,6 +30,7 @@ from ..train import TrainConfig
 from . import multiseed
 from .common import (
     amp_field,
+    check_models_fit,
     device_field,
     jobs_field,
     kept_epoch,
@@ -114,6 +115,8 @@ def run(settings: Settings) -> Path:
     import sys
 
     preflight(settings)
+    models = [{"bits": settings.bits, "backward": settings.backward}, {"bits": settings.bits, "float_bottleneck": True}]
+    check_models_fit("binary", models, settings.dataset, settings.data_dir)  # before any line or run folder
     return multiseed.run(sys.modules[__name__], settings)
 
 

@@ -169,3 +169,13 @@ def write_partial(out: Path, results: dict, done: list[str], todo: list[str], ti
         "still running, or was stopped: the same command with --resume continues it from the first unfinished row."
     ]
     report_module.write_report(out, f"{title} (partial)", [("Rows", rows)], [], notes, numbers_first=True)
+
+
+def check_models_fit(model: str, options: list[dict], dataset, data_dir: str | None) -> None:
+    """Each model sized on the meta device for the dataset's image shape before any progress line or run folder: an
+    option that cannot fit in memory is one line (aelab.models.check_memory), not an error in the middle of a row."""
+    from .. import models
+
+    shape = list(datamod.get(dataset, None, data_dir).train_x.shape[1:])
+    for extra in options:
+        models.check_memory(model, {"input_shape": shape, **extra}, training=True)

@@ -25,31 +25,20 @@ Protocol (the test split chooses nothing):
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
-
 from .. import report, runs
-from ..errors import ConfigError, DataError
-from ..evaluate import evaluate
-from ..metrics.codes import choose_probe_c, encode_all
 from ..metrics.intervals import format_interval
 from ..options import float_list, fraction, fraction_list, opt, positive_float_list, positive_int, seed_value
 from ..progress import Progress
 from ..runs import fault_point
-from ..train import TrainConfig
 from .common import (
-    OFFICIAL_TEST,
     amp_field,
     device_field,
     official_test_status,
     preflight,
-    train_or_resume,
-    write_partial,
 )
 
 # the grid of each family's setting: (full run, --quick); each is overridden by its flag
@@ -178,108 +167,6 @@ def train_limit_of(settings: Settings) -> int | None:
     return min(settings.train_limit or QUICK["train_limit"], QUICK["train_limit"])
 
 
-def train_member(settings: Settings, family: Family, value: float | None, seed: int) -> Path:
-    """Train (or resume) one family member with one seed into OUT/<family and setting>/seed-<seed>."""
-    options = {"hidden": [settings.hidden], "latent": None, "activation": "sigmoid", "loss": "bce", **family.fixed}
-    if value is not None:
-        options[family.option] = value
-    run_dir = Path(settings.out) / family.folder(value) / f"seed-{seed}"
-    cfg = TrainConfig(
-        model=family.model,
-        model_options=options,
-        dataset=settings.dataset,
-        data_dir=settings.data_dir,
-        epochs=epochs_of(settings),
-        seed=seed,
-        train_limit=train_limit_of(settings),
-        val_fraction=settings.val_fraction,
-        device=settings.device,
-        amp=settings.amp,
-        out=str(run_dir),
-    )
-    train_or_resume(cfg, progress=not settings.no_progress)
-    return run_dir
-
-
-def validation_probe_accuracy(run_dir: str | Path, data_dir: str | None = None) -> float:
-    """Probe accuracy of a run's codes on its validation split, at the probe's best C on it (the setting and the
-    probe's C are chosen together): logistic regression fitted on the codes of the train split minus
-    validation, scored on the validation codes. The split is carved as train.py carves it
-    (aelab.runs.validation_indices); the test split is never looked at."""
-    config = runs.read_config(run_dir)
-    train_x, train_y, _, _ = runs.run_data(config, data_dir)  # the run's train split, after train_limit
-    validation = runs.validation_indices(config, train_y.numpy())
-    if validation is None:
-        raise DataError(f"{run_dir} was trained without a validation split (val_fraction 0)")
-    codes = encode_all(runs.load_model(run_dir), train_x).numpy()
-    return max(choose_probe_c(codes, train_y.numpy(), *validation)[1])
-
-
-def select_settings(settings: Settings, bar: Progress | None = None) -> dict[str, dict]:
-    """Train every grid point of every family with the first seed and choose, per family, the setting with the
-    highest validation probe accuracy (the first of equals). Nothing here reads the test split's labels or
-    scores anything on it (training only logs its loss per epoch, which chooses nothing).
-
-    Returns {family: {"option", "grid", "settings", "val_probe_accuracy" (one per grid point), "chosen",
-    "chosen_setting", "chosen_index", "runs"}}."""
-    sweeps = {}
-    for family in families(settings):
-        values, scores, run_dirs = family.values(), [], []
-        for value in values:
-            if bar is not None:
-                bar.phase(f"selection: {family.name} {family.describe(value)}: training and validation probe")
-            run_dir = train_member(settings, family, value, settings.seed)
-            # numpy's BLAS at 1 thread: the probe's LogisticRegression took 48 s at 2 threads vs 1.3 s at 1
-            # on this shared 2-core machine (OpenBLAS threads stall behind torch's spinning OpenMP workers)
-            with threadpool_limits(limits=1, user_api="blas"):
-                scores.append(validation_probe_accuracy(run_dir, settings.data_dir))
-            run_dirs.append(str(run_dir))
-            line = f"{family.name} {family.describe(value)}: validation probe acc {scores[-1]:.4f}"
-            bar.update(text=line) if bar is not None else print(line)
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        sweeps[family.name] = {
-            "option": family.option,
-            "grid": values,
-            "settings": [family.describe(v) for v in values],
-            "val_probe_accuracy": scores,
-            "chosen": values[best],
-            "chosen_setting": family.describe(values[best]),
-            "chosen_index": best,
-            "runs": run_dirs,
-        }
-    return sweeps
-
-
-def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: bool) -> tuple[dict, dict | None]:
-    """(eval.json's result on the run's test split, the metrics on the official test set or None)."""
-    progress = not settings.no_progress
-    with threadpool_limits(limits=1, user_api="blas"):  # see select_settings
-        result = evaluate(run_dir, figures=figures, tsne_points=1000, data_dir=settings.data_dir, progress=progress)
-        if not official:
-            return result, None
-        other = evaluate(run_dir, test_dataset=OFFICIAL_TEST, data_dir=settings.data_dir, progress=progress)
-    return result, other["metrics"]
-
-
-def compared_settings(settings: Settings) -> dict:
-    values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_COMPARED}
-    return json.loads(json.dumps(values))
-
-
-def _finished_rows(settings: Settings) -> tuple[dict | None, list[dict], dict]:
-    """(the sweeps, the finished rows, their spectra) of a partial results.json that --resume continues; a
-    results.json of other settings is refused."""
-    path = Path(settings.out) / "results.json"
-    if not path.is_file():
-        return None, [], {}
-    saved = runs.read_json(path)
-    if not (isinstance(saved, dict) and saved.get("partial")):
-        return None, [], {}  # a finished experiment: run again (its runs are kept), the same table comes out
-    if saved.get("compared_settings") != compared_settings(settings):
-        raise ConfigError(f"{settings.out} holds a contractive run with other settings; choose another --out")
-    return saved.get("sweeps"), list(saved.get("rows") or []), dict(saved.get("spectra") or {})
-
-
 def run(settings: Settings) -> Path:
     """Choose every family's setting on validation, then one row per family (its chosen setting with every seed,
     scored on the test split); results.json and the report after each row, marked partial until the last."""
@@ -290,7 +177,7 @@ def run(settings: Settings) -> Path:
     epochs = epochs_of(settings)
     seeds = list(range(settings.seed, settings.seed + settings.seeds))
     out, names = Path(settings.out), [f.name for f in families(settings)]
-    sweeps, rows, spectra = _finished_rows(settings)
+    sweeps, rows, spectra = finished_rows(settings)
     steps = sum(len(f.values()) for f in families(settings)) + len(names)
     label = f"{out.name or out}: contractive"
     with Progress(label, total=steps, unit="step", enabled=not settings.no_progress) as bar:
@@ -302,7 +189,7 @@ def run(settings: Settings) -> Path:
             )
         if sweeps is None:
             sweeps = select_settings(settings, bar)
-            _write_partial(settings, sweeps, rows, spectra, names)
+            write_partial_rows(settings, sweeps, rows, spectra, names)
         else:
             bar.update(
                 sum(len(f.values()) for f in families(settings)), text="selection: finished already, kept", kept=True
@@ -350,7 +237,7 @@ def run(settings: Settings) -> Path:
                 "data": result["data"],
             }
             rows.append(row)
-            _write_partial(settings, sweeps, rows, spectra, names)
+            write_partial_rows(settings, sweeps, rows, spectra, names)
             fault_point("row")  # AELAB_FAULT_KILL_AT_ROW=N: the kill-between-rows test
             bar.update(
                 text=f"{family.name} {row['setting']}: probe acc {format_interval(row['metrics']['probe_accuracy'], 4)}"
@@ -376,13 +263,12 @@ def run(settings: Settings) -> Path:
         )
 
 
-def _write_partial(settings: Settings, sweeps: dict, rows: list[dict], spectra: dict, names: list[str]) -> None:
-    done = [row["model"] for row in rows]
-    partial = {
-        "experiment": "contractive",
-        "compared_settings": compared_settings(settings),
-        "sweeps": sweeps,
-        "rows": rows,
-        "spectra": spectra,
-    }
-    write_partial(Path(settings.out), partial, done, [n for n in names if n not in done], TITLE)
+# the steps (training a member, the selection, the scoring, the partial results) live in contractive_steps, which
+# reads the families above: imported last, and re-exported here as this recipe's interface
+from .contractive_steps import (  # noqa: E402
+    evaluate_member,
+    finished_rows,
+    select_settings,
+    train_member,
+    write_partial_rows,
+)

@@ -27,6 +27,7 @@ from ..progress import Progress
 from ..runs import fault_point, read_config
 from . import hinton2006_report, multiseed
 from . import hinton2006_rows as rows
+from . import hinton2006_steps as steps_of_rows
 from .common import (
     amp_field,
     device_field,
@@ -169,7 +170,7 @@ def run_one(settings: Settings) -> Path:
                 if step in state.done:
                     bar.update(text=f"{step}: finished already, kept", kept=True)
                     continue
-                text = rows.run_step(step, state, bar)
+                text = steps_of_rows.run_step(step, state, bar)
                 state.done.append(step)
                 partial = {**_results(plan, state, started), "rows_done": state.done}
                 write_partial(out, partial, state.done, [s for s in steps if s not in state.done], TITLE)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import io
 import json
 import sys
 import time
@@ -34,6 +33,7 @@ from .. import report, runs
 from ..errors import ConfigError
 from ..metrics.intervals import format_interval, metric_range, paired_difference, summarize
 from ..options import MAX_SEED
+from ..progress import PrefixedLines
 from ..seeds import INTERVALS_TEXT
 from .common import write_partial
 
@@ -63,35 +63,12 @@ def _one_seed(module_name: str, values: dict, threads: int | None) -> str:
 
         torch.set_num_threads(threads)
         # a worker beside others: its progress as lines, each marked with its seed (bars would overwrite each other)
-        sys.stdout = _SeedLines(sys.stdout, f"seed {values['seed']} | ")
-        sys.stderr = _SeedLines(sys.stderr, f"seed {values['seed']} | ")
+        sys.stdout = PrefixedLines(sys.stdout, f"seed {values['seed']} | ")
+        sys.stderr = PrefixedLines(sys.stderr, f"seed {values['seed']} | ")
     module = importlib.import_module(f"aelab.experiments.{module_name}")
     settings = module.Settings(**values)
     module.run_one(settings)
     return settings.out
-
-
-class _SeedLines(io.TextIOBase):
-    """A worker's stdout or stderr: every line it writes starts with `prefix`; never a terminal, so that
-    aelab.progress writes lines, not bars."""
-
-    def __init__(self, stream, prefix: str):
-        self.stream, self.prefix, self.at_start = stream, prefix, True
-
-    def write(self, text: str) -> int:
-        parts = []
-        for piece in text.splitlines(keepends=True):
-            parts.append((self.prefix if self.at_start else "") + piece)
-            self.at_start = piece.endswith("\n")
-        self.stream.write("".join(parts))
-        self.stream.flush()
-        return len(text)
-
-    def isatty(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 def _done(folder: Path, wanted: dict) -> bool:
