@@ -70,3 +70,16 @@ def test_max_iter_caps_every_image_and_progress_counts_images():
     assert not found["converged"][found["iterations"] == 3].any()
     zero = per_image_codes(lambda z: z @ V.T, x, start, max_iter=0)
     torch.testing.assert_close(zero["codes"], start)
+
+
+def test_the_quasi_newton_directions_converge_in_a_few_iterations():
+    """L-BFGS, not steepest descent: on this convex problem every image converges to a gradient of 1e-10 in at most
+    16 iterations (measured 10-15); steepest descent with the same line search needs 29-52. Pins the two-loop
+    recursion, the curvature pairs and their scaling, which the converged codes alone do not."""
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(20, 3, generator=g, dtype=torch.float64) * 2
+    b = torch.randn(20, generator=g, dtype=torch.float64) * 0.5
+    x = torch.rand(7, 20, generator=g, dtype=torch.float64)
+    start = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    found = per_image_codes(lambda z: z @ V.T + b, x, start, max_iter=1000, l2=0.3, gtol=1e-10, ftol=0.0)
+    assert found["converged"].all() and found["iterations"].max() <= 16
