@@ -8,3 +8,21 @@ def one_line_exit_2(capsys, code, needle=""):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert needle in err, err
     return err
+
+
+CLOCK_KEYS = ("_s", "seconds", "time (s)", "train s", "_to_training", "_per_row")  # keys whose values the clock gives
+CLOCK_TEXT = r"\d+(\.\d+)? (s\b|min\b|of the training)"  # seconds and ratios quoted in notes
+
+
+def without_times(obj):
+    """A results.json without what the clock gives (for comparing a resumed run with an uninterrupted one): the keys
+    that hold seconds or time ratios, and the durations quoted in its notes. Everything else must be equal."""
+    import re
+
+    if isinstance(obj, str):
+        return re.sub(CLOCK_TEXT, "N", obj)
+    if isinstance(obj, dict):
+        return {k: without_times(v) for k, v in obj.items() if not k.endswith(CLOCK_KEYS)}
+    if isinstance(obj, list):
+        return [without_times(v) for v in obj]
+    return obj

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aelab.experiments import contractive
+from helpers import without_times
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
@@ -103,19 +104,6 @@ def test_bad_grid_flags_are_refused(tmp_path, capsys, flag, value):
     assert not (tmp_path / "e").exists()
 
 
-def _without_times(obj):
-    """results.json without what the clock gives."""
-    import re
-
-    if isinstance(obj, str):
-        return re.sub(r"\d+(\.\d+)? (s\b|min\b)", "N", obj)
-    if isinstance(obj, dict):
-        return {k: _without_times(v) for k, v in obj.items() if not k.endswith(("_s", "time (s)", "train s"))}
-    if isinstance(obj, list):
-        return [_without_times(v) for v in obj]
-    return obj
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_contractive_killed_between_rows_resumes_to_the_same_results(tmp_path, capsys):
     """Issue 31: after the selection and every row, results.json holds what is finished, marked partial; a run
@@ -143,5 +131,5 @@ def test_contractive_killed_between_rows_resumes_to_the_same_results(tmp_path, c
     assert main([*argv, "--out", str(killed), "--no-progress", "--resume"]) == 0
     resumed = json.loads((killed / "results.json").read_text().replace(str(killed), str(whole)))  # run paths
     reference = json.loads((whole / "results.json").read_text())
-    assert _without_times(resumed) == _without_times(reference) != {}
+    assert without_times(resumed) == without_times(reference) != {}
     assert [r["model"] for r in resumed["rows"]] == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE"]

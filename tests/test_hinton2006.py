@@ -8,6 +8,7 @@ from aelab import models
 from aelab.cli import main
 from aelab.models.rbm import up_down_mean_field
 from aelab.train import TrainConfig, train
+from helpers import without_times
 
 
 def cfg(out, epochs, init="rbm"):
@@ -136,23 +137,6 @@ def test_hinton2006_selection_never_looks_at_the_test_split(tmp_path, garbage_te
             assert noisy["sweeps"][name][key] == sweep[key], (name, key)
 
 
-def _without_times(obj):
-    """A results.json without what the clock gives: seconds, and the seconds quoted in the notes."""
-    import re
-
-    if isinstance(obj, str):
-        return re.sub(r"\d+(\.\d+)? (s\b|of the training)", "N", obj)
-    if isinstance(obj, dict):
-        return {
-            k: _without_times(v)
-            for k, v in obj.items()
-            if not k.endswith(("_s", "time (s)", "_to_training", "_per_row"))
-        }
-    if isinstance(obj, list):
-        return [_without_times(v) for v in obj]
-    return obj
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("kill_at", [3, 6])  # after logistic PCA's encoder row; after the RBM pretraining
 def test_hinton2006_killed_between_rows_resumes_to_the_same_results(tmp_path, capsys, kill_at):
@@ -180,7 +164,7 @@ def test_hinton2006_killed_between_rows_resumes_to_the_same_results(tmp_path, ca
     for table, rows in finished_rows.items():  # the finished rows untouched
         assert resumed["tables"][table][: len(rows)] == rows
     reference = json.loads((whole / "seed-0" / "results.json").read_text())
-    assert _without_times(resumed) == _without_times(reference)
-    assert _without_times(json.loads((killed / "results.json").read_text())) == _without_times(
+    assert without_times(resumed) == without_times(reference)
+    assert without_times(json.loads((killed / "results.json").read_text())) == without_times(
         json.loads((whole / "results.json").read_text())
     )

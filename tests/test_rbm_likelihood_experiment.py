@@ -15,7 +15,7 @@ import torch
 from aelab import data, runs
 from aelab.cli import main
 from aelab.experiments.rbm_likelihood import ROWS
-from helpers import one_line_exit_2
+from helpers import one_line_exit_2, without_times
 from test_rbm_model import numpy_log_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,16 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # digits (8x8), 300 train images, 16 hidden units for the large rows, 8 for the exact one, 3 CD epochs
 ARGS = ["experiment", "rbm-likelihood", "--quick", "--dataset", "digits", "--train-limit", "300", "--hidden", "16",
         "--small-hidden", "8", "--epochs", "3", "--ais-runs", "100", "--ais-betas", "2000"]  # fmt: skip
-
-
-def without_times(obj):
-    """results.json without what depends on the clock: wall and CD times, AIS seconds, the enumeration's time."""
-    if isinstance(obj, dict):
-        clock = ("_s", "seconds", "time (s)")
-        return {k: without_times(v) for k, v in obj.items() if not k.endswith(clock)}
-    if isinstance(obj, list):
-        return [without_times(v) for v in obj]
-    return obj
 
 
 @pytest.fixture(scope="module")
