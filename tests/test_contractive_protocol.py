@@ -32,7 +32,7 @@ def test_selection_never_looks_at_the_test_split(tmp_path, garbage_test_split):
     for family in clean:
         assert noisy[family]["chosen"] == clean[family]["chosen"], family
         assert noisy[family]["val_probe_accuracy"] == clean[family]["val_probe_accuracy"], family
-    assert [len(s["grid"]) for s in clean.values()] == [1, 1, 1, 1, 2]
+    assert [len(s["grid"]) for s in clean.values()] == [1, 1, 1, 1, 2, 1]
 
 
 def test_results_json_chosen_settings_and_seed_intervals(tmp_path):
@@ -47,7 +47,14 @@ def test_results_json_chosen_settings_and_seed_intervals(tmp_path):
     splits = results["splits"]
     assert (splits["n_train"], splits["n_val"], splits["n_test"]) == (270, 30, 360)
     assert splits["official_test"]["available"] is False
-    assert results["grids"] == {"AE": [None], "AE+wd": [1e-3], "DAE-g": [0.3], "DAE-b": [0.25], "CAE": [0.3, 1.0]}
+    assert results["grids"] == {
+        "AE": [None],
+        "AE+wd": [1e-3],
+        "DAE-g": [0.3],
+        "DAE-b": [0.25],
+        "CAE": [0.3, 1.0],
+        "RBM": [None],
+    }
     assert results["seeds"] == [3, 4]
     for family, scores in results["validation_scores"].items():
         assert len(scores) == len(results["grids"][family]) and all(0 <= s <= 1 for s in scores)
@@ -56,7 +63,15 @@ def test_results_json_chosen_settings_and_seed_intervals(tmp_path):
 
     eval_metrics = lambda run, name="eval.json": json.loads((Path(run) / name).read_text())["metrics"]
     rows = {r["model"]: r for r in results["rows"]}
-    assert list(rows) == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE"]
+    assert list(rows) == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE", "RBM"]
+    for row in rows.values():  # every row's fine-tuned MLP: a test error per seed, its epoch chosen on validation
+        tuned = row["metrics"]["finetune_error"]
+        assert tuned["n_seeds"] == 2 and all(
+            0 <= v <= 1 and round(v * 360) == pytest.approx(v * 360) for v in tuned["values"]
+        )
+    rbm = rows.pop("RBM")  # no eval.json: its probe and contraction are contractive_finetune's (tested there)
+    assert [json.loads((Path(r) / "config.json").read_text())["model"] for r in rbm["runs"]] == ["rbm", "rbm"]
+    assert 0 <= rbm["metrics"]["saturation"]["mean"] <= 1 and rbm["metrics"]["probe_accuracy"]["n_seeds"] == 2
     for family, row in rows.items():
         sweep = results["sweeps"][family]
         assert row["value"] == results["chosen"][family]
@@ -71,10 +86,11 @@ def test_results_json_chosen_settings_and_seed_intervals(tmp_path):
             assert summary["mean"] == pytest.approx(sum(summary["values"]) / 2)
             assert summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
 
-    differences = {(d["a"], d["b"]): d for d in results["paired_differences"]}
-    assert set(differences) == {("CAE", "DAE-g"), ("CAE", "AE")}
-    for (a, b), d in differences.items():
-        expected = [x - y for x, y in zip(rows[a]["metrics"]["probe_accuracy"]["values"], rows[b]["metrics"]["probe_accuracy"]["values"])]  # fmt: skip
+    differences = {(d["a"], d["b"], d["metric"]): d for d in results["paired_differences"]}
+    metrics = ("finetune_error", "probe_accuracy")
+    assert set(differences) == {(a, b, m) for a, b in [("CAE", "DAE-g"), ("CAE", "AE")] for m in metrics}
+    for (a, b, metric), d in differences.items():
+        expected = [x - y for x, y in zip(rows[a]["metrics"][metric]["values"], rows[b]["metrics"][metric]["values"])]  # fmt: skip
         assert d["difference"]["values"] == pytest.approx(expected, abs=1e-12) and d["split"] == "test"
         lo, hi = d["difference"]["ci95"]
         assert d["excludes_zero"] == (lo > 0 or hi < 0)
@@ -125,11 +141,11 @@ def test_contractive_killed_between_rows_resumes_to_the_same_results(tmp_path, c
     assert "selection: CAE" in proc.stderr and "AE none: probe acc" in proc.stderr  # progress lines
     partial = json.loads((killed / "results.json").read_text())
     assert partial["partial"] is True and partial["rows_done"] == ["AE", "AE+wd"]
-    assert partial["rows_to_come"] == ["DAE-g", "DAE-b", "CAE"]
+    assert partial["rows_to_come"] == ["DAE-g", "DAE-b", "CAE", "RBM"]
     assert "PARTIAL" in (killed / "report.md").read_text()
     assert main([*argv, "--out", str(killed), "--no-progress"]) == 2  # continuing needs --resume
     assert main([*argv, "--out", str(killed), "--no-progress", "--resume"]) == 0
     resumed = json.loads((killed / "results.json").read_text().replace(str(killed), str(whole)))  # run paths
     reference = json.loads((whole / "results.json").read_text())
     assert without_times(resumed) == without_times(reference) != {}
-    assert [r["model"] for r in resumed["rows"]] == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE"]
+    assert [r["model"] for r in resumed["rows"]] == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE", "RBM"]

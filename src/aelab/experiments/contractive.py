@@ -31,7 +31,16 @@ from pathlib import Path
 
 from .. import report, runs
 from ..metrics.intervals import format_interval
-from ..options import float_list, fraction, fraction_list, opt, positive_float_list, positive_int, seed_value
+from ..options import (
+    float_list,
+    fraction,
+    fraction_list,
+    opt,
+    positive_float,
+    positive_float_list,
+    positive_int,
+    seed_value,
+)
 from ..progress import Progress
 from ..runs import fault_point
 from .common import (
@@ -50,13 +59,15 @@ GRIDS = {
 }
 # (metric key in eval.json, column name, bounds for the interval)
 METRICS = [
+    ("finetune_error", "fine-tuned test error", (0.0, 1.0)),
     ("probe_accuracy", "probe acc", (0.0, 1.0)),
     ("recon_sse", "recon SSE", None),
     ("jacobian_fro_mean", "mean ‖J‖_F", None),
     ("saturation", "SAT", (0.0, 1.0)),
 ]
 PAIRS = [("CAE", "DAE-g"), ("CAE", "AE")]  # paired differences of probe accuracy over seeds
-QUICK = {"epochs": 5, "train_limit": 1000}  # --quick: the first 1,000 train images, 5 epochs, one- or two-point grids
+# --quick: the first 1,000 train images, 5 epochs, one- or two-point grids, 10 fine-tuning epochs
+QUICK = {"epochs": 5, "train_limit": 1000, "finetune_epochs": 10}
 NOT_COMPARED = ("out", "no_progress")  # what may differ between a run and its --resume
 TITLE = "Rifai et al. (2011): AE, AE+wd, DAE and CAE"
 
@@ -79,6 +90,15 @@ class Settings:
         metadata=opt("train each chosen setting with seeds SEED .. SEED+N-1 and report intervals", parse=positive_int),
     )
     hidden: int = field(default=1000, metadata=opt("code units of every model (Rifai: 1000)", parse=positive_int))
+    finetune_epochs: int | None = field(
+        default=None,
+        metadata=opt(
+            "at most this many epochs of fine-tuning the MLP made from each encoder, the epoch chosen on validation "
+            "(default 50, --quick 10)",
+            parse=positive_int,
+        ),
+    )
+    finetune_lr: float = field(default=1e-3, metadata=opt("Adam's learning rate in fine-tuning", parse=positive_float))
     val_fraction: float = field(
         default=0.1,
         metadata=opt("fraction of the train images held out (stratified, seed 0) to choose settings", parse=fraction),
@@ -150,6 +170,7 @@ def families(settings: Settings) -> list[Family]:
         Family("DAE-g", "dae", "level", "std", {"noise": "gaussian"}, grid("DAE-g", settings.noise_std)),
         Family("DAE-b", "dae", "level", "mask", {"noise": "masking"}, grid("DAE-b", settings.mask_fraction)),
         Family("CAE", "cae", "lam", "λ", {}, grid("CAE", settings.lam)),
+        Family("RBM", "rbm", None, "", {}, ()),  # CD-1 (aelab.models.rbm_model), as many CD epochs as the AEs' epochs
     ]
 
 
@@ -217,9 +238,8 @@ def run(settings: Settings) -> Path:
                 run_dirs.append(train_member(settings, family, chosen, seed))
             test_metrics, official_metrics = [], []
             for i, run_dir in enumerate(run_dirs):
-                bar.phase(f"{family.name}: evaluate seed {seeds[i]} ({i + 1}/{len(run_dirs)})")
                 figures = not settings.quick and i == 0
-                result, other = evaluate_member(settings, run_dir, figures=figures, official=official)
+                result, other = score_member(settings, family, run_dir, seeds[i], figures, official, bar)
                 test_metrics.append(result["metrics"])
                 official_metrics.append(other)
                 if i == 0:
@@ -266,8 +286,8 @@ def run(settings: Settings) -> Path:
 # the steps (training a member, the selection, the scoring, the partial results) live in contractive_steps, which
 # reads the families above: imported last, and re-exported here as this recipe's interface
 from .contractive_steps import (  # noqa: E402
-    evaluate_member,
     finished_rows,
+    score_member,
     select_settings,
     train_member,
     write_partial_rows,

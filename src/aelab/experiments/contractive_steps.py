@@ -13,16 +13,21 @@ from threadpoolctl import threadpool_limits
 from .. import runs
 from ..errors import ConfigError, DataError
 from ..evaluate import evaluate
+from ..finetune import FinetuneConfig
 from ..metrics.codes import choose_probe_c, encode_all
 from ..progress import Progress
 from ..train import TrainConfig
 from .common import OFFICIAL_TEST, train_or_resume, write_partial
-from .contractive import NOT_COMPARED, TITLE, Family, Settings, epochs_of, families, train_limit_of
+from .contractive import NOT_COMPARED, QUICK, TITLE, Family, Settings, epochs_of, families, train_limit_of
+from .contractive_finetune import finetune_member, rbm_member_metrics
 
 
 def train_member(settings: Settings, family: Family, value: float | None, seed: int) -> Path:
     """Train (or resume) one family member with one seed into OUT/<family and setting>/seed-<seed>."""
     options = {"hidden": [settings.hidden], "latent": None, "activation": "sigmoid", "loss": "bce", **family.fixed}
+    epochs = epochs_of(settings)
+    if family.model == "rbm":  # CD-1 in the trainer's pretraining hook; its one epoch after that only scores it
+        options, epochs = {"hidden": settings.hidden, "cd_epochs": epochs}, 1
     if value is not None:
         options[family.option] = value
     run_dir = Path(settings.out) / family.folder(value) / f"seed-{seed}"
@@ -31,7 +36,7 @@ def train_member(settings: Settings, family: Family, value: float | None, seed: 
         model_options=options,
         dataset=settings.dataset,
         data_dir=settings.data_dir,
-        epochs=epochs_of(settings),
+        epochs=epochs,
         seed=seed,
         train_limit=train_limit_of(settings),
         val_fraction=settings.val_fraction,
@@ -101,6 +106,35 @@ def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: 
             return result, None
         other = evaluate(run_dir, test_dataset=OFFICIAL_TEST, data_dir=settings.data_dir, progress=progress)
     return result, other["metrics"]
+
+
+def finetune_config(settings: Settings) -> FinetuneConfig:
+    epochs = settings.finetune_epochs or (QUICK["finetune_epochs"] if settings.quick else 50)
+    return FinetuneConfig(epochs=epochs, patience=min(8, epochs), optimizer="adam", lr=settings.finetune_lr)
+
+
+def score_member(
+    settings: Settings, family: Family, run_dir: Path, seed: int, figures: bool, official: bool, bar: Progress
+) -> tuple[dict, dict | None]:
+    """A chosen run scored once on the test split (and the official MNIST test set when `official`): evaluate's
+    metrics (the RBM's own, contractive_finetune), then the fine-tuned MLP's test error merged into them."""
+    bar.phase(f"{family.name}: evaluate seed {seed}")
+    with threadpool_limits(limits=1, user_api="blas"):  # see select_settings
+        if family.model == "rbm":
+            result, other = rbm_member_metrics(run_dir, settings.data_dir, official)
+        else:
+            result, other = evaluate_member(settings, run_dir, figures=figures, official=official)
+    config = finetune_config(settings)
+
+    def shown(record: dict) -> None:
+        bar.phase(
+            f"{family.name}: fine-tuning seed {seed}, epoch {record['epoch']}/{config.epochs}: validation errors "
+            f"{record['val_errors']} (best epoch {record['best_epoch']})"
+        )
+
+    tuned, tuned_other = finetune_member(run_dir, config, seed, settings.data_dir, official, shown)
+    result = {**result, "metrics": {**result["metrics"], **tuned}}
+    return result, None if other is None else {**other, **tuned_other}
 
 
 def compared_settings(settings: Settings) -> dict:

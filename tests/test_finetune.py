@@ -1,0 +1,157 @@
+"""aelab.finetune (the MLP fine-tuned from a one-layer sigmoid encoder, Rifai et al. 2011's Table 1 number) and the
+contractive experiment's RBM row (contractive_finetune), against computations made here by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aelab.experiments import contractive  # noqa: F401  (contractive_steps imports the recipe first)
+from aelab.experiments.contractive_finetune import rbm_as_autoencoder
+from aelab.experiments.contractive_report import difference_verdict, rifai_error, rifai_table
+from aelab.finetune import MLP, FinetuneConfig, encoder_layer, error_count, finetune, mlp_from, permutation
+from aelab.models import create as build
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def toy(n: int = 120, d: int = 6, k: int = 3, seed: int = 0):
+    """Separable-ish classes: class c has its mean at 2 * e_c."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    x = torch.randn(n, d, generator=g) * 0.7
+    x[torch.arange(n), y] += 2.0
+    return x, y
+
+
+def test_mlp_starts_as_the_encoder_with_uniform_outputs():
+    for name, options in [("ae", {"hidden": [5], "latent": None, "activation": "sigmoid"}), ("cae", {"hidden": [5], "latent": None}), ("rbm", {"hidden": 5})]:  # fmt: skip
+        model = build(name, input_shape=(1, 2, 3), **options).eval()
+        x = torch.rand(7, 1, 2, 3)
+        net = mlp_from(model, 4)
+        assert torch.allclose(net.features(x), model.encode(x), atol=1e-6), name
+        assert torch.equal(net(x), torch.zeros(7, 4)), name  # softmax(0) = uniform: no class favoured at the start
+        w, _ = encoder_layer(model)
+        w += 1  # a copy: the model's weights are not the MLP's
+        assert torch.allclose(net.features(x), model.encode(x), atol=1e-6), name
+
+
+def test_encoder_layer_refuses_what_is_not_one_sigmoid_layer():
+    for options in ({"hidden": [5, 4], "latent": None, "activation": "sigmoid"}, {"hidden": [5], "latent": 3}):
+        with pytest.raises(ValueError, match="not one Linear \\+ Sigmoid"):
+            encoder_layer(build("ae", input_shape=(1, 2, 3), **options))
+
+
+def test_one_sgd_step_is_the_hand_computed_softmax_gradient():
+    """From V = 0: dL/dV = (softmax(0) - onehot)^T h / n = (1/K - onehot)^T h / n, dL/dc likewise; and dL/dW by
+    finite differences in float64. One batch of all the images, lr 0.5, no momentum."""
+    torch.manual_seed(0)
+    x, y = toy(n=20, d=4, k=3)
+    x, w, b = x.double(), torch.randn(5, 4).double(), torch.randn(5).double()  # float32 values: MLP copies into float32
+    net = MLP(w, b, 3).double()
+    h = torch.sigmoid(x @ w.T + b)
+    onehot = F.one_hot(y, 3).double()
+    grad_v = (torch.full((20, 3), 1 / 3, dtype=torch.float64) - onehot).T @ h / 20
+    grad_c = (1 / 3 - onehot).mean(0)
+    loss = lambda w_: F.cross_entropy(torch.sigmoid(x @ w_.T + b) @ torch.zeros(5, 3, dtype=torch.float64), y)
+    # at V = 0 the loss does not depend on W: its gradient, and so W's first step, is exactly 0
+    assert float(loss(w + 1e-3)) == pytest.approx(float(loss(w)), abs=1e-15)
+    config = FinetuneConfig(epochs=1, patience=1, optimizer="sgd", lr=0.5, momentum=0.0, batch_size=20)
+    record = finetune(net, (x, y), (x, y), config, seed=0)
+    assert torch.allclose(net.out.weight, -0.5 * grad_v, atol=1e-12)
+    assert torch.allclose(net.out.bias, -0.5 * grad_c, atol=1e-12)
+    assert torch.equal(net.hidden.weight, w) and torch.equal(net.hidden.bias, b)
+    assert record["history"][0]["train_loss"] == pytest.approx(math.log(3), abs=1e-12)  # the loss before the step
+
+
+def test_the_kept_weights_are_the_best_validation_epoch_and_patience_stops():
+    x, y = toy()
+    vx, vy = toy(seed=1)
+    seen = []
+    config = FinetuneConfig(epochs=40, patience=3, lr=0.05)
+    net = MLP(torch.randn(8, 6), torch.zeros(8), 3)
+    record = finetune(net, (x, y), (vx, vy), config, seed=2, on_epoch=seen.append)
+    errors = [h["val_errors"] for h in record["history"]]
+    best = errors.index(min(errors)) + 1  # the first epoch among equals
+    assert record["best_epoch"] == best and record["val_errors"] == min(errors) == error_count(net, vx, vy)
+    assert record["epochs_run"] == len(errors) and [s["epoch"] for s in seen] == list(range(1, len(errors) + 1))
+    if record["stopped_early"]:
+        assert len(errors) == best + 3 and min(errors[best:]) >= errors[best - 1]
+    assert record["val_error"] == pytest.approx(min(errors) / len(vy))
+
+
+def test_patience_counts_epochs_after_the_best():
+    """Validation errors that never improve after epoch 1: training stops at epoch 1 + patience."""
+    x, y = toy()
+    net = MLP(torch.zeros(4, 6), torch.zeros(4), 3)  # constant features: every epoch classifies the same way
+    vx = torch.zeros(9, 6)
+    record = finetune(net, (x, y), (vx, torch.arange(9) % 3), FinetuneConfig(epochs=30, patience=4, lr=1e-3), seed=0)
+    errors = [h["val_errors"] for h in record["history"]]
+    assert errors == [6] * 5 and record["best_epoch"] == 1 and record["stopped_early"]
+
+
+def test_a_rerun_gives_the_same_weights_and_another_seed_does_not():
+    x, y = toy()
+    nets = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(123)  # the MLP's own start is the encoder's: nothing else is drawn from the global stream
+        net = MLP(torch.ones(8, 6) * 0.1, torch.zeros(8), 3)
+        torch.manual_seed(seed + 99)  # the global stream must not matter either
+        finetune(net, (x, y), (x, y), FinetuneConfig(epochs=2, patience=2, batch_size=16), seed=seed)
+        nets.append(net.state_dict())
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+    assert not all(torch.equal(nets[0][k], nets[2][k]) for k in nets[0])
+    assert not torch.equal(permutation(50, 0, 1), permutation(50, 0, 2))  # each epoch its own order
+    assert torch.equal(permutation(50, 3, 1), permutation(50, 3, 1))
+
+
+def test_the_probe_mode_trains_only_the_output_layer():
+    x, y = toy()
+    w = torch.randn(8, 6)
+    net = MLP(w, torch.zeros(8), 3)
+    finetune(net, (x, y), (x, y), FinetuneConfig(epochs=3, patience=3, frozen_encoder=True), seed=0)
+    assert torch.equal(net.hidden.weight, w) and net.out.weight.abs().sum() > 0
+    tuned = MLP(w, torch.zeros(8), 3)
+    finetune(tuned, (x, y), (x, y), FinetuneConfig(epochs=3, patience=3), seed=0)
+    assert not torch.equal(tuned.hidden.weight, w)
+
+
+def test_error_count_counts_argmax_mistakes():
+    net = MLP(torch.eye(3), torch.zeros(3), 3)
+    with torch.no_grad():
+        net.out.weight.copy_(torch.eye(3))
+    x = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])
+    assert error_count(net, x, torch.tensor([0, 1, 2, 0]), batch_size=3) == 0
+    assert error_count(net, x, torch.tensor([1, 1, 0, 2]), batch_size=3) == 3
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"patience": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"optimizer": "cg"}, {"momentum": 1.0}, {"batch_size": True}])  # fmt: skip
+def test_bad_fine_tuning_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="fine-tuning"):
+        FinetuneConfig(**bad).validate()
+
+
+def test_rbm_as_autoencoder_encodes_and_decodes_as_the_rbm():
+    model = build("rbm", input_shape=(1, 3, 4), hidden=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.rand(6, 1, 3, 4)
+    ae = rbm_as_autoencoder(model)
+    h = torch.sigmoid(model.rbm.hidden_bias + x.flatten(1) @ model.rbm.weight)  # E[h | x] by hand
+    assert torch.allclose(ae.encode(x), h, atol=1e-6)
+    v = torch.sigmoid(model.rbm.visible_bias + h @ model.rbm.weight.T)
+    assert torch.allclose(ae.decode(h).flatten(1), v, atol=1e-6)
+    assert torch.allclose(ae.decode(h), model.decode(model.encode(x)), atol=1e-6)
+
+
+def test_rifai_numbers_come_from_papers_and_verdicts_know_which_way_is_better():
+    assert rifai_error("RBM") == "1.30" and rifai_error("CAE") == "1.14" and rifai_error("nothing") is None
+    assert [r["model"] for r in rifai_table()] == ["CAE", "DAE-g", "RBM-binary", "DAE-b", "AE+wd", "AE"]
+    diff = {"mean": -0.002, "std": 0.001, "ci95": [-0.003, -0.001], "n_seeds": 3}
+    assert difference_verdict(diff, "CAE", "AE", "fine-tuned test error", higher_better=False).endswith("CAE is better")
+    assert difference_verdict(diff, "CAE", "AE", "probe accuracy", higher_better=True).endswith("AE is better")
+    assert "includes 0" in difference_verdict({"mean": 0.0, "std": 1.0, "ci95": [-1.0, 1.0], "n_seeds": 3}, "CAE", "AE")
