@@ -2,7 +2,8 @@
 checked without rerunning anything:
 
     python benchmarks/paper_tables.py [results/hinton2006-mnist-40ep.json] [results/colored-mnist-lff.json]
-                                      [results/vae-family-mnist.json] [results/colored-mnist-lff-99-995]
+                                      [results/vae-family-mnist.json] [results/rbm-likelihood-mnist.json]
+                                      [results/contractive-mnist.json] [results/colored-mnist-lff-99-995]
 
 Seed groups: runs of one table made one seed at a time are committed as `<stem>-seed-<N>.json` (e.g.
 results/colored-mnist-lff-99-995-seed-0.json, -seed-1.json, -seed-2.json). Such a group is merged: every cell is
@@ -94,6 +95,28 @@ def rbm_table(path: Path) -> str:
         )
     sources = "; ".join(f"{k}: {v['source']}" for k, v in (doc.get("paper") or {}).items())
     return "\n".join(lines + ["", f"The paper's numbers: {sources}", *doc.get("warnings", [])])
+
+
+def rifai_table(path: Path) -> str:
+    """Rifai et al. 2011, Table 1: the fine-tuned MLP's test error (%) of each encoder beside the paper's (aelab.papers),
+    with the linear probe, ‖J_f(x)‖_F and SAT beside it; mean [95% interval] over seeds where there are several."""
+    doc = json.loads(path.read_text())
+    paper = papers.get("rifai2011")
+    pct = lambda cell: _interval({**cell, "mean": 100 * cell["mean"], "ci95": cell["ci95"] and [100 * v for v in cell["ci95"]]})  # noqa: E731  # fmt: skip
+    lines = [
+        "| model | chosen | fine-tuned test error % | Rifai et al. % | probe acc | mean ‖J‖_F | SAT % | Rifai SAT % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["rows"]:
+        m, label = row["metrics"], {"RBM": "RBM-binary"}.get(row["model"], row["model"])
+        lines.append(
+            f"| {row['model']} | {row['setting']} | {pct(m['finetune_error'])} | "
+            f"{paper.numbers.get(f'MNIST {label}', '—')} | {m['probe_accuracy']['mean']:.4f} | "
+            f"{m['jacobian_fro_mean']['mean']:.2f} | {pct(m['saturation'])} | "
+            f"{paper.numbers.get(f'MNIST {label} SAT %', '—')} |"
+        )
+    notes = [d["verdict"] for d in doc.get("paired_differences", [])]
+    return "\n".join(lines + ["", f"The paper's numbers: {paper.cite()}", *notes])
 
 
 def lff_table(path: Path) -> str:
@@ -278,7 +301,8 @@ def merged_table(stem: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].rstrip(":") + ".",
-        epilog="A results.json of hinton2006, debias-classifier or vae-family, a seed file or a group's stem.",
+        epilog="A results.json of hinton2006, contractive, debias-classifier, rbm-likelihood or vae-family, a seed file "
+        "or a group's stem.",
     )
     parser.add_argument("paths", nargs="*", type=Path, help="results files or seed groups (default: results/)")
     args = parser.parse_args(argv)
@@ -287,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         Path("results/colored-mnist-lff.json"),
         Path("results/vae-family-mnist.json"),
         Path("results/rbm-likelihood-mnist.json"),
+        *([Path("results/contractive-mnist.json")] if Path("results/contractive-mnist.json").exists() else []),
         *seed_groups(Path("results")),
     ]
     for p in paths:
@@ -299,8 +324,15 @@ def main(argv: list[str] | None = None) -> None:
             print(merged_table(stem))
         else:
             print(f"## {p}\n")
-            kinds = {"vae-family": vae_family_table, "hinton": hinton_table, "rbm-likelihood": rbm_table}
-            table = next((f for key, f in kinds.items() if key in p.name), lff_table)
+            kinds = {
+                "vae-family": vae_family_table,
+                "hinton": hinton_table,
+                "rbm-likelihood": rbm_table,
+                "contractive": rifai_table,
+            }
+            table = next((f for key, f in kinds.items() if key in p.name), None)
+            if table is None:  # by what the file holds
+                table = rifai_table if "reference_rifai2011_table1" in json.loads(p.read_text()) else lff_table
             print(table(p))
         print()
 

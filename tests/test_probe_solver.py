@@ -155,3 +155,53 @@ def test_processes_side_by_side_wait_for_one_fit_of_the_raw_probe(tmp_path, monk
     for w in workers:
         w.join()
     assert len(fits) == 1 and results[0] == results[1]
+
+
+def test_closed_form_gradient_is_autograds_of_the_penalised_cross_entropy():
+    """objective_and_gradient against torch autograd of F.cross_entropy + penalty ||W||^2, in float64, and its
+    loss against a finite difference along a random direction."""
+    from aelab.metrics.logistic import objective_and_gradient
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(40) % 3
+    onehot = torch.nn.functional.one_hot(y, 3).double()
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    penalty = 0.37
+    reference = torch.nn.functional.cross_entropy(x @ w + b, y) + penalty * (w**2).sum()
+    reference.backward()
+    with torch.no_grad():
+        loss, grad_w, grad_b = objective_and_gradient(x, onehot, w, b, penalty)
+        assert float(loss) == pytest.approx(float(reference), abs=1e-12)
+        assert torch.allclose(grad_w, w.grad, atol=1e-12) and torch.allclose(grad_b, b.grad, atol=1e-12)
+        dw, db, h = (
+            torch.randn(5, 3, generator=g, dtype=torch.float64),
+            torch.randn(3, generator=g, dtype=torch.float64),
+            1e-6,
+        )
+        up = objective_and_gradient(x, onehot, w + h * dw, b + h * db, penalty)[0]
+        down = objective_and_gradient(x, onehot, w - h * dw, b - h * db, penalty)[0]
+        assert float((up - down) / (2 * h)) == pytest.approx(float((grad_w * dw).sum() + (grad_b * db).sum()), rel=1e-7)
+
+
+def test_small_fits_run_on_one_thread_and_leave_the_thread_count_alone(monkeypatch):
+    import aelab.metrics.logistic as logistic
+
+    seen = []
+    real = logistic.objective_and_gradient
+    monkeypatch.setattr(
+        logistic, "objective_and_gradient", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1]
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(30, 4, dtype=torch.float64)
+        logistic.fit_logistic(x, np.arange(30) % 2, 1.0)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(logistic, "SMALL_PROBLEM", 10)
+        logistic.fit_logistic(x, np.arange(30) % 2, 1.0)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
