@@ -135,3 +135,36 @@ def test_train_evaluate_end_to_end(tmp_path, capsys):
         == 0
     )
     assert (out / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_a_slow_start_says_so_once_and_a_quick_one_says_nothing(capsys):
+    import time
+
+    from aelab.cli import _slow_start
+
+    with _slow_start(after=0.05):
+        time.sleep(0.3)
+    assert capsys.readouterr().err.count("aelab: starting (importing torch") == 1
+    with _slow_start(after=0.2):
+        pass
+    time.sleep(0.3)
+    assert capsys.readouterr().err == ""
+
+
+def test_train_evaluate_compare_and_experiments_start_under_the_slow_start_notice(monkeypatch, tmp_path):
+    import contextlib
+
+    import aelab.cli as cli
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recorded(after=2.0):
+        entered.append(after)
+        yield
+
+    monkeypatch.setattr(cli, "_slow_start", recorded)
+    cli.main(["models"])
+    assert len(entered) == 1  # the parser's build only: `models` needs no torch
+    cli.main(["evaluate", str(tmp_path / "nothing")])
+    assert len(entered) == 3  # and the import before evaluate

@@ -95,6 +95,7 @@ def test_progress_prints_one_line_per_epoch(tmp_path, capsys, terminal):
         f"myrun epoch {r['epoch']}/2: train_loss {r['train_loss']:.5g}"
         + (f" val_loss {r['val_loss']:.5g}" if "val_loss" in r else "")
         + f" test_loss {r['test_loss']:.5g}"
+        + (" (cross-entropy per image (nats))" if r["epoch"] == 1 else "")  # the unit, once
         for r in epoch_records(out)
     ]
     assert lines == expected

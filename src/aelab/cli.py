@@ -758,6 +758,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+@contextlib.contextmanager
+def _slow_start(after: float = 2.0):
+    """One line on stderr if the body (importing torch: 10 s and more on a busy machine) is still running after
+    `after` seconds, so that a command never sits silent while it starts; nothing when it is quick."""
+    timer = threading.Timer(
+        after,
+        lambda: print("aelab: starting (importing torch; slow on a busy machine) ...", file=sys.stderr, flush=True),
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before torch starts OpenMP: idle OpenMP threads then sleep instead of spinning. On a busy (shared) machine
     # spinning threads of several processes starve each other (measured: a CAE step 1344 ms spinning vs 74 ms).
@@ -769,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"aelab: error: argument {a.split('=')[0]}: expected a value, got '--'", file=sys.stderr)
             return 2
     try:  # the experiments' modules import torch: on a busy machine a Ctrl-C can come while they load
-        parser = build_parser(_chosen_experiment(argv))
+        with _slow_start():
+            parser = build_parser(_chosen_experiment(argv))
     except KeyboardInterrupt:
         print("aelab: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
@@ -793,6 +810,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.showwarning = _show_warning
+            if args.func in (cmd_train, cmd_evaluate, cmd_compare):
+                with _slow_start():
+                    import torch  # noqa: F401, PLC0415 (the command's first import, seconds on a busy machine)
             status = args.func(args)
             sys.stdout.flush()  # a write error of buffered output (a full disk, a closed pipe) is reported here
             return status

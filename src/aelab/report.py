@@ -21,6 +21,7 @@ import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import runs  # noqa: E402
+from .runs import loss_unit  # noqa: E402,F401 (report.loss_unit: the name the recipes use)
 
 # Run, group and class names come from folder names and untrusted files: a '$' in one must stay a '$', never
 # start matplotlib's mathtext (which fails on unbalanced TeX). Every plotting function below runs with it off,
@@ -112,20 +113,6 @@ def plot_scatter(
     ax.set_xticks([])
     ax.set_yticks([])
     return save_png(fig, path)
-
-
-def loss_unit(config: dict) -> str:
-    """The unit of a run's loss per image, from its config.json: curves in different units never share an axis.
-
-    Reconstruction losses are sums over pixels (aelab.models.ae.reconstruction_loss); a VAE's loss is a negative
-    ELBO in nats (Bernoulli or Gaussian likelihood); a loss with a penalty (CAE, weight decay) is still in the
-    unit of its reconstruction term."""
-    options = config.get("model_options") or {}
-    if config.get("model") in ("vae", "iwae"):  # the IWAE: the VAE's networks and likelihoods, its bound in nats
-        return f"nats per image ({options.get('likelihood', 'bce')} likelihood)"
-    if options.get("loss", "bce") == "mse":
-        return "squared error per image"
-    return "cross-entropy per image (nats)"
 
 
 def curve_panels(names, units: dict[str, str] | None = None) -> dict[str, list[str]]:

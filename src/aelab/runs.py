@@ -651,6 +651,20 @@ def check_config(config: Any, where: str) -> dict:
     return config
 
 
+def loss_unit(config: dict) -> str:
+    """The unit of a run's loss per image, from its config.json: curves in different units never share an axis.
+
+    Reconstruction losses are sums over pixels (aelab.models.ae.reconstruction_loss); a VAE's loss is a negative
+    ELBO in nats (Bernoulli or Gaussian likelihood); a loss with a penalty (CAE, weight decay) is still in the
+    unit of its reconstruction term."""
+    options = config.get("model_options") or {}
+    if config.get("model") in ("vae", "iwae"):  # the IWAE: the VAE's networks and likelihoods, its bound in nats
+        return f"nats per image ({options.get('likelihood', 'bce')} likelihood)"
+    if options.get("loss", "bce") == "mse":
+        return "squared error per image"
+    return "cross-entropy per image (nats)"
+
+
 def read_config(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / "config.json"
     return check_config(read_json(path), str(path))

@@ -827,6 +827,8 @@ def _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, res
                     f"train_loss {train_loss:.5g}"
                     + (f" val_loss {record['val_loss']:.5g}" if "val_loss" in record else "")
                     + f" test_loss {record['test_loss']:.5g}"
+                    # the unit once, on the first line a process prints
+                    + (f" ({runs.loss_unit(cfg.to_json())})" if epoch == start_epoch else "")
                 )
             if bar is not None:
                 bar.touch()
