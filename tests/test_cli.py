@@ -137,18 +137,26 @@ def test_train_evaluate_end_to_end(tmp_path, capsys):
     assert (out / "metrics.jsonl").read_text().count("\n") == 3
 
 
-def test_a_slow_start_says_so_once_and_a_quick_one_says_nothing(capsys):
+def test_a_slow_start_shows_a_notice_on_a_terminal_and_erases_it(capsys):
+    import io
     import time
 
     from aelab.cli import _slow_start
 
-    with _slow_start(after=0.05):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    slow, quick, piped = Terminal(), Terminal(), io.StringIO()
+    with _slow_start(after=0.05, stream=slow):
         time.sleep(0.3)
-    assert capsys.readouterr().err.count("aelab: starting (importing torch") == 1
-    with _slow_start(after=0.2):
+    assert slow.getvalue() == "aelab: starting (importing torch; slow on a busy machine) ...\r\033[K"
+    with _slow_start(after=0.2, stream=quick):
         pass
+    with _slow_start(after=0.05, stream=piped):  # a log or a pipe: nothing, so a bad input's line stands alone
+        time.sleep(0.3)
     time.sleep(0.3)
-    assert capsys.readouterr().err == ""
+    assert quick.getvalue() == "" and piped.getvalue() == ""
 
 
 def test_train_evaluate_compare_and_experiments_start_under_the_slow_start_notice(monkeypatch, tmp_path):

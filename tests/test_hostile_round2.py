@@ -26,9 +26,9 @@ AELAB = [sys.executable, "-m", "aelab"]
 
 
 def _small_memory(monkeypatch, nbytes: int) -> None:
-    import aelab.models as models
+    import aelab.models.memory as memory
 
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: nbytes)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: nbytes)
 
 
 # ---------------------------------------------------------------- data named by a flag or an untrusted file

@@ -219,3 +219,46 @@ def test_measuring_code_gives_cpu_arrays_from_a_gpu_model():
     metrics, spectrum = contraction_diagnostics(cae, x)
     assert len(spectrum) == 6 and metrics["jacobian_fro_mean"] > 0
     assert encode_all(cae, x).is_cuda
+
+
+def test_no_import_circles_between_modules_of_aelab():
+    """Every import in src/aelab (at the top, in a function, or for type checking only) is an edge; the graph has no
+    cycle (issue 36): a recipe imports its report, never the other way round; shared settings live below both."""
+    import ast
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "src" / "aelab"
+    modules = {}
+    for f in root.rglob("*.py"):
+        parts = list(f.relative_to(root.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {m: set() for m in modules}
+    for m, f in modules.items():
+        package = m if f.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + [node.module] if node.module else base) if node.level else node.module
+                submodules = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+                names = submodules + ([target] if len(submodules) < len(node.names) else [])
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {n for n in names if n in modules and n != m}
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def cycle_from(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n) :] + [n] if n in path else [m, n]
+            if n not in state and (found := cycle_from(n, [*path, n])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            assert (found := cycle_from(m, [m])) is None, " -> ".join(found)

@@ -14,7 +14,7 @@ Where things live (data flows down this list):
     cli.py        parses arguments and dispatches, nothing else
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "load_model"]
 

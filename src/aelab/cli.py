@@ -612,8 +612,8 @@ def _remove_if_untouched(out: Path) -> None:
 
 def build_parser(experiment: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; `experiment` names the one experiment whose settings become flags."""
-    from . import __version__
     from .experiments import EXPERIMENTS
+    from .version import __version__
 
     parser = _Parser(prog="aelab", description="Train, evaluate and compare the classic autoencoder family.")
     parser.add_argument("--version", action="version", version=f"aelab {__version__}")
@@ -759,19 +759,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 @contextlib.contextmanager
-def _slow_start(after: float = 2.0):
-    """One line on stderr if the body (importing torch: 10 s and more on a busy machine) is still running after
-    `after` seconds, so that a command never sits silent while it starts; nothing when it is quick."""
-    timer = threading.Timer(
-        after,
-        lambda: print("aelab: starting (importing torch; slow on a busy machine) ...", file=sys.stderr, flush=True),
-    )
+def _slow_start(after: float = 2.0, stream=None):
+    """On a terminal, one notice if the body (importing torch: 10 s and more on a busy machine) is still running
+    after `after` seconds, so that a command never sits silent while it starts; erased when the body ends, so that
+    what follows (a bad input's one line) stands alone. Nothing when it is quick, nothing in a log or a pipe."""
+    stream = stream or sys.stderr
+    shown = threading.Event()
+
+    def notice() -> None:
+        stream.write("aelab: starting (importing torch; slow on a busy machine) ...")
+        stream.flush()
+        shown.set()
+
+    timer = threading.Timer(after, notice)
     timer.daemon = True
-    timer.start()
+    if stream.isatty():
+        timer.start()
     try:
         yield
     finally:
         timer.cancel()
+        if timer.is_alive():  # a notice being written: let it finish before it is erased
+            timer.join()
+        if shown.is_set():
+            stream.write("\r\033[K")  # the notice erased: the line is free for what comes next
+            stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,9 +42,9 @@ from .errors import AelabError, CheckpointError, ConfigError
 from .metrics.convergence import recorded_warnings
 from .metrics.intervals import metric_range, paired_difference
 from .reading import plural, reading
+from .runs import MAX_GROUP_RUNS, seed_folders  # noqa: F401 (compare.seed_folders)
 
 N_IMAGES = 10  # test images in the reconstruction mosaic: the first of each class
-MAX_GROUP_RUNS = 1000  # seed-<s>/ folders read from one seed group (train --seeds makes at most 1000)
 # numbers in a run's loss unit (report.loss_unit): the table names the unit, one row per unit
 LOSS_METRICS = ("test_loss", "test_recon")
 # numbers that depend on the data (and the code size) only, never on the trained weights: the PCA and the probe on
@@ -103,28 +103,6 @@ def data_groups(configs: list[dict]) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------- what was given: runs and seed groups
-def seed_folders(folder: Path) -> list[tuple[int, Path]]:
-    """(seed, run folder) of a `--seeds` OUT, in seed order: its seed-<s>/ subfolders that hold a config.json.
-    [] for anything else (a run folder has its own config.json and is never a group)."""
-    if (folder / "config.json").exists() or (folder / "config.json").is_symlink():
-        return []
-    found = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            number = entry.name.removeprefix("seed-")
-            digits = number.isascii() and number.isdigit() and len(number) <= 19
-            if entry.name.startswith("seed-") and digits and entry.is_dir():
-                if (Path(entry.path) / "config.json").exists():
-                    found.append((int(number), Path(entry.path)))
-                    if len(found) > MAX_GROUP_RUNS:
-                        raise ConfigError(f"{folder}: more than {MAX_GROUP_RUNS} seed-<s> run folders")
-    seeds = [s for s, _ in found]
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
-    if twice:
-        raise ConfigError(f"{folder}: more than one folder for seed {twice[0]} (e.g. seed-0 and seed-00)")
-    return sorted(found)
-
-
 RUN_FOLDER_FILES = ("config.json", "model.json", "checkpoint.safetensors", "model.safetensors", "seeds.json")
 
 

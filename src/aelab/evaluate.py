@@ -119,7 +119,7 @@ def refuse_seed_group(run_dir: Path) -> None:
     """A `train --seeds` folder is not a run: say what to do with it instead of "model.json: missing"."""
     if (run_dir / "model.json").exists() or (run_dir / "config.json").exists() or not run_dir.is_dir():
         return
-    from .compare import seed_folders
+    from .runs import seed_folders
 
     seeds = [s for s, _ in seed_folders(run_dir)]
     if seeds:
@@ -495,7 +495,7 @@ def iwae_batch_size(k: int, pixels: int, latent: int) -> int:
     and their k x latent samples under IWAE_SAMPLE_BYTES (a fixed rule: the estimate never depends on the memory
     of the machine; the decoder then runs over them in chunks, models.vae.IWAE_CHUNK_BYTES). Refuses (one line,
     with the GiB needed) a k whose samples of ONE image cannot fit."""
-    from .models import available_memory_bytes
+    from .models.memory import available_memory_bytes
     from .models.vae import IWAE_CHUNK_BYTES
 
     if k > MAX_IWAE_K:  # it would fit, in chunks, but run for hours: a typo, not a measurement

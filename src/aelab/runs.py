@@ -426,7 +426,7 @@ def expected_bytes(model: nn.Module, copies: int = 1) -> int:
     """The most bytes a safetensors file of `copies` copies of the model's weights can take (plus a header):
     anything larger holds something else, and is refused before it is read; so is a file that cannot fit in
     the memory available."""
-    from .models import available_memory_bytes
+    from .models.memory import available_memory_bytes
 
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return min(copies * weights + (64 << 20), available_memory_bytes(), MAX_TENSOR_FILE_BYTES)
@@ -519,7 +519,7 @@ def weights_record(run_dir: str | os.PathLike) -> dict:
     """What an evaluation scored: the SHA-256 of model.safetensors and the epochs trained (metrics.jsonl). A
     derived file (eval.json, a report) is current only while the weights still have this hash. The file's size is
     checked against its header and the memory before it is hashed."""
-    from .models import available_memory_bytes
+    from .models.memory import available_memory_bytes
 
     run_dir = Path(run_dir)
     size, have = check_safetensors_layout(run_dir / "model.safetensors"), available_memory_bytes()
@@ -567,7 +567,7 @@ def package_versions() -> dict[str, str]:
     import safetensors
     import sklearn
 
-    from . import __version__
+    from .version import __version__
 
     return {
         "aelab": __version__,
@@ -663,6 +663,31 @@ def loss_unit(config: dict) -> str:
     if options.get("loss", "bce") == "mse":
         return "squared error per image"
     return "cross-entropy per image (nats)"
+
+
+MAX_GROUP_RUNS = 1000  # seed-<s>/ folders read from one seed group (train --seeds makes at most 1000)
+
+
+def seed_folders(folder: Path) -> list[tuple[int, Path]]:
+    """(seed, run folder) of a `--seeds` OUT, in seed order: its seed-<s>/ subfolders that hold a config.json.
+    [] for anything else (a run folder has its own config.json and is never a group)."""
+    if (folder / "config.json").exists() or (folder / "config.json").is_symlink():
+        return []
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            number = entry.name.removeprefix("seed-")
+            digits = number.isascii() and number.isdigit() and len(number) <= 19
+            if entry.name.startswith("seed-") and digits and entry.is_dir():
+                if (Path(entry.path) / "config.json").exists():
+                    found.append((int(number), Path(entry.path)))
+                    if len(found) > MAX_GROUP_RUNS:
+                        raise ConfigError(f"{folder}: more than {MAX_GROUP_RUNS} seed-<s> run folders")
+    seeds = [s for s, _ in found]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{folder}: more than one folder for seed {twice[0]} (e.g. seed-0 and seed-00)")
+    return sorted(found)
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

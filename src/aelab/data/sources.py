@@ -381,7 +381,7 @@ def _check_array_file(path: Path) -> None:
     member holds), of a plain dtype, and all of them, as float32 too, must fit in memory."""
     import zipfile
 
-    from ..models import available_memory_bytes
+    from ..models.memory import available_memory_bytes
 
     def check(shape, dtype, stored: int, where: str) -> int:
         if dtype.hasobject:
@@ -496,7 +496,7 @@ def _check_decode_memory(files: list[str], image_size) -> None:
     times that as float32."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..models import available_memory_bytes
+    from ..models.memory import available_memory_bytes
 
     if image_size is not None:
         h, w = image_size

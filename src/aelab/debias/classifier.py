@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .device import autocast, device_of
+from .predict import predict
 
 if TYPE_CHECKING:
     from .synthesis import Synthesizer
@@ -42,14 +43,6 @@ def new_classifier(n_inputs: int, n_classes: int, seed: int) -> MLPClassifier:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MLPClassifier(n_inputs, n_classes)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
-    """argmax of the logits, in batches on the model's device; a CPU array."""
-    model.eval()
-    device = device_of(model)
-    return torch.cat([model(xb.to(device)).argmax(1) for xb in images.split(batch_size)]).cpu().numpy()
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, digits: torch.Tensor) -> float:

@@ -1,14 +1,15 @@
-"""Rifai et al. (ICML 2011), Table 1 in small: AE, AE+wd, DAE and CAE with the same 784-1000 sigmoid encoder.
+"""Rifai et al. (ICML 2011), Table 1: AE, AE+wd, DAE-g, DAE-b, CAE and an RBM with the same 784-1000 sigmoid code.
 
-Every model is the one-layer autoencoder h = sigmoid(W x + b) (1000 units, the code),
-x_hat = sigmoid(W' h + c), cross-entropy loss, trained with the same budget (epochs,
-batch 128, Adam lr 1e-3) on mnist5k; only the regulariser differs:
+Every autoencoder is the one-layer h = sigmoid(W x + b) (1000 units, the code), x_hat = sigmoid(W' h + c),
+cross-entropy loss, trained with the same budget (epochs, batch 128, Adam lr 1e-3) on --dataset (mnist5k by
+default; `--dataset mnist --data-dir DIR` is the paper's scale); only the regulariser differs:
 
     AE      none
     AE+wd   + wd * sum of squared weights
     DAE-g   reconstruct x from x + N(0, std^2)          (Vincent et al. 2008)
     DAE-b   reconstruct x from x with a fraction of pixels set to 0 (masking)
     CAE     + lam * ||J_f(x)||_F^2                       (Rifai et al. 2011)
+    RBM     no autoencoder: CD-1 for as many epochs; its code is E[h | x] = sigmoid(c + x W)
 
 Protocol (the test split chooses nothing):
 1. every model trains on the train split minus a stratified validation split (val_fraction, seed 0);
@@ -18,181 +19,51 @@ Protocol (the test split chooses nothing):
    chosen;
 3. the chosen setting of every family is trained with seeds seed .. seed+N-1 (the first seed's run is reused)
    and each run is scored once on the test split (and on the official MNIST 10k test set when --data-dir
-   holds it): probe accuracy, recon SSE, mean ||J_f(x)||_F, Rifai's saturation SAT;
+   holds it): the test error of the MLP fine-tuned from the encoder (Rifai's Table 1 number; aelab.finetune,
+   its epoch chosen on validation), probe accuracy, recon SSE, mean ||J_f(x)||_F, Rifai's saturation SAT;
 4. every row reports mean ± std and a 95% interval over seeds, plus the paired differences CAE - DAE-g and
-   CAE - AE of probe accuracy over the same seeds.
+   CAE - AE of the fine-tuned error and of the probe accuracy over the same seeds, beside Rifai's numbers
+   (aelab.papers, with their source).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import report, runs
 from ..metrics.intervals import format_interval
-from ..options import (
-    float_list,
-    fraction,
-    fraction_list,
-    opt,
-    positive_float,
-    positive_float_list,
-    positive_int,
-    seed_value,
-)
 from ..progress import Progress
 from ..runs import fault_point
-from .common import (
-    amp_field,
-    device_field,
-    official_test_status,
-    preflight,
+from . import contractive_report
+from .common import official_test_status, preflight
+from .contractive_settings import (  # noqa: F401 (the recipe's interface: Settings, the families, the grids)
+    GRIDS,
+    METRICS,
+    NOT_COMPARED,
+    PAIRS,
+    QUICK,
+    TITLE,
+    Family,
+    Settings,
+    epochs_of,
+    families,
+    finetune_config,
+    run_folder_name,
+    train_limit_of,
 )
-
-# the grid of each family's setting: (full run, --quick); each is overridden by its flag
-GRIDS = {
-    "AE+wd": ((1e-4, 1e-3, 1e-2), (1e-3,)),
-    "DAE-g": ((0.1, 0.3, 0.5), (0.3,)),
-    "DAE-b": ((0.1, 0.25, 0.5), (0.25,)),
-    "CAE": ((0.1, 0.3, 1.0, 3.0), (0.3, 1.0)),
-}
-# (metric key in eval.json, column name, bounds for the interval)
-METRICS = [
-    ("finetune_error", "fine-tuned test error", (0.0, 1.0)),
-    ("probe_accuracy", "probe acc", (0.0, 1.0)),
-    ("recon_sse", "recon SSE", None),
-    ("jacobian_fro_mean", "mean ‖J‖_F", None),
-    ("saturation", "SAT", (0.0, 1.0)),
-]
-PAIRS = [("CAE", "DAE-g"), ("CAE", "AE")]  # paired differences of probe accuracy over seeds
-# --quick: the first 1,000 train images, 5 epochs, one- or two-point grids, 10 fine-tuning epochs
-QUICK = {"epochs": 5, "train_limit": 1000, "finetune_epochs": 10}
-NOT_COMPARED = ("out", "no_progress")  # what may differ between a run and its --resume
-TITLE = "Rifai et al. (2011): AE, AE+wd, DAE and CAE"
-
-
-def _grid_help(what: str, family: str) -> str:
-    full, quick = GRIDS[family]
-    return f"{what} to choose from, comma-separated (default {','.join(map(str, full))}; --quick {quick[0]:g}...)"
-
-
-@dataclass
-class Settings:
-    out: str = field(default="runs/contractive", metadata=opt("output folder"))
-    dataset: str = field(default="mnist5k", metadata=opt("dataset name (aelab data list)"))
-    epochs: int | None = field(
-        default=None, metadata=opt("epochs per model (default 30, --quick 8)", parse=positive_int)
-    )
-    seed: int = field(default=0, metadata=opt("first seed: every grid point is trained with it", parse=seed_value))
-    seeds: int = field(
-        default=1,
-        metadata=opt("train each chosen setting with seeds SEED .. SEED+N-1 and report intervals", parse=positive_int),
-    )
-    hidden: int = field(default=1000, metadata=opt("code units of every model (Rifai: 1000)", parse=positive_int))
-    finetune_epochs: int | None = field(
-        default=None,
-        metadata=opt(
-            "at most this many epochs of fine-tuning the MLP made from each encoder, the epoch chosen on validation "
-            "(default 50, --quick 10)",
-            parse=positive_int,
-        ),
-    )
-    finetune_lr: float = field(default=1e-3, metadata=opt("Adam's learning rate in fine-tuning", parse=positive_float))
-    val_fraction: float = field(
-        default=0.1,
-        metadata=opt("fraction of the train images held out (stratified, seed 0) to choose settings", parse=fraction),
-    )
-    lam: list[float] | None = field(
-        default=None, metadata=opt(_grid_help("CAE penalty weights", "CAE"), parse=float_list)
-    )
-    weight_decay: list[float] | None = field(
-        default=None, metadata=opt(_grid_help("AE+wd: weights of sum W^2", "AE+wd"), parse=positive_float_list)
-    )
-    noise_std: list[float] | None = field(
-        default=None, metadata=opt(_grid_help("DAE-g: Gaussian noise stds", "DAE-g"), parse=positive_float_list)
-    )
-    mask_fraction: list[float] | None = field(
-        default=None, metadata=opt(_grid_help("DAE-b: fractions of pixels zeroed", "DAE-b"), parse=fraction_list)
-    )
-    data_dir: str | None = field(
-        default=None,
-        metadata=opt(
-            "folder of the IDX files (DIR/NAME/ or DIR itself); when it holds the official MNIST t10k files, each "
-            "chosen model is also scored on them"
-        ),
-    )
-    quick: bool = field(
-        default=False,
-        metadata=opt(
-            "a smoke check in about a minute: the first 1,000 train images, 5 epochs, one- or two-point grids, "
-            "no t-SNE figures"
-        ),
-    )
-    device: str = device_field()
-    amp: bool = amp_field()
-    no_progress: bool = field(default=False, metadata=opt("no progress bars"))
-    train_limit: int | None = field(default=None, metadata=opt(parse=positive_int, hidden=True))  # tests
-
-
-@dataclass(frozen=True)
-class Family:
-    """One model family of the comparison and the grid of its one setting (no setting for the plain AE)."""
-
-    name: str  # "CAE"
-    model: str  # aelab model name
-    option: str | None  # the model option the grid sets, e.g. "lam"
-    short: str  # how a setting is written: "λ" in "λ=1"
-    fixed: dict  # options every member shares beyond the common encoder
-    grid: tuple[float, ...]
-
-    def values(self) -> list[float | None]:
-        return list(self.grid) if self.option else [None]
-
-    def describe(self, value: float | None) -> str:
-        return "none" if value is None else f"{self.short}={value:g}"
-
-    def folder(self, value: float | None) -> str:
-        if value is None:
-            return run_folder_name(self.name)
-        return run_folder_name(f"{self.name} {self.option}={value:g}")
-
-
-def families(settings: Settings) -> list[Family]:
-    """AE, AE+wd, DAE-g, DAE-b, CAE with their grids (the flags, else the full or --quick defaults)."""
-
-    def grid(name: str, given: list[float] | None) -> tuple[float, ...]:
-        return tuple(given) if given else GRIDS[name][1 if settings.quick else 0]
-
-    return [
-        Family("AE", "ae", None, "", {}, ()),
-        Family("AE+wd", "ae", "weight_decay", "wd", {}, grid("AE+wd", settings.weight_decay)),
-        Family("DAE-g", "dae", "level", "std", {"noise": "gaussian"}, grid("DAE-g", settings.noise_std)),
-        Family("DAE-b", "dae", "level", "mask", {"noise": "masking"}, grid("DAE-b", settings.mask_fraction)),
-        Family("CAE", "cae", "lam", "λ", {}, grid("CAE", settings.lam)),
-        Family("RBM", "rbm", None, "", {}, ()),  # CD-1 (aelab.models.rbm_model), as many CD epochs as the AEs' epochs
-    ]
-
-
-def run_folder_name(label: str) -> str:
-    return label.replace("+", "_").replace(" ", "_").replace("=", "")
-
-
-def epochs_of(settings: Settings) -> int:
-    return settings.epochs or (QUICK["epochs"] if settings.quick else 30)
-
-
-def train_limit_of(settings: Settings) -> int | None:
-    if not settings.quick:
-        return settings.train_limit
-    return min(settings.train_limit or QUICK["train_limit"], QUICK["train_limit"])
+from .contractive_steps import (
+    finished_rows,
+    score_member,
+    select_settings,
+    train_member,
+    write_partial_rows,
+)
 
 
 def run(settings: Settings) -> Path:
     """Choose every family's setting on validation, then one row per family (its chosen setting with every seed,
     scored on the test split); results.json and the report after each row, marked partial until the last."""
-    from . import contractive_report
-
     preflight(settings)
     started = time.perf_counter()
     epochs = epochs_of(settings)
@@ -281,14 +152,3 @@ def run(settings: Settings) -> Path:
             units=units,
             spectra=spectra,
         )
-
-
-# the steps (training a member, the selection, the scoring, the partial results) live in contractive_steps, which
-# reads the families above: imported last, and re-exported here as this recipe's interface
-from .contractive_steps import (  # noqa: E402
-    finished_rows,
-    score_member,
-    select_settings,
-    train_member,
-    write_partial_rows,
-)

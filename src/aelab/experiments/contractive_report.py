@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import report, runs
 from ..metrics.intervals import format_interval, paired_difference, summarize
 from ..papers import PAPERS
-from .contractive import METRICS, PAIRS, Settings
+from .contractive_settings import METRICS, PAIRS, Settings, finetune_config
 
 RIFAI = PAPERS["rifai2011"]
 PAPER_ROW = {"RBM": "RBM-binary"}  # our row name -> Rifai's, where they differ
@@ -106,8 +106,6 @@ def write(
     spectra: dict,
 ) -> Path:
     """results.json and report.html/md of the contractive experiment into settings.out."""
-    from .contractive_steps import finetune_config  # noqa: PLC0415 (the steps import this recipe's settings)
-
     out = Path(settings.out)
     finetune_epochs = finetune_config(settings).epochs
     differences = paired_differences(rows)

@@ -13,13 +13,21 @@ from threadpoolctl import threadpool_limits
 from .. import runs
 from ..errors import ConfigError, DataError
 from ..evaluate import evaluate
-from ..finetune import FinetuneConfig
 from ..metrics.codes import choose_probe_c, encode_all
 from ..progress import Progress
 from ..train import TrainConfig
 from .common import OFFICIAL_TEST, train_or_resume, write_partial
-from .contractive import NOT_COMPARED, QUICK, TITLE, Family, Settings, epochs_of, families, train_limit_of
 from .contractive_finetune import finetune_member, rbm_member_metrics
+from .contractive_settings import (
+    NOT_COMPARED,
+    TITLE,
+    Family,
+    Settings,
+    epochs_of,
+    families,
+    finetune_config,
+    train_limit_of,
+)
 
 
 def train_member(settings: Settings, family: Family, value: float | None, seed: int) -> Path:
@@ -106,11 +114,6 @@ def evaluate_member(settings: Settings, run_dir: Path, figures: bool, official: 
             return result, None
         other = evaluate(run_dir, test_dataset=OFFICIAL_TEST, data_dir=settings.data_dir, progress=progress)
     return result, other["metrics"]
-
-
-def finetune_config(settings: Settings) -> FinetuneConfig:
-    epochs = settings.finetune_epochs or (QUICK["finetune_epochs"] if settings.quick else 50)
-    return FinetuneConfig(epochs=epochs, patience=min(8, epochs), optimizer="adam", lr=settings.finetune_lr)
 
 
 def score_member(

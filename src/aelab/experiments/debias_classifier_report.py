@@ -13,8 +13,8 @@ import torch
 
 from .. import report, runs
 from ..metrics.intervals import summarize
-from .debias_classifier import Settings
 from .debias_classifier_cell import DETECT_GRID, JTT_GRID, LABEL_FREE, LFF_GRID, ORACLES, SELECTION_RULE, SYNTH_GRID
+from .debias_classifier_settings import Settings
 
 METRICS = ["unbiased", "aligned", "conflicting", "worst_group"]
 ACCURACY = (0.0, 1.0)  # the metrics and the probes are accuracies: their intervals stay inside [0, 1]

@@ -20,6 +20,7 @@ import inspect
 import math
 
 from ..errors import ConfigError
+from .memory import available_memory_bytes  # noqa: F401 (models.available_memory_bytes)
 
 # name -> (module, class, one-line description). Modules are imported on demand.
 REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -51,33 +52,6 @@ def model_class(name: str) -> type:
         raise ConfigError(f"unknown model {name!r}; choose from {', '.join(names())}")
     module, cls, _ = REGISTRY[name]
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
-
-
-def _proc_kib(path: str, key: str) -> int | None:
-    """The `key:` line of a /proc file (meminfo, self/status) in bytes, or None where there is none."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable of /proc/meminfo (Linux), else the physical memory; under an address-space limit
-    (`ulimit -v`), no more than what that limit leaves this process."""
-    import os
-    import resource
-
-    have = _proc_kib("/proc/meminfo", "MemAvailable")
-    if have is None:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        have = min(have, max(0, limit - (_proc_kib("/proc/self/status", "VmSize") or 0)))
-    return have
 
 
 def check_memory(name: str, options: dict, training: bool = True) -> int:

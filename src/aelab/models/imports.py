@@ -174,7 +174,7 @@ def build(role: str, spec, meta: bool = False) -> object:
     on torch's meta device first: its parameters and buffers are counted there and refused when they cannot fit in
     memory, before the real build allocates them. meta=True returns that meta-device module (for check_memory).
     Call require_trusted first for a spec read from a file: this imports."""
-    from . import available_memory_bytes
+    from .memory import available_memory_bytes
 
     spec = checked_spec(role, spec)
     cls = _import_class(role, spec)
