@@ -155,3 +155,87 @@ def test_rifai_numbers_come_from_papers_and_verdicts_know_which_way_is_better():
     assert difference_verdict(diff, "CAE", "AE", "fine-tuned test error", higher_better=False).endswith("CAE is better")
     assert difference_verdict(diff, "CAE", "AE", "probe accuracy", higher_better=True).endswith("AE is better")
     assert "includes 0" in difference_verdict({"mean": 0.0, "std": 1.0, "ci95": [-1.0, 1.0], "n_seeds": 3}, "CAE", "AE")
+
+
+# ---------------------------------------------------------------- the experiment's two scorings, on tiny real runs
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A CAE run and an RBM run on sklearn's digits (300 train images, 10% validation), one epoch each."""
+    from aelab.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    common = dict(dataset="digits", train_limit=300, val_fraction=0.1, seed=0, tensorboard=False)
+    cae = TrainConfig(model="cae", model_options={"hidden": [12], "latent": None}, epochs=1, out=str(root / "cae"), **common)  # fmt: skip
+    rbm = TrainConfig(model="rbm", model_options={"hidden": 12, "cd_epochs": 3}, epochs=1, out=str(root / "rbm"), **common)  # fmt: skip
+    train(cae, progress=False)
+    train(rbm, progress=False)
+    return root / "cae", root / "rbm"
+
+
+def _splits(run_dir):
+    from aelab import runs
+    from aelab.data.sources import validation_split
+
+    config = runs.read_config(run_dir)
+    train_x, train_y, test_x, test_y = runs.run_data(config)
+    keep, held, _ = validation_split(train_y.numpy(), 0.1)  # carved here as the trainer carves it
+    return train_x.flatten(1), train_y, test_x.flatten(1), test_y, torch.as_tensor(keep), torch.as_tensor(held)
+
+
+def test_finetune_member_fits_on_train_minus_validation_and_scores_the_test_split_once(tiny_runs):
+    from aelab import runs
+    from aelab.experiments.contractive_finetune import finetune_member
+
+    run_dir = tiny_runs[0]
+    config = FinetuneConfig(epochs=4, patience=2, lr=1e-2)
+    metrics, official = finetune_member(run_dir, config, seed=3, data_dir=None, official=False)
+    train_x, train_y, test_x, test_y, keep, held = _splits(run_dir)
+    by_hand = mlp_from(runs.load_model(run_dir), 10)
+    record = finetune(by_hand, (train_x[keep], train_y[keep]), (train_x[held], train_y[held]), config, seed=3)
+    assert official is None
+    assert metrics == {
+        "finetune_error": error_count(by_hand, test_x, test_y) / len(test_y),
+        "finetune_val_error": record["val_error"],
+        "finetune_best_epoch": record["best_epoch"],
+        "finetune_epochs_run": record["epochs_run"],
+    }
+    assert len(held) == 30 and record["n_train"] == 270
+
+
+def test_finetune_member_never_looks_at_the_test_split(tiny_runs, garbage_test_split):
+    from aelab.experiments.contractive_finetune import finetune_member
+
+    config = FinetuneConfig(epochs=3, patience=3, lr=1e-2)
+    clean, _ = finetune_member(tiny_runs[0], config, seed=0, data_dir=None, official=False)
+    garbage_test_split()
+    noisy, _ = finetune_member(tiny_runs[0], config, seed=0, data_dir=None, official=False)
+    assert noisy["finetune_error"] != clean["finetune_error"]  # the garbage reached the scoring
+    for key in ("finetune_val_error", "finetune_best_epoch", "finetune_epochs_run"):
+        assert noisy[key] == clean[key], key
+
+
+def test_rbm_row_metrics_by_hand(tiny_runs):
+    """The RBM row: probe on E[h|x], recon SSE of the mean-field reconstruction, ||J||_F in closed form
+    (J = diag(h(1-h)) W^T, so ||J||_F^2 = sum_j (h_j (1 - h_j))^2 ||W_:j||^2), SAT by Rifai's definition."""
+    from aelab import runs
+    from aelab.experiments.contractive_finetune import rbm_member_metrics
+    from aelab.metrics.codes import validated_probe
+
+    run_dir = tiny_runs[1]
+    result, official = rbm_member_metrics(run_dir, None, official=False)
+    m = result["metrics"]
+    rbm = runs.load_model(run_dir).rbm
+    train_x, train_y, test_x, test_y, keep, held = _splits(run_dir)
+    with torch.no_grad():
+        code = lambda x: torch.sigmoid(rbm.hidden_bias + x @ rbm.weight)  # noqa: E731
+        h = code(test_x).double()
+        w = rbm.weight.double()
+        recon = torch.sigmoid(rbm.visible_bias.double() + h @ w.T)
+        jac = ((h * (1 - h)) ** 2 @ (w**2).sum(0)).sqrt()
+    probe = validated_probe(code(train_x).numpy(), train_y.numpy(), h.float().numpy(), test_y.numpy(), (keep.numpy(), held.numpy()))  # fmt: skip
+    assert official is None and result["data"] is None
+    assert m["probe_accuracy"] == pytest.approx(probe["accuracy"], abs=1e-9)
+    assert m["recon_sse"] == pytest.approx(float((recon - test_x.double()).pow(2).sum(1).mean()), rel=1e-5)
+    assert m["jacobian_fro_mean"] == pytest.approx(float(jac.mean()), rel=1e-4)
+    assert m["saturation"] == pytest.approx(float(((h <= 0.05) | (h >= 0.95)).double().mean()), abs=1e-9)
+    assert len(result["jacobian_mean_singular_values"]) == min(12, 64)
