@@ -205,3 +205,25 @@ def test_small_fits_run_on_one_thread_and_leave_the_thread_count_alone(monkeypat
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_restandardized_keeps_the_logits_and_the_warm_refit_finds_the_cold_one():
+    """A fit moved from one standardisation into another gives the same logits on the raw features; the probe's
+    refit started from the chosen validation fit converges to the minimiser a cold start finds (convex)."""
+    from aelab.metrics.codes import _fit_and_score, restandardized
+    from aelab.metrics.logistic import LogisticFit
+
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(200, 4, generator=g, dtype=torch.float64) * 3 + 1
+    old, new = Standardizer.fit(raw[:150]), Standardizer.fit(raw)
+    fit = LogisticFit(torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64), np.arange(3), 0, True)  # fmt: skip
+    moved = restandardized(fit, old, new)
+    assert torch.allclose(old(raw) @ fit.weight + fit.bias, new(raw) @ moved.weight + moved.bias, atol=1e-10)
+
+    codes = raw.numpy()
+    labels = (raw[:, 0] + raw[:, 1] > 2).long().numpy() + (raw[:, 2] > 1).long().numpy()
+    _, _, first = _fit_and_score(codes[:150], labels[:150], [0.5], [])
+    cold = _fit_and_score(codes, labels, [0.5], [], None)[2][0.5][0]
+    warm = _fit_and_score(codes, labels, [0.5], [], first[0.5])[2][0.5][0]
+    assert warm.converged and cold.converged and warm.iterations < cold.iterations
+    assert torch.allclose(warm.weight, cold.weight, atol=1e-3) and torch.allclose(warm.bias, cold.bias, atol=1e-3)

@@ -11,6 +11,7 @@ interpolation_rows  two real images at the ends, the decoded straight line betwe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
 from collections.abc import Sequence
@@ -56,21 +57,37 @@ def _as_features(codes: np.ndarray) -> torch.Tensor:
 
 
 def _fit_and_score(
-    fit_codes: np.ndarray, fit_y: np.ndarray, Cs: Sequence[float], scored: list[tuple[np.ndarray, np.ndarray]]
-) -> tuple[list[list[float]], list[bool]]:
+    fit_codes: np.ndarray,
+    fit_y: np.ndarray,
+    Cs: Sequence[float],
+    scored: list[tuple[np.ndarray, np.ndarray]],
+    start=None,
+) -> tuple[list[list[float]], list[bool], dict]:
     """The probe fitted on (fit_codes, fit_y) at each C of Cs, in ascending order, each fit from the last one's
-    solution (a regularisation path); returns the accuracy on each of `scored` for each C (in Cs's order) and
-    whether each fit converged (aelab.metrics.logistic)."""
+    solution (a regularisation path), the first from `start` (a (fit, Standardizer) pair of an earlier fit on
+    other codes of the same features, moved into these codes' standardisation) or from zero; returns the accuracy on
+    each of `scored` for each C (in Cs's order), whether each fit converged (aelab.metrics.logistic), and
+    {C: (fit, standardizer)}. The start changes only where L-BFGS begins: the objective is convex, so the
+    minimiser is the same."""
     from .logistic import Standardizer, accuracy, fit_logistic
 
     x = _as_features(fit_codes)
     scale = Standardizer.fit(x)
     x = scale(x)
     targets = [(scale(_as_features(c)), np.asarray(y)) for c, y in scored]
-    fits, start = {}, None
+    fits, previous = {}, None if start is None else restandardized(*start, scale)
     for c in sorted(set(Cs)):
-        start = fits[c] = fit_logistic(x, fit_y, c, start=start)
-    return [[accuracy(fits[c], xs, ys) for xs, ys in targets] for c in Cs], [fits[c].converged for c in Cs]
+        previous = fits[c] = fit_logistic(x, fit_y, c, start=previous)
+    accuracies = [[accuracy(fits[c], xs, ys) for xs, ys in targets] for c in Cs]
+    return accuracies, [fits[c].converged for c in Cs], {c: (fits[c], scale) for c in fits}
+
+
+def restandardized(fit, old, new):
+    """The same logits in another standardisation: x W + b with x = (raw - m_old) / s_old equals
+    ((raw - m_new) / s_new) (diag(s_new / s_old) W) + b + ((m_new - m_old) / s_old) W."""
+    ratio = (new.scale / old.scale).to(fit.weight.dtype)
+    shift = ((new.mean - old.mean) / old.scale).to(fit.weight.dtype)
+    return dataclasses.replace(fit, weight=ratio[:, None] * fit.weight, bias=fit.bias + shift @ fit.weight)
 
 
 def choose_probe_c(
@@ -78,15 +95,16 @@ def choose_probe_c(
 ) -> tuple[float, list[float]]:
     """(C, validation accuracy of every C in grid): the probe fitted on codes[keep] and scored on codes[held]
     (the validation split) for each C; the best, the smallest C among equals (the most regularised)."""
-    C, scores, _ = _choose(codes, labels, keep, held, grid)
+    C, scores, _, _ = _choose(codes, labels, keep, held, grid)
     return C, scores
 
 
-def _choose(codes, labels, keep, held, grid) -> tuple[float, list[float], bool]:
-    accuracies, converged = _fit_and_score(codes[keep], labels[keep], grid, [(codes[held], labels[held])])
+def _choose(codes, labels, keep, held, grid) -> tuple[float, list[float], bool, tuple]:
+    accuracies, converged, fits = _fit_and_score(codes[keep], labels[keep], grid, [(codes[held], labels[held])])
     scores = [a[0] for a in accuracies]
     best = max(scores)
-    return min(c for c, s in zip(grid, scores) if s == best), scores, all(converged)
+    C = min(c for c, s in zip(grid, scores) if s == best)
+    return C, scores, all(converged), fits[C]
 
 
 def validated_probe(
@@ -107,12 +125,13 @@ def validated_probe(
         keep, held = validation
         if len(np.unique(labels[keep])) < 2 or len(held) == 0:
             validation = None  # nothing to fit or to score on: no choice to make
-    converged = True
+    converged, chosen = True, None
     if validation is None:
         C, scores, grid = DEFAULT_PROBE_C, None, [DEFAULT_PROBE_C]
     else:
-        C, scores, converged = _choose(train_codes, labels, *validation, grid)
-    ((accuracy,),), (refit_converged,) = _fit_and_score(train_codes, labels, [C], [(test_codes, test_y)])
+        C, scores, converged, chosen = _choose(train_codes, labels, *validation, grid)
+    # the refit on every train code starts from the chosen fit on train minus validation: nearly its solution
+    ((accuracy,),), (refit_converged,), _ = _fit_and_score(train_codes, labels, [C], [(test_codes, test_y)], chosen)
     return {
         "accuracy": accuracy,
         "C": C,
