@@ -83,7 +83,7 @@ def slowed(monkeypatch):
     the heartbeat is 0.3 s instead of 20 s: a step that runs outside a Progress shows as a gap of 1.2 s or more."""
     import aelab.evaluate as evaluate_module
     import aelab.metrics.codes as codes
-    import aelab.train as train_module
+    import aelab.train.loop as train_module
 
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.3)
 

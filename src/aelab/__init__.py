@@ -4,7 +4,7 @@ Where things live (data flows down this list):
     data/         datasets as in-memory tensors, the IDX reader, verified downloads, ColoredMNIST
     models/       pure nn.Modules and their maths, one file per idea, behind the interface in models/base.py
     runs.py       the run folder: config, history, model and checkpoint files, atomic writes
-    train.py      the one trainer (Adam or L-BFGS, resume, DDP)
+    train/        the one trainer (Adam, L-BFGS or CG, resume, DDP), in small rooms
     metrics/      measuring: reconstruction, probes, contraction, retrieval, ranking
     evaluate.py   a run folder -> eval.json (calls metrics/)
     compare.py    several run folders -> comparison.csv / .md / .html
