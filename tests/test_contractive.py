@@ -368,6 +368,10 @@ def test_experiment_end_to_end(tmp_path, capsys):
     assert "Rifai" in html and "AE+wd" in html and "data:image/png;base64" in html
     assert "1 seed, no interval" in html
     assert (out / "jacobian_spectra.png").exists()
+    first = (out / "report.md").read_text().split("\n\n")[1:3]  # the lead: a smoke check, then the reading
+    assert results["quick"] is True and first[0].startswith("--quick: a smoke check")
+    best = min(results["rows"], key=lambda r: r["metrics"]["finetune_error"]["mean"])
+    assert first[1].startswith(f"Lowest fine-tuned test error: {best['model']} ") and "CAE 1.14%" in first[1]
 
 
 @pytest.mark.parametrize("args", [["--lam", "x"], ["--lam", "-1"], ["--mask-fraction", "1.5"]])

@@ -239,3 +239,7 @@ def test_rbm_row_metrics_by_hand(tiny_runs):
     assert m["jacobian_fro_mean"] == pytest.approx(float(jac.mean()), rel=1e-4)
     assert m["saturation"] == pytest.approx(float(((h <= 0.05) | (h >= 0.95)).double().mean()), abs=1e-9)
     assert len(result["jacobian_mean_singular_values"]) == min(12, 64)
+
+
+def test_the_record_names_momentum_only_for_sgd():
+    assert "momentum" not in FinetuneConfig().record() and FinetuneConfig(optimizer="sgd").record()["momentum"] == 0.9

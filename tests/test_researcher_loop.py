@@ -383,6 +383,7 @@ def test_numbers_have_the_digits_their_spread_carries_and_stay_where_they_can_be
     assert summarize([1.0, 4.0], bounded=metric_range("test_loss"))["ci95"][0] < 0  # a loss may be anything
     assert (plural(1, "pass"), plural(3, "pass"), plural(1, "seed"), plural(2, "seed")) == (
         "1 pass", "3 passes", "1 seed", "2 seeds")  # fmt: skip
+    assert (plural(30, "epoch"), plural(1, "epoch"), plural(2, "batch")) == ("30 epochs", "1 epoch", "2 batches")
 
 
 # ---------------------------------------------------------------- installing and browsing

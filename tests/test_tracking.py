@@ -95,7 +95,7 @@ def test_progress_prints_one_line_per_epoch(tmp_path, capsys, terminal):
         f"myrun epoch {r['epoch']}/2: train_loss {r['train_loss']:.5g}"
         + (f" val_loss {r['val_loss']:.5g}" if "val_loss" in r else "")
         + f" test_loss {r['test_loss']:.5g}"
-        + (" (cross-entropy per image (nats))" if r["epoch"] == 1 else "")  # the unit, once
+        + (" (squared error per image)" if r["epoch"] == 1 else "")  # the unit once: the AE's default loss is MSE
         for r in epoch_records(out)
     ]
     assert lines == expected
@@ -332,3 +332,13 @@ def test_tensorboard_asked_for_but_not_installed_is_said_once_and_recorded_as_of
     err = capsys.readouterr().err
     assert err.count("TensorBoard logging is off") == 1 and "not installed" in err
     assert json.loads((out / "config.json").read_text())["tensorboard"] is False and not (out / "tb").exists()
+
+
+def test_a_seed_folder_is_named_with_its_parent_and_a_bce_run_in_nats(tmp_path, capsys):
+    out = tmp_path / "CAE_lam0.3" / "seed-0"
+    train(
+        tiny(out, tensorboard=False, epochs=1, model_options={"hidden": [16], "latent": 3, "loss": "bce"}),
+        progress=True,
+    )
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
+    assert line.startswith("CAE_lam0.3/seed-0 epoch 1/1: ") and line.endswith(" (cross-entropy per image (nats))")

@@ -58,7 +58,11 @@ class FinetuneConfig:
             raise ValueError(f"fine-tuning momentum must be in [0, 1), got {self.momentum!r}")
 
     def record(self) -> dict:
-        return asdict(self)
+        """The settings as results.json records them: momentum only where it is used (sgd)."""
+        record = asdict(self)
+        if self.optimizer != "sgd":
+            del record["momentum"]
+        return record
 
 
 class MLP(nn.Module):

@@ -33,10 +33,15 @@ def percent(p: float) -> str:
     return f"{p:.0f}%" if p >= 1 else f"{p:.1g}%"
 
 
+HARD_CH = frozenset({"epoch", "stomach", "monarch"})
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 seed', '2 seeds', '1 pass', '3 passes': the count and the word in the number it needs."""
     if n == 1:
         return f"{n} {word}"
+    if many is None and word.endswith("ch") and word in HARD_CH:
+        many = word + "s"  # "epoch": a hard ch, "epochs" (not "epoches"); "batch" -> "batches"
     return f"{n} {many or (word + 'es' if word.endswith(('s', 'sh', 'ch', 'x')) else word + 's')}"
 
 

@@ -14,7 +14,10 @@ from .contractive_settings import METRICS, PAIRS, Settings, finetune_config
 RIFAI = PAPERS["rifai2011"]
 PAPER_ROW = {"RBM": "RBM-binary"}  # our row name -> Rifai's, where they differ
 # the paired differences: (metric, its name in words, whether higher is better)
-DIFFERENCE_METRICS = [("finetune_error", "fine-tuned test error", False), ("probe_accuracy", "probe accuracy", True)]
+DIFFERENCE_METRICS = [
+    ("finetune_error", "fine-tuned test error (percentage points)", False),
+    ("probe_accuracy", "probe accuracy", True),
+]
 
 
 def rifai_error(model: str) -> str | None:
@@ -47,12 +50,14 @@ def summarize_metrics(per_seed: list[dict]) -> dict:
     return out
 
 
-def difference_verdict(diff: dict, a: str, b: str, what: str = "probe accuracy", higher_better: bool = True) -> str:
+def difference_verdict(
+    diff: dict, a: str, b: str, what: str = "probe accuracy", higher_better: bool = True, digits: int = 4
+) -> str:
     """The paired difference in words: whether its interval excludes 0, and which way."""
     if diff["ci95"] is None:
-        return f"{a} − {b} {what}: {diff['mean']:+.4f} (1 seed, no interval)"
+        return f"{a} − {b} {what}: {diff['mean']:+.{digits}f} (1 seed, no interval)"
     lo, hi = diff["ci95"]
-    text = f"{a} − {b} {what}: {format_interval(diff, 4)}"
+    text = f"{a} − {b} {what}: {format_interval(diff, digits)}"
     if lo > 0 or hi < 0:
         better = a if (lo > 0) == higher_better else b
         return f"{text}; the interval excludes 0: {better} is better"
@@ -73,7 +78,8 @@ def paired_differences(rows: list[dict]) -> list[dict]:
                 values_b = by_model[b][key][metric]["values"]
                 diff = paired_difference(values_a, values_b, bounded=(0.0, 1.0))
                 excludes = None if diff["ci95"] is None else bool(diff["ci95"][0] > 0 or diff["ci95"][1] < 0)
-                verdict = difference_verdict(diff, a, b, what, higher_better)
+                shown = percent(diff) if metric == "finetune_error" else diff  # errors in %, as in the table
+                verdict = difference_verdict(shown, a, b, what, higher_better, 2 if metric == "finetune_error" else 4)
                 differences.append(
                     {
                         "a": a,
@@ -151,6 +157,7 @@ def write(
         out / "results.json",
         {
             "selection_split": "validation",
+            "quick": settings.quick,
             "finetuning": finetune_config(settings).record(),
             "selection_criterion": "probe accuracy on the validation split (logistic regression fitted on the "
             "codes of the train split minus validation), first seed; the test split chooses nothing",
@@ -180,7 +187,28 @@ def write(
         ],
         figures,
         notes,
+        lead=lead_lines(settings, rows),
     )
+
+
+def lead_lines(settings: Settings, rows: list[dict]) -> list[str]:
+    """The report's first lines: a --quick run says it is a smoke check; then the table in one sentence."""
+    lead = []
+    if settings.quick:
+        lead.append(
+            "--quick: a smoke check of the whole path (the first 1,000 train images, 5 epochs, one- or two-point "
+            "grids, 10 fine-tuning epochs); its numbers say nothing about the comparison."
+        )
+    tuned = [(r["metrics"]["finetune_error"]["mean"], r["model"]) for r in rows if "finetune_error" in r["metrics"]]
+    if tuned:
+        best_error, best = min(tuned)
+        ours = ", ".join(f"{m} {100 * e:.2f}%" for e, m in tuned)
+        lead.append(
+            f"Lowest fine-tuned test error: {best} ({100 * best_error:.2f}%). Ours: {ours}; Rifai et al.'s Table 1: "
+            + ", ".join(f"{r['model']} {r['test error %']}%" for r in rifai_table())
+            + "."
+        )
+    return lead
 
 
 def table_rows(rows: list[dict]) -> list[dict]:

@@ -351,6 +351,14 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     return out
 
 
+def run_label(out: Path) -> str:
+    """How a run's lines name it: its folder, with the folder above for a seed-N folder (a seed group's or an
+    experiment's member: "CAE_lam0.3/seed-0", not "seed-0")."""
+    if out.name.startswith("seed-") and out.parent.name:
+        return f"{out.parent.name}/{out.name}"
+    return out.name or str(out)
+
+
 def _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, resume, train_x, val_x, test_x,
             rank, world, autocast, bar, say, cadence, out, ckpt_path) -> None:  # fmt: skip
     """The epoch loop of train(): train, score the test (and validation) split, record, checkpoint."""
@@ -409,12 +417,17 @@ def _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, res
 
             with tqdm.external_write_mode():
                 say(
-                    f"{out.name or out} epoch {epoch + 1}/{cfg.epochs}: "
+                    f"{run_label(out)} epoch {epoch + 1}/{cfg.epochs}: "
                     f"train_loss {train_loss:.5g}"
                     + (f" val_loss {record['val_loss']:.5g}" if "val_loss" in record else "")
                     + f" test_loss {record['test_loss']:.5g}"
                     # the unit once, on the first line a process prints
-                    + (f" ({runs.loss_unit(cfg.to_json())})" if epoch == start_epoch else "")
+                    # (the model's own options: its defaults included, as config.json records them)
+                    + (
+                        f" ({runs.loss_unit({'model': cfg.model, 'model_options': model.options})})"
+                        if epoch == start_epoch
+                        else ""
+                    )
                 )
             if bar is not None:
                 bar.touch()
