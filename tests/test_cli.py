@@ -176,3 +176,18 @@ def test_train_evaluate_compare_and_experiments_start_under_the_slow_start_notic
     assert len(entered) == 1  # the parser's build only: `models` needs no torch
     cli.main(["evaluate", str(tmp_path / "nothing")])
     assert len(entered) == 3  # and the import before evaluate
+
+
+def test_a_seed_group_stopped_before_any_seed_started_says_nothing_was_kept(tmp_path, monkeypatch):
+    import argparse
+
+    import aelab.cli as cli
+
+    monkeypatch.setattr(cli, "_argv", ["train", "--model", "ae", "--seeds", "2", "--out", str(tmp_path / "g")])
+    args = argparse.Namespace(out=str(tmp_path / "g"))
+    line = cli.stopped_line(KeyboardInterrupt(), args, seeds=2)
+    assert "no seed had started, nothing was kept" in line and "finished seeds are kept" not in line
+    assert line.endswith(f"resume with: aelab train --model ae --seeds 2 --out {tmp_path / 'g'} --resume")
+    (tmp_path / "g" / "seed-0").mkdir(parents=True)
+    (tmp_path / "g" / "seed-0" / "config.json").write_text("{}")
+    assert "the finished seeds are kept" in cli.stopped_line(KeyboardInterrupt(), args, seeds=2)

@@ -204,8 +204,8 @@ def test_a_snapshot_is_a_copy_and_the_next_one_reuses_its_memory():
 def test_an_interruption_during_a_snapshot_writes_the_previous_one_whole(tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM while epoch 3's snapshot is being copied: the checkpoint written then is epoch 2's,
     every tensor of it (never half epoch 2's and half epoch 3's)."""
-    from aelab.train import writer as trainer
     from aelab.models import create
+    from aelab.train import writer as trainer
 
     model = create("ae", input_shape=[1, 8, 8], hidden=[8], latent=2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -934,14 +934,16 @@ def stopped_line(error: BaseException, args, seeds: int | None = None) -> str:
         kept = max((h["epoch"] for h in history), default=0) if history else None
     if seeds and run != out:
         where += f" in {run.name}"
+    saved = (out / "config.json").exists() if not seeds else any(out.glob("seed-*/config.json"))
     checkpoint = (
         f"checkpoint of epoch {kept} kept in {run}"
         if kept is not None
         else "the finished seeds are kept, the others continue from their checkpoints"
+        if seeds and not info and saved
+        else "no seed had started, nothing was kept: the resume starts from the beginning"
         if seeds and not info
         else "no checkpoint yet (no epoch had finished): the resume starts it from the beginning"
     )
-    saved = (out / "config.json").exists() if not seeds else any(out.glob("seed-*/config.json"))
     if saved:  # the settings come from config.json; what it does not record is given again
         words = ["aelab", "train", "--out", str(out), *(["--seeds", str(seeds)] if seeds else []), "--resume"]
         given = vars(args)

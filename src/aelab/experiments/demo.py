@@ -183,7 +183,9 @@ def run_one(settings: Settings) -> Path:
     line = reading(read)  # generated from the numbers above: the reading of the table, then every warning
     lead = ([line] if line else []) + [f"{e['name']}: warning: {w}" for e in read for w in e["warnings"]]
     if settings.quick:  # said first, in the report and in results.json: a smoke check is not a result
-        lead.insert(0, "--quick: a smoke check (3 epochs on the first 1,000 train images); its numbers are not a result.")
+        lead.insert(
+            0, "--quick: a smoke check (3 epochs on the first 1,000 train images); its numbers are not a result."
+        )
     results["quick"] = settings.quick
     results["lead"], results["reading"] = lead, read
     runs.write_json(out / "results.json", results)
