@@ -123,3 +123,14 @@ def test_a_resume_checks_every_seed_folder_before_training_any(tmp_path, capsys)
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "seed-2/config.json" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # seeds 0 and 1 untouched
+
+
+def test_a_baseline_of_the_data_is_shown_once_without_an_interval():
+    from aelab.seeds import metric_rows
+
+    same = {"mean": 19.01, "std": 0.0, "ci95": [19.01, 19.01], "n_seeds": 2, "values": [19.01, 19.01]}
+    varied = {"mean": 20.0, "std": 1.0, "ci95": [11.0, 29.0], "n_seeds": 2, "values": [19.0, 21.0]}
+    rows = {r["metric"]: r for r in metric_rows({"metrics": {"pca_sse": same, "recon_sse": varied, "test_loss": same}})}
+    assert rows["pca_sse"]["mean ± std"] == "19.01" and rows["pca_sse"]["95% interval"].startswith("— (a baseline")
+    assert "±" in rows["recon_sse"]["mean ± std"] and rows["recon_sse"]["95% interval"].startswith("[")
+    assert "±" in rows["test_loss"]["mean ± std"]  # a model's metric keeps its interval even when the seeds agree

@@ -40,7 +40,7 @@ from typing import Any
 from . import report, runs
 from .errors import AelabError, CheckpointError, ConfigError
 from .metrics.convergence import recorded_warnings
-from .metrics.intervals import metric_range, paired_difference
+from .metrics.intervals import BASELINE_METRICS, metric_range, paired_difference
 from .reading import plural, reading
 from .runs import MAX_GROUP_RUNS, seed_folders  # noqa: F401 (compare.seed_folders)
 
@@ -50,7 +50,6 @@ LOSS_METRICS = ("test_loss", "test_recon")
 # numbers that depend on the data (and the code size) only, never on the trained weights: the PCA and the probe on
 # raw pixels. Shown once, in their own table, and never paired (their difference between two groups is 0 or a
 # difference of data)
-BASELINE_METRICS = ("pca_sse", "raw_probe_accuracy", "raw_probe_C")
 # model options that only shape the built-in MLP networks: blank for a run whose encoder and decoder are both
 # the user's own modules (--encoder/--decoder), where they shaped nothing
 NETWORK_SHAPE_OPTIONS = ("hidden", "latent", "activation", "channels", "layers", "tied")

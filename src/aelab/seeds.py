@@ -27,7 +27,7 @@ from . import data as datamod
 from . import runs
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .metrics.intervals import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, decimals, metric_range, summarize
+from .metrics.intervals import BASELINE_METRICS, BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, decimals, metric_range, summarize
 from .options import MAX_SEED
 from .train import TrainConfig, dist_info, train
 
@@ -219,10 +219,14 @@ _decimals = decimals  # aelab.metrics.intervals.decimals: two significant figure
 
 
 def metric_rows(summary: dict) -> list[dict]:
-    """One row per metric: metric | mean ± std | 95% interval | n."""
+    """One row per metric: metric | mean ± std | 95% interval | n; a baseline of the data (BASELINE_METRICS, the
+    same at every seed) shows its one value."""
     rows = []
     for name, s in summary["metrics"].items():
         d = _decimals(s)
+        if name in BASELINE_METRICS and s["std"] == 0:
+            rows.append({"metric": name, "mean ± std": f"{s['mean']:.{d}f}", "95% interval": "— (a baseline: the data only, the same at every seed)", "n": s["n_seeds"]})  # fmt: skip
+            continue
         interval = "none (1 seed)" if s["ci95"] is None else f"[{s['ci95'][0]:.{d}f}, {s['ci95'][1]:.{d}f}]"
         rows.append(
             {"metric": name, "mean ± std": f"{s['mean']:.{d}f} ± {s['std']:.{d}f}", "95% interval": interval,

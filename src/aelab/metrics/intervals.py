@@ -41,6 +41,10 @@ _BOUNDED_PREFIXES = ("acc", "auroc", "auprc", "precision", "recall", "fraction",
 _BOUNDED_WORDS = ("ap", "map", "auc")
 
 
+# metrics of the data alone (the same for every run on them): shown once, never with an interval over seeds
+BASELINE_METRICS = ("pca_sse", "raw_probe_accuracy", "raw_probe_C")
+
+
 def metric_bounds(name: str) -> tuple[float, float] | None:
     """(0, 1) for a metric in the unit interval, whatever its spelling: accuracies (`probe_accuracy`, `probe
     accuracy`, `acc`), AUROC, AP and mAP, precision and recall (`precision@10`, `p@10`), fractions and
