@@ -119,7 +119,7 @@ class TrainConfig:
             raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
         for role in models.USER_MODULES:  # a network named by import path: importable and buildable (on the meta
             if isinstance(self.model_options.get(role), dict):  # device: nothing allocated) before the folder is made
-                from .models.imports import build
+                from ..models.imports import build
 
                 build(role, self.model_options[role], meta=True)
         if "input_shape" in self.model_options:
