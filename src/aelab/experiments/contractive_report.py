@@ -8,36 +8,13 @@ from pathlib import Path
 
 from .. import report, runs
 from ..metrics.intervals import format_interval, paired_difference, summarize
-from ..papers import PAPERS
-from .contractive_settings import METRICS, PAIRS, Settings, finetune_config
+from .contractive_settings import METRICS, PAIRS, RIFAI, Settings, finetune_config, rifai_error, rifai_table
 
-RIFAI = PAPERS["rifai2011"]
-PAPER_ROW = {"RBM": "RBM-binary"}  # our row name -> Rifai's, where they differ
 # the paired differences: (metric, its name in words, whether higher is better)
 DIFFERENCE_METRICS = [
     ("finetune_error", "fine-tuned test error (percentage points)", False),
     ("probe_accuracy", "probe accuracy", True),
 ]
-
-
-def rifai_error(model: str) -> str | None:
-    """Rifai et al.'s MNIST test error (%) of a row, as printed, or None."""
-    return RIFAI.numbers.get(f"MNIST {PAPER_ROW.get(model, model)}")
-
-
-def rifai_table() -> list[dict]:
-    """Rifai et al. 2011's Table 1 MNIST rows as printed (error %, mean ‖J‖_F, SAT %), from aelab.papers."""
-    rows = []
-    for label in ("CAE", "DAE-g", "RBM-binary", "DAE-b", "AE+wd", "AE"):
-        rows.append(
-            {
-                "model": label,
-                "test error %": RIFAI.numbers[f"MNIST {label}"],
-                "mean ‖J‖_F": RIFAI.numbers[f"MNIST {label} jacobian"],
-                "SAT %": RIFAI.numbers[f"MNIST {label} SAT %"],
-            }
-        )
-    return rows
 
 
 def summarize_metrics(per_seed: list[dict]) -> dict:

@@ -16,6 +16,7 @@ from ..options import (
     positive_int,
     seed_value,
 )
+from ..papers import PAPERS
 from .common import amp_field, device_field
 
 # the grid of each family's setting: (full run, --quick); each is overridden by its flag
@@ -159,3 +160,27 @@ def train_limit_of(settings: Settings) -> int | None:
 def finetune_config(settings: Settings) -> FinetuneConfig:
     epochs = settings.finetune_epochs or (QUICK["finetune_epochs"] if settings.quick else 50)
     return FinetuneConfig(epochs=epochs, patience=min(8, epochs), optimizer="adam", lr=settings.finetune_lr)
+
+
+RIFAI = PAPERS["rifai2011"]
+PAPER_ROW = {"RBM": "RBM-binary"}  # our row name -> Rifai's, where they differ
+
+
+def rifai_error(model: str) -> str | None:
+    """Rifai et al.'s MNIST test error (%) of a row, as printed, or None."""
+    return RIFAI.numbers.get(f"MNIST {PAPER_ROW.get(model, model)}")
+
+
+def rifai_table() -> list[dict]:
+    """Rifai et al. 2011's Table 1 MNIST rows as printed (error %, mean ‖J‖_F, SAT %), from aelab.papers."""
+    rows = []
+    for label in ("CAE", "DAE-g", "RBM-binary", "DAE-b", "AE+wd", "AE"):
+        rows.append(
+            {
+                "model": label,
+                "test error %": RIFAI.numbers[f"MNIST {label}"],
+                "mean ‖J‖_F": RIFAI.numbers[f"MNIST {label} jacobian"],
+                "SAT %": RIFAI.numbers[f"MNIST {label} SAT %"],
+            }
+        )
+    return rows
