@@ -156,7 +156,7 @@ def write(
     )
     return report.write_report(
         out,
-        "Contractive vs denoising vs plain autoencoders (Rifai et al. 2011, Table 1 in small)",
+        "Contractive, denoising and plain autoencoders and an RBM (Rifai et al. 2011, Table 1)",
         [
             (f"Chosen settings, scored on the test split, seeds {seeds} (mean ± std [95% interval])", table_rows(rows)),
             ("Selection: validation probe accuracy of every grid point (first seed)", sweep_rows(sweeps)),
