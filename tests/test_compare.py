@@ -170,3 +170,14 @@ def test_a_run_whose_model_cannot_be_rebuilt_keeps_its_metrics_row(tiny_runs, tm
 def test_csv_cells_that_a_spreadsheet_would_run_are_quoted():
     assert _csv_cell("=HYPERLINK(1)") == "'=HYPERLINK(1)" and _csv_cell("@x") == "'@x"
     assert _csv_cell("-1.5") == "-1.5" and _csv_cell(-1.5) == "-1.5" and _csv_cell(None) == ""
+
+
+def test_a_bernoulli_vae_leaves_the_gaussian_std_blank():
+    from aelab.compare import run_columns
+
+    config = {"model": "vae", "dataset": "digits", "dataset_options": {}, "train_limit": None, "epochs": 2,
+              "model_options": {"likelihood": "bce", "obs_std": 0.1, "latent": 4}}  # fmt: skip
+    row = run_columns("v", config, {}, None)
+    assert "opt.obs_std" not in row and row["opt.latent"] == 4 and row["opt.likelihood"] == "bce"
+    gaussian = {**config, "model_options": {**config["model_options"], "likelihood": "gaussian"}}
+    assert run_columns("g", gaussian, {}, None)["opt.obs_std"] == 0.1

@@ -204,6 +204,8 @@ def run_columns(name: str, config: dict, result: dict, n_epochs: int | None) -> 
     row["train_limit"] = config["train_limit"]
     row["epochs"] = n_epochs if n_epochs is not None else config["epochs"]
     unused = NETWORK_SHAPE_OPTIONS if user_networks(config) else ()
+    if config["model_options"].get("likelihood", "gaussian") != "gaussian":
+        unused = (*unused, "obs_std")  # the Gaussian likelihood's std: nothing in a Bernoulli (bce) VAE uses it
     for key, value in config["model_options"].items():
         if key not in unused:  # left blank: they did not shape this run's network
             _flatten(f"opt.{key}", value, row)
