@@ -243,3 +243,62 @@ def test_rbm_row_metrics_by_hand(tiny_runs):
 
 def test_the_record_names_momentum_only_for_sgd():
     assert "momentum" not in FinetuneConfig().record() and FinetuneConfig(optimizer="sgd").record()["momentum"] == 0.9
+
+
+def test_the_record_and_the_epoch_callback_carry_what_they_name():
+    x, y = toy(n=20)
+    vx, vy = toy(n=9, seed=1)
+    seen = []
+    config = FinetuneConfig(epochs=3, patience=3, lr=0.05, batch_size=7)
+    record = finetune(MLP(torch.randn(8, 6), torch.zeros(8), 3), (x, y), (vx, vy), config, seed=4, on_epoch=seen.append)
+    assert record["config"] == config.record() and record["seed"] == 4
+    assert (record["n_train"], record["n_val"], record["epochs_run"], record["stopped_early"]) == (20, 9, 3, False)
+    for h, s in zip(record["history"], seen):
+        assert h["val_error"] == pytest.approx(h["val_errors"] / 9) and 0 <= h["time_s"] < 60
+        best = min(range(1, h["epoch"] + 1), key=lambda e: (record["history"][e - 1]["val_errors"], e))
+        assert s["best_epoch"] == best and s["val_errors"] == h["val_errors"]
+
+
+def test_the_epochs_train_loss_is_the_mean_over_every_image():
+    """Uneven batches (7, 7, 6) and a step too small to move anything: every batch's loss is log K, and so is the
+    epoch's mean over images (a sum of the last batch alone, or a count of the last batch alone, is not)."""
+    x, y = toy(n=20, k=3)
+    config = FinetuneConfig(epochs=1, patience=1, optimizer="sgd", lr=1e-12, momentum=0.0, batch_size=7)
+    record = finetune(MLP(torch.randn(5, 6), torch.zeros(5), 3), (x, y), (x, y), config, seed=0)
+    assert record["history"][0]["train_loss"] == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_the_optimisers_use_the_configured_rate_and_momentum():
+    x, y = toy(n=20, k=3)
+    w = torch.randn(5, 6)
+    adam = MLP(w, torch.zeros(5), 3)
+    finetune(adam, (x, y), (x, y), FinetuneConfig(epochs=1, patience=1, lr=0.05, batch_size=20), seed=0)
+    # Adam's first step moves each weight by lr in the direction against its gradient's sign (eps aside)
+    assert float(adam.out.weight.abs().max()) == pytest.approx(0.05, rel=1e-3)
+    nets = []
+    for momentum in (0.0, 0.9):
+        net = MLP(w, torch.zeros(5), 3)
+        config = FinetuneConfig(epochs=1, patience=1, optimizer="sgd", lr=0.1, momentum=momentum, batch_size=5)
+        finetune(net, (x, y), (x, y), config, seed=0)
+        nets.append(net.out.weight.detach().clone())
+    assert not torch.allclose(nets[0], nets[1])  # momentum reaches the optimiser
+
+
+def test_the_permutation_is_the_documented_function_of_seed_and_epoch():
+    for seed, epoch in [(0, 1), (3, 7)]:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 5) % (2**63))
+        assert torch.equal(permutation(50, seed, epoch), torch.randperm(50, generator=g))
+
+
+def test_error_rate_and_the_refusals_say_what_they_are():
+    from aelab.finetune import error_rate
+
+    net = MLP(torch.eye(3), torch.zeros(3), 3)
+    with torch.no_grad():
+        net.out.weight.copy_(torch.eye(3))
+    x = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])
+    assert error_rate(net, x, torch.tensor([1, 1, 2, 0])) == 0.25
+    with pytest.raises(ValueError, match=r"the encoder's bias has shape \(4,\), its weight \(3, 3\)"):
+        MLP(torch.eye(3), torch.zeros(4), 3)
+    with pytest.raises(ValueError, match="optimizer must be one of adam, sgd, got 'cg'"):
+        FinetuneConfig(optimizer="cg").validate()
