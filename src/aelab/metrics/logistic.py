@@ -19,11 +19,12 @@ chosen C and the test accuracy agree with sklearn's to within 0.002.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ._util import torch_threads
 
 TOL = 1e-4  # the largest entry of the gradient of f at the solution: sklearn's default tol, on the same f
 MAX_ITER = 1000
@@ -124,17 +125,6 @@ def _minimise(x, onehot, w, b, penalty, tol, max_iter) -> tuple[torch.Tensor, to
     closure()  # the gradient at the point returned
     grad_max = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
     return w.detach(), b.detach(), int(state.get("n_iter", 0)), grad_max <= tol
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """torch at n threads inside, as before after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def accuracy(fit: LogisticFit, x: torch.Tensor, y: np.ndarray) -> float:
