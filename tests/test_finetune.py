@@ -302,3 +302,30 @@ def test_error_rate_and_the_refusals_say_what_they_are():
         MLP(torch.eye(3), torch.zeros(4), 3)
     with pytest.raises(ValueError, match="optimizer must be one of adam, sgd, got 'cg'"):
         FinetuneConfig(optimizer="cg").validate()
+
+
+def test_both_scorings_also_score_the_official_mnist_test_set_when_asked(shared_idx, tmp_path):
+    """A 28x28 run (mnist5k) scored a second time on the 10,000 official test digits: the same fine-tuned net and
+    the same RBM measures, by hand on those images."""
+    from aelab import data as datamod
+    from aelab import runs
+    from aelab.experiments.contractive_finetune import finetune_member, rbm_member_metrics
+    from aelab.train import TrainConfig, train
+
+    common = dict(dataset="mnist5k", train_limit=300, val_fraction=0.1, seed=0, tensorboard=False, epochs=1)
+    train(TrainConfig(model="ae", model_options={"hidden": [8], "latent": None, "activation": "sigmoid"}, out=str(tmp_path / "ae"), **common), progress=False)  # fmt: skip
+    train(TrainConfig(model="rbm", model_options={"hidden": 8, "cd_epochs": 1}, out=str(tmp_path / "rbm"), **common), progress=False)  # fmt: skip
+    x, y, _ = datamod.load_test_split("mnist", str(shared_idx))
+    config = FinetuneConfig(epochs=2, patience=2, lr=1e-2)
+    metrics, other = finetune_member(tmp_path / "ae", config, seed=0, data_dir=str(shared_idx), official=True)
+    train_x, train_y, test_x, test_y, keep, held = _splits(tmp_path / "ae")
+    by_hand = mlp_from(runs.load_model(tmp_path / "ae"), 10)
+    finetune(by_hand, (train_x[keep], train_y[keep]), (train_x[held], train_y[held]), config, seed=0)
+    assert other == {"finetune_error": error_count(by_hand, x.flatten(1), y) / 10_000}
+    assert metrics["finetune_error"] == error_count(by_hand, test_x, test_y) / len(test_y)
+    result, official = rbm_member_metrics(tmp_path / "rbm", str(shared_idx), official=True)
+    rbm = runs.load_model(tmp_path / "rbm").rbm
+    with torch.no_grad():
+        h = torch.sigmoid(rbm.hidden_bias + x.flatten(1) @ rbm.weight).double()
+    assert official["saturation"] == pytest.approx(float(((h <= 0.05) | (h >= 0.95)).double().mean()), abs=1e-9)
+    assert official["saturation"] != result["metrics"]["saturation"] and 0 <= official["probe_accuracy"] <= 1
