@@ -37,21 +37,7 @@ from ..progress import Progress
 from ..runs import fault_point
 from . import contractive_report
 from .common import official_test_status, preflight
-from .contractive_settings import (  # noqa: F401 (the recipe's interface: Settings, the families, the grids)
-    GRIDS,
-    METRICS,
-    NOT_COMPARED,
-    PAIRS,
-    QUICK,
-    TITLE,
-    Family,
-    Settings,
-    epochs_of,
-    families,
-    finetune_config,
-    run_folder_name,
-    train_limit_of,
-)
+from .contractive_settings import PAIRS, Settings, epochs_of, families, train_limit_of  # noqa: F401 (the interface)
 from .contractive_steps import (
     finished_rows,
     score_member,
