@@ -149,3 +149,30 @@ def test_contractive_killed_between_rows_resumes_to_the_same_results(tmp_path, c
     reference = json.loads((whole / "results.json").read_text())
     assert without_times(resumed) == without_times(reference) != {}
     assert [r["model"] for r in resumed["rows"]] == ["AE", "AE+wd", "DAE-g", "DAE-b", "CAE", "RBM"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_families_runs_only_the_rows_named_and_each_row_is_the_full_runs(tmp_path, capsys):
+    """--families reruns one row of the paper table (the README's rerun of the AE row uses it): only the rows named
+    are trained and reported, in the table's order whatever the flag's, and each has the numbers it has in the run
+    of every row: a row does not depend on which others run."""
+    from aelab.cli import main
+
+    argv = ["experiment", "contractive", "--quick", "--dataset", "digits", "--hidden", "12", "--epochs", "1",
+            "--train-limit", "200", "--no-progress"]  # fmt: skip
+    whole, some = tmp_path / "whole", tmp_path / "some"
+    assert main([*argv, "--out", str(whole)]) == 0
+    assert main([*argv, "--out", str(some), "--families", "DAE-b,AE"]) == 0
+    assert sorted(p.name for p in some.iterdir() if p.is_dir() and p.name != "figures") == ["AE", "DAE-b_level0.25"]
+    partial = json.loads((some / "results.json").read_text().replace(str(some), str(whole)))
+    reference = json.loads((whole / "results.json").read_text())
+    assert [r["model"] for r in partial["rows"]] == ["AE", "DAE-b"]
+    by_model = {r["model"]: r for r in without_times(reference)["rows"]}
+    for row in without_times(partial)["rows"]:
+        assert row == by_model[row["model"]], row["model"]
+    assert partial["validation_scores"] == {k: reference["validation_scores"][k] for k in ("AE", "DAE-b")}
+    assert partial["paired_differences"] == []  # CAE is not there to pair
+    assert "the AE row was not run" not in (some / "report.md").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--families", "AE,VAE"]) == 2
+    assert "--families" in capsys.readouterr().err and not (tmp_path / "bad").exists()

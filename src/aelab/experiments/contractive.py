@@ -72,7 +72,7 @@ def run(settings: Settings) -> Path:
             bar.update(
                 sum(len(f.values()) for f in families(settings)), text="selection: finished already, kept", kept=True
             )
-        first_run = Path(sweeps["AE"]["runs"][0])
+        first_run = Path(sweeps[names[0]]["runs"][0])
         config = runs.read_config(first_run)
         official, official_note = official_test_status(
             settings.data_dir, tuple(runs.load_model(first_run).input_shape), settings.dataset

@@ -47,7 +47,7 @@ def paired_differences(rows: list[dict]) -> list[dict]:
     by_model = {r["model"]: r for r in rows}
     differences = []
     for metric, what, higher_better in DIFFERENCE_METRICS:
-        for a, b in PAIRS:
+        for a, b in [(a, b) for a, b in PAIRS if a in by_model and b in by_model]:  # --families may leave one out
             for split, key in [("test", "metrics"), ("official MNIST test", "official_test_metrics")]:
                 if by_model[a][key] is None or metric not in by_model[a][key] or metric not in by_model[b][key]:
                     continue
@@ -232,6 +232,8 @@ def contraction_summary(rows: list[dict]) -> str:
     """One sentence on what the table shows: how much each model contracts relative to the plain AE."""
     jac = {r["model"]: r["metrics"]["jacobian_fro_mean"]["mean"] for r in rows}
     sat = {r["model"]: r["metrics"].get("saturation", {}).get("mean") for r in rows}
+    if "AE" not in jac:
+        return "Contraction relative to the plain AE: not shown, the AE row was not run (--families)."
     parts = [f"{m} {jac['AE'] / jac[m]:.2g}x (SAT {_pct(sat[m])})" for m in jac if m != "AE"]
     return (
         f"Contraction here, AE's mean ‖J‖_F divided by each model's (means over seeds; AE SAT {_pct(sat['AE'])}): "

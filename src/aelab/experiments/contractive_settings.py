@@ -15,6 +15,7 @@ from ..options import (
     positive_float_list,
     positive_int,
     seed_value,
+    word_list,
 )
 from ..papers import PAPERS
 from .common import amp_field, device_field
@@ -39,6 +40,7 @@ PAIRS = [("CAE", "DAE-g"), ("CAE", "AE")]  # paired differences of probe accurac
 QUICK = {"epochs": 5, "train_limit": 1000, "finetune_epochs": 10}
 NOT_COMPARED = ("out", "no_progress")  # what may differ between a run and its --resume
 TITLE = "Rifai et al. (2011): AE, AE+wd, DAE and CAE"
+FAMILY_NAMES = ("AE", "AE+wd", "DAE-g", "DAE-b", "CAE", "RBM")  # the rows, in the table's order
 
 
 def _grid_help(what: str, family: str) -> str:
@@ -84,6 +86,14 @@ class Settings:
     mask_fraction: list[float] | None = field(
         default=None, metadata=opt(_grid_help("DAE-b: fractions of pixels zeroed", "DAE-b"), parse=fraction_list)
     )
+    families: list[str] | None = field(
+        default=None,
+        metadata=opt(
+            f"only these rows, comma-separated, of {','.join(FAMILY_NAMES)} (default all); a row's numbers do not "
+            "depend on which other rows run",
+            parse=word_list(FAMILY_NAMES),
+        ),
+    )
     data_dir: str | None = field(
         default=None,
         metadata=opt(
@@ -128,12 +138,13 @@ class Family:
 
 
 def families(settings: Settings) -> list[Family]:
-    """AE, AE+wd, DAE-g, DAE-b, CAE with their grids (the flags, else the full or --quick defaults)."""
+    """AE, AE+wd, DAE-g, DAE-b, CAE and RBM with their grids (the flags, else the full or --quick defaults); only
+    the rows of --families when it is given."""
 
     def grid(name: str, given: list[float] | None) -> tuple[float, ...]:
         return tuple(given) if given else GRIDS[name][1 if settings.quick else 0]
 
-    return [
+    every = [
         Family("AE", "ae", None, "", {}, ()),
         Family("AE+wd", "ae", "weight_decay", "wd", {}, grid("AE+wd", settings.weight_decay)),
         Family("DAE-g", "dae", "level", "std", {"noise": "gaussian"}, grid("DAE-g", settings.noise_std)),
@@ -141,6 +152,7 @@ def families(settings: Settings) -> list[Family]:
         Family("CAE", "cae", "lam", "λ", {}, grid("CAE", settings.lam)),
         Family("RBM", "rbm", None, "", {}, ()),  # CD-1 (aelab.models.rbm_model), as many CD epochs as the AEs' epochs
     ]
+    return [f for f in every if settings.families is None or f.name in settings.families]
 
 
 def run_folder_name(label: str) -> str:
