@@ -173,6 +173,10 @@ def test_families_runs_only_the_rows_named_and_each_row_is_the_full_runs(tmp_pat
     assert partial["validation_scores"] == {k: reference["validation_scores"][k] for k in ("AE", "DAE-b")}
     assert partial["paired_differences"] == []  # CAE is not there to pair
     assert "the AE row was not run" not in (some / "report.md").read_text()
+    # rows with no grid (nothing chosen, no sweep figure), the AE not among them (no contraction ratio)
+    assert main([*argv, "--out", str(tmp_path / "rbm"), "--families", "RBM"]) == 0
+    assert "the AE row was not run" in (tmp_path / "rbm" / "report.md").read_text()
+    assert not (tmp_path / "rbm" / "validation_sweeps.png").exists()
     capsys.readouterr()
     assert main([*argv, "--out", str(tmp_path / "bad"), "--families", "AE,VAE"]) == 2
     assert "--families" in capsys.readouterr().err and not (tmp_path / "bad").exists()

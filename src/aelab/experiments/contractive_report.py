@@ -115,11 +115,15 @@ def write(
         for name, s in sweeps.items()
         if s["option"]
     }
-    figures = [
-        (
-            "Validation probe accuracy of every grid point (first seed); the circled point is the chosen setting",
-            report.plot_validation_sweeps(sweep_plot, out / "validation_sweeps.png"),
-        ),
+    figures = []
+    if sweep_plot:  # --families AE,RBM: no family with a grid, nothing chosen, no sweep to draw
+        figures.append(
+            (
+                "Validation probe accuracy of every grid point (first seed); the circled point is the chosen setting",
+                report.plot_validation_sweeps(sweep_plot, out / "validation_sweeps.png"),
+            )
+        )
+    figures += [
         (
             "Singular values of J_f(x), mean over test points (first seed; sorted, log scale; below ~1e-8 of the "
             "largest they are at the resolution of the float64 Gram eigenvalues, i.e. zero)",
