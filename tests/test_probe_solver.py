@@ -227,3 +227,96 @@ def test_restandardized_keeps_the_logits_and_the_warm_refit_finds_the_cold_one()
     warm = _fit_and_score(codes, labels, [0.5], [], first[0.5])[2][0.5][0]
     assert warm.converged and cold.converged and warm.iterations < cold.iterations
     assert torch.allclose(warm.weight, cold.weight, atol=1e-3) and torch.allclose(warm.bias, cold.bias, atol=1e-3)
+
+
+def _small_problem(n=60, d=4, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long() * (k - 2)  # k classes, overlapping
+    w = torch.randn(d, k, generator=g, dtype=torch.float64)
+    b = torch.randn(k, generator=g, dtype=torch.float64)
+    return x, y, w, b
+
+
+@pytest.mark.parametrize("chunk", [8192, 7])
+def test_the_hessian_is_autograds_in_the_documented_order(monkeypatch, chunk):
+    """hessian() against torch.autograd.functional.hessian of F.cross_entropy + penalty ||W||^2 (float64), over
+    theta = [W[:, 0], b[0], W[:, 1], b[1], ...]; summed in blocks of any size; accumulated in float32 it is close."""
+    import aelab.metrics.logistic as logistic
+
+    monkeypatch.setattr(logistic, "HESSIAN_CHUNK", chunk)
+    x, y, w, b = _small_problem()
+    d, k = w.shape
+    penalty = 0.23
+
+    def f(theta):
+        per_class = theta.reshape(k, d + 1)
+        return (
+            torch.nn.functional.cross_entropy(x @ per_class[:, :d].T + per_class[:, d], y)
+            + penalty * (per_class[:, :d] ** 2).sum()
+        )
+
+    theta = torch.cat([w.T, b[:, None]], 1).reshape(-1)
+    reference = torch.autograd.functional.hessian(f, theta)
+    ours = logistic.hessian(x, w, b, penalty)
+    assert ours.dtype == torch.float64 and ours.shape == (k * (d + 1), k * (d + 1))
+    assert torch.allclose(ours, reference, atol=1e-12)
+    assert torch.allclose(logistic.hessian(x, w, b, penalty, dtype=torch.float32), reference, atol=1e-5)
+    assert not torch.allclose(logistic.hessian(x, w, b, 0.0), reference, atol=1e-3)  # the penalty is in it
+
+
+def test_newton_fits_small_problems_and_finds_lbfgs_minimum(monkeypatch):
+    """Few parameters: Newton (a handful of steps, a Hessian each) reaches the minimiser L-BFGS reaches; many:
+    L-BFGS alone, no Hessian formed."""
+    import aelab.metrics.logistic as logistic
+
+    x, y, _, _ = _small_problem(n=400, d=6, k=4, seed=1)
+    hessians = []
+    real = logistic.hessian
+    monkeypatch.setattr(logistic, "hessian", lambda *a, **kw: (hessians.append(1), real(*a, **kw))[1])
+    newton = logistic.fit_logistic(x, y.numpy(), 5.0, tol=1e-9)
+    assert newton.converged and 2 <= newton.iterations <= 15 and len(hessians) == newton.iterations
+    hessians.clear()
+    monkeypatch.setattr(logistic, "NEWTON_MAX_PARAMETERS", 27)  # 4 x (6 + 1) = 28 parameters: too many
+    lbfgs = logistic.fit_logistic(x, y.numpy(), 5.0, tol=1e-7)
+    assert lbfgs.converged and hessians == [] and lbfgs.iterations > newton.iterations
+    assert torch.allclose(newton.weight, lbfgs.weight, atol=1e-4) and torch.allclose(newton.bias, lbfgs.bias, atol=1e-4)
+    assert abs(float(newton.bias.sum())) < 1e-9  # nothing moved along the intercepts' free direction, as from zero
+    monkeypatch.setattr(logistic, "NEWTON_MAX_PARAMETERS", 28)
+    assert logistic.fit_logistic(x, y.numpy(), 5.0, tol=1e-9).iterations == newton.iterations
+
+
+def test_newton_hands_an_unfinished_fit_to_lbfgs(monkeypatch):
+    """After NEWTON_MAX_STEPS steps without convergence L-BFGS goes on from Newton's point to the same minimum,
+    and the steps of both are counted."""
+    import aelab.metrics.logistic as logistic
+
+    x, y, _, _ = _small_problem(n=400, d=6, k=4, seed=1)
+    full = logistic.fit_logistic(x, y.numpy(), 5.0, tol=1e-9)
+    monkeypatch.setattr(logistic, "NEWTON_MAX_STEPS", 1)
+    handed = logistic.fit_logistic(x, y.numpy(), 5.0, tol=1e-7)
+    assert handed.converged and handed.iterations > 1
+    assert torch.allclose(handed.weight, full.weight, atol=1e-4)
+
+
+def test_newton_converges_where_lbfgs_crawls():
+    """Correlated features, weakly penalised (the large-C end of the probe's path on a deep AE's codes): Newton
+    reaches the gradient tolerance in a few steps where L-BFGS takes hundreds; its objective is no higher."""
+    from aelab.metrics.logistic import _minimise, objective_and_gradient
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(3000, 10, generator=g, dtype=torch.float64)
+    mixing = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))[0]
+    x = z @ (mixing * torch.logspace(0, -3, 10, dtype=torch.float64)).T
+    y = (z @ torch.randn(10, 5, generator=g, dtype=torch.float64)).argmax(1)
+    y = torch.where(torch.rand(3000, generator=g) < 0.05, (y + 1) % 5, y)  # a little label noise
+    x = Standardizer.fit(x)(x)
+    fit = fit_logistic(x, y.numpy(), 100.0)
+    assert fit.converged and fit.iterations <= 10
+    onehot = torch.nn.functional.one_hot(y, 5).double()
+    penalty = 1 / (2 * 100.0 * 3000)
+    zeros = torch.zeros(10, 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    w, b, iterations, _ = _minimise(x, onehot, *zeros, penalty, 1e-4, 1000)
+    assert iterations > 20 * fit.iterations
+    ours = objective_and_gradient(x, onehot, fit.weight, fit.bias, penalty)[0]
+    assert ours <= objective_and_gradient(x, onehot, w, b, penalty)[0] + 1e-10

@@ -61,7 +61,7 @@ IWAE_BATCH = 100  # images per IWAE step: k samples of each are held at once
 TRAVERSED_DIMS = 8  # rows of the latent traversal figure
 
 
-PROBE_CACHE_VERSION = 2  # of the solver and the protocol: a change makes every cached probe stale
+PROBE_CACHE_VERSION = 3  # of the solver and the protocol: a change makes every cached probe stale
 
 
 def raw_probe(config: dict, x_tr, y_tr, x_te, y_te, validation) -> dict:
