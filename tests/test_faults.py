@@ -155,7 +155,7 @@ def test_checkpoint_every_a_sigterm_writes_the_last_epoch_and_a_kill_between_che
 def test_the_automatic_checkpoint_cadence(monkeypatch):
     """At most one a minute; no sooner than 20 times the last one's cost; at least one every 10 minutes;
     `--checkpoint-every S`: every S seconds (0: every epoch). A fake clock stands in for time.monotonic."""
-    from aelab.train import writer as trainer
+    from aelab.runs import writer as trainer
 
     now = [1000.0]
     monkeypatch.setattr(trainer.time, "monotonic", lambda: now[0])
@@ -205,7 +205,7 @@ def test_an_interruption_during_a_snapshot_writes_the_previous_one_whole(tmp_pat
     """Ctrl-C or SIGTERM while epoch 3's snapshot is being copied: the checkpoint written then is epoch 2's,
     every tensor of it (never half epoch 2's and half epoch 3's)."""
     from aelab.models import create
-    from aelab.train import writer as trainer
+    from aelab.runs import writer as trainer
 
     model = create("ae", input_shape=[1, 8, 8], hidden=[8], latent=2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

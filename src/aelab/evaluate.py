@@ -11,7 +11,8 @@ Metrics (per image unless stated):
                    from aelab.metrics.codes.PROBE_C_GRID on the run's validation split when it has one
     raw_probe_accuracy  the same on raw pixels (raw_probe_C)
     test_*         the model's own loss terms on the test split (aelab.train.evaluate_loss)
-    nll_nats       models with a likelihood (VAE): -log p(x) by importance sampling (IWAE bound, k samples)
+    nll_nats       models with a likelihood (VAE): -log p(x) by importance sampling (IWAE bound, k samples;
+                   aelab.metrics.likelihood)
     active_units   models with a posterior KL (VAE): latent dimensions whose KL(q(z_j|x) || N(0,1)), averaged
                    over the test images, exceeds 0.01 nats (eval.json keeps every dimension's KL)
     jacobian_*, saturation   MLP encoders: contraction (aelab.metrics.contraction)
@@ -19,6 +20,7 @@ Metrics (per image unless stated):
 
 `evaluate(run, write=False)` computes and returns; only `write=True` touches the run folder.
 With progress=True, tqdm bars on stderr (labelled by the run folder's name) follow the stages, IWAE and t-SNE.
+The figures are drawn by aelab.evaluate_figures.
 """
 
 from __future__ import annotations
@@ -35,30 +37,37 @@ import numpy as np
 import torch
 
 from . import data as datamod
+from . import evaluate_figures as drawing
 from . import report, runs, tracking
 from .errors import CheckpointError, ConfigError, StorageError
+from .evaluate_figures import TRAVERSED_DIMS  # noqa: F401 (aelab.evaluate.TRAVERSED_DIMS, as before)
 from .metrics.codes import (
     DEFAULT_PROBE_C,
     PROBE_C_GRID,
     encode_all,
-    interpolation_rows,
     reconstruct_all,
-    traversal_rows,
     tsne_2d,
     validated_probe,
 )
 from .metrics.contraction import contraction_diagnostics
 from .metrics.convergence import still_falling_warning, worse_than_pca_warning
+from .metrics.likelihood import (  # noqa: F401 (the IWAE names stay importable from aelab.evaluate)
+    ACTIVE_UNIT_NATS,
+    IWAE_BATCH,
+    IWAE_SAMPLE_BYTES,
+    IWAE_TENSOR_BYTES,
+    MAX_IWAE_K,
+    active_units,
+    iwae_batch_size,
+    iwae_mean,
+)
 from .metrics.reconstruction import pca_reconstruction_sse, sse_per_image
 from .metrics.retrieval import code_statistics
-from .progress import Progress, inner_bar
+from .progress import Progress
 from .train import evaluate_loss
 
 _RAW_PROBE_CACHE: dict[tuple, dict] = {}
-ACTIVE_UNIT_NATS = 0.01  # a latent dimension whose mean KL exceeds this carries information (Burda et al. 2016)
 TSNE_POINTS = 1000  # the t-SNE map: the first N test codes (about 5 s on 2 cores; 2,000 took 4x as long)
-IWAE_BATCH = 100  # images per IWAE step: k samples of each are held at once
-TRAVERSED_DIMS = 8  # rows of the latent traversal figure
 
 
 PROBE_CACHE_VERSION = 3  # of the solver and the protocol: a change makes every cached probe stale
@@ -208,49 +217,45 @@ def evaluate(
     run_dir = Path(run_dir)
     refuse_seed_group(run_dir)
     with runs.RunLock(run_dir, create=False) if write else contextlib.nullcontext(), contextlib.ExitStack() as closing:
-        return _evaluate(
-            closing,
-            run_dir,
-            iwae_k,
-            tsne_points,
-            figures,
-            seed,
-            write,
-            data_dir,
-            data,
-            encoder,
-            decoder,
-            progress,
-            test_dataset,
-            log_mlflow,
-            device,
-            trust_code,
-        )
+        return _evaluate(closing, run_dir, iwae_k, tsne_points, figures, seed, write, data_dir, data, encoder, decoder,
+                         progress, test_dataset, log_mlflow, device, trust_code)  # fmt: skip
 
 
-def _evaluate(
-    closing: contextlib.ExitStack,
-    run_dir: Path,
-    iwae_k: int,
-    tsne_points: int,
-    figures: bool,
-    seed: int,
-    write: bool,
-    data_dir,
-    data,
-    encoder,
-    decoder,
-    progress: bool,
-    test_dataset=None,
-    log_mlflow: bool = False,
-    device: torch.device | str = "cpu",
-    trust_code=False,
-) -> dict:
+def _evaluate(closing: contextlib.ExitStack, run_dir: Path, iwae_k, tsne_points, figures, seed, write, data_dir, data,
+              encoder, decoder, progress, test_dataset, log_mlflow, device, trust_code) -> dict:  # fmt: skip
+    """The steps of `evaluate`, under the run's lock when writing; `closing` closes the stage bar however they end."""
     # the file is read bounded by the model model.json describes, then hashed: the lock held by the caller
     # keeps any writer out in between, so the hash is of the weights loaded
     model = runs.load_model(run_dir, encoder=encoder, decoder=decoder, trust_code=trust_code)
     scored = runs.weights_record(run_dir)  # which weights these numbers are about
     config = runs.read_config(run_dir)
+    split, test_source, eval_name = _evaluation_data(run_dir, model, config, data_dir, data, test_dataset)
+    figures = figures and test_dataset is None  # a second test set writes its eval-test-NAME.json only
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    history = _check_before_work(run_dir, model, split[2], iwae_k, write and figures, device)
+    label = run_dir.resolve().name  # bars say which run, when several are evaluated one after another
+    bar = closing.enter_context(_stage_bar(label, model, write, figures, progress))  # closed however evaluate ends
+    metrics, probes, test_codes, test_hat = _codes_pca_and_probes(bar, run_dir, model, config, split, device)
+    inner = label if progress else None  # the label of the inner bars (IWAE, AIS, t-SNE)
+    rbm_protocol = _test_loss_and_likelihood(bar, metrics, model, config, split, iwae_k, seed, device, inner)
+    model.cpu()  # the diagnostics and figures run on the CPU
+    kl_per_dimension, spectrum, bit_usage = _diagnostics(bar, metrics, model, split)
+    result = _result(run_dir, scored, model, config, split, test_source, test_dataset, metrics, probes, history,
+                     tsne_points, t0, kl_per_dimension, spectrum, rbm_protocol)  # fmt: skip
+    if write:
+        runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
+        figs = _figures(bar, run_dir, model, history, config, split, test_codes, test_hat, tsne_points, seed,
+                        result, bit_usage, inner) if figures else []  # fmt: skip
+        _write_run_folder(bar, run_dir, model, config, eval_name, result, figs, figures, test_dataset, log_mlflow)
+    bar.close()
+    return result
+
+
+def _evaluation_data(run_dir: Path, model, config: dict, data_dir, data, test_dataset) -> tuple:
+    """The run's (train_x, train_y, test_x, test_y), where its test split comes from and the file its evaluation
+    goes to, checked against the model: `test_dataset` swaps in that dataset's test split (a second test set: the
+    fitted parts still come from the run's train split), written to eval-test-NAME.json."""
     train_x, train_y, test_x, test_y = runs.run_data(config, data_dir, data)
     test_source, eval_name = "test", "eval.json"
     if test_dataset is not None:  # a second test set: the fitted parts still come from the run's train split
@@ -261,39 +266,53 @@ def _evaluate(
                 f"takes {tuple(model.input_shape)}"
             )
         eval_name = f"eval-test-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(str(test_dataset)).name)}.json"
-        figures = False
     if len(train_x) < 2 or len(test_x) < 1:  # config.json is untrusted (train_limit: 1): nothing to fit PCA on
         raise CheckpointError(
             f"{run_dir}/config.json leaves {len(train_x)} train and {len(test_x)} test images: too few to evaluate"
         )
-    labeled = bool(len(train_y)) and bool((train_y >= 0).all()) and bool((test_y >= 0).all())
     if tuple(test_x.shape[1:]) != tuple(model.input_shape):
         raise CheckpointError(
             f"{run_dir}/config.json names data of shape {tuple(test_x.shape[1:])}, but the model "
             f"in model.json takes {tuple(model.input_shape)}"
         )
+    return (train_x, train_y, test_x, test_y), test_source, eval_name
+
+
+def _labeled(train_y: torch.Tensor, test_y: torch.Tensor) -> bool:
+    return bool(len(train_y)) and bool((train_y >= 0).all()) and bool((test_y >= 0).all())
+
+
+def _check_before_work(run_dir: Path, model, test_x, iwae_k: int, figures_folder: bool, device) -> list:
+    """The run's history (the curves, and whether the loss was still falling at the end), read with the rest of the
+    run folder before the work starts, so that bad input stays one line (no bars); nothing is written before the
+    work is done."""
     if model.has_likelihood:  # before any work: k samples of every image in a batch must fit in memory
         iwae_batch_size(iwae_k, math.prod(model.input_shape), model.latent)
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    fig_dir = None
-    history = runs.read_history(run_dir)  # the curves, and whether the loss was still falling at the end
-    if write and figures:  # the rest of the run folder is read before the work starts, so bad input stays one
-        runs.check_subfolder(run_dir, "figures")  # line (no bars); nothing is written before the work is done
-    label = run_dir.resolve().name  # bars say which run, when several are evaluated one after another
+    history = runs.read_history(run_dir)
+    if figures_folder:
+        runs.check_subfolder(run_dir, "figures")
     with torch.no_grad():  # weights that overflow (1e38) are the file's fault: one line, before any work starts
         probe_x = test_x[:8].to(device)
         if not (torch.isfinite(model.to(device).eval().encode(probe_x)).all() and torch.isfinite(model(probe_x)).all()):
             raise CheckpointError(f"{run_dir}/model.safetensors: the weights give non-finite codes or reconstructions")
+    return history
+
+
+def _stage_bar(label: str, model, write: bool, figures: bool, progress: bool) -> Progress:
+    """The bar over evaluate's stages: codes and test loss, the optional ones the model has, figures, report."""
     optional_stages = [model.has_likelihood, model.has_posterior_kl, model.has_mlp_encoder, model.binary_code]
-    bar = Progress(
+    return Progress(
         f"{label}: evaluate",
         total=2 + sum(optional_stages) + (write and figures) + write,  # + codes, test loss
         unit="stage",
         enabled=progress,
     )
-    closing.enter_context(bar)  # closed however evaluate ends
 
+
+def _codes_pca_and_probes(bar: Progress, run_dir: Path, model, config: dict, split: tuple, device) -> tuple:
+    """The first stage: codes and reconstructions (on `device`), the reconstruction errors against PCA's, the
+    probes. Returns (metrics, probes, test_codes, test_hat)."""
+    train_x, _, test_x, _ = split
     bar.phase("codes, PCA, probes")
     model.to(device)  # the passes over whole splits on `device`; the rest below on the CPU
     train_codes = encode_all(model, train_x.to(device)).cpu().numpy()
@@ -311,45 +330,67 @@ def _evaluate(
         "code_dim": int(code_dim),
         "pca_sse": pca_reconstruction_sse(x_tr, x_te, min(code_dim, x_tr[0].size, len(x_tr))),
     }
-    probes = {}
-    if labeled and len(train_y.unique()) > 1:  # unlabeled data (or one class): no probe to fit
-        # C is chosen on the run's validation split (probe fitted on train minus validation), then the probe is
-        # refitted on the whole train split and scored once on test
-        validation = runs.validation_indices(config, train_y.numpy())
-        y_tr, y_te = train_y.numpy(), test_y.numpy()
-        probes["codes"] = validated_probe(train_codes, y_tr, test_codes, y_te, validation)
-        probes["raw pixels"] = raw_probe(config, x_tr, y_tr, x_te, y_te, validation)
+    probes = _probes(config, split, train_codes, test_codes)
+    if probes:
         metrics["probe_accuracy"] = probes["codes"]["accuracy"]
         metrics["raw_probe_accuracy"] = probes["raw pixels"]["accuracy"]
         metrics["probe_C"], metrics["raw_probe_C"] = probes["codes"]["C"], probes["raw pixels"]["C"]
     if code_dim < x_tr[0].size:  # else PCA keeps every direction: exact, and a ratio to ~0 is noise
         metrics["sse_ratio_to_pca"] = metrics["recon_sse"] / metrics["pca_sse"]
     bar.update()
+    return metrics, probes, test_codes, test_hat
+
+
+def _probes(config: dict, split: tuple, train_codes, test_codes) -> dict:
+    """The linear probes on the codes and on the raw pixels; none for unlabeled data (or one class)."""
+    train_x, train_y, test_x, test_y = split
+    if not (_labeled(train_y, test_y) and len(train_y.unique()) > 1):  # unlabeled data (or one class): no probe to fit
+        return {}
+    # C is chosen on the run's validation split (probe fitted on train minus validation), then the probe is
+    # refitted on the whole train split and scored once on test
+    validation = runs.validation_indices(config, train_y.numpy())
+    y_tr, y_te = train_y.numpy(), test_y.numpy()
+    return {
+        "codes": validated_probe(train_codes, y_tr, test_codes, y_te, validation),
+        "raw pixels": raw_probe(config, train_x.numpy(), y_tr, test_x.numpy(), y_te, validation),
+    }
+
+
+def _test_loss_and_likelihood(
+    bar: Progress, metrics: dict, model, config: dict, split: tuple, iwae_k: int, seed: int, device, inner: str | None
+) -> dict | None:
+    """The model's own loss terms on the test split, and its test likelihood when it has one (on `device`), into
+    metrics. Returns the protocol of an RBM's log Z and log p(x); None for other models."""
+    train_x, train_y, test_x, _ = split
     bar.phase("test loss")
     for k, v in evaluate_loss(model, test_x.to(device), 500, seed).items():
         metrics[f"test_{k}"] = v
     bar.update()
     if model.has_likelihood:
         bar.phase("IWAE")
-        metrics["nll_nats"] = -iwae_mean(model, test_x.to(device), iwae_k, seed, label if progress else None)
+        metrics["nll_nats"] = -iwae_mean(model, test_x.to(device), iwae_k, seed, inner)
         metrics["iwae_k"] = iwae_k
         bar.update()
-    rbm_protocol = None
-    if model.has_partition_function:  # an RBM: log Z by AIS (exact when small) and log p(x), on `device`
-        from .metrics.rbm_likelihood import run_metrics
+    if not model.has_partition_function:
+        return None
+    from .metrics.rbm_likelihood import run_metrics  # an RBM: log Z by AIS (exact when small) and log p(x)
 
-        bar.phase("log Z and log p(x)")
-        ais_label = label if progress else None
-        extra, rbm_protocol = run_metrics(model, config, train_x, train_y, test_x, seed=seed, progress=ais_label)
-        metrics.update(extra)
-    model.cpu()
-    kl_per_dimension = None
+    bar.phase("log Z and log p(x)")
+    extra, rbm_protocol = run_metrics(model, config, train_x, train_y, test_x, seed=seed, progress=inner)
+    metrics.update(extra)
+    return rbm_protocol
+
+
+def _diagnostics(bar: Progress, metrics: dict, model, split: tuple) -> tuple:
+    """The stages a model has by its kind (on the CPU), into metrics: KL per dimension and active units, the
+    encoder's contraction, binary code statistics. Returns (kl_per_dimension, spectrum, bit_usage), None where absent."""
+    train_x, _, test_x, _ = split
+    kl_per_dimension, spectrum, bit_usage = None, None, None
     if model.has_posterior_kl:
         bar.phase("KL per dimension")
         kl_per_dimension = model.kl_per_dimension(test_x).tolist()
-        metrics["active_units"] = sum(kl > ACTIVE_UNIT_NATS for kl in kl_per_dimension)
+        metrics["active_units"] = active_units(kl_per_dimension)
         bar.update()
-    spectrum, bit_usage = None, None
     if model.has_mlp_encoder:
         bar.phase("contraction")
         extra, spectrum = contraction_diagnostics(model, test_x)
@@ -362,20 +403,30 @@ def _evaluate(
         bar.update()
     if hasattr(model, "penalty_used"):  # the CAE: closed-form or exact Jacobian penalty
         metrics["penalty_used"] = model.penalty_used
-    name = type(model).name
-    warnings = [
-        w
-        for w in (
-            still_falling_warning(history, str(run_dir)),
-            worse_than_pca_warning(metrics, bool(model.binary_code), math.prod(model.input_shape)),
-            *(probe_convergence_warning(name, probe) for name, probe in probes.items()),
-        )
-        if w is not None
-    ]
+    return kl_per_dimension, spectrum, bit_usage
+
+
+def _warnings(run_dir: Path, history: list, model, metrics: dict, probes: dict) -> list[str]:
+    """Signs of an undertrained run (aelab.metrics.convergence), and probes stopped before their tolerance."""
+    warnings = (
+        still_falling_warning(history, str(run_dir)),
+        worse_than_pca_warning(metrics, bool(model.binary_code), math.prod(model.input_shape)),
+        *(probe_convergence_warning(name, probe) for name, probe in probes.items()),
+    )
+    return [w for w in warnings if w is not None]
+
+
+def _result(
+    run_dir, scored, model, config, split, test_source, test_dataset, metrics, probes, history, tsne_points, t0,
+    kl_per_dimension, spectrum, rbm_protocol,
+) -> dict:  # fmt: skip
+    """eval.json: the metrics, the data and splits they were computed on, and how."""
+    train_x, train_y, test_x, test_y = split
+    warnings = _warnings(run_dir, history, model, metrics, probes)
     result = {
         "run": str(run_dir),
         "scored": scored,
-        "model": name,
+        "model": type(model).name,
         "metrics": metrics,
         "data": {
             "dataset": config["dataset"],
@@ -386,7 +437,7 @@ def _evaluate(
             "n_val": config.get("n_val", 0),  # carved from the n_train images: the model trained on the rest
             "n_test": len(test_x),
             "sha256": (config.get("data_info") or {}).get("sha256"),
-            "labeled": labeled,
+            "labeled": _labeled(train_y, test_y),
             "class_names": class_names(config, test_y.tolist()) if test_dataset is None else None,
         },
         "protocol": {
@@ -410,50 +461,62 @@ def _evaluate(
     if kl_per_dimension is not None:
         result["kl_per_dimension"] = kl_per_dimension
         result["protocol"]["active_units"] = f"KL(q(z_j|x) || N(0,1)), mean over test images, > {ACTIVE_UNIT_NATS} nats"
-    if not write:
-        bar.close()
-        return result
+    return result
 
-    runs.remove_stale_temp_files(run_dir)  # under the lock: what a killed evaluate left
-    figs: list[tuple[str, Path]] = []
-    if figures:
-        fig_dir = runs.subfolder(run_dir, "figures")
-        runs.remove_stale_temp_files(fig_dir)
-        bar.phase("figures")
-        figs = _figures(
-            model,
-            history,
-            config,
-            fig_dir,
-            test_x,
-            test_y,
-            test_codes,
-            test_hat,
-            tsne_points,
-            seed,
-            kl_per_dimension,
-            label if progress else None,
-        )
-        if spectrum is not None:
-            figs.append(
-                (
-                    f"Singular values of the encoder's Jacobian, mean over {metrics['spectrum_points']} test points",
-                    report.plot_spectra({name: spectrum}, fig_dir / "jacobian_spectrum.png"),
-                )
-            )
-        if bit_usage is not None:
-            figs.append(
-                ("Bit usage over the train images", report.plot_bit_usage(bit_usage, fig_dir / "bit_usage.png"))
-            )
-        bar.update()
+
+def _figures(
+    bar, run_dir, model, history, config, split, test_codes, test_hat, tsne_points, seed, result, bit_usage, progress
+) -> list:
+    """The figures/ folder: every figure the model has, as (caption, path) in the report's order. `progress`
+    labels the t-SNE bar; None for none."""
+    _, _, test_x, test_y = split
+    fig_dir = runs.subfolder(run_dir, "figures")
+    runs.remove_stale_temp_files(fig_dir)
+    bar.phase("figures")
+    name, kl = type(model).name, result.get("kl_per_dimension")
+    shown = first_of_each_class(test_y, 16, seed)
+    names = class_names(config, test_y)
+    figs = [drawing.reconstructions(test_x, test_hat, shown, fig_dir)]
+    if history:
+        figs.append(drawing.loss_curves(name, history, config, fig_dir))
+    if history and all(k in history[-1] for k in ("test_recon", "test_kl")):
+        figs.append(drawing.elbo_terms(history, fig_dir))
+    n = min(tsne_points, len(test_codes))
+    if n > 0:  # tsne_points=0: no map (the costly part of the figures)
+        emb = tsne_2d(test_codes[:n], seed, progress) if test_codes.shape[1] > 2 else test_codes[:n]
+        figs.append(drawing.tsne_map(name, emb, test_y[:n].numpy(), names, fig_dir))
+    if kl is not None:
+        figs.append(drawing.kl_per_dimension(kl, fig_dir))
+    if model.can_sample:
+        figs.append(drawing.samples(model, seed, fig_dir))
+    if not model.binary_code:  # a code that varies continuously: its dimensions and lines between codes decode
+        figs.append(drawing.traversals(model, test_x[shown[0]], test_codes, kl, fig_dir))
+        figs.append(drawing.interpolations(model, test_x, test_y, shown, names, fig_dir))
+    if "jacobian_mean_singular_values" in result:
+        spectrum, points = result["jacobian_mean_singular_values"], result["metrics"]["spectrum_points"]
+        figs.append(drawing.jacobian_spectrum(name, spectrum, points, fig_dir))
+    if bit_usage is not None:
+        figs.append(drawing.bit_usage(bit_usage, fig_dir))
+    bar.update()
+    return figs
+
+
+def _write_run_folder(bar, run_dir, model, config, eval_name, result, figs, figures, test_dataset, log_mlflow) -> None:
+    """eval.json (or eval-test-NAME.json); for the run's own test split, also the report, and the evaluation logged
+    to the run's MLflow run (or a note that there is one)."""
     bar.phase("report")
     runs.write_json(run_dir / eval_name, result)
-    if test_dataset is not None:  # the run's own eval.json, report and tracking stay about its own test split
-        bar.update()
-        bar.close()
-        return result
+    if test_dataset is None:  # the run's own eval.json, report and tracking stay about its own test split
+        _write_report(run_dir, model, config, result, figs)
+        _track(run_dir, result["metrics"], figures, log_mlflow)
+    bar.update()
+
+
+def _write_report(run_dir: Path, model, config: dict, result: dict, figs: list) -> None:
+    """report.html and report.md: the reading of the numbers, the metrics table, the data line, the figures."""
     from .reading import display_name, reading
 
+    name, metrics, warnings = result["model"], result["metrics"], result["warnings"]
     line = reading([{"name": display_name(name), "metrics": metrics, "warnings": warnings,
                      "binary_code": bool(model.binary_code)}])  # fmt: skip
     report.write_report(
@@ -461,13 +524,16 @@ def _evaluate(
         f"aelab run: {name} on {config['dataset']}",
         [("Test metrics (fitted on train, scored on test)", [{"model": name, **metrics}])],
         figs,
-        notes=[data_sentence(config, len(train_x), len(test_x))]
+        notes=[data_sentence(config, result["data"]["n_train"], result["data"]["n_test"])]
         + ([] if "probe_accuracy" in metrics else ["The data are unlabeled: the probe rows are skipped."]),
         config=config,
         lead=([line] if line else []) + [f"Warning: {w[0].upper()}{w[1:]}." for w in warnings],
     )
-    # the MLflow run that trained this run folder (RUN/tracking.json), when asked: a failure there keeps all of the
-    # above; unasked, one line says that the evaluation could go there
+
+
+def _track(run_dir: Path, metrics: dict, figures: bool, log_mlflow: bool) -> None:
+    """The MLflow run that trained this run folder (RUN/tracking.json), when asked: a failure there keeps all of the
+    above; unasked, one line says that the evaluation could go there."""
     if log_mlflow:
         tracking.log_evaluation(
             run_dir,
@@ -480,45 +546,6 @@ def _evaluate(
             f"aelab: note: {run_dir}/tracking.json records an MLflow run; evaluate --mlflow logs this evaluation there",
             file=sys.stderr,
         )
-    bar.update()
-    bar.close()
-    return result
-
-
-IWAE_TENSOR_BYTES = 2 * 2**30  # the (k, images, pixels) logits of one IWAE step would take at most this much
-MAX_IWAE_K = 100_000
-IWAE_SAMPLE_BYTES = 256 * 2**20  # the (k, images, latent) samples of one IWAE step: at most this much
-
-
-def iwae_batch_size(k: int, pixels: int, latent: int) -> int:
-    """Images per IWAE step: IWAE_BATCH, or fewer so that their k x pixels logits would stay under IWAE_TENSOR_BYTES
-    and their k x latent samples under IWAE_SAMPLE_BYTES (a fixed rule: the estimate never depends on the memory
-    of the machine; the decoder then runs over them in chunks, models.vae.IWAE_CHUNK_BYTES). Refuses (one line,
-    with the GiB needed) a k whose samples of ONE image cannot fit."""
-    from .models.memory import available_memory_bytes
-    from .models.vae import IWAE_CHUNK_BYTES
-
-    if k > MAX_IWAE_K:  # it would fit, in chunks, but run for hours: a typo, not a measurement
-        raise ConfigError(f"--iwae-k {k}: at most {MAX_IWAE_K:,} samples per image (Burda et al. use 5,000)")
-    per_image = k * pixels * 4
-    need, have = 3 * k * latent * 4 + 2 * IWAE_CHUNK_BYTES, available_memory_bytes()  # samples, z, log weights
-    if need > have:
-        raise ConfigError(
-            f"--iwae-k {k}: the samples of one image need about {need / 2**30:.3g} GiB; "
-            f"{have / 2**30:.3g} GiB of memory is available (the test NLL needs no more than a few thousand)"
-        )
-    return max(1, min(IWAE_BATCH, IWAE_TENSOR_BYTES // per_image, IWAE_SAMPLE_BYTES // (k * latent * 4)))
-
-
-def iwae_mean(model, x: torch.Tensor, k: int, seed: int, progress: str | None = None) -> float:
-    """Mean IWAE estimate of log p(x) in nats over the images x, iwae_batch_size images at a time (one generator
-    throughout: the same estimate per image as one call on all of x). `progress` labels a tqdm bar; None for none."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = x.split(iwae_batch_size(k, math.prod(x.shape[1:]), model.latent))
-    total = 0.0
-    for xb in inner_bar(batches, f"{progress}: IWAE k={k}", "batch", enabled=progress is not None):
-        total += float(model.iwae_log_likelihood(xb, k=k, batch_size=len(xb), generator=gen).double().sum())
-    return total / len(x)
 
 
 def data_sentence(config: dict, n_train: int, n_test: int) -> str:
@@ -544,98 +571,3 @@ def class_names(config: dict, labels) -> list[str] | None:
         return None
     labels = [int(y) for y in labels if int(y) >= 0]
     return [c[:40] for c in names] if not labels or max(labels) < len(names) else None
-
-
-def _figures(
-    model, history, config, fig_dir, test_x, test_y, test_codes, test_hat, tsne_points, seed, kl_per_dimension, progress
-) -> list:
-    figs = []
-    name = type(model).name
-    shown = first_of_each_class(test_y, 16, seed)
-    names = class_names(config, test_y)
-    label = (lambda y: names[int(y)]) if names else (lambda y: str(int(y)))  # noqa: E731
-    figs.append(
-        (
-            "Test images (top) and reconstructions (bottom)",
-            report.plot_image_rows(
-                [test_x[shown].numpy(), test_hat[shown]], ["input", "recon"], fig_dir / "reconstructions.png"
-            ),
-        )
-    )
-    if history:
-        figs.append(
-            (
-                f"Loss curves, {report.loss_unit(config)}",
-                report.plot_curves({name: history}, fig_dir / "loss.png", units={name: report.loss_unit(config)}),
-            )
-        )
-    if history and all(k in history[-1] for k in ("test_recon", "test_kl")):
-        figs.append(
-            (
-                "The two terms of the negative ELBO on the test images, per epoch (nats per image)",
-                report.plot_terms(
-                    history,
-                    {"test_recon": "reconstruction: -E_q log p(x|z)", "test_kl": "KL(q(z|x) || p(z))"},
-                    fig_dir / "elbo_terms.png",
-                    ylabel="nats per image",
-                ),
-            )
-        )
-    n = min(tsne_points, len(test_codes))
-    if n > 0:  # tsne_points=0: no map (the costly part of the figures)
-        emb = tsne_2d(test_codes[:n], seed, progress) if test_codes.shape[1] > 2 else test_codes[:n]
-        figs.append(
-            (
-                f"t-SNE of {n} test codes, coloured by label",
-                report.plot_scatter(
-                    emb, test_y[:n].numpy(), fig_dir / "tsne.png", f"{name}: test codes", class_names=names
-                ),
-            )
-        )
-    if kl_per_dimension is not None:
-        figs.append(
-            (
-                f"KL per latent dimension, mean over the test images (active: > {ACTIVE_UNIT_NATS} nats)",
-                report.plot_kl_per_dimension(kl_per_dimension, ACTIVE_UNIT_NATS, fig_dir / "kl_per_dimension.png"),
-            )
-        )
-    if model.can_sample:
-        gen = torch.Generator().manual_seed(seed)
-        samples = model.sample(32, generator=gen).cpu().numpy()
-        figs.append(
-            (
-                "Samples from the prior",
-                report.plot_image_rows([samples[:16], samples[16:]], ["", ""], fig_dir / "samples.png"),
-            )
-        )
-    if not model.binary_code:  # a code that varies continuously: its dimensions and lines between codes decode
-        if kl_per_dimension is not None:  # the VAE: its most informative dimensions, most KL first
-            dims = [int(d) for d in np.argsort(kl_per_dimension, kind="stable")[::-1][:TRAVERSED_DIMS]]
-            labels = [f"z{d} ({kl_per_dimension[d]:.2g} nats)" for d in dims]
-            which = "the dimensions of highest KL"
-        else:
-            dims = list(range(min(TRAVERSED_DIMS, test_codes.shape[1])))
-            labels = [f"z{d}" for d in dims]
-            which = "the first code dimensions"
-        rows = traversal_rows(model, test_x[shown[0]], test_codes, dims)
-        figs.append(
-            (
-                f"Latent traversals of {which}: the test image (first column), then its code with one dimension "
-                "set to the 2nd to 98th percentile of that dimension over the test codes",
-                report.plot_image_rows(list(rows.numpy()), labels, fig_dir / "traversals.png"),
-            )
-        )
-        pairs = [(shown[a], shown[b]) for a, b in [(0, 1), (3, 8), (4, 9), (2, 7)] if b < len(shown)]
-        rows = interpolation_rows(model, test_x, pairs)
-        figs.append(
-            (
-                "Interpolations between test images: the two real images at the ends, the decoded straight line "
-                "between their codes in between",
-                report.plot_image_rows(
-                    list(rows.numpy()),
-                    [f"{label(test_y[a])}→{label(test_y[b])}" for a, b in pairs],
-                    fig_dir / "interpolation.png",
-                ),
-            )
-        )
-    return figs

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,16 +37,19 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ._files import remove_dead_writers_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# an image folder's listing, hash and decoded cache; FORMAT and MAX_FOLDER_DEPTH are kept importable from here
+from .folder_files import FORMAT, IMAGE_SUFFIXES, MAX_FOLDER_DEPTH  # noqa: F401
+from .folder_files import files_hash as _files_hash
+from .folder_files import list_split as _list_split
+from .folder_files import read_cache as _read_cache
+from .folder_files import write_cache as _write_cache
+
 GRAY_MODES = ("1", "L", "LA", "La")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")  # 16-bit grey: scaled to 8 bits (v / 257, rounded), the cache's unit
-FORMAT = 1  # of the folder cache; bump when decoding changes
 MAX_IMAGES = 10**7
 MAX_IMAGE_PIXELS = 4096 * 4096  # per image file, checked from its header before it is decoded
 MAX_IMAGE_FILE_BYTES = 256 << 20
-MAX_FOLDER_DEPTH = 4  # levels below a class folder that are searched for images
 
 
 @dataclass
@@ -417,43 +419,6 @@ def _check_array_file(path: Path) -> None:
         raise DataError(f"{path}: its arrays need about {need / 2**30:.3g} GiB; {have / 2**30:.3g} GiB is available")
 
 
-def _list_split(folder: Path) -> tuple[list[str], list[str] | None, list[str], list[str]]:
-    """(image files, class name of each file or None when flat, skipped files, class folders without an image)
-    of one split folder.
-    Plain strings and os.scandir: pathlib costs more than the reading itself for 60,000 small files."""
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    dirs = [e.path for e in entries if e.is_dir() and not e.name.startswith(".")]
-    # regular files only (symlinks to them too): a FIFO or a link to /dev/zero would be read forever
-    loose = [e.path for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)]
-    skipped = [e.path for e in entries if not e.is_dir() and e.path not in loose]
-    if dirs and loose:
-        raise DataError(
-            f"{folder}: holds both class folders ({os.path.basename(dirs[0])}, ...) and loose images "
-            f"({os.path.basename(loose[0])}, ...); put every image in a class folder, or use a flat folder "
-            "for unlabeled data"
-        )
-    if not dirs:
-        return loose, None, skipped, []
-    files, classes, empty = [], [], []
-    for d in dirs:
-        before = len(files)
-        name = os.path.basename(d)
-        for dirpath, dirnames, filenames in os.walk(d):  # symlinked folders are not followed
-            if dirpath.count(os.sep) - d.count(os.sep) >= MAX_FOLDER_DEPTH:
-                dirnames.clear()  # deeper is not a dataset's layout (a path such as / would be walked whole)
-            dirnames.sort()
-            for f in sorted(filenames):
-                path = os.path.join(dirpath, f)
-                image = f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(path)
-                (files if image else skipped).append(path)
-                if image:
-                    classes.append(name)
-        if len(files) == before:
-            empty.append(d)
-    return files, classes, skipped, empty
-
-
 def pil_8bit(im, where):
     """A PIL image as 8-bit "L" (grey modes) or "RGB" (the rest; alpha dropped). 16-bit grey is scaled by 1/257
     (convert("L") would clip everything above 255); 32-bit integer or float images are refused."""
@@ -552,31 +517,6 @@ def _decode_into(files: list[str], image_size, bar) -> np.ndarray:
     return out
 
 
-def _files_hash(root: Path, files: list[str], image_size) -> str:
-    """sha256 over each file's path (relative to root) and bytes: the cache key of a folder. Blocks of
-    files are hashed in threads (file reads release the GIL), then the blocks' digests in order."""
-    prefix = len(str(root)) + 1
-
-    def block_digest(block: list[str]) -> bytes:
-        h = hashlib.sha256()
-        for p in block:
-            try:
-                with open(p, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise DataError(f"{p}: cannot read it ({e.strerror or e})") from None
-            h.update(f"{p[prefix:]}\0{len(data)}\0".encode())
-            h.update(data)
-        return h.digest()
-
-    blocks = [files[i : i + 2048] for i in range(0, len(files), 2048)]
-    h = hashlib.sha256(f"aelab-folder-cache {FORMAT} {image_size}".encode())
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for digest in pool.map(block_digest, blocks):
-            h.update(digest)
-    return h.hexdigest()
-
-
 def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, write_cache, progress) -> Data:
     from . import datasets
 
@@ -640,34 +580,3 @@ def _from_folder(root: Path, image_size, test_fraction, split_seed, cache_dir, w
     for note in notes:  # after everything loaded: a folder that is refused gets its one line and nothing else
         warnings.warn(note, stacklevel=3)
     return data
-
-
-def _read_cache(path: Path, counts: dict[str, int]) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when absent or not what this version writes (a cache file is untrusted:
-    a bad one is ignored and rebuilt, never trusted)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError, KeyError):
-        return None
-    ok = set(arrays) == {f"x_{split}" for split in counts}
-    ok = ok and all(a.dtype == np.uint8 and a.ndim == 4 and 0 not in a.shape for a in arrays.values())
-    ok = ok and all(len(arrays[f"x_{split}"]) == n for split, n in counts.items())
-    ok = ok and len({a.shape[1:] for a in arrays.values()}) == 1
-    return arrays if ok else None
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temp file beside `path`, then rename: a killed load never leaves a half-written cache."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_dead_writers_files(path.parent, ".tmp")  # what a killed load left
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only cache folder costs speed, not the run
-        tmp.unlink(missing_ok=True)
-        print(f"aelab: note: could not cache {path.name} ({e.strerror or e})", file=sys.stderr)

@@ -14,31 +14,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .. import report, runs
-from ..data.sources import capped_val_fraction
 from ..evaluate import first_of_each_class
-from ..metrics.codes import encode_all, reconstruct_all, validated_probe
-from ..metrics.reconstruction import linear_decoder_sse, sse_per_image
-from ..metrics.retrieval import bits_per_image, encode_codes, hamming_retrieval, pca_sign_codes
 from ..models.binary import BACKWARD_RULES
 from ..options import opt, positive_int, seed_value
 from ..progress import Progress
 from ..runs import fault_point
-from ..train import TrainConfig
 from . import multiseed
+from .binary_steps import code_figures, pca_sign_row, score_autoencoder, train_code_model
 from .common import (
     amp_field,
     check_models_fit,
     device_field,
     jobs_field,
-    kept_epoch,
     patience_field,
     preflight,
     seeds_field,
     splits_of,
-    train_or_resume,
     train_split_size,
     val_fraction_field,
     write_partial,
@@ -100,16 +92,6 @@ class Settings:
     no_progress: bool = field(default=False, metadata=opt("no progress bars"))
 
 
-def _retrieval(train_codes, train_y, test_codes, test_y) -> dict[str, float]:
-    ks = [k for k in (10, 100) if k <= len(train_codes)]
-    result = hamming_retrieval(train_codes, train_y, test_codes, test_y, ks=ks)
-    return {
-        "precision@10": result.get("precision@10", float("nan")),
-        "precision@100": result.get("precision@100", float("nan")),
-        "mAP": result["mAP"],
-    }
-
-
 def run(settings: Settings) -> Path:
     """Every seed's run_one into OUT/seed-<s>/, then the rows over seeds (aelab.experiments.multiseed)."""
     import sys
@@ -150,103 +132,48 @@ def _run_one(settings: Settings, bar: Progress) -> Path:
     ]:
         t0 = time.perf_counter()
         bar.phase(f"{name} AE: training (at most {epochs} epoch{'s' if epochs != 1 else ''}; a finished run is kept)")
-        cfg = TrainConfig(
-            model="binary",
-            model_options=options,
-            dataset=settings.dataset,
-            data_dir=settings.data_dir,
-            train_limit=settings.train_limit,
-            epochs=epochs,
-            seed=settings.seed,
-            val_fraction=capped_val_fraction(n_train, settings.val_fraction),
-            early_stopping=settings.patience,
-            device=settings.device,
-            amp=settings.amp,
-            out=str(out / name),
-        )
-        run_dir = train_or_resume(cfg, progress=not settings.no_progress)
+        run_dir = train_code_model(settings, name, options, epochs, n_train)
         bar.phase(f"{name} AE: reconstruction, Hamming retrieval, probe")
-        model = runs.load_model(run_dir)  # the weights of the best validation epoch
-        config = runs.read_config(run_dir)
-        train_x, train_y, test_x, test_y = runs.run_data(config, settings.data_dir)
-        test_hat = reconstruct_all(model, test_x)
-        sse = sse_per_image(test_x.numpy(), test_hat.numpy())
-        if name == "binary":
-            train_codes, test_codes = encode_codes(model, train_x), encode_codes(model, test_x)
-            probe_tr, probe_te = train_codes, test_codes
-        else:
-            probe_tr, probe_te = encode_all(model, train_x).numpy(), encode_all(model, test_x).numpy()
-            train_codes, test_codes = (probe_tr > 0.5).astype(np.uint8), (probe_te > 0.5).astype(np.uint8)
-        rows.append(
-            {
-                "code": f"{name} AE",
-                "STE": settings.backward if name == "binary" else "none (sigmoid code)",
-                "epoch kept": kept_epoch(run_dir),
-                "bits per image": bits_per_image(model),
-                "recon_sse": float(sse.mean()),
-                "recon_mse": float(sse.mean() / test_x[0].numel()),
-                **_retrieval(train_codes, train_y.numpy(), test_codes, test_y.numpy()),
-                "probe_accuracy": validated_probe(
-                    probe_tr, train_y.numpy(), probe_te, test_y.numpy(), runs.validation_indices(config, train_y)
-                )["accuracy"],
-                "distinct train codes": int(len(np.unique(train_codes, axis=0))),
-                "time (s)": time.perf_counter() - t0,
-            }
-        )
+        row, config, data, test_hat = score_autoencoder(settings, name, run_dir, t0)
+        rows.append(row)
         run_dirs[name] = str(run_dir)
         histories[name] = runs.read_history(run_dir)
         units[name] = report.loss_unit(runs.read_config(run_dir))
         if recon_rows is None:
+            _, _, test_x, test_y = data
             first = first_of_each_class(test_y, 10)
             recon_rows = [test_x[first].numpy()]
         recon_rows.append(test_hat[first].numpy())
         row_done(f"{name} AE: mAP {rows[-1]['mAP']:.4f}, recon_sse {rows[-1]['recon_sse']:.2f}")
 
-    # PCA-sign hashing on the same splits
     bar.phase("PCA-sign: PCA, retrieval, probe")
-    t0 = time.perf_counter()
-    x_tr, x_te = train_x.numpy(), test_x.numpy()
-    notes_pca = ""
-    if settings.bits <= min(len(x_tr), x_tr[0].size):
-        pca_tr, pca_te = pca_sign_codes(x_tr, x_te, settings.bits)
-        sse = linear_decoder_sse(pca_tr, x_tr, pca_te, x_te)
-        rows.append(
-            {
-                "code": "PCA-sign",
-                "STE": "none (signs of PCA)",
-                "epoch kept": None,
-                "bits per image": settings.bits,
-                "recon_sse": float(sse.mean()),
-                "recon_mse": float(sse.mean() / x_te[0].size),
-                **_retrieval(pca_tr, train_y.numpy(), pca_te, test_y.numpy()),
-                "probe_accuracy": validated_probe(
-                    pca_tr, train_y.numpy(), pca_te, test_y.numpy(), runs.validation_indices(config, train_y)
-                )["accuracy"],
-                "distinct train codes": int(len(np.unique(pca_tr, axis=0))),
-                "time (s)": time.perf_counter() - t0,
-            }
-        )
+    pca_row, notes_pca = pca_sign_row(settings, data, config)
+    if pca_row is not None:
+        rows.append(pca_row)
         row_done(f"PCA-sign: mAP {rows[-1]['mAP']:.4f}")
     else:
-        notes_pca = (
-            f"PCA-sign skipped: {settings.bits} bits exceed the number of principal components "
-            f"(min of {len(x_tr)} train images and {x_tr[0].size} pixels)."
-        )
         bar.update(text=notes_pca)
     bar.phase("figures and report")
+    figures = code_figures(out, recon_rows, histories, units)
+    result = results_of(settings, title, epochs, rows, run_dirs, figures, config, data)
+    result["wall_time_s"] = time.perf_counter() - t_start
+    runs.write_json(out / "results.json", result)
+    notes = notes_of(settings, epochs, data, config, result["wall_time_s"]) + ([notes_pca] if notes_pca else [])
+    return report.write_report(
+        out,
+        title,
+        [("Reconstruction and retrieval on the test split", rows)],
+        figures,
+        notes,
+        config=result["settings"],
+    )
 
-    fig_dir = out / "figures"
-    figures = [
-        (
-            "Test images (top), binary AE, float AE reconstructions",
-            report.plot_image_rows(recon_rows, ["input", "binary", "float"], fig_dir / "reconstructions.png"),
-        ),
-        (
-            "Loss per epoch (train solid, validation and test dashed; the kept epoch has the best validation loss)",
-            report.plot_curves(histories, fig_dir / "loss.png", units=units),
-        ),
-    ]
-    result = {
+
+def results_of(settings: Settings, title: str, epochs: int, rows, run_dirs, figures, config, data) -> dict:
+    """results.json of one seed, its wall time aside."""
+    out = Path(settings.out)
+    train_x, _, test_x, _ = data
+    return {
         "experiment": "binary",
         "title": title,
         "selection_split": "validation",
@@ -260,8 +187,8 @@ def _run_one(settings: Settings, bar: Progress) -> Path:
         "runs": run_dirs,
         "data": {
             "dataset": settings.dataset,
-            "n_train": len(x_tr),
-            "n_test": len(x_te),
+            "n_train": len(train_x),
+            "n_test": len(test_x),
             "train_limit": settings.train_limit,
             "fit_split": "train",
             "query_split": "test",
@@ -273,11 +200,14 @@ def _run_one(settings: Settings, bar: Progress) -> Path:
             "seed": settings.seed,
             "quick": bool(settings.quick),
         },
-        "wall_time_s": time.perf_counter() - t_start,
     }
-    runs.write_json(out / "results.json", result)
-    notes = [
-        f"Data: {settings.dataset}, {len(x_tr)} train images (the retrieval database) / {len(x_te)} test images "
+
+
+def notes_of(settings: Settings, epochs: int, data, config: dict, wall_time_s: float) -> list[str]:
+    """The report's notes: the data and splits, how each baseline is scored, the tie rule, the wall time."""
+    train_x, _, test_x, _ = data
+    return [
+        f"Data: {settings.dataset}, {len(train_x)} train images (the retrieval database) / {len(test_x)} test images "
         f"(the queries); relevant = same digit. At most {epochs} epochs, seed {settings.seed}; each model keeps "
         f"the epoch of its best validation loss ({config['n_val']} validation images carved from train, "
         "stratified, seed 0; the database still holds every train image).",
@@ -285,13 +215,5 @@ def _run_one(settings: Settings, bar: Progress) -> Path:
         "reconstruction and probe use the float code (32 bits per number, hence 32x the bits per image).",
         "PCA-sign: the reconstruction is the least-squares affine decoder from the bits, fitted on train.",
         "Hamming ties are broken by database index (deterministic, not tie-averaged).",
-        f"Wall time {result['wall_time_s']:.0f} s.",
-    ] + ([notes_pca] if notes_pca else [])
-    return report.write_report(
-        out,
-        title,
-        [("Reconstruction and retrieval on the test split", rows)],
-        figures,
-        notes,
-        config=result["settings"],
-    )
+        f"Wall time {wall_time_s:.0f} s.",
+    ]

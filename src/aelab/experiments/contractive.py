@@ -37,7 +37,7 @@ from ..progress import Progress
 from ..runs import fault_point
 from . import contractive_report
 from .common import official_test_status, preflight
-from .contractive_settings import PAIRS, Settings, epochs_of, families, train_limit_of  # noqa: F401 (the interface)
+from .contractive_settings import PAIRS, Family, Settings, epochs_of, families, train_limit_of  # noqa: F401 (the interface)
 from .contractive_steps import (
     finished_rows,
     score_member,
@@ -60,11 +60,7 @@ def run(settings: Settings) -> Path:
     label = f"{out.name or out}: contractive"
     with Progress(label, total=steps, unit="step", enabled=not settings.no_progress) as bar:
         if settings.quick:
-            bar.write(
-                f"--quick: the first {train_limit_of(settings)} train images, {epochs} epochs, grids "
-                + "; ".join(f"{f.name} {[f.describe(v) for v in f.values()]}" for f in families(settings))
-                + " (the full run: every train image, 30 epochs, 3- and 4-point grids), no t-SNE figures"
-            )
+            bar.write(quick_line(settings, epochs))
         if sweeps is None:
             sweeps = select_settings(settings, bar)
             write_partial_rows(settings, sweeps, rows, spectra, names)
@@ -78,41 +74,16 @@ def run(settings: Settings) -> Path:
             settings.data_dir, tuple(runs.load_model(first_run).input_shape), settings.dataset
         )
         histories, units = {}, {}
-        raw_probe, data = None, None
         done = {row["model"] for row in rows}
         for family in families(settings):
             sweep = sweeps[family.name]
-            chosen = sweep["chosen"]
             first = Path(sweep["runs"][sweep["chosen_index"]])  # the first seed's run is the grid's own
             histories[family.name] = runs.read_history(first)
             units[family.name] = report.loss_unit(runs.read_config(first))
             if family.name in done:
                 bar.update(text=f"{family.name}: finished already, kept", kept=True)
                 continue
-            run_dirs = [first]
-            for seed in seeds[1:]:
-                bar.phase(f"{family.name} {family.describe(chosen)}: training seed {seed}")
-                run_dirs.append(train_member(settings, family, chosen, seed))
-            test_metrics, official_metrics = [], []
-            for i, run_dir in enumerate(run_dirs):
-                figures = not settings.quick and i == 0
-                result, other = score_member(settings, family, run_dir, seeds[i], figures, official, bar)
-                test_metrics.append(result["metrics"])
-                official_metrics.append(other)
-                if i == 0:
-                    spectra[family.name] = result["jacobian_mean_singular_values"]
-            row = {
-                "model": family.name,
-                "setting": sweep["chosen_setting"],
-                "value": chosen,
-                "seeds": seeds,
-                "runs": [str(r) for r in run_dirs],
-                "metrics": contractive_report.summarize_metrics(test_metrics),
-                "official_test_metrics": contractive_report.summarize_metrics(official_metrics) if official else None,
-                "train_s": sum(h.get("train_time_s", 0.0) for r in run_dirs for h in runs.read_history(r)),
-                "raw_probe_accuracy": test_metrics[0].get("raw_probe_accuracy"),
-                "data": result["data"],
-            }
+            row = family_row(settings, family, sweep, seeds, official, spectra, bar)
             rows.append(row)
             write_partial_rows(settings, sweeps, rows, spectra, names)
             fault_point("row")  # AELAB_FAULT_KILL_AT_ROW=N: the kill-between-rows test
@@ -138,3 +109,45 @@ def run(settings: Settings) -> Path:
             units=units,
             spectra=spectra,
         )
+
+
+def quick_line(settings: Settings, epochs: int) -> str:
+    """What --quick shrinks, said first."""
+    return (
+        f"--quick: the first {train_limit_of(settings)} train images, {epochs} epochs, grids "
+        + "; ".join(f"{f.name} {[f.describe(v) for v in f.values()]}" for f in families(settings))
+        + " (the full run: every train image, 30 epochs, 3- and 4-point grids), no t-SNE figures"
+    )
+
+
+def family_row(
+    settings: Settings, family: Family, sweep: dict, seeds: list[int], official: bool, spectra: dict, bar
+) -> dict:
+    """One family's row: its chosen setting trained with every seed (the first seed's run is the grid's own), each
+    run scored once on the test split (and on the official test set); the first seed's Jacobian spectrum goes into
+    `spectra`."""
+    chosen = sweep["chosen"]
+    run_dirs = [Path(sweep["runs"][sweep["chosen_index"]])]
+    for seed in seeds[1:]:
+        bar.phase(f"{family.name} {family.describe(chosen)}: training seed {seed}")
+        run_dirs.append(train_member(settings, family, chosen, seed))
+    test_metrics, official_metrics = [], []
+    for i, run_dir in enumerate(run_dirs):
+        figures = not settings.quick and i == 0
+        result, other = score_member(settings, family, run_dir, seeds[i], figures, official, bar)
+        test_metrics.append(result["metrics"])
+        official_metrics.append(other)
+        if i == 0:
+            spectra[family.name] = result["jacobian_mean_singular_values"]
+    return {
+        "model": family.name,
+        "setting": sweep["chosen_setting"],
+        "value": chosen,
+        "seeds": seeds,
+        "runs": [str(r) for r in run_dirs],
+        "metrics": contractive_report.summarize_metrics(test_metrics),
+        "official_test_metrics": contractive_report.summarize_metrics(official_metrics) if official else None,
+        "train_s": sum(h.get("train_time_s", 0.0) for r in run_dirs for h in runs.read_history(r)),
+        "raw_probe_accuracy": test_metrics[0].get("raw_probe_accuracy"),
+        "data": result["data"],
+    }

@@ -104,36 +104,7 @@ def write(
         contraction_summary(rows),
     ]
     notes += [d["verdict"] for d in differences]
-    sweep_plot = {
-        name: {
-            "option": s["option"],
-            "grid": s["grid"],
-            "scores": s["val_probe_accuracy"],
-            "chosen_index": s["chosen_index"],
-            "ylabel": "validation probe accuracy",
-        }
-        for name, s in sweeps.items()
-        if s["option"]
-    }
-    figures = []
-    if sweep_plot:  # --families AE,RBM: no family with a grid, nothing chosen, no sweep to draw
-        figures.append(
-            (
-                "Validation probe accuracy of every grid point (first seed); the circled point is the chosen setting",
-                report.plot_validation_sweeps(sweep_plot, out / "validation_sweeps.png"),
-            )
-        )
-    figures += [
-        (
-            "Singular values of J_f(x), mean over test points (first seed; sorted, log scale; below ~1e-8 of the "
-            "largest they are at the resolution of the float64 Gram eigenvalues, i.e. zero)",
-            report.plot_spectra(spectra, out / "jacobian_spectra.png"),
-        ),
-        (
-            "Loss per epoch of the chosen settings, first seed (train solid, test dashed; each model's own objective)",
-            report.plot_curves(histories, out / "loss.png", units=units),
-        ),
-    ]
+    figures = figures_of(out, sweeps, spectra, histories, units)
     runs.write_json(
         out / "results.json",
         {
@@ -170,6 +141,40 @@ def write(
         notes,
         lead=lead_lines(settings, rows),
     )
+
+
+def figures_of(out: Path, sweeps: dict[str, dict], spectra: dict, histories: dict, units: dict) -> list:
+    """The validation sweep of every family with a grid, the Jacobian spectra and the loss curves (first seed)."""
+    sweep_plot = {
+        name: {
+            "option": s["option"],
+            "grid": s["grid"],
+            "scores": s["val_probe_accuracy"],
+            "chosen_index": s["chosen_index"],
+            "ylabel": "validation probe accuracy",
+        }
+        for name, s in sweeps.items()
+        if s["option"]
+    }
+    figures = []
+    if sweep_plot:  # --families AE,RBM: no family with a grid, nothing chosen, no sweep to draw
+        figures.append(
+            (
+                "Validation probe accuracy of every grid point (first seed); the circled point is the chosen setting",
+                report.plot_validation_sweeps(sweep_plot, out / "validation_sweeps.png"),
+            )
+        )
+    return figures + [
+        (
+            "Singular values of J_f(x), mean over test points (first seed; sorted, log scale; below ~1e-8 of the "
+            "largest they are at the resolution of the float64 Gram eigenvalues, i.e. zero)",
+            report.plot_spectra(spectra, out / "jacobian_spectra.png"),
+        ),
+        (
+            "Loss per epoch of the chosen settings, first seed (train solid, test dashed; each model's own objective)",
+            report.plot_curves(histories, out / "loss.png", units=units),
+        ),
+    ]
 
 
 def lead_lines(settings: Settings, rows: list[dict]) -> list[str]:

@@ -18,19 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data as datamod
-from .. import runs
-from ..data.colored import make_colored_mnist
 from ..data.colored_splits import load_biased_train_split
 from ..data.sources import capped_val_fraction, validation_split
 from ..debias import scores as detection
-from ..metrics.ranking import class_metrics
 from ..options import fraction, int_list, opt, positive_int, seed_value
 from ..progress import Progress
-from ..train import TrainConfig, resolve_device
 from . import debias_report, multiseed
 from .common import (
-    OFFICIAL_TEST,
     amp_field,
     dataset_field,
     device_field,
@@ -38,9 +32,9 @@ from .common import (
     official_test_status,
     preflight,
     seeds_field,
-    train_or_resume,
     val_fraction_field,
 )
+from .debias_steps import choose_knn_k, grade, score_all, score_official, train_autoencoder
 
 K_GRID = (1, 3, 5, 10, 20)
 DEFAULT_K = 5  # used when the validation images hold no conflicting image to choose with
@@ -101,6 +95,24 @@ def _setting(settings: Settings, name: str):
     return value if value is not None else DEFAULTS[name][1 if settings.quick else 0]
 
 
+def used_settings(settings: Settings) -> dict:
+    """The settings this seed runs with, --quick's defaults filled in (results.json "settings")."""
+    return {
+        "aligned_ratio": settings.aligned_ratio,
+        "seed": settings.seed,
+        "dataset_source": settings.dataset,
+        "train_limit": settings.train_limit,
+        "ae_epochs": _setting(settings, "ae_epochs"),
+        "n_models": _setting(settings, "n_models"),
+        "gce_epochs": settings.gce_epochs,
+        "gce_q": 0.7,
+        "k_grid": sorted(set(settings.k_grid or K_GRID)),
+        "pca_components": 20,
+        "tsne_points": _setting(settings, "tsne_points"),
+        "quick": bool(settings.quick),
+    }
+
+
 def run(settings: Settings) -> Path:
     """Every seed's run_one into OUT/seed-<s>/, then the rows over seeds (aelab.experiments.multiseed)."""
     import sys
@@ -122,21 +134,7 @@ def run_one(settings: Settings) -> Path:
 def _run_one(settings: Settings, bar: Progress) -> Path:
     t_start = time.perf_counter()
     out = Path(settings.out)
-    ks = sorted(set(settings.k_grid or K_GRID))
-    used = {
-        "aligned_ratio": settings.aligned_ratio,
-        "seed": settings.seed,
-        "dataset_source": settings.dataset,
-        "train_limit": settings.train_limit,
-        "ae_epochs": _setting(settings, "ae_epochs"),
-        "n_models": _setting(settings, "n_models"),
-        "gce_epochs": settings.gce_epochs,
-        "gce_q": 0.7,
-        "k_grid": ks,
-        "pca_components": 20,
-        "tsne_points": _setting(settings, "tsne_points"),
-        "quick": bool(settings.quick),
-    }
+    used = used_settings(settings)
     images, digits, color_labels, conflicting = load_biased_train_split(
         settings.dataset, settings.aligned_ratio, settings.seed, settings.data_dir, settings.train_limit
     )
@@ -153,51 +151,23 @@ def _run_one(settings: Settings, bar: Progress) -> Path:
     # 1. the autoencoder, trained by the common trainer on the same images (no labels of any kind)
     bar.phase(f"the autoencoder: {used['ae_epochs']} epochs on {len(images)} images (a finished run is kept)")
     t0 = time.perf_counter()
-    ae_dir = out / "ae"
-    cfg = TrainConfig(
-        model="ae",
-        model_options={"loss": "mse"},
-        dataset="colored-mnist",
-        dataset_options={
-            "aligned_ratio": settings.aligned_ratio,
-            "seed": settings.seed,
-            "source": settings.dataset,
-        },
-        data_dir=settings.data_dir,
-        train_limit=settings.train_limit,
-        epochs=used["ae_epochs"],
-        seed=settings.seed,
-        device=settings.device,
-        amp=settings.amp,
-        # the AE sees every train image, labels unused: finding the bias-conflicting ones among them is the task
-        val_fraction=0.0,
-        out=str(ae_dir),
-    )
-    train_or_resume(cfg, progress=not settings.no_progress)
-    ae = runs.load_model(ae_dir)
+    ae = train_autoencoder(settings, used, out / "ae")
     ae_time = time.perf_counter() - t0
     bar.update(text=f"the autoencoder: {ae_time:.0f} s")
 
     # 2. scores: images and digit labels only; then the kNN scores' k, chosen on the validation images
     timings: dict[str, float] = {}
     features: dict[str, np.ndarray] = {}
-    scores = _score(settings, used, images, digits, ae, DEFAULT_K, timings, features, bar.phase)
+    scores = score_all(settings, used, images, digits, ae, DEFAULT_K, timings, features, bar.phase)
     bar.update(text="the detection scores")
     bar.phase(f"k of the kNN scores, chosen on the {len(held)} validation images")
-    choices = {}
-    for method, feature in (("ae_knn", "ae_codes"), ("gce_knn", "gce_log_probs")):
-        choice = detection.choose_k(features[feature], y, conf, held, ks, DEFAULT_K)
-        scores[method] = choice.pop("scores")
-        choices[method] = choice
+    choices = choose_knn_k(scores, features, y, conf, held, used["k_grid"], DEFAULT_K)
     scores["rank_avg(gce_ce,gce_knn)"] = detection.rank_average([scores["gce_ce"], scores["gce_knn"]], y)
     bar.update(text="k: " + ", ".join(f"{m} {c['chosen_k']}" for m, c in choices.items()))
     bar.phase("grading every method on the test images")
 
     # 3. grading on the test images (outside validation): the only other place the colour labels enter
-    methods = {}
-    for name, sc in scores.items():
-        graded = class_metrics(sc[keep], y[keep], conf[keep])
-        methods[name] = {"description": detection.METHODS[name], "time_s": timings.get(name), **graded}
+    methods = grade(scores, keep, y, conf, timings)
     best = max(methods, key=lambda m: methods[m]["mean"]["auroc"])
     bar.update(text=f"best AUROC: {best} {methods[best]['mean']['auroc']:.3f}")
 
@@ -233,43 +203,3 @@ def _run_one(settings: Settings, bar: Progress) -> Path:
         official_methods=official_methods,
         t_start=t_start,
     )
-
-
-def _score(
-    settings: Settings, used: dict, images, digits, ae, k: int, timings: dict, features: dict, progress=None
-) -> dict:
-    """Every method of aelab.debias.scores on one image set, with this run's settings (images and digits only)."""
-    return detection.score_samples(
-        images,
-        digits,
-        ae,
-        k=k,
-        n_models=used["n_models"],
-        gce_epochs=settings.gce_epochs,
-        q=used["gce_q"],
-        seed=settings.seed,
-        pca_components=used["pca_components"],
-        timings=timings,
-        representations=features,
-        device=resolve_device(settings.device),
-        amp=settings.amp,
-        progress=progress,
-    )
-
-
-def score_official(settings: Settings, ae, used: dict, choices: dict, progress=None) -> dict:
-    """Every method on the official MNIST test digits coloured as a biased train split (colouring seed + 1, so
-    that it is not the train split's draw), graded on all of them, with the k chosen on the validation images."""
-    gray, digits, _ = datamod.load_test_split(OFFICIAL_TEST, settings.data_dir)
-    seed = (settings.seed + 1) % (2**63)
-    colored = make_colored_mnist(gray, digits, split="train", aligned_ratio=settings.aligned_ratio, seed=seed)
-    images, conf = colored["images"], (~colored["aligned"]).numpy()
-    y = digits.numpy()
-    features: dict[str, np.ndarray] = {}
-    timings: dict[str, float] = {}
-    scores = _score(settings, used, images, digits, ae, choices["gce_knn"]["chosen_k"], timings, features, progress)
-    scores["ae_knn"] = detection.knn_distance_scores(features["ae_codes"], y, choices["ae_knn"]["chosen_k"])
-    return {
-        name: {"description": detection.METHODS[name], "time_s": timings.get(name), **class_metrics(sc, y, conf)}
-        for name, sc in scores.items()
-    }

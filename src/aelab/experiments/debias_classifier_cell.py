@@ -51,62 +51,27 @@ def fit_label_free(
     timings: dict[str, float] = {}
     mark = time.perf_counter()
     # 1. the GCE-biased model, the discovery of the bias factor, the donors and the selection set
-    biased = debias.train_biased_classifier(train_x, train_y, epochs=BIASED_EPOCHS, q=BIASED_Q, seed=s0 + 1, **run)
-    reliance = debias.bias_reliance(biased, train_x, seed=s0 + 2)
-    factor = max(reliance, key=reliance.get)
-    synth = debias.Synthesizer(train_x, train_y, torch.from_numpy(debias.predict(biased, train_x)), factor)
-    val_synth = debias.Synthesizer(val_x, val_y, torch.from_numpy(debias.predict(biased, val_x)), factor)
-    val_swapped = val_synth.sample(torch.arange(len(val_x)), torch.Generator().manual_seed(s0 + 3))
-
-    def score(model) -> float:
-        return debias.accuracy(model, val_swapped, val_y)
-
+    biased, reliance, factor, synth, val_swapped = discover_bias(train_x, train_y, val_x, val_y, s0, run)
     models, choices = {}, {}
     timings["bias_discovery"] = time.perf_counter() - mark
     mark = time.perf_counter()
 
     def select(name: str, candidates: list[tuple[dict, torch.nn.Module]]) -> None:
         nonlocal mark
-        grid = [{**params, "val_score": score(m)} for params, m in candidates]
-        best = max(range(len(grid)), key=lambda i: grid[i]["val_score"])  # first best on ties
-        models[name] = candidates[best][1]
-        choices[name] = {
-            "grid": grid,
-            "chosen": {k: v for k, v in grid[best].items() if k != "val_score"},
-            "val_score": grid[best]["val_score"],
-        }
+        models[name], choices[name] = best_on_validation(candidates, val_swapped, val_y)
         timings[name] = time.perf_counter() - mark  # the whole grid, training included
         mark = time.perf_counter()
 
-    def classifier(seed_offset: int, **options) -> torch.nn.Module:
-        return debias.train_classifier(train_x, train_y, epochs, s0 + seed_offset, **options, **run)[0]
-
     # 2. vanilla
-    select("vanilla", [({}, classifier(10))])
+    select("vanilla", [({}, _classifier(train_x, train_y, epochs, s0 + 10, run))])
     # 3. LfF
-    lff = [
-        debias.train_lff(train_x, train_y, epochs, s0 + 20, q=g["q"], ema_alpha=g["ema_alpha"], **run) for g in LFF_GRID
-    ]
-    select("lff", [(g, m[0]) for g, m in zip(LFF_GRID, lff)])
+    select("lff", lff_candidates(train_x, train_y, epochs, s0, run))
     # 4. JTT: identification by ERM for T epochs, then upweighting
-    snaps = debias.identification_predictions(train_x, train_y, [g["T"] for g in JTT_GRID], s0 + 30, **run)
-    cands = []
-    for g in JTT_GRID:
-        w, n_errors = debias.upweights(snaps[g["T"]], train_y, g["lambda_up"])
-        cands.append(({**g, "n_errors": n_errors}, classifier(31, weights=w)))
-    select("jtt", cands)
+    select("jtt", jtt_candidates(train_x, train_y, epochs, s0, run))
     # 5. detect-then-reweight with our detector (gce_knn)
-    log_probs = debias.biased_log_probabilities(
-        train_x, train_y, n_models=5, epochs=BIASED_EPOCHS, q=BIASED_Q, seed=s0 + 40, **run
-    )
-    det_scores = debias.knn_distance_scores(log_probs, train_y.numpy(), k=5)
-    cands = []
-    for g in DETECT_GRID:
-        flags = debias.top_fraction_flags(det_scores, train_y.numpy(), g["rho"])
-        cands.append((g, classifier(41, weights=debias.balanced_flag_weights(flags, train_y.numpy()))))
-    select("detect_reweight", cands)
+    select("detect_reweight", detect_reweight_candidates(train_x, train_y, epochs, s0, run))
     # 6. bias-swap synthesis
-    select("synthesis", [(g, classifier(50, synthesizer=synth, synth_fraction=g["p"])) for g in SYNTH_GRID])
+    select("synthesis", synthesis_candidates(train_x, train_y, epochs, s0, run, synth))
     p = choices["synthesis"]["chosen"]["p"]
     # 7. representation: plain AE vs AE on synthesis-augmented images
     aes = {
@@ -125,6 +90,79 @@ def fit_label_free(
         "aes": aes,
         "biased_model": biased,
     }
+
+
+def discover_bias(train_x, train_y, val_x, val_y, s0: int, run: dict) -> tuple:
+    """The GCE-biased model, the bias factor it relies on most, the synthesizer that swaps it between train images
+    (donors: images it assigns to another digit) and the bias-swapped validation set that selects every method.
+    Returns (biased model, reliance, factor, synthesizer, swapped validation images)."""
+    biased = debias.train_biased_classifier(train_x, train_y, epochs=BIASED_EPOCHS, q=BIASED_Q, seed=s0 + 1, **run)
+    reliance = debias.bias_reliance(biased, train_x, seed=s0 + 2)
+    factor = max(reliance, key=reliance.get)
+    synth = debias.Synthesizer(train_x, train_y, torch.from_numpy(debias.predict(biased, train_x)), factor)
+    val_synth = debias.Synthesizer(val_x, val_y, torch.from_numpy(debias.predict(biased, val_x)), factor)
+    val_swapped = val_synth.sample(torch.arange(len(val_x)), torch.Generator().manual_seed(s0 + 3))
+    return biased, reliance, factor, synth, val_swapped
+
+
+def best_on_validation(candidates: list[tuple[dict, torch.nn.Module]], val_x, val_y) -> tuple:
+    """The candidate of the best accuracy on the (bias-swapped) validation set, the first on ties; returns (its model,
+    {"grid": every candidate's settings and score, "chosen": the chosen settings, "val_score": its score})."""
+    grid = [{**params, "val_score": debias.accuracy(m, val_x, val_y)} for params, m in candidates]
+    best = max(range(len(grid)), key=lambda i: grid[i]["val_score"])  # first best on ties
+    choice = {
+        "grid": grid,
+        "chosen": {k: v for k, v in grid[best].items() if k != "val_score"},
+        "val_score": grid[best]["val_score"],
+    }
+    return candidates[best][1], choice
+
+
+def _classifier(train_x, train_y, epochs: int, seed: int, run: dict, **options) -> torch.nn.Module:
+    return debias.train_classifier(train_x, train_y, epochs, seed, **options, **run)[0]
+
+
+def lff_candidates(train_x, train_y, epochs: int, s0: int, run: dict) -> list[tuple[dict, torch.nn.Module]]:
+    """Learning from Failure at every point of LFF_GRID."""
+    lff = [
+        debias.train_lff(train_x, train_y, epochs, s0 + 20, q=g["q"], ema_alpha=g["ema_alpha"], **run) for g in LFF_GRID
+    ]
+    return [(g, m[0]) for g, m in zip(LFF_GRID, lff)]
+
+
+def jtt_candidates(train_x, train_y, epochs: int, s0: int, run: dict) -> list[tuple[dict, torch.nn.Module]]:
+    """Just Train Twice at every point of JTT_GRID: the errors of ERM after T epochs, upweighted lambda_up times."""
+    snaps = debias.identification_predictions(train_x, train_y, [g["T"] for g in JTT_GRID], s0 + 30, **run)
+    cands = []
+    for g in JTT_GRID:
+        w, n_errors = debias.upweights(snaps[g["T"]], train_y, g["lambda_up"])
+        cands.append(({**g, "n_errors": n_errors}, _classifier(train_x, train_y, epochs, s0 + 31, run, weights=w)))
+    return cands
+
+
+def detect_reweight_candidates(train_x, train_y, epochs: int, s0: int, run: dict) -> list[tuple[dict, torch.nn.Module]]:
+    """Detect-then-reweight at every point of DETECT_GRID: the top rho of each class by our detector (gce_knn)
+    flagged, and the flagged images balanced against the rest."""
+    log_probs = debias.biased_log_probabilities(
+        train_x, train_y, n_models=5, epochs=BIASED_EPOCHS, q=BIASED_Q, seed=s0 + 40, **run
+    )
+    det_scores = debias.knn_distance_scores(log_probs, train_y.numpy(), k=5)
+    cands = []
+    for g in DETECT_GRID:
+        flags = debias.top_fraction_flags(det_scores, train_y.numpy(), g["rho"])
+        weights = debias.balanced_flag_weights(flags, train_y.numpy())
+        cands.append((g, _classifier(train_x, train_y, epochs, s0 + 41, run, weights=weights)))
+    return cands
+
+
+def synthesis_candidates(
+    train_x, train_y, epochs: int, s0: int, run: dict, synth
+) -> list[tuple[dict, torch.nn.Module]]:
+    """Bias-swap synthesis at every point of SYNTH_GRID: a fraction p of every batch replaced by synthesised images."""
+    return [
+        (g, _classifier(train_x, train_y, epochs, s0 + 50, run, synthesizer=synth, synth_fraction=g["p"]))
+        for g in SYNTH_GRID
+    ]
 
 
 def fit_oracles(

@@ -194,72 +194,80 @@ def _figures(out: Path, s: Settings, doc: dict, cells: dict, test_names: list[st
 
 
 def _write_report(out: Path, s: Settings, doc: dict, cells: dict, test_names: list[str], wall: float) -> Path:
-    tables = []
-    for ratio in s.ratios:
-        r = doc["results"][str(ratio)]
-        rows = []
-        for m in LABEL_FREE + ORACLES:
-            row = {"method": m}
-            for tn in test_names:
-                st = r["test_sets"][tn][m]
-                pre = "" if tn == test_names[0] else "10k "
-                row.update(
-                    {
-                        f"{pre}unbiased": _pm(st["unbiased"]),
-                        f"{pre}aligned": _pm(st["aligned"]),
-                        f"{pre}conflicting": _pm(st["conflicting"]),
-                        f"{pre}worst group": _pm(st["worst_group"]),
-                    }
-                )
-            row["val score"] = _pm(r["val_score"][m]) if m in r["val_score"] else "—"
-            rows.append(row)
-        tables.append(
-            (
-                f"Aligned ratio {ratio}: accuracy (%) on {', '.join(test_names)}, mean ± 95% CI over "
-                f"{s.n_seeds} seed(s); best label-free by validation: {r['best_label_free_by_validation']}",
-                rows,
+    tables = [accuracy_table(s, ratio, doc["results"][str(ratio)], test_names) for ratio in s.ratios]
+    tables += [probe_table(s, doc), choice_table(s, doc)]
+    notes = notes_of(s, doc, test_names, wall)
+    figs = _figures(out, s, doc, cells, test_names)
+    return report.write_report(
+        out, "Debiasing a digit classifier without colour labels (ColoredMNIST)", tables, figs, notes, config=asdict(s)
+    )
+
+
+def accuracy_table(s: Settings, ratio: float, r: dict, test_names: list[str]) -> tuple[str, list[dict]]:
+    """Every method's accuracies at one aligned ratio on every test set (mean ± 95% CI), and its validation score."""
+    rows = []
+    for m in LABEL_FREE + ORACLES:
+        row = {"method": m}
+        for tn in test_names:
+            st = r["test_sets"][tn][m]
+            pre = "" if tn == test_names[0] else "10k "
+            row.update(
+                {
+                    f"{pre}unbiased": _pm(st["unbiased"]),
+                    f"{pre}aligned": _pm(st["aligned"]),
+                    f"{pre}conflicting": _pm(st["conflicting"]),
+                    f"{pre}worst group": _pm(st["worst_group"]),
+                }
             )
-        )
-    tables.append(
-        (
-            "Representation: linear-probe digit accuracy (%) of the AE codes on the unbiased test set",
-            [
-                {
-                    "ratio": ratio,
-                    **{
-                        f"{ae} {k}": _pm(v)
-                        for ae, d in doc["results"][str(ratio)]["probes"].items()
-                        for k, v in d.items()
-                    },
-                }
-                for ratio in s.ratios
-            ],
-        )
+        row["val score"] = _pm(r["val_score"][m]) if m in r["val_score"] else "—"
+        rows.append(row)
+    return (
+        f"Aligned ratio {ratio}: accuracy (%) on {', '.join(test_names)}, mean ± 95% CI over "
+        f"{s.n_seeds} seed(s); best label-free by validation: {r['best_label_free_by_validation']}",
+        rows,
     )
-    tables.append(
-        (
-            "Chosen hyper-parameters (per seed) and the discovered bias factor",
-            [
-                {
-                    "ratio": ratio,
-                    "seed": sel["seed"],
-                    **{
-                        m: ", ".join(f"{k}={v}" for k, v in sel[m]["chosen"].items())
-                        for m in LABEL_FREE
-                        if sel[m]["chosen"]
-                    },
-                    "factor": bd["factor"],
-                    "reliance": ", ".join(f"{k} {v:.2f}" for k, v in bd["reliance"].items()),
-                }
-                for ratio in s.ratios
-                for sel, bd in zip(
-                    doc["results"][str(ratio)]["selection"], doc["results"][str(ratio)]["bias_discovery"]
-                )
-            ],
-        )
+
+
+def probe_table(s: Settings, doc: dict) -> tuple[str, list[dict]]:
+    """The linear probes of the plain and the debiased autoencoder's codes at every ratio."""
+    return (
+        "Representation: linear-probe digit accuracy (%) of the AE codes on the unbiased test set",
+        [
+            {
+                "ratio": ratio,
+                **{f"{ae} {k}": _pm(v) for ae, d in doc["results"][str(ratio)]["probes"].items() for k, v in d.items()},
+            }
+            for ratio in s.ratios
+        ],
     )
+
+
+def choice_table(s: Settings, doc: dict) -> tuple[str, list[dict]]:
+    """Each seed's hyper-parameters chosen on validation, and the bias factor it discovered."""
+    return (
+        "Chosen hyper-parameters (per seed) and the discovered bias factor",
+        [
+            {
+                "ratio": ratio,
+                "seed": sel["seed"],
+                **{
+                    m: ", ".join(f"{k}={v}" for k, v in sel[m]["chosen"].items())
+                    for m in LABEL_FREE
+                    if sel[m]["chosen"]
+                },
+                "factor": bd["factor"],
+                "reliance": ", ".join(f"{k} {v:.2f}" for k, v in bd["reliance"].items()),
+            }
+            for ratio in s.ratios
+            for sel, bd in zip(doc["results"][str(ratio)]["selection"], doc["results"][str(ratio)]["bias_discovery"])
+        ],
+    )
+
+
+def notes_of(s: Settings, doc: dict, test_names: list[str], wall: float) -> list[str]:
+    """The report's notes: the selection rule, the oracles, the splits, the methods, a caveat, the goals."""
     sizes = doc["results"][str(s.ratios[0])]["splits"][0]
-    notes = [
+    return [
         f"Selection rule (validation split only, no colour labels): {SELECTION_RULE}",
         doc["oracle_note"] + ".",
         f"Splits (seed {sizes['seed']}): {sizes['sizes']}; conflicting images in train / validation: "
@@ -284,7 +292,3 @@ def _write_report(out: Path, s: Settings, doc: dict, cells: dict, test_names: li
         ),
         f"Wall time {wall:.0f} s for {len(s.ratios)} ratio(s) x {s.n_seeds} seed(s).",
     ]
-    figs = _figures(out, s, doc, cells, test_names)
-    return report.write_report(
-        out, "Debiasing a digit classifier without colour labels (ColoredMNIST)", tables, figs, notes, config=asdict(s)
-    )

@@ -46,49 +46,7 @@ def write(
     """Figures, results.json and report.html/md of one seed's detection run into settings.out."""
     out = Path(settings.out)
     y, conf = digits.numpy(), conflicting.numpy()
-    fig_dir = out / "figures"
-    fig_dir = out / "figures"
-    test = torch.from_numpy(keep)
-    test_scores = {name: sc[keep] for name, sc in scores.items()}
-    figures = report.detection_curve_figures(test_scores, y[keep], conf[keep], methods, best, fig_dir)
-    if settings.figures:
-        figures += _figures(
-            ae,
-            images[test],
-            y[keep],
-            color_labels.numpy()[keep],
-            conf[keep],
-            test_scores[best],
-            best,
-            used["tsne_points"],
-            settings.seed,
-            fig_dir,
-            None if settings.no_progress else out.name,
-        )
-
-    classes = [int(c) for c in np.unique(y)]
-    data = {
-        "dataset": "colored-mnist",
-        "source": settings.dataset,
-        "split": "train",
-        "aligned_ratio": settings.aligned_ratio,
-        "seed": settings.seed,
-        "color_std": 0.005,
-        "n": len(y),
-        "n_per_class": {c: int((y == c).sum()) for c in classes},
-        "conflicting_per_class": {c: int(conf[y == c].sum()) for c in classes},
-        "n_conflicting": int(conf.sum()),
-    }
-    splits = {
-        "train": len(y),
-        "validation": len(held),
-        "test": len(keep),
-        "validation_split": split_note,
-        "n_conflicting": {"validation": int(conf[held].sum()), "test": int(conf[keep].sum())},
-        "note": "the detection is transductive: every method scores all the train images without colour labels; "
-        "the colour labels of the validation images choose k, those of the other images grade (the test)",
-        "official_test": {"available": official, "note": official_note},
-    }
+    figures = detection_figures(settings, used, ae, images, y, color_labels.numpy(), conf, keep, scores, methods, best)
     tables = {TEST_TABLE: rows(methods, choices)}
     if official_methods is not None:
         tables[OFFICIAL_TABLE] = rows(official_methods, choices)
@@ -96,8 +54,8 @@ def write(
     result = {
         "experiment": "debias",
         "title": title,
-        "data": data,
-        "splits": splits,
+        "data": data_record(settings, y, conf),
+        "splits": splits_record(y, conf, keep, held, split_note, official, official_note),
         "selection_split": "validation",
         "selection": "the k of ae_knn and gce_knn: the highest AUROC of the within-class ranks pooled over the "
         "validation images (their colour labels); the test images choose nothing",
@@ -114,25 +72,99 @@ def write(
         "ae_run": "ae",
         "ae_time_s": ae_time,
     }
-    per_class_auroc = [
-        {"method": m, **{f"{row['class']}": row["auroc"] for row in r["per_class"]}} for m, r in methods.items()
-    ]
-    best_rows = methods[best]["per_class"]
+    notes = notes_of(settings, result)
+    result["notes_for_summary"] = notes[1:4]
+    result["figures"] = [[caption, str(Path(path).relative_to(out))] for caption, path in figures]
+    result["wall_time_s"] = time.perf_counter() - t_start
+    notes.append(f"Wall time {result['wall_time_s']:.0f} s.")
+    runs.write_json(out / "results.json", result)
+    return report.write_report(
+        out,
+        title,
+        [(name, rows) for name, rows in tables.items()] + per_class_tables(methods, best),
+        figures,
+        notes,
+        config=used,
+    )
+
+
+def detection_figures(settings, used: dict, ae, images, y, color_labels, conf, keep, scores, methods, best) -> list:
+    """The ROC and precision-recall curves on the test images; with settings.figures also the t-SNE maps of their
+    codes and the images the best method ranks first."""
+    out = Path(settings.out)
+    fig_dir = out / "figures"
+    test = torch.from_numpy(keep)
+    test_scores = {name: sc[keep] for name, sc in scores.items()}
+    figures = report.detection_curve_figures(test_scores, y[keep], conf[keep], methods, best, fig_dir)
+    if settings.figures:
+        figures += _figures(
+            ae,
+            images[test],
+            y[keep],
+            color_labels[keep],
+            conf[keep],
+            test_scores[best],
+            best,
+            used["tsne_points"],
+            settings.seed,
+            fig_dir,
+            None if settings.no_progress else out.name,
+        )
+    return figures
+
+
+def data_record(settings, y: np.ndarray, conf: np.ndarray) -> dict:
+    """results.json "data": the ColoredMNIST train split and its conflicting images per digit class."""
+    classes = [int(c) for c in np.unique(y)]
+    return {
+        "dataset": "colored-mnist",
+        "source": settings.dataset,
+        "split": "train",
+        "aligned_ratio": settings.aligned_ratio,
+        "seed": settings.seed,
+        "color_std": 0.005,
+        "n": len(y),
+        "n_per_class": {c: int((y == c).sum()) for c in classes},
+        "conflicting_per_class": {c: int(conf[y == c].sum()) for c in classes},
+        "n_conflicting": int(conf.sum()),
+    }
+
+
+def splits_record(y, conf, keep, held, split_note: str, official: bool, official_note: str) -> dict:
+    """results.json "splits": every image is scored; the validation images choose k, the other images grade."""
+    return {
+        "train": len(y),
+        "validation": len(held),
+        "test": len(keep),
+        "validation_split": split_note,
+        "n_conflicting": {"validation": int(conf[held].sum()), "test": int(conf[keep].sum())},
+        "note": "the detection is transductive: every method scores all the train images without colour labels; "
+        "the colour labels of the validation images choose k, those of the other images grade (the test)",
+        "official_test": {"available": official, "note": official_note},
+    }
+
+
+def notes_of(settings, result: dict) -> list[str]:
+    """The report's notes, read from results.json (its wall time aside): the data, the splits, the k chosen, the
+    second test set, where the colour labels entered, the grading, the models behind the scores."""
+    data, splits, used, best = result["data"], result["splits"], result["settings"], result["best_method"]
+    conflicting = splits["n_conflicting"]
+    official = splits["official_test"]["available"]
     k_text = ", ".join(
         f"{m}: k={c['chosen_k']} (validation AUROC "
         + ", ".join(f"k={k}: {a:.3f}" for k, a in zip(c["grid"], c["validation_auroc"]))
         + ")"
-        for m, c in choices.items()
+        for m, c in result["k_choice"].items()
     )
-    notes = [
-        f"Data: ColoredMNIST train split built from {settings.dataset} ({len(y)} images), aligned ratio "
-        f"{settings.aligned_ratio}, seed {settings.seed}; {int(conf.sum())} bias-conflicting images "
-        f"({', '.join(str(data['conflicting_per_class'][c]) for c in classes)} per digit).",
-        f"Splits: every method scores all {len(y)} images (the detection is transductive, without colour labels). "
-        f"Validation: {split_note} ({int(conf[held].sum())} conflicting); their colour labels chose k. Test: the "
-        f"other {len(keep)} images ({int(conf[keep].sum())} conflicting), graded once.",
+    return [
+        f"Data: ColoredMNIST train split built from {settings.dataset} ({data['n']} images), aligned ratio "
+        f"{settings.aligned_ratio}, seed {settings.seed}; {data['n_conflicting']} bias-conflicting images "
+        f"({', '.join(str(n) for n in data['conflicting_per_class'].values())} per digit).",
+        f"Splits: every method scores all {data['n']} images (the detection is transductive, without colour labels). "
+        f"Validation: {splits['validation_split']} ({conflicting['validation']} conflicting); their colour labels "
+        f"chose k. Test: the other {splits['test']} images ({conflicting['test']} conflicting), graded once.",
         f"k chosen on validation: {k_text}.",
-        official_note
+        splits["official_test"]["note"]
         + (
             " There, the official test digits are coloured as a biased train split (same aligned ratio, seed "
             "+ 1), the same autoencoder encodes them, the biased MLPs are trained on them, k is the one chosen above."
@@ -143,7 +175,7 @@ def write(
         "Each score ranks the images of one digit class (higher = more likely conflicting); the metrics are "
         "computed per class and averaged over classes. k in precision@k = the number of conflicting images of the "
         "class, so precision@k = recall@k. AUROC counts ties as 1/2.",
-        f"Autoencoder: MLP {used['ae_epochs']} epochs ({ae_time:.0f} s). Biased classifiers: "
+        f"Autoencoder: MLP {used['ae_epochs']} epochs ({result['ae_time_s']:.0f} s). Biased classifiers: "
         f"{used['n_models']} MLPs (3 x 100 ReLU) trained {settings.gce_epochs} epochs with GCE q=0.7, read after "
         f"every epoch. Best method on test (by mean AUROC, for display): {best}.",
         "Time column: ae_* exclude training the autoencoder (given above); gce_ce includes training the "
@@ -151,23 +183,17 @@ def write(
         "Design choices (q=0.7, 3 epochs, the snapshot ensemble, gce_knn and the fixed rank average) were made "
         "while developing on colouring seeds 0 and 1 of mnist5k, before this protocol.",
     ]
-    result["notes_for_summary"] = notes[1:4]
-    result["figures"] = [[caption, str(Path(path).relative_to(out))] for caption, path in figures]
-    result["wall_time_s"] = time.perf_counter() - t_start
-    notes.append(f"Wall time {result['wall_time_s']:.0f} s.")
-    runs.write_json(out / "results.json", result)
-    return report.write_report(
-        out,
-        title,
-        [(name, rows) for name, rows in tables.items()]
-        + [
-            ("AUROC per digit class (test images)", per_class_auroc),
-            (f"Best method ({best}) per digit class", best_rows),
-        ],
-        figures,
-        notes,
-        config=used,
-    )
+
+
+def per_class_tables(methods: dict, best: str) -> list[tuple[str, list[dict]]]:
+    """Every method's AUROC per digit class, and the best method's metrics per digit class (test images)."""
+    per_class_auroc = [
+        {"method": m, **{f"{row['class']}": row["auroc"] for row in r["per_class"]}} for m, r in methods.items()
+    ]
+    return [
+        ("AUROC per digit class (test images)", per_class_auroc),
+        (f"Best method ({best}) per digit class", methods[best]["per_class"]),
+    ]
 
 
 def rows(methods: dict, choices: dict) -> list[dict]:

@@ -110,34 +110,17 @@ def run_one(settings: Settings) -> Path:
     figures, histories, units, config = [], {}, {}, None
     official, read = None, []  # read: each model's numbers and warnings, for the report's first lines
     for name, options in MODELS:
-        cfg = TrainConfig(
-            model=name,
-            model_options=options,
-            dataset=settings.dataset,
-            data_dir=settings.data_dir,
-            epochs=epochs,
-            early_stopping=settings.early_stopping,
-            seed=settings.seed,
-            train_limit=limit,
-            device=settings.device,
-            amp=settings.amp,
-            out=str(out / name),
-        )
-        run_dir = train_or_resume(cfg, progress=progress)
+        run_dir = train_or_resume(train_config(settings, name, options, epochs, limit), progress=progress)
         config = runs.read_config(run_dir)
         if official is None:
             official, official_note = official_test_status(
                 settings.data_dir, tuple(config["model_options"]["input_shape"]), settings.dataset
             )
-        tsne = (1000 if settings.quick else 2000) if settings.figures else 0
-        result = evaluate(run_dir, tsne_points=tsne, figures=True, data_dir=settings.data_dir, progress=progress)
-        kept = kept_epoch(run_dir)
-        own.append(_row(name, result["metrics"], kept))
-        numbers = {k: result["metrics"][k] for k in READ_METRICS if k in result["metrics"]}
-        read.append({"name": display_name(name), "metrics": numbers, "warnings": result["warnings"]})
-        if official:
-            extra = evaluate(run_dir, data_dir=settings.data_dir, test_dataset=OFFICIAL_TEST, progress=progress)
-            other.append(_row(name, extra["metrics"], kept))
+        row, entry, official_row = score_model(settings, name, run_dir, official)
+        own.append(row)
+        read.append(entry)
+        if official_row is not None:
+            other.append(official_row)
         histories[name] = runs.read_history(run_dir)
         units[name] = report.loss_unit(config)
         figures += [(f"{name}: {c}", p) for c, p in _figures_of(run_dir)]
@@ -149,24 +132,7 @@ def run_one(settings: Settings) -> Path:
     if other:
         tables["official MNIST test set (10k)"] = other
     splits = {**splits_of(config), "official_test": {"available": official, "note": official_note}}
-    kept_note = (
-        f"each run keeps the epoch of its best validation loss (patience {settings.early_stopping})"
-        if settings.early_stopping
-        else f"each run keeps its last epoch ({epochs}); the validation loss is only recorded"
-    )
-    notes = [
-        f"Data: {config['dataset']}: {splits['train']} train images, {splits['validation']} validation images "
-        f"carved from train (stratified, seed 0), {splits['test']} test images. The models trained on train minus "
-        f"validation; {kept_note}. The validation split chose each probe's C "
-        "(logistic regression fitted on train minus validation); PCA and the probes were then fitted on the whole "
-        "train split and the test split was scored once. recon_sse is the per-image sum of squared errors "
-        "(Hinton & Salakhutdinov 2006's unit).",
-        official_note,
-        "VAE numbers are in nats per image, Bernoulli likelihood on grey-level (not binarized) pixels, so they are "
-        "not comparable with the 86.76 / 89.78 nats of binarized MNIST.",
-        f"At most {plural(epochs, 'epoch')}, seed {settings.seed}. Each run folder holds its config, metrics, checkpoint and "
-        "its own report.",
-    ]
+    notes = notes_of(settings, config, splits, epochs, official_note)
     title = "aelab demo: MLP autoencoder vs VAE"
     results = {
         "experiment": "demo",
@@ -180,16 +146,80 @@ def run_one(settings: Settings) -> Path:
         "notes_for_summary": notes,
         "wall_time_s": time.perf_counter() - started,
     }
-    line = reading(read)  # generated from the numbers above: the reading of the table, then every warning
+    lead = lead_lines(settings, read)
+    results["quick"] = settings.quick
+    results["lead"], results["reading"] = lead, read
+    runs.write_json(out / "results.json", results)
+    return report.write_report(out, title, [(name, rows) for name, rows in tables.items()], figures, notes, lead=lead)
+
+
+def train_config(settings: Settings, name: str, options: dict, epochs: int, limit: int | None) -> TrainConfig:
+    """The run of one model of MODELS, into OUT/<name>."""
+    return TrainConfig(
+        model=name,
+        model_options=options,
+        dataset=settings.dataset,
+        data_dir=settings.data_dir,
+        epochs=epochs,
+        early_stopping=settings.early_stopping,
+        seed=settings.seed,
+        train_limit=limit,
+        device=settings.device,
+        amp=settings.amp,
+        out=str(Path(settings.out) / name),
+    )
+
+
+def score_model(settings: Settings, name: str, run_dir: Path, official: bool) -> tuple[dict, dict, dict | None]:
+    """aelab.evaluate of one trained model on the test split (its figures and, for the first seed, t-SNE maps), and
+    on the official MNIST test set when there is one. Returns (its row, its numbers and warnings for the reading,
+    its row on the official test set or None)."""
+    progress = not settings.no_progress
+    tsne = (1000 if settings.quick else 2000) if settings.figures else 0
+    result = evaluate(run_dir, tsne_points=tsne, figures=True, data_dir=settings.data_dir, progress=progress)
+    kept = kept_epoch(run_dir)
+    row = _row(name, result["metrics"], kept)
+    numbers = {k: result["metrics"][k] for k in READ_METRICS if k in result["metrics"]}
+    read = {"name": display_name(name), "metrics": numbers, "warnings": result["warnings"]}
+    official_row = None
+    if official:
+        extra = evaluate(run_dir, data_dir=settings.data_dir, test_dataset=OFFICIAL_TEST, progress=progress)
+        official_row = _row(name, extra["metrics"], kept)
+    return row, read, official_row
+
+
+def notes_of(settings: Settings, config: dict, splits: dict, epochs: int, official_note: str) -> list[str]:
+    """The report's notes: the data, the splits and what each chose, the VAE's unit, the budget."""
+    kept_note = (
+        f"each run keeps the epoch of its best validation loss (patience {settings.early_stopping})"
+        if settings.early_stopping
+        else f"each run keeps its last epoch ({epochs}); the validation loss is only recorded"
+    )
+    return [
+        f"Data: {config['dataset']}: {splits['train']} train images, {splits['validation']} validation images "
+        f"carved from train (stratified, seed 0), {splits['test']} test images. The models trained on train minus "
+        f"validation; {kept_note}. The validation split chose each probe's C "
+        "(logistic regression fitted on train minus validation); PCA and the probes were then fitted on the whole "
+        "train split and the test split was scored once. recon_sse is the per-image sum of squared errors "
+        "(Hinton & Salakhutdinov 2006's unit).",
+        official_note,
+        "VAE numbers are in nats per image, Bernoulli likelihood on grey-level (not binarized) pixels, so they are "
+        "not comparable with the 86.76 / 89.78 nats of binarized MNIST.",
+        f"At most {plural(epochs, 'epoch')}, seed {settings.seed}. Each run folder holds its config, metrics, checkpoint and "
+        "its own report.",
+    ]
+
+
+def lead_lines(settings: Settings, read: list[dict]) -> list[str]:
+    """The report's first lines: a --quick run says it is a smoke check, then the reading of the table (generated
+    from the numbers), then every warning."""
+    line = reading(read)
     lead = ([line] if line else []) + [f"{e['name']}: warning: {w}" for e in read for w in e["warnings"]]
     if settings.quick:  # said first, in the report and in results.json: a smoke check is not a result
         lead.insert(
             0, "--quick: a smoke check (3 epochs on the first 1,000 train images); its numbers are not a result."
         )
-    results["quick"] = settings.quick
-    results["lead"], results["reading"] = lead, read
-    runs.write_json(out / "results.json", results)
-    return report.write_report(out, title, [(name, rows) for name, rows in tables.items()], figures, notes, lead=lead)
+    return lead
 
 
 def lead_over_seeds(per_seed: list[dict], seeds: list[int]) -> list[str]:

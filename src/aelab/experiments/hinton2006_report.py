@@ -85,38 +85,10 @@ def figures(plan: Plan, state: State) -> list:
     ]
     pca = fit_pca(state)
     pca_te = pca.transform(x_te)
-    codes = {"raw pixels": x_te, pca_label(code): pca_te}
-    recons = {"PCA": pca.inverse_transform(pca_te)}
-    saved, _ = runs.load_state(out / "logistic-pca.safetensors")
-    lpca_codes = saved["test_codes"]
-    logits = lpca_codes @ saved["components"].t() + saved["bias"]
-    codes[lpca_per_image_label(code)] = lpca_codes.cpu().numpy()
-    recons["logistic PCA, per-image"] = torch.sigmoid(logits).cpu().numpy()
     # in the table's order: state.runs read back by --resume comes in results.json's (sorted) key order
     chosen = {label: out / state.runs[label] for label in plan.row_order() if label in state.runs}
-    models = {label: runs.load_model(folder) for label, folder in chosen.items()}
-    for label, model in models.items():
-        codes[label] = encode_all(model, test_x).numpy()
-        recons[label.replace("logistic PCA, linear encoder", "logistic PCA, encoder")] = (
-            reconstruct_all(model, test_x).flatten(1).numpy()
-        )
-    for label in [FINE_TUNERS[f] for f in plan.settings.fine_tuners]:
-        z = runs.load_state(per_image_file(out, label + PER_IMAGE))[0]["test_codes"]
-        codes[label + PER_IMAGE] = z.numpy()
-        with torch.no_grad():
-            recons[label.replace("deep AE, RBM-pretrained", "pretrained") + PER_IMAGE] = torch.sigmoid(
-                models[label].decode_logits(z)
-            ).numpy()
-    pick = [int(np.flatnonzero(y_te == c)[0]) for c in np.unique(y_te)][:10]
-    pick += [int(i) for i in np.random.default_rng(plan.settings.seed).permutation(len(y_te)) if int(i) not in pick][:6]
-    shape = test_x.shape[1:]
-    image_rows = [x_te[pick].reshape(-1, *shape)] + [recons[k][pick].reshape(-1, *shape) for k in recons]
-    made.append(
-        (
-            "The same test digits: original, then each row's reconstruction",
-            report.plot_image_rows(image_rows, ["original", *recons], out / "reconstructions.png"),
-        )
-    )
+    codes, recons = codes_and_reconstructions(plan, test_x, x_te, pca, pca_te, chosen)
+    made.append(reconstructions_figure(plan, x_te, y_te, test_x.shape[1:], recons))
     histories = {label: runs.read_history(folder) for label, folder in chosen.items()}
     units = {label: report.loss_unit(runs.read_config(folder)) for label, folder in chosen.items()}
     made.append(
@@ -139,6 +111,52 @@ def figures(plan: Plan, state: State) -> list:
         )
     if not plan.settings.figures:
         return made
+    return made + code_maps(plan, codes, y_te[:n])
+
+
+def codes_and_reconstructions(plan: Plan, test_x, x_te, pca, pca_te, chosen: dict) -> tuple[dict, dict]:
+    """The test codes and reconstructions of every row, in the table's order: raw pixels, PCA, logistic PCA's
+    per-image codes (read back), every chosen run, the per-image codes of the fine-tuned deep AEs (read back).
+    Returns ({label: codes}, {label: reconstructions})."""
+    out, code = plan.out, plan.code
+    codes = {"raw pixels": x_te, pca_label(code): pca_te}
+    recons = {"PCA": pca.inverse_transform(pca_te)}
+    saved, _ = runs.load_state(out / "logistic-pca.safetensors")
+    lpca_codes = saved["test_codes"]
+    logits = lpca_codes @ saved["components"].t() + saved["bias"]
+    codes[lpca_per_image_label(code)] = lpca_codes.cpu().numpy()
+    recons["logistic PCA, per-image"] = torch.sigmoid(logits).cpu().numpy()
+    models = {label: runs.load_model(folder) for label, folder in chosen.items()}
+    for label, model in models.items():
+        codes[label] = encode_all(model, test_x).numpy()
+        recons[label.replace("logistic PCA, linear encoder", "logistic PCA, encoder")] = (
+            reconstruct_all(model, test_x).flatten(1).numpy()
+        )
+    for label in [FINE_TUNERS[f] for f in plan.settings.fine_tuners]:
+        z = runs.load_state(per_image_file(out, label + PER_IMAGE))[0]["test_codes"]
+        codes[label + PER_IMAGE] = z.numpy()
+        with torch.no_grad():
+            recons[label.replace("deep AE, RBM-pretrained", "pretrained") + PER_IMAGE] = torch.sigmoid(
+                models[label].decode_logits(z)
+            ).numpy()
+    return codes, recons
+
+
+def reconstructions_figure(plan: Plan, x_te, y_te, shape, recons: dict) -> tuple:
+    """The first test digit of each class and 6 more drawn at random: the originals, then each row's
+    reconstruction."""
+    pick = [int(np.flatnonzero(y_te == c)[0]) for c in np.unique(y_te)][:10]
+    pick += [int(i) for i in np.random.default_rng(plan.settings.seed).permutation(len(y_te)) if int(i) not in pick][:6]
+    image_rows = [x_te[pick].reshape(-1, *shape)] + [recons[k][pick].reshape(-1, *shape) for k in recons]
+    return (
+        "The same test digits: original, then each row's reconstruction",
+        report.plot_image_rows(image_rows, ["original", *recons], plan.out / "reconstructions.png"),
+    )
+
+
+def code_maps(plan: Plan, codes: dict, labels) -> list:
+    """A map of the first len(labels) test codes of every row: the codes themselves when 2-D, else their t-SNE."""
+    out, n, made = plan.out, len(labels), []
     for name, c in codes.items():
         emb = (
             c[:n]
@@ -150,7 +168,7 @@ def figures(plan: Plan, state: State) -> list:
         made.append(
             (
                 f"{name}: {what} of the first {n} test codes",
-                report.plot_scatter(emb, y_te[:n], out / f"map-{slug}.png", name),
+                report.plot_scatter(emb, labels, out / f"map-{slug}.png", name),
             )
         )
     return made

@@ -283,17 +283,43 @@ def ais_log_z(
     _binary_bernoulli(rbm)
     if not (isinstance(n_runs, int) and not isinstance(n_runs, bool) and n_runs >= 2):
         raise ConfigError(f"AIS needs at least 2 runs (an integer), got {n_runs!r}")
-    if betas is None:
-        schedule = beta_schedule(n_betas)
-    else:
-        schedule = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
-        if len(schedule) < 2 or schedule[0] != 0 or schedule[-1] != 1 or not bool((schedule.diff() > 0).all()):
-            raise ConfigError("an AIS schedule must increase strictly from beta = 0 to beta = 1")
+    schedule = _ais_schedule(n_betas, betas)
     t0 = time.perf_counter()
-    W = rbm.weight.detach()
-    b, c = rbm.visible_bias.detach(), rbm.hidden_bias.detach()
-    device, dtype = W.device, W.dtype
-    n_vis, n_hid = W.shape
+    b_a64, base_rate = _base_rate_model(rbm, base_rate_data, pseudocount)
+    n_hid = rbm.weight.shape[1]
+    base_log_z = float(F.softplus(b_a64).sum()) + n_hid * math.log(2)  # Z_A = 2^H prod_i (1 + exp(b_A_i))
+    log_w = _ais_log_weights(rbm, b_a64, schedule.tolist(), n_runs, seed, progress)
+    log_z, low, high, ess = ais_interval(log_w, base_log_z)
+    return AISResult(
+        log_z=log_z,
+        log_z_low=low,
+        log_z_high=high,
+        n_runs=n_runs,
+        n_betas=len(schedule) - 1,
+        schedule=describe_schedule(schedule),
+        seed=seed,
+        base_log_z=base_log_z,
+        base_rate=base_rate,
+        ess=ess,
+        seconds=time.perf_counter() - t0,
+        log_weights=log_w.cpu().tolist(),
+    )
+
+
+def _ais_schedule(n_betas: int, betas: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
+    """The betas of an AIS run, float64 on the CPU: `betas`, checked to increase strictly from 0 to 1, or
+    `beta_schedule(n_betas)`."""
+    if betas is None:
+        return beta_schedule(n_betas)
+    schedule = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
+    if len(schedule) < 2 or schedule[0] != 0 or schedule[-1] != 1 or not bool((schedule.diff() > 0).all()):
+        raise ConfigError("an AIS schedule must increase strictly from beta = 0 to beta = 1")
+    return schedule
+
+
+def _base_rate_model(rbm, base_rate_data: torch.Tensor | None, pseudocount: float) -> tuple[torch.Tensor, str]:
+    """(b_A, how it was made): the visible biases (V,) float64 of the base-rate model A, on the RBM's device."""
+    n_vis, device = rbm.weight.shape[0], rbm.weight.device
     if base_rate_data is not None:
         b_a64 = base_rate_biases(base_rate_data.to("cpu"), pseudocount).to(device)
         base_rate = (
@@ -305,11 +331,19 @@ def ais_log_z(
         base_rate = "uniform (no training data given)"
     if b_a64.shape != (n_vis,):
         raise ConfigError(f"the base-rate data have {len(b_a64)} pixels, the RBM {n_vis} visible units")
+    return b_a64, base_rate
+
+
+def _ais_log_weights(rbm, b_a64: torch.Tensor, beta: list[float], n_runs: int, seed: int, progress: Progress):
+    """log w (M,) float64 of M = n_runs AIS runs from the base-rate model (visible biases b_a64) to the RBM along
+    the schedule `beta`: v_1 ~ p_A, v_{k+1} ~ T_k(v_k), log w = sum_k log p*_k(v_k) - log p*_{k-1}(v_k)."""
+    W = rbm.weight.detach()
+    b, c = rbm.visible_bias.detach(), rbm.hidden_bias.detach()
+    device, dtype = W.device, W.dtype
+    n_vis = W.shape[0]
     b_a = b_a64.to(dtype)
-    base_log_z = float(F.softplus(b_a64).sum()) + n_hid * math.log(2)  # Z_A = 2^H prod_i (1 + exp(b_A_i))
     b64 = b.to(torch.float64)
     gen = torch.Generator(device=device).manual_seed(seed)
-    beta = schedule.tolist()
     k_steps = len(beta) - 1
 
     def bernoulli(prob: torch.Tensor) -> torch.Tensor:
@@ -335,21 +369,7 @@ def ais_log_z(
     finally:
         if bar is not None:
             bar.close()
-    log_z, low, high, ess = ais_interval(log_w, base_log_z)
-    return AISResult(
-        log_z=log_z,
-        log_z_low=low,
-        log_z_high=high,
-        n_runs=n_runs,
-        n_betas=k_steps,
-        schedule=describe_schedule(schedule),
-        seed=seed,
-        base_log_z=base_log_z,
-        base_rate=base_rate,
-        ess=ess,
-        seconds=time.perf_counter() - t0,
-        log_weights=log_w.cpu().tolist(),
-    )
+    return log_w
 
 
 # ---------------------------------------------------------------- a run's numbers (aelab evaluate, the experiment)

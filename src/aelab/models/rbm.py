@@ -380,6 +380,7 @@ class RBM(nn.Module):
 
     def _fit(self, data, epochs, batch_size, lr, weight_cost, momentum, momentum_switch_epoch, k, persistent,
              negative_phase, generator, callback, log, allreduce, monitor_size) -> list[dict]:  # fmt: skip
+        """fit() inside its precision block: the checks, the buffers and chains, then the epochs and their records."""
         if negative_phase is None:
             negative_phase = "samples" if persistent else "probabilities"
         if negative_phase not in NEGATIVE_PHASES:
@@ -388,19 +389,13 @@ class RBM(nn.Module):
             raise ValueError("need k >= 1, epochs >= 0 and batch_size >= 1")
         generator = generator or self.generator
         lr = DEFAULT_LR[self.hidden] if lr is None else lr
-        W, b, c = self.weight, self.visible_bias, self.hidden_bias
+        W = self.weight
         data = data.reshape(len(data), -1).to(dtype=W.dtype, device=W.device)
         if data.shape[1] != self.n_visible:
             raise ValueError(f"data has {data.shape[1]} columns, the RBM {self.n_visible} visible units")
-        n, n_vis, n_hid = data.shape[0], self.n_visible, self.n_hidden
+        n = data.shape[0]
         B = min(batch_size, n)
-        new = lambda *shape: torch.zeros(*shape, dtype=W.dtype, device=W.device)  # noqa: E731
-        # rows [0, b) hold the positive phase (v0, h0), rows [b, 2b) the chain end (v_end, -h_end), so
-        # the weight statistics are the single product [v0; v_end]^T [h0; -h_end]
-        v_stack, h_stack = new(2 * B, n_vis), new(2 * B, n_hid)
-        h_sample, v_other = new(B, n_hid), new(B, n_vis)
-        inc_W, inc_b, inc_c = new(n_vis, n_hid), new(n_vis), new(n_hid)
-        grads = [new(n_vis, n_hid), new(n_vis), new(n_hid)] if allreduce is not None else None
+        buffers = self._fit_buffers(B, with_grads=allreduce is not None)
         chain = None
         if persistent:
             chain = torch.bernoulli(
@@ -413,57 +408,8 @@ class RBM(nn.Module):
         for epoch in range(epochs):
             m = momentum[0] if epoch < momentum_switch_epoch else momentum[1]
             t0 = time.perf_counter()
-            sq_error = torch.zeros((), dtype=W.dtype, device=W.device)
-            order = torch.randperm(n, generator=generator, device=data.device)
-            for start in range(0, n, B):
-                idx = order[start : start + B]
-                bs = idx.shape[0]
-                v0, h_pos = v_stack[:bs], h_stack[:bs]
-                torch.index_select(data, 0, idx, out=v0)
-                end_rows = v_stack[bs : 2 * bs]
-                v_prob, v_sample = (
-                    (end_rows, v_other[:bs]) if negative_phase == "probabilities" else (v_other[:bs], end_rows)
-                )
-                self._positive_phase(v0, h_pos)
-                sq_error += self._reconstruct(v0, h_pos, generator, h_sample[:bs], v_prob)
-                v_end, _ = self._negative_phase(
-                    k,
-                    None if chain is None else chain[:bs],
-                    negative_phase,
-                    generator,
-                    h_sample[:bs],
-                    v_prob,
-                    v_sample,
-                    h_stack[bs : 2 * bs],
-                )
-                if chain is not None:
-                    chain[:bs].copy_(v_sample)
-                h_stack[bs : 2 * bs].neg_()
-                v_both, h_both = v_stack[: 2 * bs], h_stack[: 2 * bs]
-                if allreduce is None and self._low is None:  # fused: inc = m inc + lr/b [v0; v_end]^T [h0; -h_end]
-                    inc_W.addmm_(v_both.t(), h_both, beta=m, alpha=lr / bs)
-                    inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
-                    inc_c.mul_(m).add_(h_both.sum(0), alpha=lr / bs)
-                elif allreduce is None:  # bf16 product, accumulated into the float32 increment
-                    inc_W.mul_(m).add_(self._product(v_both.t(), h_both), alpha=lr / bs)
-                    inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
-                    inc_c.mul_(m).add_(h_both.sum(0), alpha=lr / bs)
-                else:
-                    dW, db, dc = grads
-                    if self._low is None:
-                        torch.mm(v_both.t(), h_both, out=dW).div_(bs)
-                    else:
-                        dW.copy_(self._product(v_both.t(), h_both)).div_(bs)
-                    torch.sub(v0.sum(0), v_end.sum(0), out=db).div_(bs)
-                    torch.sum(h_both, 0, out=dc).div_(bs)
-                    allreduce(grads)
-                    inc_W.mul_(m).add_(dW, alpha=lr)
-                    inc_b.mul_(m).add_(db, alpha=lr)
-                    inc_c.mul_(m).add_(dc, alpha=lr)
-                inc_W.add_(W, alpha=-lr * weight_cost)
-                W.add_(inc_W)
-                b.add_(inc_b)
-                c.add_(inc_c)
+            sq_error = self._fit_epoch(data, B, buffers, chain, k, negative_phase, generator, m, lr, weight_cost,
+                                       allreduce)  # fmt: skip
             recon_error = sq_error.item() / n  # .item() syncs, so the timing covers all updates
             seconds = time.perf_counter() - t0
             with exact_float32():  # the monitor in float32, whatever the updates' precision
@@ -481,12 +427,91 @@ class RBM(nn.Module):
             if log is not None:
                 pl_text = "-" if pl is None else f"{pl:.3f}"
                 log(
-                    f"rbm {n_vis}-{n_hid} ({self.hidden}) epoch {epoch + 1}/{epochs}: recon_error "
+                    f"rbm {self.n_visible}-{self.n_hidden} ({self.hidden}) epoch {epoch + 1}/{epochs}: recon_error "
                     f"{recon_error:.3f} pseudo_likelihood {pl_text} ({record['samples_per_second']:.0f} samples/s)"
                 )
             if callback is not None:
                 callback(record)
         return history
+
+    def _fit_buffers(self, B: int, with_grads: bool) -> dict:
+        """fit()'s buffers for batches of up to B rows, allocated once: nothing is allocated per update at fp32."""
+        W = self.weight
+        n_vis, n_hid = self.n_visible, self.n_hidden
+        new = lambda *shape: torch.zeros(*shape, dtype=W.dtype, device=W.device)  # noqa: E731
+        # rows [0, b) hold the positive phase (v0, h0), rows [b, 2b) the chain end (v_end, -h_end), so
+        # the weight statistics are the single product [v0; v_end]^T [h0; -h_end]
+        return dict(v_stack=new(2 * B, n_vis), h_stack=new(2 * B, n_hid), h_sample=new(B, n_hid), v_other=new(B, n_vis),
+                    increments=(new(n_vis, n_hid), new(n_vis), new(n_hid)),  # inc_W, inc_b, inc_c
+                    grads=[new(n_vis, n_hid), new(n_vis), new(n_hid)] if with_grads else None)  # fmt: skip
+
+    def _fit_epoch(self, data, B, buffers, chain, k, negative_phase, generator, m, lr, weight_cost, allreduce):
+        """One epoch of CD-k (PCD-k with `chain`) updates over a fresh permutation of the rows of data, in batches
+        of B; returns the summed squared reconstruction error as a tensor (not read: no host synchronisation)."""
+        n = data.shape[0]
+        v_stack, h_stack = buffers["v_stack"], buffers["h_stack"]
+        h_sample, v_other = buffers["h_sample"], buffers["v_other"]
+        sq_error = torch.zeros((), dtype=self.weight.dtype, device=self.weight.device)
+        order = torch.randperm(n, generator=generator, device=data.device)
+        for start in range(0, n, B):
+            idx = order[start : start + B]
+            bs = idx.shape[0]
+            v0, h_pos = v_stack[:bs], h_stack[:bs]
+            torch.index_select(data, 0, idx, out=v0)
+            end_rows = v_stack[bs : 2 * bs]
+            v_prob, v_sample = (
+                (end_rows, v_other[:bs]) if negative_phase == "probabilities" else (v_other[:bs], end_rows)
+            )
+            self._positive_phase(v0, h_pos)
+            sq_error += self._reconstruct(v0, h_pos, generator, h_sample[:bs], v_prob)
+            v_end, _ = self._negative_phase(
+                k,
+                None if chain is None else chain[:bs],
+                negative_phase,
+                generator,
+                h_sample[:bs],
+                v_prob,
+                v_sample,
+                h_stack[bs : 2 * bs],
+            )
+            if chain is not None:
+                chain[:bs].copy_(v_sample)
+            h_stack[bs : 2 * bs].neg_()
+            self._momentum_update(v0, v_end, v_stack[: 2 * bs], h_stack[: 2 * bs], buffers, m, lr, weight_cost,
+                                  allreduce)  # fmt: skip
+        return sq_error
+
+    def _momentum_update(self, v0, v_end, v_both, h_both, buffers, m, lr, weight_cost, allreduce) -> None:
+        """Hinton's update from one batch of bs rows (v_both = [v0; v_end], h_both = [h0; -h_end]):
+        inc <- m inc + lr (statistics - weight_cost W, the cost on W only), then W, b, c <- W, b, c + inc."""
+        W, b, c = self.weight, self.visible_bias, self.hidden_bias
+        inc_W, inc_b, inc_c = buffers["increments"]
+        bs = v0.shape[0]
+        if allreduce is None and self._low is None:  # fused: inc = m inc + lr/b [v0; v_end]^T [h0; -h_end]
+            inc_W.addmm_(v_both.t(), h_both, beta=m, alpha=lr / bs)
+            inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
+            inc_c.mul_(m).add_(h_both.sum(0), alpha=lr / bs)
+        elif allreduce is None:  # bf16 product, accumulated into the float32 increment
+            inc_W.mul_(m).add_(self._product(v_both.t(), h_both), alpha=lr / bs)
+            inc_b.mul_(m).add_(v0.sum(0) - v_end.sum(0), alpha=lr / bs)
+            inc_c.mul_(m).add_(h_both.sum(0), alpha=lr / bs)
+        else:
+            grads = buffers["grads"]
+            dW, db, dc = grads
+            if self._low is None:
+                torch.mm(v_both.t(), h_both, out=dW).div_(bs)
+            else:
+                dW.copy_(self._product(v_both.t(), h_both)).div_(bs)
+            torch.sub(v0.sum(0), v_end.sum(0), out=db).div_(bs)
+            torch.sum(h_both, 0, out=dc).div_(bs)
+            allreduce(grads)
+            inc_W.mul_(m).add_(dW, alpha=lr)
+            inc_b.mul_(m).add_(db, alpha=lr)
+            inc_c.mul_(m).add_(dc, alpha=lr)
+        inc_W.add_(W, alpha=-lr * weight_cost)
+        W.add_(inc_W)
+        b.add_(inc_b)
+        c.add_(inc_c)
 
 
 # ----- greedy layer-wise pretraining ------------------------------------------------------------

@@ -165,14 +165,7 @@ class ConjugateGradient(torch.optim.Optimizer):
             # 3. accept, then the next direction; or restart from the best point along steepest descent
             if abs(d3) < -sig * d0 and f3 < f0 + x3 * rho * d0:
                 x, f0 = x + x3 * s, f3
-                beta = (self._dot(df3, df3) - self._dot(df0, df3)) / self._dot(df0, df0)
-                s = beta * s - df3
-                df0 = df3
-                d_old, d0 = d0, self._dot(df0, s)
-                if d0 > 0:  # not a descent direction: steepest descent instead
-                    s = -df0
-                    d0 = -self._dot(s, s)
-                x3 = x3 * min(ratio, d_old / (d0 - REALMIN))
+                s, df0, d0, x3 = self._next_direction(s, df0, df3, d0, x3, ratio)
                 failed_before = False
             else:
                 x, f0, df0 = best_x, best_f, best_df
@@ -184,6 +177,22 @@ class ConjugateGradient(torch.optim.Optimizer):
                 failed_before = True
         self._scatter(x)
         return torch.tensor(start)
+
+    def _next_direction(
+        self, s: torch.Tensor, df0: torch.Tensor, df3: torch.Tensor, d0: float, x3: float, ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """After an accepted step to a point with gradient df3: (s, its gradient df3, its slope d0 = df3·s, the next
+        trial step). s = -df3 + beta s with Polak-Ribière's beta, or steepest descent where that is no descent
+        direction; the next trial step is the last one times the ratio of the slopes, at most `ratio`."""
+        beta = (self._dot(df3, df3) - self._dot(df0, df3)) / self._dot(df0, df0)
+        s = beta * s - df3
+        df0 = df3
+        d_old, d0 = d0, self._dot(df0, s)
+        if d0 > 0:  # not a descent direction: steepest descent instead
+            s = -df0
+            d0 = -self._dot(s, s)
+        x3 = x3 * min(ratio, d_old / (d0 - REALMIN))
+        return s, df0, d0, x3
 
 
 def _cubic_extrapolation(x1: float, f1: float, d1: float, x2: float, f2: float, d2: float) -> float:

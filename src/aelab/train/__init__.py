@@ -15,20 +15,25 @@ gradient is exactly the gradient of the global batch mean. Everything that
 decides control flow (the L-BFGS objective, the NaN check) is all-reduced, so
 every rank takes the same branch and no rank waits in a collective alone.
 
-The rooms of the trainer (each imports only the ones above it):
+The rooms of the trainer (each imports only the ones above it; the run folder while training, RunWriter with its
+checkpoint cadence and snapshots, is aelab.runs.writer, in the room that owns the folder):
     config.py       TrainConfig, its checks, the device
     distributed.py  torchrun: ranks and collectives
     schedules.py    per-epoch seeds, Burda's learning-rate stages, early stopping
     data.py         a run's splits and dynamic binarisation
-    writer.py       the run folder while training: checkpoints, snapshots, the cadence
     loop.py         train(), the epoch loop, one epoch, the loss on a split
     pretrain.py     only the pretraining, for several runs to start from
 """
 
-from .config import (
+from ..runs.writer import (
     AUTO_CHECKPOINT_FACTOR,
     AUTO_CHECKPOINT_MAX_S,
     AUTO_CHECKPOINT_MIN_S,
+    CheckpointCadence,
+    RunWriter,
+    copy_into,
+)
+from .config import (
     CLOSURE_OPTIMIZERS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -40,7 +45,6 @@ from .distributed import all_reduce_sum, average_across_ranks, dist_info, setup_
 from .loop import evaluate_loss, make_optimizer, precision, pretrain_precision, train, train_one_epoch
 from .pretrain import pretrain
 from .schedules import burda_stage, epoch_seed, history_stopped, learning_rate
-from .writer import CheckpointCadence, RunWriter, copy_into
 
 __all__ = [
     "AUTO_CHECKPOINT_FACTOR",

@@ -20,9 +20,6 @@ from ..precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "lbfgs", "cg")
 LR_SCHEDULES = ("constant", "burda")
-# the automatic checkpoint cadence: at most one a minute, and then only when the time since the last is 20 times
-# what writing it cost (checkpoints take at most about a twentieth of the run); at least one every 10 minutes
-AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MIN_S, AUTO_CHECKPOINT_MAX_S = 20, 60.0, 600.0
 CLOSURE_OPTIMIZERS = ("lbfgs", "cg")  # step(closure) evaluates the loss several times per batch
 
 
@@ -67,6 +64,14 @@ class TrainConfig:
     mlflow: str | None = None  # an MLflow tracking URI (sqlite:///mlflow.db, a folder, http://...): log there too
 
     def validate(self) -> None:
+        """Check every setting before any work, in this order; the first mistake raises its one-line ConfigError."""
+        self._check_numbers()
+        self._check_data()
+        self._check_networks()
+        self._check_choices()
+
+    def _check_numbers(self) -> None:
+        """The counts, the learning rate, the fractions, the flags, the seed, the folder and init_weights."""
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_COUNT:
@@ -101,6 +106,8 @@ class TrainConfig:
             if not (isinstance(self.init_weights, str) and self.init_weights.endswith(".safetensors")):
                 raise ConfigError(f"init_weights must name a .safetensors file, got {self.init_weights!r}")
 
+    def _check_data(self) -> None:
+        """The data folder, the options' form, and the dataset: a Data, a built-in name or a path that exists."""
         datamod.datasets.check_data_dir(self.data_dir)
         if not isinstance(self.model_options, dict) or not isinstance(self.dataset_options, dict):
             raise ConfigError("model and dataset options must be KEY=VALUE pairs")
@@ -117,6 +124,9 @@ class TrainConfig:
             datamod.check_options(name, self.dataset_options)
         else:
             raise ConfigError(f"dataset must be a name, a path or an aelab.data.Data, got {self.dataset!r}")
+
+    def _check_networks(self) -> None:
+        """The networks that the model options name by import path, and no input_shape among the options."""
         for role in models.USER_MODULES:  # a network named by import path: importable and buildable (on the meta
             if isinstance(self.model_options.get(role), dict):  # device: nothing allocated) before the folder is made
                 from ..models.imports import build
@@ -124,6 +134,10 @@ class TrainConfig:
                 build(role, self.model_options[role], meta=True)
         if "input_shape" in self.model_options:
             raise ConfigError("input_shape is not an option: it comes from the data")
+
+    def _check_choices(self) -> None:
+        """The checkpoint cadence, the named choices (precision, schedule, optimizer, model, device), Adam's epsilon
+        and the tracking."""
         if self.checkpoint_every is not None and not (
             isinstance(self.checkpoint_every, (int, float))
             and not isinstance(self.checkpoint_every, bool)

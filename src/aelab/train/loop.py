@@ -20,11 +20,11 @@ from ..optim import ConjugateGradient
 from ..options import MAX_COUNT
 from ..precision import float32_matmul
 from ..progress import Progress
+from ..runs.writer import CheckpointCadence, RunWriter
 from .config import CLOSURE_OPTIMIZERS, TrainConfig, resolve_device
 from .data import binarize_epoch, dynamic_binarization, load_data
 from .distributed import all_reduce_sum, average_across_ranks, setup_distributed
 from .schedules import epoch_seed, history_stopped, learning_rate
-from .writer import CheckpointCadence, RunWriter
 
 
 class _LossModule(nn.Module):
@@ -199,6 +199,51 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
     """train()'s work; `log` None: no epoch lines."""
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.safetensors"
+    resume = _resumes(out, ckpt_path, resume)
+
+    # 1. data, model, optimizer, and the state to resume from
+    torch.manual_seed(cfg.seed)
+    train_x, val_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
+    model = _build_model(cfg, train_x, device)
+    opt = make_optimizer(cfg, model)
+    config = _run_config(cfg, model, resume, data_info, train_x, val_x, test_x, world)
+    history: list[dict] = []
+    run = RunWriter(out, model, opt, history, enabled=rank == 0)
+    start_epoch = _load_start(cfg, model, opt, run, history, config, resume, ckpt_path, device)
+    config["versions"] = runs.package_versions()
+    run.open(config, resume)  # every check has passed: the first write to the run folder
+    say = log if rank == 0 else None
+
+    # 2. the starting weights: another run's (init_weights, loaded above), or the model's own pretraining
+    _starting_weights(cfg, model, run, history, train_x, progress, rank, world, device, say)
+
+    # 3. the epochs
+    step_model = _step_model(cfg, model, world, device, note=progress or say is not None)
+    tracker = _start_tracker(cfg, config, resume, history, rank, progress)
+    bar = _epoch_bar(cfg, out, len(train_x), start_epoch) if progress and rank == 0 else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision(cfg) == "bf16" and device.type == "cuda")
+    cadence = CheckpointCadence(cfg.checkpoint_every)
+    try:
+        with float32_matmul(precision(cfg)):
+            _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, resume, train_x, val_x, test_x,
+                    rank, world, autocast, bar, say, cadence, out, ckpt_path)  # fmt: skip
+    except BaseException as e:  # SIGTERM (SystemExit), Ctrl-C, a NaN: the last finished epoch is not lost
+        run.write_pending()
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):  # what the command line says (aelab.cli.stopped_line)
+            e.aelab_stop = _stop_record(cfg, run, history, start_epoch, out, ckpt_path)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # 4. finish
+    _finish(model, tracker, test_x, cfg.epochs, world)
+    return out
+
+
+def _resumes(out: Path, ckpt_path: Path, resume: bool) -> bool:
+    """Whether the run continues a checkpoint: a new run must not find one, a resume must (or find a folder that
+    stopped before its first checkpoint, which starts from scratch)."""
     if not resume and ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not ckpt_path.exists():
@@ -208,16 +253,22 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         if not (out / "config.json").exists() and leftovers:
             raise CheckpointError(f"--resume: no checkpoint.safetensors in {out}")
         # stopped before its first checkpoint (even before config.json: only the lock is there): from scratch
-        resume = False
+        return False
+    return resume
 
-    # 1. data, model, optimizer, and the state to resume from
-    torch.manual_seed(cfg.seed)
-    train_x, val_x, test_x, data_info = load_data(cfg, device, progress and rank == 0)
+
+def _build_model(cfg: TrainConfig, train_x: torch.Tensor, device: torch.device) -> nn.Module:
+    """The model for the data's image shape, on `device`; its memory checked before anything is allocated."""
     options = {"input_shape": list(train_x.shape[1:]), **cfg.model_options}
     if not models.has_module_instances(options):  # modules given from Python are built already
         models.check_memory(cfg.model, options, training=True)  # before anything is allocated
-    model = models.create(cfg.model, **options).to(device)
-    opt = make_optimizer(cfg, model)
+    return models.create(cfg.model, **options).to(device)
+
+
+def _run_config(cfg, model, resume, data_info, train_x, val_x, test_x, world) -> dict:
+    """What config.json records: the settings as run (the precision resolved, TensorBoard as it is), the model's
+    options, the data and its splits, and the SHA-256 of init_weights (a resume keeps the one of the run's start)."""
+    out = Path(cfg.out)
     config = {
         **cfg.to_json(),
         "mlflow": tracking.redact_uri(cfg.mlflow),
@@ -237,44 +288,52 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         # untrusted, and the checkpoint holds those weights already); a new run hashes the file it will read
         old = runs.read_config(out) if resume else {}
         config["init_weights_sha256"] = old.get("init_weights_sha256") if resume else runs.file_sha256(cfg.init_weights)
-    start_epoch, history = 0, []
-    run = RunWriter(out, model, opt, history, enabled=rank == 0)
-    if resume:
-        _check_resume_config(runs.read_config(out), config)
-        state, meta = runs.load_state(ckpt_path, runs.expected_bytes(model, copies=5))  # weights, Adam's 2, best
-        start_epoch, old_history, run.pretrained, run.resumes = _check_checkpoint_meta(meta, ckpt_path)
-        if cfg.epochs < start_epoch:  # config.json must always describe the weights beside it
-            raise ConfigError(
-                f"--epochs {cfg.epochs} is fewer than the {start_epoch} epochs {out} has already "
-                f"trained; pass --epochs {start_epoch} or more to continue it"
-            )
-        if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
-            raise CheckpointError(f"{ckpt_path}: no model or optimizer state")
-        if cfg.init_weights and not run.pretrained:  # every run that starts from init_weights checkpoints them first
-            raise CheckpointError(
-                f"{out}/config.json names init_weights, but the checkpoint did not start from them (an edited "
-                "config.json?); --resume never reads a weights file a run folder names"
-            )
-        runs.load_weights(model, state["model"], ckpt_path)
-        opt.load_state_dict(runs.checked_optimizer_state(opt, state["optimizer"], ckpt_path, start_epoch))
-        history.extend(old_history)
-        run.resumes += 1
-        run.written_epoch = start_epoch
-        if cfg.early_stopping and isinstance(state.get("best_model"), dict):
-            if not all(isinstance(v, torch.Tensor) for v in state["best_model"].values()):
-                raise CheckpointError(f"{ckpt_path}: its best_model weights are not all tensors")
-            run.best_state = {k: v.to(device) for k, v in state["best_model"].items()}
-            run.load_best_check(model, ckpt_path)
-            run.best_epoch = meta.get("best_epoch") if isinstance(meta.get("best_epoch"), int) else 0
-    elif cfg.init_weights:  # a new run: the weights it starts from are read and checked before any file is written
-        tensors, _ = runs.read_safetensors(cfg.init_weights, runs.expected_bytes(model))
-        runs.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, Path(cfg.init_weights))
-    config["versions"] = runs.package_versions()
-    run.open(config, resume)  # every check has passed: the first write to the run folder
-    say = log if rank == 0 else None
+    return config
 
-    # 2. the starting weights: another run's (init_weights, loaded above), or the model's own pretraining (the deep
-    # AE's RBM stack), once, checkpointed as epoch 0
+
+def _load_start(cfg, model, opt, run, history, config, resume, ckpt_path, device) -> int:
+    """The epoch to start from. A resume checks the checkpoint (untrusted) against `config` and loads its weights,
+    optimizer state, history and best epoch into model, opt, history and run; a new run loads init_weights, if
+    given, into the model (read and checked before any file is written) and starts at 0."""
+    out = Path(cfg.out)
+    if not resume:
+        if cfg.init_weights:
+            tensors, _ = runs.read_safetensors(cfg.init_weights, runs.expected_bytes(model))
+            runs.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, Path(cfg.init_weights))
+        return 0
+    _check_resume_config(runs.read_config(out), config)
+    state, meta = runs.load_state(ckpt_path, runs.expected_bytes(model, copies=5))  # weights, Adam's 2, best
+    start_epoch, old_history, run.pretrained, run.resumes = _check_checkpoint_meta(meta, ckpt_path)
+    if cfg.epochs < start_epoch:  # config.json must always describe the weights beside it
+        raise ConfigError(
+            f"--epochs {cfg.epochs} is fewer than the {start_epoch} epochs {out} has already "
+            f"trained; pass --epochs {start_epoch} or more to continue it"
+        )
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
+        raise CheckpointError(f"{ckpt_path}: no model or optimizer state")
+    if cfg.init_weights and not run.pretrained:  # every run that starts from init_weights checkpoints them first
+        raise CheckpointError(
+            f"{out}/config.json names init_weights, but the checkpoint did not start from them (an edited "
+            "config.json?); --resume never reads a weights file a run folder names"
+        )
+    runs.load_weights(model, state["model"], ckpt_path)
+    opt.load_state_dict(runs.checked_optimizer_state(opt, state["optimizer"], ckpt_path, start_epoch))
+    history.extend(old_history)
+    run.resumes += 1
+    run.written_epoch = start_epoch
+    if cfg.early_stopping and isinstance(state.get("best_model"), dict):
+        if not all(isinstance(v, torch.Tensor) for v in state["best_model"].values()):
+            raise CheckpointError(f"{ckpt_path}: its best_model weights are not all tensors")
+        run.best_state = {k: v.to(device) for k, v in state["best_model"].items()}
+        run.load_best_check(model, ckpt_path)
+        run.best_epoch = meta.get("best_epoch") if isinstance(meta.get("best_epoch"), int) else 0
+    return start_epoch
+
+
+def _starting_weights(cfg, model, run, history, train_x, progress, rank, world, device, say) -> None:
+    """The starting weights: another run's (init_weights, loaded already), or the model's own pretraining (the deep
+    AE's RBM stack), once, checkpointed as epoch 0."""
+    out = Path(cfg.out)
     if cfg.init_weights and not run.pretrained:  # a resume has them in its checkpoint already: never read again
         run.pretrained = True
         history.append({"epoch": 0, "phase": "init_weights", "time_s": 0.0})
@@ -300,55 +359,61 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, rank: int, world
         history.append({"epoch": 0, "phase": "pretrain", "time_s": time.perf_counter() - t0})
         run.checkpoint(0)
 
-    # 3. the epochs
+
+def _step_model(cfg: TrainConfig, model: nn.Module, world: int, device: torch.device, note: bool) -> nn.Module:
+    """What a step calls: the model's loss as forward(), compiled with --compile (`note`: say that it compiles) and
+    wrapped in DistributedDataParallel under torchrun."""
     step_model: nn.Module = _LossModule(model)
     if cfg.compile:  # static shapes: one graph for the full batches, one for the last, shorter one
         step_model = torch.compile(step_model, dynamic=False)
-        if progress or say is not None:
+        if note:
             print("aelab: note: --compile: the first steps of the first epoch compile the model, which can take "
                   "minutes (most on a CPU); the later epochs run the compiled graph", file=sys.stderr)  # fmt: skip
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return step_model
+
+
+def _start_tracker(cfg, config, resume, history, rank, progress) -> tracking.Tracker:
+    """TensorBoard and MLflow (rank 0), started with the config and the history so far."""
     if cfg.tensorboard and not config["tensorboard"] and rank == 0 and progress:  # with the bars
         tracking.note_tensorboard_missing()  # once per process: an experiment's many runs say it once
-    tracker = tracking.Tracker(out, config["tensorboard"], cfg.mlflow, enabled=rank == 0)
+    tracker = tracking.Tracker(Path(cfg.out), config["tensorboard"], cfg.mlflow, enabled=rank == 0)
     tracker.start(config, resume, history)
-    bar = None
-    if progress and rank == 0:  # a bar on a terminal; elsewhere the epoch lines and a heartbeat (aelab.progress)
-        steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-        bar = Progress(out.name or str(out), total=steps_per_epoch * (cfg.epochs - start_epoch), unit="step")
-        bar.status("training")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision(cfg) == "bf16" and device.type == "cuda")
-    cadence = CheckpointCadence(cfg.checkpoint_every)
-    try:
-        with float32_matmul(precision(cfg)):
-            _epochs(cfg, model, opt, step_model, run, tracker, history, start_epoch, resume, train_x, val_x, test_x,
-                    rank, world, autocast, bar, say, cadence, out, ckpt_path)  # fmt: skip
-    except BaseException as e:  # SIGTERM (SystemExit), Ctrl-C, a NaN: the last finished epoch is not lost
-        run.write_pending()
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):  # what the command line says (aelab.cli.stopped_line)
-            finished = max((h["epoch"] for h in history if "train_loss" in h), default=start_epoch)
-            e.aelab_stop = {"epoch": min(finished + 1, cfg.epochs), "epochs": cfg.epochs, "out": str(out),
-                            "checkpoint": run.written_epoch if ckpt_path.exists() else None}  # fmt: skip
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+    return tracker
 
-    # 4. finish
+
+def _epoch_bar(cfg: TrainConfig, out: Path, n_train: int, start_epoch: int) -> Progress:
+    """The steps' bar on a terminal; elsewhere the epoch lines and a heartbeat (aelab.progress)."""
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    bar = Progress(out.name or str(out), total=steps_per_epoch * (cfg.epochs - start_epoch), unit="step")
+    bar.status("training")
+    return bar
+
+
+def _stop_record(cfg: TrainConfig, run, history: list[dict], start_epoch: int, out: Path, ckpt_path: Path) -> dict:
+    """What the command line says of a run stopped by SIGTERM or Ctrl-C: the epoch it stopped in, and the
+    checkpoint kept."""
+    finished = max((h["epoch"] for h in history if "train_loss" in h), default=start_epoch)
+    return {"epoch": min(finished + 1, cfg.epochs), "epochs": cfg.epochs, "out": str(out),
+            "checkpoint": run.written_epoch if ckpt_path.exists() else None}  # fmt: skip
+
+
+def _finish(model: nn.Module, tracker, test_x: torch.Tensor, epochs: int, world: int) -> None:
+    """The tracker's last record (with 16 test reconstructions for TensorBoard); under torchrun, every rank waits
+    for the others."""
     images = None
     if tracker.tb is not None:
         with torch.no_grad():
             model.eval()
             images = model(test_x[:16]).clamp(0, 1).cpu()
-    tracker.finish(images, cfg.epochs)
+    tracker.finish(images, epochs)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return out
 
 
 def run_label(out: Path) -> str:

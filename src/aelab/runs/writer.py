@@ -1,5 +1,8 @@
 """Writing the run folder while training: RunWriter (checkpoints, snapshots, the best epoch, metrics.jsonl), the
-checkpoint cadence, and copies of state that a later step cannot change under a checkpoint being written."""
+checkpoint cadence, and copies of state that a later step cannot change under a checkpoint being written.
+
+It uses the rest of the package as the trainer does (runs.save_state, ...); aelab.runs does not import it.
+aelab.train.writer is this same module (the trainer's name for it)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import torch.nn as nn
 
 from .. import runs
 from ..errors import CheckpointError
-from .config import AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MAX_S, AUTO_CHECKPOINT_MIN_S
+
+# the automatic checkpoint cadence: at most one a minute, and then only when the time since the last is 20 times
+# what writing it cost (checkpoints take at most about a twentieth of the run); at least one every 10 minutes
+AUTO_CHECKPOINT_FACTOR, AUTO_CHECKPOINT_MIN_S, AUTO_CHECKPOINT_MAX_S = 20, 60.0, 600.0
 
 
 class CheckpointCadence:
