@@ -200,6 +200,10 @@ def test_small_fits_run_on_one_thread_and_leave_the_thread_count_alone(monkeypat
         logistic.fit_logistic(x, np.arange(30) % 2, 1.0)
         assert set(seen) == {1} and torch.get_num_threads() == 2
         seen.clear()
+        monkeypatch.setattr(logistic, "SMALL_PROBLEM", x.numel())  # at the bound: still small
+        logistic.fit_logistic(x, np.arange(30) % 2, 1.0)
+        assert set(seen) == {1}
+        seen.clear()
         monkeypatch.setattr(logistic, "SMALL_PROBLEM", 10)
         logistic.fit_logistic(x, np.arange(30) % 2, 1.0)
         assert set(seen) == {2}
@@ -260,7 +264,7 @@ def test_the_hessian_is_autograds_in_the_documented_order(monkeypatch, chunk):
     reference = torch.autograd.functional.hessian(f, theta)
     ours = logistic.hessian(x, w, b, penalty)
     assert ours.dtype == torch.float64 and ours.shape == (k * (d + 1), k * (d + 1))
-    assert torch.allclose(ours, reference, atol=1e-12)
+    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=0)  # the ridge 2 penalty to the last float64 digit
     assert torch.allclose(logistic.hessian(x, w, b, penalty, dtype=torch.float32), reference, atol=1e-5)
     assert not torch.allclose(logistic.hessian(x, w, b, 0.0), reference, atol=1e-3)  # the penalty is in it
 
@@ -320,3 +324,103 @@ def test_newton_converges_where_lbfgs_crawls():
     assert iterations > 20 * fit.iterations
     ours = objective_and_gradient(x, onehot, fit.weight, fit.bias, penalty)[0]
     assert ours <= objective_and_gradient(x, onehot, w, b, penalty)[0] + 1e-10
+
+
+def _correlated_problem(n=3000, d=10, k=5, seed=2):
+    """Correlated standardised features, a little label noise: ill-conditioned when weakly penalised."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    mixing = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    x = z @ (mixing * torch.logspace(0, -3, d, dtype=torch.float64)).T
+    y = (z @ torch.randn(d, k, generator=g, dtype=torch.float64)).argmax(1)
+    y = torch.where(torch.rand(n, generator=g) < 0.05, (y + 1) % k, y)
+    return Standardizer.fit(x)(x), y
+
+
+def test_newton_sums_the_hessian_in_float32_and_a_converged_fit_needs_no_lbfgs(monkeypatch):
+    import aelab.metrics.logistic as logistic
+
+    dtypes = []
+    real = logistic.hessian
+    monkeypatch.setattr(logistic, "hessian", lambda *a, **kw: (dtypes.append(kw.get("dtype")), real(*a, **kw))[1])
+    monkeypatch.setattr(logistic, "_minimise", lambda *a: pytest.fail("L-BFGS after a converged Newton fit"))
+    x, y = _correlated_problem(n=500)
+    fit = logistic.fit_logistic(x, y.numpy(), 100.0)
+    assert fit.converged and dtypes and set(dtypes) == {torch.float32}
+
+
+@pytest.mark.parametrize("hessian", ["not positive definite", "no decrease along the step"])
+def test_newton_hands_over_to_lbfgs_when_its_step_fails(monkeypatch, hessian):
+    """A Hessian whose Cholesky fails, or a step that no backtracking down to t = 1e-10 makes decrease: L-BFGS goes
+    on from where Newton stopped and reaches the same minimum."""
+    import aelab.metrics.logistic as logistic
+
+    x, y = _correlated_problem(n=500)
+    reference = logistic.fit_logistic(x, y.numpy(), 1.0, tol=1e-8)
+    scale = -1.0 if hessian == "not positive definite" else 1e-30  # 1e-30: steps of 1e30 times the gradient
+    monkeypatch.setattr(
+        logistic,
+        "hessian",
+        lambda x, w, b, penalty, dtype: scale * torch.eye(w.numel() + b.numel(), dtype=torch.float64),
+    )
+    fit = logistic.fit_logistic(x, y.numpy(), 1.0, tol=1e-6)
+    assert fit.converged and fit.iterations > 5
+    assert torch.allclose(fit.weight, reference.weight, atol=1e-3)
+
+
+def test_newton_backtracks_a_step_that_overshoots_and_every_step_decreases_the_loss(monkeypatch):
+    """From a poor start the full Newton step raises the loss; the step is halved until the objective falls
+    (Armijo), so the losses of the points Newton moves through fall at every step."""
+    import aelab.metrics.logistic as logistic
+
+    x, y = _correlated_problem(n=500)
+    start = logistic.LogisticFit(
+        20 * torch.randn(10, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        torch.zeros(5, dtype=torch.float64),
+        np.arange(5),
+        0,
+        False,
+    )
+    losses = []
+    real = logistic.objective_and_gradient
+    monkeypatch.setattr(logistic, "objective_and_gradient", lambda *a: (losses.append(float(real(*a)[0])), real(*a))[1])
+    fit = logistic.fit_logistic(x, y.numpy(), 100.0, start=start)
+    assert fit.converged and fit.iterations <= 30
+    # the first evaluation of each step is at the current point; a rejected trial is above it
+    rejected = sum(1 for before, trial in zip(losses, losses[1:]) if trial > before)
+    assert rejected >= 1
+    onehot = torch.nn.functional.one_hot(y, 5).double()
+    penalty = 1 / (2 * 100.0 * 500)
+    assert real(x, onehot, fit.weight, fit.bias, penalty)[0] < real(x, onehot, start.weight, start.bias, penalty)[0]
+
+
+def test_lbfgs_path_counts_its_own_iterations_stops_at_tol_and_searches_its_lines(monkeypatch):
+    """Many parameters: fit_logistic is L-BFGS alone, its iteration count L-BFGS's own; a looser tol stops sooner;
+    on an ill-conditioned problem the strong-Wolfe line search converges within the iteration budget."""
+    import aelab.metrics.logistic as logistic
+    from aelab.metrics.logistic import _minimise
+
+    monkeypatch.setattr(logistic, "NEWTON_MAX_PARAMETERS", 0)
+    x, y = _correlated_problem()
+    onehot = torch.nn.functional.one_hot(y, 5).double()
+    penalty = 1 / (2 * 100.0 * len(x))
+    zeros = lambda: (torch.zeros(10, 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64))  # noqa: E731
+    _, _, own_iterations, converged = _minimise(x, onehot, *zeros(), penalty, 1e-4, 1000)
+    fit = logistic.fit_logistic(x, y.numpy(), 100.0)
+    assert converged and fit.converged and fit.iterations == own_iterations
+    loose = logistic.fit_logistic(x, y.numpy(), 100.0, tol=1e-2)
+    grad = logistic.objective_and_gradient(x, onehot, loose.weight, loose.bias, penalty)
+    assert loose.converged and loose.iterations < fit.iterations / 2
+    assert 1e-4 < max(float(grad[1].abs().max()), float(grad[2].abs().max())) <= 1e-2
+
+
+def test_a_feature_constant_to_float64_precision_is_left_unscaled():
+    """A feature whose spread is below 10 float64 epsilons of its magnitude is constant (sklearn's rule): a scale
+    of 1, not a division by rounding noise."""
+    x = torch.randn(50, 4, dtype=torch.float64)
+    x[:, 1] = 1e6 + torch.arange(50, dtype=torch.float64) * 1e-10  # a spread of ~1.5e-9 at 1e6: rounding noise
+    x[:, 2] = 1e6 + torch.tensor([2.3e-9, -2.3e-9] * 25, dtype=torch.float64)  # 10.5 epsilons of 1e6: a feature
+    x[:, 3] = 1.5 + torch.tensor([4e-15, -4e-15] * 25, dtype=torch.float64)  # 12 epsilons of max(1, 1.5): a feature
+    scale = Standardizer.fit(x)
+    assert scale.scale[1] == 1.0 and scale.scale[0] != 1.0
+    assert 2e-9 < scale.scale[2] < 3e-9 and 3e-15 < scale.scale[3] < 5e-15
