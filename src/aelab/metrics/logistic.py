@@ -154,8 +154,9 @@ def _newton(x, onehot, w, b, penalty, tol, max_steps) -> tuple[torch.Tensor, tor
     along = torch.zeros(k, d + 1, dtype=torch.float64, device=x.device)
     along[:, d] = k**-0.5
     along = along.reshape(-1)
+    current = objective_and_gradient(x, onehot, w, b, penalty)
     for step in range(max_steps + 1):
-        loss, grad_w, grad_b = objective_and_gradient(x, onehot, w, b, penalty)
+        loss, grad_w, grad_b = current
         if max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= tol:
             return w, b, step, True
         if step == max_steps:
@@ -172,13 +173,13 @@ def _newton(x, onehot, w, b, penalty, tol, max_steps) -> tuple[torch.Tensor, tor
         move_w, move_b = move[:, :d].T, move[:, d] - move[:, d].mean()  # exactly nothing along e (float32's H)
         t = 1.0
         while t > 1e-10:
-            trial = objective_and_gradient(x, onehot, w + t * move_w, b + t * move_b, penalty)[0]
-            if trial <= loss + 1e-4 * t * slope:
+            trial = objective_and_gradient(x, onehot, w + t * move_w, b + t * move_b, penalty)
+            if trial[0] <= loss + 1e-4 * t * slope:
                 break
             t /= 2
         else:
             break  # no decrease along the Newton direction: L-BFGS goes on from here
-        w, b = w + t * move_w, b + t * move_b
+        w, b, current = w + t * move_w, b + t * move_b, trial  # the accepted trial's gradient is the next step's
     return w, b, step, False
 
 
