@@ -171,13 +171,22 @@ def selected(names: list[str], diffs: dict, module: dict) -> list[str]:
 
 
 def rerun_survivors(name: str, module: dict, folder: Path, max_children: int) -> None:
-    """The last run's surviving mutants again, against the tests as they are now (copied into the stage; the
-    mutated source is the stage's, so a source edit since then needs a full run)."""
+    """The last run's surviving mutants again, against the tests as they are now (copied into the stage, with the
+    module's test selection as pyproject.toml gives it now; the mutated source is the stage's, so a source edit
+    since then needs a full run)."""
     survivors = [s["mutant"] for s in json.loads((folder / "summary.json").read_text())["survived"]]
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache")
     for target in (folder / "tests", folder / "mutants" / "tests"):
         shutil.rmtree(target)
         shutil.copytree(ROOT / "tests", target, ignore=ignore)
+    for config in (folder / "pyproject.toml", folder / "mutants" / "pyproject.toml"):  # the module's tests as now
+        if config.exists():
+            text = re.sub(
+                r"(?m)^pytest_add_cli_args_test_selection = .*$",
+                lambda _: f"pytest_add_cli_args_test_selection = {json.dumps(module['tests'])}",
+                config.read_text(),
+            )
+            config.write_text(text)
     if survivors:
         _mutmut(folder, survivors, max_children)
 

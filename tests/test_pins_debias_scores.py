@@ -1,0 +1,253 @@
+"""Pins of aelab.debias.scores where the experiments use it: score_samples returns, for every method, the number
+its own function gives on the same inputs (so an argument dropped or swapped inside score_samples shows), the
+autoencoder's reconstruction error per image by hand, and choose_k's choice on the validation images against a
+brute-force search."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from aelab.debias import scores as sc
+from aelab.debias.biased import biased_log_probabilities
+from aelab.metrics.ranking import auroc
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _LinearAE(nn.Module):
+    """encode / decode as the aelab model interface; a Dropout that changes the codes in training mode only."""
+
+    def __init__(self, d: int, k: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.enc = nn.Linear(d, k).double()
+        self.dec = nn.Linear(k, d).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+        self.drop = nn.Dropout(0.5)
+
+    def encode(self, x):
+        return self.drop(self.enc(x.flatten(1)))
+
+    def decode(self, z):
+        return self.dec(z).view(-1, 3, 2, 2)
+
+
+def _data(seed=0, n=36):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 2, 2, generator=g, dtype=torch.float64)
+    digits = torch.arange(n) % 3
+    return images, digits
+
+
+def test_reconstruction_error_scores_are_each_images_sse_in_eval_mode():
+    images, _ = _data()
+    model = _LinearAE(12, 2, 1)
+    model.train()
+    got = sc.reconstruction_error_scores(model, images, batch_size=5)
+    assert not model.training and got.dtype == np.float64 and got.shape == (36,)
+    x = images.flatten(1).numpy()
+    W1, b1 = model.enc.weight.detach().numpy(), model.enc.bias.detach().numpy()
+    W2, b2 = model.dec.weight.detach().numpy(), model.dec.bias.detach().numpy()
+    by_hand = (((x @ W1.T + b1) @ W2.T + b2 - x) ** 2).sum(1)
+    np.testing.assert_allclose(got, by_hand, rtol=1e-12)
+
+
+@pytest.mark.parametrize("with_ae", [True, False])
+def test_score_samples_gives_each_method_its_own_functions_number(with_ae):
+    images, digits = _data()
+    model = _LinearAE(12, 2, 1) if with_ae else None
+    timings, reps, said = {}, {}, []
+    got = sc.score_samples(
+        images.float(), digits, ae_model=model.float() if with_ae else None, k=4, n_models=2, gce_epochs=2, q=0.4,
+        seed=3, pca_components=2, timings=timings, representations=reps, progress=said.append,
+    )  # fmt: skip
+    y = digits.numpy()
+    log_probs = biased_log_probabilities(images.float(), digits, n_models=2, epochs=2, q=0.4, seed=3)
+    want = {
+        "gce_ce": sc.cross_entropy_scores(log_probs, y),
+        "gce_knn": sc.knn_distance_scores(log_probs, y, 4),
+        "pca_baseline": sc.pca_residual_scores(images.float(), y, 2),
+    }
+    want["rank_avg(gce_ce,gce_knn)"] = sc.rank_average([want["gce_ce"], want["gce_knn"]], y)
+    if with_ae:
+        model.eval()
+        with torch.no_grad():
+            codes = model.encode(images.float()).double().numpy()
+        want["ae_recon"] = sc.reconstruction_error_scores(model, images.float())
+        want["ae_knn"] = sc.knn_distance_scores(codes, y, 4)
+        want["ae_gauss"] = sc.gaussian_nll_scores(codes, y)
+        np.testing.assert_array_equal(reps["ae_codes"], codes)
+    assert list(got) == [m for m in sc.METHODS if with_ae or not m.startswith("ae_")]
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    np.testing.assert_array_equal(reps["gce_log_probs"], log_probs)
+    assert set(reps) == ({"ae_codes", "gce_log_probs"} if with_ae else {"gce_log_probs"})
+    assert list(timings) == list(got) and all(t >= 0 for t in timings.values())
+    assert said[-2] == "gce_ce, gce_knn: 2 biased MLPs (GCE, q 0.4, 2 epochs each, cross-fitted)"
+    assert said[-1] == "pca_baseline: PCA (2 components) residuals"
+    if with_ae:
+        assert said[0] == "ae_recon, ae_knn, ae_gauss: the autoencoder's errors and codes of 36 images"
+    assert len(said) == (3 if with_ae else 2)
+
+
+def test_score_samples_defaults_are_the_documented_ones(monkeypatch):
+    """k 5, five models of 3 epochs at q 0.7 from seed 0, 20 PCA components: what the experiments rely on."""
+    seen = {}
+
+    def fake_log_probs(images, digits, n_models, epochs, q, seed, device, amp):
+        seen.update(n_models=n_models, epochs=epochs, q=q, seed=seed, device=device, amp=amp)
+        return np.log(np.full((len(images), 3), 1 / 3))
+
+    monkeypatch.setattr(sc, "biased_log_probabilities", fake_log_probs)
+    monkeypatch.setattr(sc, "knn_distance_scores", lambda f, y, k: np.full(len(y), float(k)))
+    monkeypatch.setattr(sc, "pca_residual_scores", lambda x, y, c: np.full(len(y), float(c)))
+    images, digits = _data(n=60)
+    got = sc.score_samples(images, digits)
+    assert seen == {"n_models": 5, "epochs": 3, "q": 0.7, "seed": 0, "device": "cpu", "amp": False}
+    assert (got["gce_knn"] == 5).all() and (got["pca_baseline"] == 20).all()
+
+
+def _choose_by_brute_force(features, digits, conflicting, held, ks, default_k):
+    best, best_k, crit = -np.inf, None, []
+    for k in ks:
+        s = sc.knn_distance_scores(features, digits, k)
+        ranks = sc.within_class_ranks(s, digits)
+        a = auroc(ranks[held], conflicting[held])
+        crit.append(a)
+        if not np.isnan(a) and a > best:  # strictly better: the smallest k of equals stays
+            best, best_k = a, k
+    return crit, (best_k if best_k is not None else default_k)
+
+
+def test_choose_k_picks_the_best_validation_auroc_and_the_smallest_k_of_equals():
+    g = np.random.default_rng(0)
+    digits = np.repeat(np.arange(3), 30)
+    conflicting = g.random(90) < 0.2
+    features = g.normal(size=(90, 4)) + 1.5 * conflicting[:, None] * g.normal(size=(90, 4))
+    held = np.zeros(90, bool)
+    held[::3] = True
+    ks = [1, 3, 7, 15]
+    got = sc.choose_k(features, digits, conflicting, held, ks, default_k=5)
+    crit, chosen = _choose_by_brute_force(features, digits, conflicting, held, ks, 5)
+    assert got["grid"] == ks and got["chosen_k"] == chosen
+    np.testing.assert_allclose(got["validation_auroc"], crit, rtol=0, atol=0)
+    np.testing.assert_array_equal(got["scores"], sc.knn_distance_scores(features, digits, chosen))
+    # the choice reads the held-out images only: the others' conflict flags change nothing
+    flipped = conflicting.copy()
+    flipped[~held] = ~flipped[~held]
+    assert sc.choose_k(features, digits, flipped, held, ks)["validation_auroc"] == got["validation_auroc"]
+    # and it does read them: the choice on the complement of the held-out images differs here
+    other = sc.choose_k(features, digits, conflicting, ~held, ks)
+    assert other["validation_auroc"] == _choose_by_brute_force(features, digits, conflicting, ~held, ks, 5)[0]
+    assert other["validation_auroc"] != got["validation_auroc"]
+    # equal criteria: the smallest k of them (a single repeated k makes them equal)
+    tie = sc.choose_k(features, digits, conflicting, held, [7, 3, 3, 7])
+    assert tie["chosen_k"] == (7 if crit[2] >= crit[1] else 3)
+    assert tie["grid"] == [7, 3, 3, 7]
+
+
+def test_choose_k_keeps_the_default_when_nothing_can_be_chosen():
+    g = np.random.default_rng(1)
+    digits = np.repeat(np.arange(2), 10)
+    features = g.normal(size=(20, 3))
+    conflicting = np.zeros(20, bool)
+    conflicting[[3, 15]] = True
+    held = np.zeros(20, bool)
+    held[[0, 1, 12]] = True  # no conflicting image among them: every AUROC is NaN
+    got = sc.choose_k(features, digits, conflicting, held, [1, 2], default_k=4)
+    assert got["chosen_k"] == 4 and all(np.isnan(a) for a in got["validation_auroc"])
+    np.testing.assert_array_equal(got["scores"], sc.knn_distance_scores(features, digits, 4))
+    assert sc.choose_k(features, digits, conflicting, held, [1, 2])["chosen_k"] == 5
+    kept = sc.choose_k(features, digits, conflicting, held, [1, 4], default_k=4)
+    np.testing.assert_array_equal(kept["scores"], sc.knn_distance_scores(features, digits, 4))
+
+
+@pytest.mark.parametrize(
+    ("criteria", "chosen"),
+    [([0.5, 0.5, 0.5], 7), ([0.6, 0.8, 0.8], 3), ([float("nan"), 0.2, 0.3], 1), ([0.1, float("nan"), 0.0], 7)],
+)
+def test_choose_k_first_of_equals_and_a_nan_below_every_number(monkeypatch, criteria, chosen):
+    import aelab.metrics.ranking as ranking
+
+    answers = iter(criteria)
+    monkeypatch.setattr(ranking, "auroc", lambda scores, labels: next(answers))
+    digits = np.repeat(np.arange(2), 6)
+    got = sc.choose_k(np.arange(12.0)[:, None], digits, np.ones(12, bool), np.ones(12, bool), [7, 3, 1])
+    assert got["chosen_k"] == chosen
+
+
+def test_gaussian_nll_scores_are_scipys_log_density_per_class():
+    """-log N(z; mu_y, Sigma_y + eps * tr(Sigma_y) / d * I) with the biased (1/n) covariance of the sample's own
+    class, against scipy; float32 codes of any shape are scored in float64, digits of any shape read flat."""
+    from scipy.stats import multivariate_normal
+
+    g = np.random.default_rng(2)
+    digits = np.repeat([4, 1, 7], [9, 12, 10])
+    features = (g.normal(size=(31, 2, 2)) * [[1.0, 3.0], [0.5, 2.0]] + digits[:, None, None]).astype(np.float32)
+    for eps, kwargs in ((1e-3, {}), (0.2, {"eps": 0.2})):
+        got = sc.gaussian_nll_scores(features, digits[:, None], **kwargs)
+        want = np.empty(31)
+        for c in (1, 4, 7):
+            f = features[digits == c].reshape(-1, 4).astype(np.float64)
+            cov = np.cov(f, rowvar=False, bias=True)
+            cov += eps * np.trace(cov) / 4 * np.eye(4)
+            want[digits == c] = -multivariate_normal(f.mean(0), cov).logpdf(f)
+        np.testing.assert_allclose(got, want, rtol=1e-11)
+
+
+class _FirstColumns(nn.Module):
+    def encode(self, x):
+        return x.flatten(1)[:, :3]
+
+
+def _probe_by_hand(train_codes, train_digits, test_codes, test_digits):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(train_codes, train_digits)
+    return float((clf.predict(test_codes) == test_digits).mean())
+
+
+def test_probe_accuracies_fit_each_probe_on_its_own_codes_and_score_the_test_digits():
+    from aelab.debias.features import probe_accuracies
+
+    g = torch.Generator().manual_seed(3)
+    digits = torch.arange(60) % 3
+    noisy = lambda n, scale: torch.randn(n, 2, 3, generator=g, dtype=torch.float64) * scale  # noqa: E731
+    train = noisy(60, 1.0) + digits[:, None, None] * 0.6
+    swapped = noisy(60, 1.0) + digits[:, None, None] * 1.5
+    test_digits = torch.arange(45) % 3
+    test = noisy(45, 1.0) + test_digits[:, None, None] * 0.9
+    got = probe_accuracies(_FirstColumns(), train, digits, swapped, test, test_digits)
+    z = lambda x: x.flatten(1)[:, :3].numpy()  # noqa: E731
+    y, yt = digits.numpy(), test_digits.numpy()
+    even = np.arange(45) % 2 == 0
+    want = {
+        "probe_fit_biased_train": _probe_by_hand(z(train), y, z(test), yt),
+        "probe_fit_synthesised_train": _probe_by_hand(z(swapped), y, z(test), yt),
+        "probe_2fold_unbiased_test": 0.5
+        * (
+            _probe_by_hand(z(test)[even], yt[even], z(test)[~even], yt[~even])
+            + _probe_by_hand(z(test)[~even], yt[~even], z(test)[even], yt[even])
+        ),
+    }
+    assert got == want
+    assert len(set(want.values())) == 3 and 0.4 < min(want.values())  # three different, informative numbers
+
+
+def test_the_debiasing_autoencoder_is_the_same_for_a_seed_whatever_the_global_rng():
+    from aelab.debias.features import train_autoencoder
+
+    images = torch.rand(50, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(11)
+    a = train_autoencoder(images, epochs=2, seed=5, batch_size=16, latent=3)
+    torch.manual_seed(12)
+    b = train_autoencoder(images, epochs=2, seed=5, batch_size=16, latent=3)
+    c = train_autoencoder(images, epochs=2, seed=6, batch_size=16, latent=3)
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
