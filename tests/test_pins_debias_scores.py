@@ -1,7 +1,8 @@
-"""Pins of aelab.debias.scores where the experiments use it: score_samples returns, for every method, the number
-its own function gives on the same inputs (so an argument dropped or swapped inside score_samples shows), the
-autoencoder's reconstruction error per image by hand, and choose_k's choice on the validation images against a
-brute-force search."""
+"""Pins of aelab.debias (scores, features, synthesis) where the experiments use it: score_samples returns, for
+every method, the number its own function gives on the same inputs (so an argument dropped or swapped inside
+score_samples shows), the autoencoder's reconstruction error per image by hand, choose_k's choice on the
+validation images against a brute-force search, the Gaussian NLL against scipy, the representation probes by hand,
+the debiasing AE's seed and the report's synthesised samples' generator."""
 
 import numpy as np
 import pytest
@@ -251,3 +252,23 @@ def test_the_debiasing_autoencoder_is_the_same_for_a_seed_whatever_the_global_rn
     for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_the_report_figures_synthesised_samples_draw_their_donors_from_the_generator_given():
+    """sample_with_donors (the report's figure of synthesised samples) draws the donors from the generator it is
+    handed, as donors() does, not from the global RNG: the same generator state gives the same donors and images."""
+    from aelab import debias as dm
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(30, 3, 4, 4, generator=g)
+    digits = torch.arange(30) % 3
+    synth = dm.Synthesizer(images, digits, (digits + 1) % 3, "colour_statistics")
+    idx = torch.arange(0, 30, 2)
+    torch.manual_seed(1)
+    imgs, donors = synth.sample_with_donors(idx, torch.Generator().manual_seed(9))
+    torch.manual_seed(2)
+    again, donors_again = synth.sample_with_donors(idx, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(donors, synth.donors(idx, torch.Generator().manual_seed(9)), rtol=0, atol=0)
+    torch.testing.assert_close(donors_again, donors, rtol=0, atol=0)
+    torch.testing.assert_close(again, imgs, rtol=0, atol=0)
+    torch.testing.assert_close(imgs, synth.swap(images[idx], images[donors]), rtol=0, atol=0)
