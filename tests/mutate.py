@@ -107,9 +107,15 @@ def stage(name: str, module: dict) -> Path:
         "process_isolation": "forkserver",  # torch in the forked workers: fork from a process without pytest state
         "use_git_change_detection": False,
         "timeout_multiplier": 5.0,
+        # CPU seconds added to each test's recorded duration before the multiplier: a forked worker collects the
+        # selected test files again (torch, sklearn, scipy imports), which the recorded durations leave out; at
+        # mutmut's default of 1 s, mutants whose tests take 0.1 s were "killed by a timeout" while their tests passed
+        "timeout_constant": 10.0,
     }
     table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     (folder / "pyproject.toml").write_text(f"{pyproject}\n[tool.mutmut]\n{table}\n")
+    if (ROOT.parent / "shared").is_dir():  # ../shared beside the mutants' tests too (conftest.SHARED_IDX)
+        (folder / "shared").symlink_to(ROOT.parent / "shared")
     return folder
 
 
