@@ -272,3 +272,76 @@ def test_the_report_figures_synthesised_samples_draw_their_donors_from_the_gener
     torch.testing.assert_close(donors_again, donors, rtol=0, atol=0)
     torch.testing.assert_close(again, imgs, rtol=0, atol=0)
     torch.testing.assert_close(imgs, synth.swap(images[idx], images[donors]), rtol=0, atol=0)
+
+
+def _autoencoder_by_hand(images, epochs, seed, synth=None, p=0.0, lr=1e-3, batch_size=128, latent=32):
+    """train_autoencoder's documented loop written out: the seed's initial weights, Adam(lr), the CPU generator's
+    order, the first round(p * batch) images of a batch replaced by synthesised ones, loss = sum over pixels of the
+    squared error, mean over the batch."""
+    from aelab.debias.features import MLPAutoencoder
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ae = MLPAutoencoder(images[0].numel(), latent)
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(images), generator=gen).split(batch_size):
+            x = images[idx]
+            k = int(round(p * len(idx))) if synth is not None else 0
+            if k:
+                x = torch.cat([synth.sample(idx[:k], gen), x[k:]])
+            loss = ((ae(x) - x) ** 2).flatten(1).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return ae
+
+
+@pytest.mark.parametrize("synthesised", [False, True])
+def test_the_debiasing_autoencoder_trains_as_documented(synthesised):
+    from aelab import debias as dm
+    from aelab.debias.features import train_autoencoder
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(300, 3, 2, 2, generator=g)
+    digits = torch.arange(300) % 3
+    if synthesised:
+        synth = dm.Synthesizer(images, digits, (digits + 1) % 3, "colour_statistics")
+        options = {"synthesizer": synth, "synth_fraction": 0.3, "lr": 3e-3, "batch_size": 50, "latent": 5}
+        got = train_autoencoder(images, epochs=2, seed=4, **options)
+        want = _autoencoder_by_hand(images, 2, 4, synth, 0.3, 3e-3, 50, 5)
+    else:  # the defaults: lr 1e-3, batches of 128, a 32-D code, no synthesis
+        got = train_autoencoder(images, epochs=2, seed=4)
+        want = _autoencoder_by_hand(images, 2, 4)
+    assert not got.training
+    for (name, a), b in zip(got.named_parameters(), want.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_the_debiasing_autoencoders_network_is_the_documented_mlp():
+    """x -> Linear(D, 128) ReLU Linear(128, 32) = z -> Linear(32, 128) ReLU Linear(128, D) sigmoid, on images
+    flattened from (N, 3, H, W)."""
+    from aelab.debias.features import MLPAutoencoder
+
+    torch.manual_seed(0)
+    ae = MLPAutoencoder(12)
+    shapes = [tuple(p.shape) for p in ae.parameters()]
+    assert shapes == [(128, 12), (128,), (32, 128), (32,), (128, 32), (128,), (12, 128), (12,)]
+    x = torch.rand(5, 3, 2, 2)
+    e1, e2, d1, d2 = [m for m in [*ae.encoder, *ae.decoder] if isinstance(m, nn.Linear)]
+    z = e2(torch.relu(e1(x.flatten(1))))
+    torch.testing.assert_close(ae.encode(x), z, rtol=0, atol=0)
+    torch.testing.assert_close(ae(x), torch.sigmoid(d2(torch.relu(d1(z)))).view_as(x), rtol=0, atol=0)
+    assert tuple(p.shape[0] for p in MLPAutoencoder(12, latent=3, hidden=7).parameters()) == (7, 7, 3, 3, 7, 7, 12, 12)
+
+
+def test_classifier_accuracy_is_the_share_of_images_whose_argmax_is_the_digit():
+    from aelab.debias.classifier import accuracy
+
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(logits.T)
+    images = torch.eye(5).view(5, 5, 1, 1)
+    assert accuracy(model, images, torch.tensor([0, 1, 1, 2, 1])) == 3 / 5
+    assert accuracy(model, images, torch.tensor([0, 1, 2, 0, 1])) == 1.0
