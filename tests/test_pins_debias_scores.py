@@ -345,3 +345,73 @@ def test_classifier_accuracy_is_the_share_of_images_whose_argmax_is_the_digit():
     images = torch.eye(5).view(5, 5, 1, 1)
     assert accuracy(model, images, torch.tensor([0, 1, 1, 2, 1])) == 3 / 5
     assert accuracy(model, images, torch.tensor([0, 1, 2, 0, 1])) == 1.0
+
+
+def test_train_lff_draws_its_batches_from_its_seed_and_starts_its_models_from_seed_plus_1_and_seed(monkeypatch):
+    """train_lff as the cell calls it, with its defaults: batches of 128 in the order of a CPU generator seeded with
+    `seed` (the global RNG plays no part), the biased model initialised from seed + 1 and the debiased one from
+    seed, GCE's q = 0.7 and the moving averages' alpha = 0.7 (Nam et al.'s), Adam at 1e-3, ten classes."""
+    from aelab.debias import lff as lff_mod
+
+    seen = {"new": [], "alpha": [], "q": [], "batches": [], "classes": [], "lr": []}
+    real_new, real_ema, real_gce, real_w = (lff_mod.new_classifier, lff_mod.ema_update, lff_mod.gce_loss,
+                                            lff_mod.lff_weights)  # fmt: skip
+    real_adam = torch.optim.Adam
+
+    def new(n_inputs, n_classes, seed):
+        seen["new"].append((n_inputs, n_classes, seed))
+        return real_new(n_inputs, n_classes, seed)
+
+    def ema(ema_, seen_, idx, loss, alpha):
+        seen["alpha"].append(alpha)
+        return real_ema(ema_, seen_, idx, loss, alpha)
+
+    def gce(logits, y, q):
+        seen["q"].append(q)
+        return real_gce(logits, y, q)
+
+    def weights(ema_b, ema_d, idx, digits, n_classes):
+        seen["batches"].append(idx.clone())
+        seen["classes"].append(n_classes)
+        return real_w(ema_b, ema_d, idx, digits, n_classes)
+
+    def adam(params, lr):
+        seen["lr"].append(lr)
+        return real_adam(params, lr=lr)
+
+    for name, fake in (("new_classifier", new), ("ema_update", ema), ("gce_loss", gce), ("lff_weights", weights)):
+        monkeypatch.setattr(lff_mod, name, fake)
+    monkeypatch.setattr(lff_mod.torch.optim, "Adam", adam)
+    images = torch.rand(300, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    digits = torch.arange(300) % 10
+    torch.manual_seed(1)
+    model_d, model_b = lff_mod.train_lff(images, digits, epochs=1, seed=5)
+    assert seen["new"] == [(8, 10, 6), (8, 10, 5)]
+    want = torch.randperm(300, generator=torch.Generator().manual_seed(5)).split(128)
+    assert [len(b) for b in seen["batches"]] == [128, 128, 44]
+    assert all(torch.equal(a, b) for a, b in zip(seen["batches"], want))
+    assert set(seen["alpha"]) == {0.7} and set(seen["q"]) == {0.7} and set(seen["classes"]) == {10}
+    assert seen["lr"] == [1e-3]
+    torch.manual_seed(2)
+    again_d, again_b = lff_mod.train_lff(images, digits, epochs=1, seed=5)
+    for a, b in zip([*model_d.parameters(), *model_b.parameters()], [*again_d.parameters(), *again_b.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_group_metrics_of_a_set_without_aligned_or_without_conflicting_samples_and_of_column_vectors():
+    """An empty side is NaN (a float, not None or 0), the other side still graded; column vectors are read flat."""
+    from aelab.debias.metrics import group_metrics
+
+    digits = np.array([0, 1, 2, 0, 1, 2])
+    pred = np.array([0, 1, 0, 0, 2, 2])
+    all_aligned = group_metrics(pred, digits, digits)
+    assert isinstance(all_aligned["conflicting"], float) and np.isnan(all_aligned["conflicting"])
+    assert all_aligned["aligned"] == all_aligned["unbiased"] == 4 / 6
+    none_aligned = group_metrics(pred, digits, (digits + 1) % 3)
+    assert isinstance(none_aligned["aligned"], float) and np.isnan(none_aligned["aligned"])
+    assert none_aligned["conflicting"] == 4 / 6
+    colours = np.array([0, 2, 2, 1, 1, 2])
+    flat = group_metrics(pred, digits, colours)
+    column = group_metrics(pred[:, None], digits[:, None], colours[:, None])
+    assert column == flat
+    assert flat == {"unbiased": 4 / 6, "aligned": 2 / 4, "conflicting": 2 / 2, "worst_group": 0.0, "n_groups": 5}
