@@ -415,3 +415,123 @@ def test_group_metrics_of_a_set_without_aligned_or_without_conflicting_samples_a
     column = group_metrics(pred[:, None], digits[:, None], colours[:, None])
     assert column == flat
     assert flat == {"unbiased": 4 / 6, "aligned": 2 / 4, "conflicting": 2 / 2, "worst_group": 0.0, "n_groups": 5}
+
+
+def test_position_swap_moves_the_centre_of_mass_of_non_square_images_by_hand():
+    """The centre of mass (row, column) of each image, summed over channels, by loops, on 5 x 7 images (rows and
+    columns cannot be swapped unnoticed); swap_position rolls x by the rounded difference."""
+    from aelab.debias.synthesis import _centre_of_mass, swap_position
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 5, 7, generator=g, dtype=torch.float64) ** 4
+    com = _centre_of_mass(x)
+    for b in range(4):
+        w = x[b].sum(0)
+        total = float(w.sum())
+        rows = sum(r * float(w[r].sum()) for r in range(5)) / total
+        cols = sum(c * float(w[:, c].sum()) for c in range(7)) / total
+        torch.testing.assert_close(com[b], torch.tensor([rows, cols], dtype=torch.float64), rtol=1e-12, atol=0)
+    donor = torch.roll(x, (1, 2), dims=(2, 3)).flip(0)
+    moved = swap_position(x, donor)
+    shift = (_centre_of_mass(donor) - com).round().long()
+    for b in range(4):
+        torch.testing.assert_close(moved[b], torch.roll(x[b], (int(shift[b, 0]), int(shift[b, 1])), dims=(1, 2)))
+
+
+class _Planted(nn.Module):
+    """Predicts class 1 when the image's mean intensity is above `level`, else 0 (a brightness-following model)."""
+
+    def __init__(self, level: float):
+        super().__init__()
+        self.level = level
+
+    def forward(self, x):
+        bright = (x.flatten(1).mean(1) > self.level).float()
+        return torch.stack([1 - bright, bright], 1)
+
+
+def _reliance_by_hand(model, images, n_pairs, seed):
+    from aelab.debias.synthesis import SWAPS
+
+    gen = torch.Generator().manual_seed(seed)
+    b = model(images).argmax(1)
+    i = torch.randint(len(images), (n_pairs,), generator=gen)
+    j = torch.randint(len(images), (n_pairs,), generator=gen)
+    keep = b[i] != b[j]
+    i, j = i[keep], j[keep]
+    return {n: float((model(s(images[i], images[j])).argmax(1) == b[j]).float().mean()) for n, s in SWAPS.items()}
+
+
+def test_bias_reliance_follows_its_seed_and_counts_pairs_exactly_as_documented():
+    from aelab.debias.synthesis import bias_reliance
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 3, 4, 4, generator=g) * torch.linspace(0.2, 1.0, 40)[:, None, None, None]
+    model = _Planted(0.3)
+    torch.manual_seed(5)
+    got = bias_reliance(model, images)
+    assert got == _reliance_by_hand(model, images, 2000, 0) and got["brightness"] > 0.9
+    assert bias_reliance(model, images, n_pairs=300, seed=4) == _reliance_by_hand(model, images, 300, 4)
+    one = next(s for s in range(100) if len(_kept_pairs(model, images, 2, s)) == 1)
+    assert bias_reliance(model, images, n_pairs=2, seed=one) == _reliance_by_hand(model, images, 2, one)
+    assert bias_reliance(model, images, n_pairs=2, seed=one)["brightness"] == 1.0
+    none = bias_reliance(_Planted(2.0), images)  # one class for every image: no pair to swap
+    assert none == {"colour_statistics": 0.0, "brightness": 0.0, "position": 0.0}
+
+
+def _kept_pairs(model, images, n_pairs, seed):
+    gen = torch.Generator().manual_seed(seed)
+    b = model(images).argmax(1)
+    i = torch.randint(len(images), (n_pairs,), generator=gen)
+    j = torch.randint(len(images), (n_pairs,), generator=gen)
+    return i[b[i] != b[j]]
+
+
+def test_donors_are_drawn_uniformly_over_the_whole_pool():
+    from aelab import debias as dm
+
+    images = torch.rand(30, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    digits = torch.arange(30) % 3
+    synth = dm.Synthesizer(images, digits, torch.arange(30) % 5, "brightness")
+    idx = torch.zeros(3000, dtype=torch.long)  # digit 0: its donors are the samples whose donor class is not 0
+    donors = synth.donors(idx, torch.Generator().manual_seed(1))
+    pool = set(torch.nonzero(torch.arange(30) % 5 != 0).squeeze(1).tolist())
+    counts = torch.bincount(donors, minlength=30)
+    assert set(torch.nonzero(counts).squeeze(1).tolist()) == pool
+    assert counts[sorted(pool)].min() > 3000 / len(pool) * 0.6
+
+
+def test_colour_statistics_of_a_faint_image():
+    """mu = sum_p x(p) / max(sum_p g(p), 1e-6): exact for a faint image whose shape map sums to less than 1."""
+    from aelab.debias.synthesis import colour_stats
+
+    x = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    x[0, :, 0, 0] = torch.tensor([0.01, 0.02, 0.005], dtype=torch.float64)
+    g, mu = colour_stats(x)
+    torch.testing.assert_close(mu, torch.tensor([[0.5, 1.0, 0.25]], dtype=torch.float64))  # / max channel 0.02
+    assert float(g.sum()) == 0.02
+
+
+def test_flag_weights_by_hand_with_a_class_without_flags_and_integer_flags():
+    from aelab.debias.reweight import balanced_flag_weights, top_fraction_flags
+
+    digits = np.array([0] * 6 + [1] * 4 + [2] * 2)
+    flags = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0])  # 0/1 integers; class 1 has no flagged sample
+    w = balanced_flag_weights(flags, digits).numpy()
+    raw = np.array([6 / 4] * 2 + [6 / 8] * 4 + [4 / 4] * 4 + [2 / 2] * 2)  # n_c / (2 n_part), or n_c / n_c alone
+    np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-15)
+    tied = np.zeros(40)
+    got = top_fraction_flags(tied, np.zeros(40, dtype=int), 0.25)
+    assert got.dtype == bool and np.flatnonzero(got).tolist() == list(range(10))  # stable: the first ten of ties
+
+
+def test_lff_weights_by_hand_with_an_absent_class_and_tiny_losses():
+    from aelab.debias.lff import lff_weights
+
+    digits = torch.tensor([0, 0, 2, 2])  # class 1 of 3 has no sample
+    ema_b = torch.tensor([1e-6, 2.0, 1.0, 1e-7], dtype=torch.float64)
+    ema_d = torch.tensor([3e-6, 1.0, 4.0, 1e-7], dtype=torch.float64)
+    w = lff_weights(ema_b, ema_d, torch.arange(4), digits, 3)
+    lb = ema_b / torch.tensor([2.0, 2.0, 1.0, 1.0], dtype=torch.float64)  # (W reads 1e-8 against sums of 1e-7)
+    ld = ema_d / torch.tensor([1.0, 1.0, 4.0, 4.0], dtype=torch.float64)  # each class's maximum
+    torch.testing.assert_close(w, lb / (lb + ld + 1e-8), rtol=1e-12, atol=0)
