@@ -374,7 +374,9 @@ def test_fuzz_every_json_value_of_a_run_folder(fuzz_run, tmp_path_factory, capsy
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, path, value, err)
 
 
-def test_nan_weights_are_refused(fuzz_run, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["every value NaN", "one value NaN", "one value -inf"])
+def test_nan_weights_are_refused(fuzz_run, tmp_path, capsys, damage):
+    """A tensor with any non-finite value is refused, not only one that is all NaN."""
     import shutil
 
     import torch
@@ -385,7 +387,11 @@ def test_nan_weights_are_refused(fuzz_run, tmp_path, capsys):
     shutil.copytree(fuzz_run, run)
     state = runs.read_safetensors(run / "model.safetensors")[0]
     first = sorted(state)[0]
-    state[first] = torch.full_like(state[first], float("nan"))
+    if damage == "every value NaN":
+        state[first] = torch.full_like(state[first], float("nan"))
+    else:
+        state[first] = state[first].clone()
+        state[first].view(-1)[1] = float("nan") if damage == "one value NaN" else float("-inf")
     runs.atomic_write_bytes(run / "model.safetensors", runs._safetensors_bytes(state, {"format_version": "2"}))
     one_line_exit_2(capsys, main(["evaluate", str(run), "--no-figures", "--no-progress"]), "NaN or inf")
 
