@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from aelab.debias import scores as sc
 from aelab.debias.biased import biased_log_probabilities
@@ -535,3 +536,108 @@ def test_lff_weights_by_hand_with_an_absent_class_and_tiny_losses():
     lb = ema_b / torch.tensor([2.0, 2.0, 1.0, 1.0], dtype=torch.float64)  # (W reads 1e-8 against sums of 1e-7)
     ld = ema_d / torch.tensor([1.0, 1.0, 4.0, 4.0], dtype=torch.float64)  # each class's maximum
     torch.testing.assert_close(w, lb / (lb + ld + 1e-8), rtol=1e-12, atol=0)
+
+
+def _classifier_by_hand(images, digits, epochs, seed, weights=None, synth=None, p=0.0, lr=1e-3, batch_size=128,
+                        n_classes=10, loss="ce", q=0.7, hidden=(100, 100, 100)):  # fmt: skip
+    """The documented loops of train_classifier (CE) and train_biased_classifier (GCE), written out."""
+    from aelab.debias.classifier import MLPClassifier
+    from aelab.debias.gce import gce_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = MLPClassifier(images[0].numel(), n_classes, hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        if weights is None:
+            order = torch.randperm(len(images), generator=gen)
+        else:
+            order = torch.multinomial(weights.double(), len(images), replacement=True, generator=gen)
+        for idx in order.split(batch_size):
+            x, y = images[idx], digits[idx]
+            k = int(round(p * len(idx))) if synth is not None else 0
+            if k:
+                x = torch.cat([synth.sample(idx[:k], gen), x[k:]])
+            logits = model(x)
+            value = F.cross_entropy(logits, y) if loss == "ce" else gce_loss(logits, y, q).mean()
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+    return model
+
+
+def _same(a, b):
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+def test_the_classifiers_train_as_documented_with_their_defaults_and_options():
+    from aelab import debias as dm
+    from aelab.debias.biased import train_biased_classifier
+    from aelab.debias.classifier import train_classifier
+
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(300, 3, 2, 2, generator=g)
+    digits = torch.arange(300) % 10
+    torch.manual_seed(7)
+    _same(train_classifier(images, digits, 2, seed=3)[0], _classifier_by_hand(images, digits, 2, 3))
+    synth = dm.Synthesizer(images, digits, (digits + 1) % 10, "brightness")
+    weights = torch.rand(300, generator=g)
+    got = train_classifier(images, digits % 4, 1, seed=3, weights=weights, synthesizer=synth, synth_fraction=0.4,
+                           lr=3e-3, batch_size=64, n_classes=4)[0]  # fmt: skip
+    _same(got, _classifier_by_hand(images, digits % 4, 1, 3, weights, synth, 0.4, 3e-3, 64, 4))
+    torch.manual_seed(8)
+    biased = train_biased_classifier(images, digits % 7, seed=5)  # defaults: 3 epochs, q 0.7, Adam 1e-3, 128
+    _same(biased, _classifier_by_hand(images, digits % 7, 3, 5, n_classes=7, loss="gce"))
+    small = train_biased_classifier(images, digits % 7, epochs=1, q=0.3, seed=5, hidden=(6,))
+    _same(small, _classifier_by_hand(images, digits % 7, 1, 5, n_classes=7, loss="gce", q=0.3, hidden=(6,)))
+
+
+def test_biased_log_probabilities_average_every_epochs_snapshot_of_models_from_seed_seed_plus_1(monkeypatch):
+    from aelab.debias import biased as biased_mod
+    from aelab.debias.classifier import log_probabilities
+
+    calls = []
+    real = biased_mod.train_biased_classifier
+
+    def recording(images, digits, epochs, seed, on_epoch_end, **options):
+        calls.append((epochs, seed, options))
+        return real(images, digits, epochs=epochs, seed=seed, on_epoch_end=on_epoch_end, **options)
+
+    monkeypatch.setattr(biased_mod, "train_biased_classifier", recording)
+    images = torch.rand(40, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    digits = torch.arange(40) % 3
+    got = biased_mod.biased_log_probabilities(images, digits, seed=4, q=0.5, hidden=(5,))
+    assert calls == [(3, 4 + i, {"q": 0.5, "hidden": (5,)}) for i in range(5)]  # defaults: 5 models, 3 epochs
+    snapshots = []
+    for i in range(5):
+        real(images, digits, epochs=3, seed=4 + i, q=0.5, hidden=(5,),
+             on_epoch_end=lambda m: snapshots.append(log_probabilities(m, images)))  # fmt: skip
+    np.testing.assert_array_equal(got, np.mean(snapshots, axis=0))
+
+
+def test_gce_loss_default_q_its_range_and_its_classes_axis():
+    from aelab.debias.gce import gce_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], dtype=torch.float64)
+    y = torch.tensor([[0], [1]])  # a column of targets is read flat
+    p = torch.softmax(logits, 1)[[0, 1], [0, 1]]
+    torch.testing.assert_close(gce_loss(logits, y), (1 - p**0.7) / 0.7, rtol=1e-14, atol=0)
+    torch.testing.assert_close(gce_loss(logits, y.flatten(), 1.0), 1 - p, rtol=1e-14, atol=0)
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match=rf"q must be in \(0, 1\], got {bad}"):
+            gce_loss(logits, y, bad)
+
+
+def test_knn_distance_scores_by_loops_with_small_classes_and_the_default_k():
+    g = np.random.default_rng(5)
+    digits = np.array([0] * 9 + [1] * 3 + [2] * 2 + [3])  # classes of 9, 3, 2 and 1 samples
+    features = g.normal(size=(15, 2, 2)).astype(np.float32)
+    got = sc.knn_distance_scores(features, digits[:, None])
+    f64 = features.reshape(15, -1).astype(np.float64)
+    for i in range(15):
+        same = [j for j in range(15) if digits[j] == digits[i] and j != i]
+        d = sorted(float(np.linalg.norm(f64[i] - f64[j])) for j in same)
+        want = float(np.mean(d[: min(5, len(d))])) if d else 0.0
+        assert got[i] == pytest.approx(want, rel=1e-9, abs=1e-12), i
+    assert sc.knn_distance_scores(features, digits, 6)[0] != got[0]  # k matters: 5 by default
