@@ -208,9 +208,9 @@ def describe_schedule(betas: torch.Tensor) -> str:
 def base_rate_biases(data: torch.Tensor, pseudocount: float = BASE_RATE_PSEUDOCOUNT) -> torch.Tensor:
     """Visible biases of the base-rate model (V,) float64: log(p_i / (1 - p_i)) with
     p_i = (n_i + a N) / (N + 2 a N), n_i = sum over the N images of pixel i, a = pseudocount."""
-    x = data.reshape(len(data), -1).to(torch.float64)
-    if not len(x):
+    if not len(data):  # before the reshape: (0, -1) cannot be inferred
         raise ConfigError("the base-rate model needs at least one training image")
+    x = data.reshape(len(data), -1).to(torch.float64)
     if not pseudocount > 0:
         raise ConfigError(f"the base-rate pseudocount must be positive, got {pseudocount!r}")
     n = len(x)
