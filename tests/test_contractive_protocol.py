@@ -180,3 +180,13 @@ def test_families_runs_only_the_rows_named_and_each_row_is_the_full_runs(tmp_pat
     capsys.readouterr()
     assert main([*argv, "--out", str(tmp_path / "bad"), "--families", "AE,VAE"]) == 2
     assert "--families" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("named", [["CAE"], ["AE+wd"], ["DAE-g", "DAE-b"], ["AE"], ["RBM", "AE"]])
+def test_families_selects_rows_by_their_whole_name(named):
+    """A row is run when its name is one of those given, not when it is part of one: "CAE" and "AE+wd" contain
+    "AE", and asking for them must not run the AE row too. Rows keep the table's order."""
+    from aelab.experiments.contractive_settings import FAMILY_NAMES, Settings, families
+
+    got = [f.name for f in families(Settings(families=named))]
+    assert got == [name for name in FAMILY_NAMES if name in named]

@@ -443,3 +443,19 @@ def test_resume_of_a_folder_killed_before_its_config_starts_from_scratch(tmp_pat
     (out / ".lock").write_text("")  # what a kill between the lock and config.json leaves
     assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
     assert (out / "checkpoint.safetensors").is_file()
+
+
+def test_a_second_resume_does_not_stack_stale_banners(tmp_path):
+    """mark_evaluation_stale twice (two resumes): eval.json, report.md and report.html each say stale once."""
+    import json
+
+    from aelab.runs.folder import STALE_NOTE, mark_evaluation_stale
+
+    (tmp_path / "eval.json").write_text(json.dumps({"metrics": {"recon_sse": 1.0}}))
+    (tmp_path / "report.md").write_text("# report\n")
+    (tmp_path / "report.html").write_text("<html><body><h1>report</h1></body></html>")
+    for _ in range(2):
+        mark_evaluation_stale(tmp_path)
+    assert json.loads((tmp_path / "eval.json").read_text())["stale"] == STALE_NOTE
+    assert (tmp_path / "report.md").read_text() == f"> **{STALE_NOTE}**\n\n# report\n"
+    assert (tmp_path / "report.html").read_text().count(STALE_NOTE) == 1

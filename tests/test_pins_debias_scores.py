@@ -641,3 +641,29 @@ def test_knn_distance_scores_by_loops_with_small_classes_and_the_default_k():
         want = float(np.mean(d[: min(5, len(d))])) if d else 0.0
         assert got[i] == pytest.approx(want, rel=1e-9, abs=1e-12), i
     assert sc.knn_distance_scores(features, digits, 6)[0] != got[0]  # k matters: 5 by default
+
+
+def test_the_detection_experiment_grades_each_method_on_the_kept_test_images_only():
+    """debias_steps.grade: class_metrics of the scores, digits and conflict flags of the images `keep` (outside the
+    validation images that chose k): the held-out images' scores change nothing, and they do enter without `keep`."""
+    from aelab.debias.scores import METHODS
+    from aelab.experiments.debias_steps import grade
+    from aelab.metrics.ranking import class_metrics
+
+    g = np.random.default_rng(0)
+    y = np.repeat(np.arange(2), 20)
+    conf = g.random(40) < 0.3
+    keep = np.ones(40, bool)
+    keep[::4] = False
+    scores = {"ae_recon": g.random(40) + conf, "gce_ce": g.random(40)}
+    got = grade(scores, keep, y, conf, {"ae_recon": 1.5})
+    for name in scores:
+        assert got[name] == {"description": METHODS[name], "time_s": {"ae_recon": 1.5}.get(name),
+                             **class_metrics(scores[name][keep], y[keep], conf[keep])}  # fmt: skip
+    flipped = {name: np.where(keep, s, -s) for name, s in scores.items()}  # the held-out images' scores changed
+    assert grade(flipped, keep, y, conf, {}) == {n: {**m, "time_s": None} for n, m in got.items()}
+    assert got["ae_recon"] != {
+        "description": METHODS["ae_recon"],
+        "time_s": 1.5,
+        **class_metrics(scores["ae_recon"], y, conf),
+    }
