@@ -168,3 +168,30 @@ def test_hinton2006_killed_between_rows_resumes_to_the_same_results(tmp_path, ca
     assert without_times(json.loads((killed / "results.json").read_text())) == without_times(
         json.loads((whole / "results.json").read_text())
     )
+
+
+def test_the_weight_cost_is_chosen_on_the_held_validation_images(monkeypatch, tmp_path):
+    """validation_sse: the run's reconstruction SSE of the HELD images of its validation split (kept, held), not
+    of the kept training images; the test split is not read."""
+    import numpy as np
+    import torch
+
+    from aelab.experiments import hinton2006_steps as steps
+    from aelab.experiments.hinton2006_rows import Data
+
+    class Halver(torch.nn.Module):  # reconstructs x as x / 2: each image's SSE is |x|^2 / 4
+        def encode(self, x):
+            return x.flatten(1)
+
+        def decode(self, z):
+            return z / 2
+
+        def forward(self, x):
+            return self.decode(self.encode(x)).view_as(x)
+
+    monkeypatch.setattr(steps.runs, "load_model", lambda run_dir: Halver())
+    x = torch.arange(1.0, 7.0)[:, None].repeat(1, 4)  # six images: image i has SSE 4 (i+1)^2 / 4 = (i+1)^2
+    kept, held = np.array([0, 1, 2, 3]), np.array([4, 5])
+    data = Data(train_x=x, train_y=torch.zeros(6), test_sets={"test": (None, None)}, validation=(kept, held),
+                official_note="")  # fmt: skip
+    assert steps.validation_sse(tmp_path, data) == (25 + 36) / 2

@@ -459,3 +459,16 @@ def test_a_second_resume_does_not_stack_stale_banners(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["stale"] == STALE_NOTE
     assert (tmp_path / "report.md").read_text() == f"> **{STALE_NOTE}**\n\n# report\n"
     assert (tmp_path / "report.html").read_text().count(STALE_NOTE) == 1
+
+
+def test_a_symlink_to_a_regular_file_is_refused_as_not_a_regular_file(tmp_path):
+    """runs.files.regular_file looks at the link itself (lstat), not at what it points to: a run-folder file that
+    is a symlink to an ordinary file elsewhere is refused with the same one line as one to a device."""
+    from aelab.errors import CheckpointError
+    from aelab.runs.files import regular_file
+
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (tmp_path / "eval.json").symlink_to(tmp_path / "elsewhere.json")
+    assert regular_file(tmp_path / "elsewhere.json").st_size == 2
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        regular_file(tmp_path / "eval.json")
