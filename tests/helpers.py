@@ -26,3 +26,14 @@ def without_times(obj):
     if isinstance(obj, list):
         return [without_times(v) for v in obj]
     return obj
+
+
+def idx_folder_with_one_wrong_byte(idx_mnist, root):
+    """root/mnist/ holding the IDX files of `idx_mnist` with the last byte of the train images flipped; returns root."""
+    (root / "mnist").mkdir(parents=True)
+    for f in idx_mnist.iterdir():
+        blob = bytearray(f.read_bytes())
+        if f.name.startswith("train-images"):
+            blob[-1] ^= 0xFF
+        (root / "mnist" / f.name).write_bytes(bytes(blob))
+    return root

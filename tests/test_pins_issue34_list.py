@@ -10,7 +10,7 @@ import torch
 from aelab import debias as dm
 from aelab.cli import main
 from aelab.experiments import debias_classifier_cell as cell
-from helpers import one_line_exit_2
+from helpers import idx_folder_with_one_wrong_byte, one_line_exit_2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,13 +44,7 @@ def test_an_experiment_on_idx_data_refuses_a_wrong_file_before_the_trainer_start
         return real_train(cfg, *args, **kwargs)
 
     monkeypatch.setattr(loop, "_train", spy)
-    root = tmp_path / "data"
-    (root / "mnist").mkdir(parents=True)
-    for f in idx_mnist.iterdir():
-        blob = bytearray(f.read_bytes())
-        if f.name.startswith("train-images"):
-            blob[-1] ^= 0xFF
-        (root / "mnist" / f.name).write_bytes(bytes(blob))
+    root = idx_folder_with_one_wrong_byte(idx_mnist, tmp_path / "data")
     out = tmp_path / "exp"
     out.mkdir()
     argv = ["experiment", experiment, "--dataset", "mnist", "--data-dir", str(root), "--out", str(out)]

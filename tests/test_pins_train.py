@@ -12,7 +12,7 @@ import torch
 from aelab import data as datamod
 from aelab.cli import main
 from aelab.metrics.convergence import still_falling
-from helpers import one_line_exit_2
+from helpers import idx_folder_with_one_wrong_byte, one_line_exit_2
 from independent import protocol_validation_indices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,13 +191,7 @@ IDX_EXPERIMENTS = {
 def test_an_experiment_on_idx_data_checks_its_files_before_training(experiment, idx_mnist, tmp_path, capsys):
     """A wrong IDX file (one changed byte) in DIR/mnist/ is refused with one line naming it, before any run folder
     exists."""
-    root = tmp_path / "data"
-    (root / "mnist").mkdir(parents=True)
-    for f in idx_mnist.iterdir():
-        blob = bytearray(f.read_bytes())
-        if f.name.startswith("train-images"):
-            blob[-1] ^= 0xFF
-        (root / "mnist" / f.name).write_bytes(bytes(blob))
+    root = idx_folder_with_one_wrong_byte(idx_mnist, tmp_path / "data")
     out = tmp_path / "exp"
     argv = ["experiment", experiment, "--dataset", "mnist", "--data-dir", str(root), "--out", str(out)]
     code = main([*argv, *IDX_EXPERIMENTS[experiment], "--no-progress"])
